@@ -1,0 +1,162 @@
+"""One typed, validated configuration from TOML, `MLMASTER_*` environment variables and CLI flags.
+
+Precedence, lowest first: built-in defaults, the TOML file, the environment, CLI flags.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlmaster_daemon.errors import ConfigError
+
+ENV_PREFIX = "MLMASTER_"
+# Short forms that users expect to type; each maps to a [section] key.
+ENV_SHORTCUTS = {
+    "MLMASTER_SOCKET": ("daemon", "socket"),
+    "MLMASTER_STATE_DIR": ("daemon", "state_dir"),
+    "MLMASTER_LOG_LEVEL": ("daemon", "log_level"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonConfig(_Section):
+    state_dir: str = ""
+    socket: str = ""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_running_tasks: int = Field(default=4, ge=1)
+
+
+class SearchConfig(_Section):
+    policy: Literal["mcts"] = "mcts"
+    steps: int = Field(default=20, ge=1)
+    time_limit_s: float = Field(default=3600, gt=0)
+    parallel: int = Field(default=2, ge=1)
+    num_drafts: int = Field(default=5, ge=1)
+    num_improves: int = Field(default=3, ge=1)
+    max_debug_depth: int = Field(default=3, ge=1)
+    exploration_constant: float = Field(default=1.414, ge=0)
+
+
+class ExecutionConfig(_Section):
+    max_concurrent_nodes: int = Field(default=2, ge=1)
+    node_timeout_s: float = Field(default=600, gt=0)
+    kill_grace_s: float = Field(default=5.0, ge=0)
+    python: str = ""
+    output_tail_chars: int = Field(default=5000, ge=200)
+
+
+class CoderConfig(_Section):
+    kind: Literal["offline"] = "offline"
+    seed: int = 0
+
+
+class Config(_Section):
+    daemon: DaemonConfig = DaemonConfig()
+    search: SearchConfig = SearchConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+    coder: CoderConfig = CoderConfig()
+
+    def state_dir(self) -> Path:
+        """Where the database and task folders live."""
+        if self.daemon.state_dir:
+            return Path(self.daemon.state_dir).expanduser()
+        if os.environ.get("STATE_DIRECTORY"):
+            return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+        return Path.home() / ".local" / "state" / "mlmaster"
+
+    def socket_path(self) -> Path:
+        return resolve_socket_path(self.daemon.socket)
+
+
+def resolve_socket_path(configured: str = "") -> Path:
+    """The API socket: configured path, else systemd's or the user's runtime dir."""
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / "mlmaster.sock"
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "mlmaster" / "mlmaster.sock"
+    return Path(f"/tmp/mlmaster-{os.getuid()}") / "mlmaster.sock"
+
+
+def _merge(base: dict[str, Any], section: str, key: str, value: Any) -> None:
+    base.setdefault(section, {})
+    if not isinstance(base[section], dict):
+        raise ConfigError(f"config: [{section}] must be a table, got {type(base[section]).__name__}")
+    base[section][key] = value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """(section, key, raw value, variable name) for every MLMASTER_* variable that sets config."""
+    found: list[tuple[str, str, str, str]] = []
+    for name, value in sorted(environ.items()):
+        if name in ENV_SHORTCUTS:
+            section, key = ENV_SHORTCUTS[name]
+            found.append((section, key, value, name))
+        elif name.startswith(ENV_PREFIX) and "__" in name:
+            section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+            found.append((section, key, value, name))
+    return found
+
+
+def _describe_error(err: ValidationError, origins: Mapping[tuple[str, str], str]) -> str:
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"])
+        where = origins.get(tuple(str(p) for p in item["loc"][:2]))  # type: ignore[arg-type]
+        source = f" (from {where})" if where else ""
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{loc}'{source}; remove it or check its spelling")
+        else:
+            lines.append(f"'{loc}'{source}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the config. `overrides` maps "section.key" to CLI flag values (None means unset).
+
+    Raises ConfigError naming the bad key and where it came from.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    origins: dict[tuple[str, str], str] = {}
+    if path is not None:
+        file = Path(path).expanduser()
+        try:
+            raw = tomllib.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist; pass an existing --config") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+        for section, table in raw.items():
+            if isinstance(table, dict):
+                for key in table:
+                    origins[(section, key)] = str(file)
+    for section, key, value, name in _env_overrides(environ):
+        _merge(raw, section, key, value)
+        origins[(section, key)] = f"environment variable {name}"
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        _merge(raw, section, key, value)
+        origins[(section, key)] = "command line"
+    try:
+        # Env values are strings; lax mode converts "4" to 4 and "true" to True.
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe_error(exc, origins)) from None

@@ -1,0 +1,47 @@
+"""The seam between the scheduler and whatever writes code: the offline coder or an LLM pool."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mlmaster_daemon.models import Operator
+from mlmaster_daemon.tasks.spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class MemoryItem:
+    """What one earlier attempt taught: its plan summary and outcome, never its code."""
+
+    node_id: int
+    operator: Operator
+    summary: str
+    metric: float | None
+    buggy: bool
+
+
+@dataclass(frozen=True)
+class CodeRequest:
+    operator: Operator
+    task: TaskSpec
+    node_id: int
+    data_preview: str
+    parent_code: str | None = None
+    parent_output: str | None = None
+    parent_error: str | None = None
+    memory: tuple[MemoryItem, ...] = field(default_factory=tuple)
+    steps_left: int | None = None
+    time_left_s: float | None = None
+
+
+@dataclass(frozen=True)
+class CodeResponse:
+    plan: str
+    code: str
+    summary: str
+
+
+class Coder(Protocol):
+    """Writes one solution script for one expansion."""
+
+    async def generate(self, request: CodeRequest) -> CodeResponse: ...

@@ -1,0 +1,230 @@
+"""SQLite store: one writer connection behind a lock, one reader connection, WAL, migrations.
+
+Every write is one `BEGIN IMMEDIATE` transaction, so a state change is durable before the
+caller publishes it or acts on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from mlmaster_daemon.errors import NodeNotFound, TaskNotFound
+from mlmaster_daemon.models import NodeState, Operator, TaskState
+from mlmaster_daemon.store.migrations import migrate
+from mlmaster_daemon.store.records import NodeRecord, TaskRecord
+from mlmaster_daemon.tasks.spec import TaskSpec
+
+_TASK_COLUMNS = (
+    "id, name, task_dir, spec, policy, steps, time_limit_s, node_timeout_s, state, error,"
+    " best_node_id, best_metric, created_at, started_at, finished_at"
+)
+_NODE_COLUMNS = (
+    "task_id, id, parent_id, operator, state, plan, summary, code, metric, error, exit_code,"
+    " pid, visits, value, created_at, started_at, finished_at"
+)
+_NODE_UPDATABLE = frozenset(
+    {"state", "plan", "summary", "code", "metric", "error", "exit_code", "pid", "started_at",
+     "finished_at"}
+)
+_TASK_UPDATABLE = frozenset(
+    {"state", "error", "best_node_id", "best_metric", "started_at", "finished_at"}
+)
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    await conn.execute("PRAGMA busy_timeout = 5000")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    # FULL: a node's transition must survive power loss, and the write rate is low.
+    await conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+class Store:
+    """The daemon's only door to SQLite."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        try:
+            await writer.execute("PRAGMA journal_mode = WAL")
+            await migrate(writer)
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(path, writer, reader)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._reader.close()
+            await self._writer.close()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.rollback()
+                raise
+            await self._writer.commit()
+
+    async def insert_task(self, task: TaskRecord) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 15)})",
+                (
+                    task.id, task.name, task.task_dir, json.dumps(task.spec.to_dict()),
+                    task.policy, task.steps, task.time_limit_s, task.node_timeout_s,
+                    task.state.value, task.error, task.best_node_id, task.best_metric,
+                    task.created_at, task.started_at, task.finished_at,
+                ),
+            )
+
+    async def update_task(self, task_id: str, **fields: Any) -> None:
+        await self._update("tasks", _TASK_UPDATABLE, "id = ?", (task_id,), fields)
+
+    async def get_task(self, task_id: str) -> TaskRecord:
+        async with self._reader.execute(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id!r}; `mlmaster ls` lists the tasks")
+        return _task(row)
+
+    async def list_tasks(self, states: Iterable[TaskState] | None = None) -> list[TaskRecord]:
+        query = f"SELECT {_TASK_COLUMNS} FROM tasks"
+        params: tuple[str, ...] = ()
+        if states is not None:
+            params = tuple(s.value for s in states)
+            query += f" WHERE state IN ({', '.join('?' * len(params))})"
+        async with self._reader.execute(query + " ORDER BY created_at, id", params) as cur:
+            rows = await cur.fetchall()
+        return [_task(r) for r in rows]
+
+    async def insert_node(self, node: NodeRecord) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+                (
+                    node.task_id, node.id, node.parent_id, node.operator.value, node.state.value,
+                    node.plan, node.summary, node.code, node.metric, node.error, node.exit_code,
+                    node.pid, node.visits, node.value, node.created_at, node.started_at,
+                    node.finished_at,
+                ),
+            )
+
+    async def update_node(self, task_id: str, node_id: int, **fields: Any) -> None:
+        await self._update("nodes", _NODE_UPDATABLE, "task_id = ? AND id = ?", (task_id, node_id),
+                           fields)
+
+    async def finish_node(
+        self,
+        task_id: str,
+        node_id: int,
+        node_fields: Mapping[str, Any],
+        stats: Iterable[tuple[int, int, float]],
+    ) -> None:
+        """Record a node's outcome and the backpropagated (id, visits, value) in one commit."""
+        async with self._transaction() as db:
+            await _update_row(db, "nodes", _NODE_UPDATABLE, "task_id = ? AND id = ?",
+                              (task_id, node_id), node_fields)
+            await db.executemany(
+                "UPDATE nodes SET visits = ?, value = ? WHERE task_id = ? AND id = ?",
+                [(visits, value, task_id, nid) for nid, visits, value in stats],
+            )
+
+    async def get_node(self, task_id: str, node_id: int) -> NodeRecord:
+        async with self._reader.execute(
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE task_id = ? AND id = ?", (task_id, node_id)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NodeNotFound(f"task {task_id} has no node {node_id}")
+        return _node(row)
+
+    async def list_nodes(self, task_id: str) -> list[NodeRecord]:
+        async with self._reader.execute(
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE task_id = ? ORDER BY id", (task_id,)
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_node(r) for r in rows]
+
+    async def node_counts(self, task_id: str) -> tuple[int, int]:
+        """(nodes in the tree, nodes finished) for one task."""
+        terminal = tuple(s.value for s in NodeState if s.terminal)
+        async with self._reader.execute(
+            "SELECT COUNT(*), COALESCE(SUM(state IN (?, ?, ?)), 0) FROM nodes WHERE task_id = ?",
+            (*terminal, task_id),
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def interrupt_unfinished(self, reason: str, now: float) -> int:
+        """Mark every non-terminal node failed (its run was cut off by a restart); return count."""
+        terminal = tuple(s.value for s in NodeState if s.terminal)
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "UPDATE nodes SET state = ?, error = ?, finished_at = ? "
+                "WHERE state NOT IN (?, ?, ?)",
+                (NodeState.FAILED.value, reason, now, *terminal),
+            )
+            return cur.rowcount
+
+    async def _update(
+        self, table: str, allowed: frozenset[str], where: str, key: tuple[Any, ...],
+        fields: Mapping[str, Any],
+    ) -> None:
+        async with self._transaction() as db:
+            await _update_row(db, table, allowed, where, key, fields)
+
+
+async def _update_row(
+    db: aiosqlite.Connection, table: str, allowed: frozenset[str], where: str,
+    key: tuple[Any, ...], fields: Mapping[str, Any],
+) -> None:
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"cannot update {table} columns {sorted(unknown)}")
+    if not fields:
+        return
+    values = [v.value if isinstance(v, TaskState | NodeState) else v for v in fields.values()]
+    assignments = ", ".join(f"{name} = ?" for name in fields)
+    await db.execute(f"UPDATE {table} SET {assignments} WHERE {where}", (*values, *key))
+
+
+def _task(row: Any) -> TaskRecord:
+    return TaskRecord(
+        id=row[0], name=row[1], task_dir=row[2], spec=TaskSpec.from_dict(json.loads(row[3])),
+        policy=row[4], steps=row[5], time_limit_s=row[6], node_timeout_s=row[7],
+        state=TaskState(row[8]), error=row[9], best_node_id=row[10], best_metric=row[11],
+        created_at=row[12], started_at=row[13], finished_at=row[14],
+    )
+
+
+def _node(row: Any) -> NodeRecord:
+    return NodeRecord(
+        task_id=row[0], id=row[1], parent_id=row[2], operator=Operator(row[3]),
+        state=NodeState(row[4]), plan=row[5], summary=row[6], code=row[7], metric=row[8],
+        error=row[9], exit_code=row[10], pid=row[11], visits=row[12], value=row[13],
+        created_at=row[14], started_at=row[15], finished_at=row[16],
+    )

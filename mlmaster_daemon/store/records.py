@@ -1,0 +1,63 @@
+"""Rows of the store as frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mlmaster_daemon.models import NodeState, Operator, TaskState
+from mlmaster_daemon.tasks.spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    id: str
+    name: str
+    task_dir: str
+    spec: TaskSpec
+    policy: str
+    steps: int
+    time_limit_s: float
+    node_timeout_s: float
+    state: TaskState
+    created_at: float
+    error: str | None = None
+    best_node_id: int | None = None
+    best_metric: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    task_id: str
+    id: int
+    parent_id: int | None
+    operator: Operator
+    state: NodeState
+    created_at: float
+    plan: str | None = None
+    summary: str | None = None
+    code: str | None = None
+    metric: float | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    pid: int | None = None
+    visits: int = 0
+    value: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The fields the API lists for every node."""
+        return {
+            "id": self.id,
+            "parent_id": self.parent_id,
+            "operator": self.operator.value,
+            "status": self.state.value,
+            "metric": self.metric,
+            "visits": self.visits,
+            "value": self.value,
+            "summary": self.summary,
+            "error": self.error,
+        }

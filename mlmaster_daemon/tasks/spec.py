@@ -1,0 +1,91 @@
+"""What a task is: the competition's files, its metric and the metric's direction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+
+class Metric(StrEnum):
+    ACCURACY = "accuracy"
+    ROC_AUC = "roc_auc"
+    LOG_LOSS = "log_loss"
+    RMSE = "rmse"
+    MAE = "mae"
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self in (Metric.LOG_LOSS, Metric.RMSE, Metric.MAE)
+
+    @property
+    def is_regression(self) -> bool:
+        return self in (Metric.RMSE, Metric.MAE)
+
+    @property
+    def needs_probabilities(self) -> bool:
+        return self in (Metric.ROC_AUC, Metric.LOG_LOSS)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A competition folder resolved and validated. The search never reads `private_dir`."""
+
+    name: str
+    root: Path
+    public_dir: Path
+    private_dir: Path | None
+    description: str
+    metric: Metric
+    lower_is_better: bool
+    target: str
+    id_column: str
+    train_file: str = "train.csv"
+    test_file: str = "test.csv"
+    sample_submission_file: str = "sample_submission.csv"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "root": str(self.root),
+            "public_dir": str(self.public_dir),
+            "private_dir": str(self.private_dir) if self.private_dir else None,
+            "description": self.description,
+            "metric": self.metric.value,
+            "lower_is_better": self.lower_is_better,
+            "target": self.target,
+            "id_column": self.id_column,
+            "train_file": self.train_file,
+            "test_file": self.test_file,
+            "sample_submission_file": self.sample_submission_file,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TaskSpec:
+        private = raw.get("private_dir")
+        return cls(
+            name=str(raw["name"]),
+            root=Path(raw["root"]),
+            public_dir=Path(raw["public_dir"]),
+            private_dir=Path(private) if private else None,
+            description=str(raw["description"]),
+            metric=Metric(raw["metric"]),
+            lower_is_better=bool(raw["lower_is_better"]),
+            target=str(raw["target"]),
+            id_column=str(raw["id_column"]),
+            train_file=str(raw.get("train_file", "train.csv")),
+            test_file=str(raw.get("test_file", "test.csv")),
+            sample_submission_file=str(raw.get("sample_submission_file", "sample_submission.csv")),
+        )
+
+
+@dataclass(frozen=True)
+class TaskOverrides:
+    """Fields a submit may give to complete or override `task.toml`."""
+
+    metric: str | None = None
+    lower_is_better: bool | None = None
+    target: str | None = None
+    id_column: str | None = None
+    name: str | None = None
