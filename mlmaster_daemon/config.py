@@ -91,7 +91,8 @@ def resolve_socket_path(configured: str = "") -> Path:
 def _merge(base: dict[str, Any], section: str, key: str, value: Any) -> None:
     base.setdefault(section, {})
     if not isinstance(base[section], dict):
-        raise ConfigError(f"config: [{section}] must be a table, got {type(base[section]).__name__}")
+        kind = type(base[section]).__name__
+        raise ConfigError(f"config: [{section}] must be a table, got {kind}")
     base[section][key] = value
 
 
@@ -139,7 +140,8 @@ def load_config(
         try:
             raw = tomllib.loads(file.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"config file {file} does not exist; pass an existing --config") from None
+            message = f"config file {file} does not exist; pass an existing --config"
+            raise ConfigError(message) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
         for section, table in raw.items():

@@ -28,7 +28,9 @@ def available() -> list[Migration]:
     found.sort(key=lambda m: m.version)
     for expected, migration in enumerate(found, start=1):
         if migration.version != expected:
-            raise RuntimeError(f"migration {migration.name} breaks the sequence; expected {expected:04d}")
+            raise RuntimeError(
+                f"migration {migration.name} breaks the sequence; expected {expected:04d}"
+            )
     return found
 
 

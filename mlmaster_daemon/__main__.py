@@ -1,0 +1,3 @@
+from mlmaster_daemon.cli import main
+
+raise SystemExit(main())

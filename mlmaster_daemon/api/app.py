@@ -1,0 +1,252 @@
+"""The HTTP API, versioned under /v1, served on a Unix socket. JSON in, JSON out.
+
+Errors are `{"error": {"code": str, "message": str}}` with a 4xx status; nothing a client sends
+can take the daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from mlmaster_daemon import __version__
+from mlmaster_daemon.api.schemas import SubmitRequest
+from mlmaster_daemon.bus import Event, EventBus
+from mlmaster_daemon.config import Config
+from mlmaster_daemon.errors import InvalidRequest, MlmasterError
+from mlmaster_daemon.execution.workspace import Workspace
+from mlmaster_daemon.logs import get_logger
+from mlmaster_daemon.models import TaskState
+from mlmaster_daemon.scheduler import Scheduler, best_dir, new_task_id, task_root
+from mlmaster_daemon.store import Store, TaskRecord
+from mlmaster_daemon.tasks.competition import load_task
+from mlmaster_daemon.tasks.spec import TaskOverrides
+
+log = get_logger("mlmaster.api")
+POLICIES = ("mcts",)
+HEARTBEAT_S = 15.0
+
+
+@dataclass
+class Services:
+    store: Store
+    bus: EventBus
+    scheduler: Scheduler
+    config: Config
+    state_dir: Path
+    started_at: float
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except MlmasterError as exc:
+        return web.json_response(error_body(exc.code, exc.message), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status, "http_error")
+        message = f"{request.method} {request.path}: {exc.reason}"
+        if exc.status == 404:
+            message += "; the API lives under /v1 (see /v1/health)"
+        return web.json_response(error_body(code, message), status=exc.status)
+    except Exception:
+        log.exception("request failed", method=request.method, path=request.path)
+        return web.json_response(
+            error_body("internal", "internal error; the daemon's log has the details"), status=500)
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidRequest("request body is not valid JSON") from None
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "body"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown field '{field}'")
+        else:
+            parts.append(f"'{field}': {item['msg']}")
+    return "; ".join(parts)
+
+
+async def task_view(services: Services, task: TaskRecord) -> dict[str, Any]:
+    total, done = await services.store.node_counts(task.id)
+    best = None
+    if task.best_node_id is not None and task.best_metric is not None:
+        best = {
+            "node_id": task.best_node_id,
+            "metric": task.best_metric,
+            "submission_path": str(best_dir(services.state_dir, task.id) / "submission.csv"),
+        }
+    return {
+        "id": task.id,
+        "name": task.name,
+        "state": task.state.value,
+        "error": task.error,
+        "task_dir": task.task_dir,
+        "policy": task.policy,
+        "metric": task.spec.metric.value,
+        "lower_is_better": task.spec.lower_is_better,
+        "steps": task.steps,
+        "time_limit_s": task.time_limit_s,
+        "node_timeout_s": task.node_timeout_s,
+        "nodes_total": total,
+        "nodes_done": done,
+        "best": best,
+        "created_at": task.created_at,
+        "started_at": task.started_at,
+        "finished_at": task.finished_at,
+    }
+
+
+async def health(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    return web.json_response({
+        "status": "ok",
+        "version": __version__,
+        "uptime_s": round(time.time() - services.started_at, 3),
+        "tasks_running": len(services.scheduler.runners),
+    })
+
+
+async def submit_task(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object with at least 'task_dir'")
+    try:
+        req = SubmitRequest.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid task submission: {_describe(exc)}") from None
+    policy = req.policy or services.config.search.policy
+    if policy not in POLICIES:
+        raise InvalidRequest(f"unknown policy {policy!r}; available: {', '.join(POLICIES)}")
+    overrides = TaskOverrides(metric=req.metric, lower_is_better=req.lower_is_better,
+                              target=req.target, id_column=req.id_column, name=req.name)
+    spec = await asyncio.to_thread(load_task, req.task_dir, overrides)
+    search = services.config.search
+    task = TaskRecord(
+        id=new_task_id(), name=spec.name, task_dir=str(spec.root), spec=spec,
+        policy=policy, steps=req.steps or search.steps,
+        time_limit_s=float(req.time_limit_s or search.time_limit_s),
+        node_timeout_s=float(req.node_timeout_s or services.config.execution.node_timeout_s),
+        state=TaskState.QUEUED, created_at=time.time(),
+    )
+    await services.scheduler.submit(task)
+    fresh = await services.store.get_task(task.id)
+    return web.json_response(await task_view(services, fresh), status=201)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    tasks = await services.store.list_tasks()
+    return web.json_response({"tasks": [await task_view(services, t) for t in tasks]})
+
+
+async def get_task(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    task = await services.store.get_task(request.match_info["task_id"])
+    return web.json_response(await task_view(services, task))
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    task = await services.scheduler.cancel(request.match_info["task_id"])
+    return web.json_response(await task_view(services, task))
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    task = await services.store.get_task(request.match_info["task_id"])
+    nodes = await services.store.list_nodes(task.id)
+    return web.json_response({"task_id": task.id, "nodes": [n.public() for n in nodes]})
+
+
+async def get_node(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    task = await services.store.get_task(request.match_info["task_id"])
+    raw_id = request.match_info["node_id"]
+    if not raw_id.isdigit() or len(raw_id) > 9:
+        raise InvalidRequest(f"node id must be a positive integer, got {raw_id!r}")
+    node = await services.store.get_node(task.id, int(raw_id))
+    ws = Workspace(task_root(services.state_dir, task.id) / "nodes" / str(node.id))
+    output = await asyncio.to_thread(ws.output_tail, services.config.execution.output_tail_chars)
+    return web.json_response({
+        **node.public(),
+        "task_id": task.id,
+        "plan": node.plan,
+        "code": node.code,
+        "exit_code": node.exit_code,
+        "output_tail": output,
+        "workspace": str(ws.root),
+        "created_at": node.created_at,
+        "started_at": node.started_at,
+        "finished_at": node.finished_at,
+    })
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Newline-delimited JSON events; `?task_id=` narrows to one task (which must exist)."""
+    services = request.app[SERVICES]
+    task_id = request.query.get("task_id")
+    if task_id is not None:
+        await services.store.get_task(task_id)
+
+    def accept(event: Event) -> bool:
+        return task_id is None or event.task_id == task_id
+
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    bus: EventBus = services.bus
+    async with bus.subscribe(accept) as sub:
+        await response.write(b'{"type": "hello"}\n')
+        while True:
+            try:
+                event = await asyncio.wait_for(sub.get(), HEARTBEAT_S)
+                line = event.to_dict()
+            except TimeoutError:
+                line = {"type": "heartbeat", "ts": time.time()}
+            try:
+                await response.write(json.dumps(line).encode() + b"\n")
+            except (ConnectionResetError, RuntimeError):
+                break
+    return response
+
+
+def build_app(services: Services) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json], client_max_size=64 * 1024)
+    app[SERVICES] = services
+    app.router.add_get("/v1/health", health)
+    app.router.add_post("/v1/tasks", submit_task)
+    app.router.add_get("/v1/tasks", list_tasks)
+    app.router.add_get("/v1/tasks/{task_id}", get_task)
+    app.router.add_post("/v1/tasks/{task_id}/cancel", cancel_task)
+    app.router.add_get("/v1/tasks/{task_id}/nodes", list_nodes)
+    app.router.add_get("/v1/tasks/{task_id}/nodes/{node_id}", get_node)
+    app.router.add_get("/v1/events", events)
+    return app
+
+
+__all__ = ["SERVICES", "Services", "build_app", "task_view"]

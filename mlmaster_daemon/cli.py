@@ -1,0 +1,248 @@
+"""The `mlmaster` command: run the daemon, or talk to it over its socket."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from mlmaster_daemon import __version__
+from mlmaster_daemon.api.client import Client
+from mlmaster_daemon.config import load_config, resolve_socket_path
+from mlmaster_daemon.errors import MlmasterError
+from mlmaster_daemon.watch import TERMINAL, follow, format_metric
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _socket(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket).expanduser()
+    if args.config:
+        return load_config(args.config).socket_path()
+    return resolve_socket_path(os.environ.get("MLMASTER_SOCKET", ""))
+
+
+def _client_call(args: argparse.Namespace, fn: Callable[[Client], Awaitable[int]]) -> int:
+    async def go() -> int:
+        async with Client(_socket(args)) as client:
+            return await fn(client)
+
+    return asyncio.run(go())
+
+
+def _task_summary(task: dict[str, Any]) -> str:
+    best = task.get("best")
+    best_text = "-" if not best else f"{format_metric(best['metric'])} (node {best['node_id']})"
+    return (f"{task['id']}  {task['state']:<9}  {task['name']:<20} {task['metric']:<8} "
+            f"nodes {task['nodes_done']}/{task['nodes_total']}  best {best_text}")
+
+
+def _print_result(task: dict[str, Any]) -> None:
+    _print(f"task {task['id']} {task['state']}"
+           + (f": {task['error']}" if task.get("error") else ""))
+    best = task.get("best")
+    if best:
+        _print(f"best validation {task['metric']}: {format_metric(best['metric'])} "
+               f"(node {best['node_id']})")
+        _print(f"best submission: {best['submission_path']}")
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from mlmaster_daemon.daemon import Daemon
+    from mlmaster_daemon.logs import configure_logging
+
+    config = load_config(args.config, overrides={
+        "daemon.socket": args.socket, "daemon.state_dir": args.state_dir,
+        "daemon.log_level": args.log_level,
+    })
+    configure_logging(config.daemon.log_level)
+    asyncio.run(Daemon(config).serve())
+    return 0
+
+
+def _submit_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"task_dir": str(Path(args.task_dir).expanduser().resolve())}
+    for key in ("name", "steps", "time_limit_s", "node_timeout_s", "policy", "metric", "target",
+                "id_column", "lower_is_better"):
+        value = getattr(args, key)
+        if value is not None:
+            body[key] = value
+    return body
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    async def go(client: Client) -> int:
+        task = await client.submit(_submit_body(args))
+        if not args.wait:
+            _print(json.dumps(task, indent=2) if args.json else f"submitted {task['id']}")
+            return 0
+        emit = (lambda _line: None) if args.json else _print
+        if not args.json:
+            _print(f"submitted {task['id']}; following it (Ctrl-C stops following, not the task)")
+        final = await follow(client, task["id"], emit)
+        if args.json:
+            _print(json.dumps(final, indent=2))
+        else:
+            _print_result(final)
+        return 0 if final["state"] == "finished" else 1
+
+    return _client_call(args, go)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    async def go(client: Client) -> int:
+        tasks = await client.tasks()
+        if args.json:
+            _print(json.dumps(tasks, indent=2))
+        elif not tasks:
+            _print("no tasks; submit one with `mlmaster submit TASK_DIR`")
+        for task in [] if args.json else tasks:
+            _print(_task_summary(task))
+        return 0
+
+    return _client_call(args, go)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    async def go(client: Client) -> int:
+        task = await client.task(args.task_id)
+        nodes = await client.nodes(args.task_id)
+        if args.json:
+            _print(json.dumps({**task, "nodes": nodes}, indent=2))
+            return 0
+        _print(_task_summary(task))
+        for node in nodes:
+            parent = "root" if node["parent_id"] is None else node["parent_id"]
+            _print(f"  node {node['id']:<4} <- {parent!s:<5} {node['operator']:<8} "
+                   f"{node['status']:<10} metric={format_metric(node['metric'])}  "
+                   f"{node.get('summary') or node.get('error') or ''}"[:160])
+        return 0
+
+    return _client_call(args, go)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    async def go(client: Client) -> int:
+        final = await follow(client, args.task_id, _print)
+        _print_result(final)
+        return 0 if final["state"] in TERMINAL else 1
+
+    return _client_call(args, go)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    async def go(client: Client) -> int:
+        task = await client.cancel(args.task_id)
+        _print(f"task {task['id']} is {task['state']}")
+        return 0
+
+    return _client_call(args, go)
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    from mlmaster_daemon.tasks.examples import EXAMPLES, build_example
+
+    if args.name == "list":
+        for info in EXAMPLES.values():
+            _print(f"{info.name:<15} {info.metric:<9} {info.description}")
+        return 0
+    if args.dir is None:
+        raise MlmasterError("give the folder to build it in: mlmaster example NAME DIR")
+    root = build_example(args.name, Path(args.dir).expanduser())
+    _print(f"built example {args.name!r} in {root}")
+    _print(f"submit it with: mlmaster submit {root} --wait")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mlmaster_daemon.demo import run_demo
+
+    return run_demo(example=args.example, steps=args.steps, clean=args.clean)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlmaster", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mlmaster {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_socket(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--socket", help="daemon socket (default: MLMASTER_SOCKET or runtime dir)")
+        p.add_argument("--config", help="config file whose [daemon] socket to use")
+        return p
+
+    p = sub.add_parser("daemon", help="run the daemon in the foreground")
+    p.add_argument("--socket", help="Unix socket to listen on")
+    p.add_argument("--state-dir", help="where the database and task folders live")
+    p.add_argument("--config", help="TOML config file (see configs/default.toml)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(fn=cmd_daemon)
+
+    p = with_socket(sub.add_parser("submit", help="submit a competition folder"))
+    p.add_argument("task_dir", help="competition folder (DIR/prepared/public or public/ itself)")
+    p.add_argument("--name")
+    p.add_argument("--steps", type=int, help="nodes to expand")
+    p.add_argument("--time-limit", dest="time_limit_s", type=float, help="seconds for the task")
+    p.add_argument("--node-timeout", dest="node_timeout_s", type=float, help="seconds per node")
+    p.add_argument("--policy")
+    p.add_argument("--metric", help="accuracy, roc_auc, log_loss, rmse or mae")
+    p.add_argument("--target", help="target column in train.csv")
+    p.add_argument("--id-column")
+    direction = p.add_mutually_exclusive_group()
+    direction.add_argument("--lower-is-better", dest="lower_is_better", action="store_const",
+                           const=True)
+    direction.add_argument("--higher-is-better", dest="lower_is_better", action="store_const",
+                           const=False)
+    p.add_argument("--wait", action="store_true", help="follow the task until it ends")
+    p.add_argument("--json", action="store_true", help="print the task as JSON")
+    p.set_defaults(fn=cmd_submit)
+
+    p = with_socket(sub.add_parser("ls", help="list tasks"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_ls)
+
+    p = with_socket(sub.add_parser("show", help="show a task and its nodes"))
+    p.add_argument("task_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_show)
+
+    p = with_socket(sub.add_parser("watch", help="follow a task's progress until it ends"))
+    p.add_argument("task_id")
+    p.set_defaults(fn=cmd_watch)
+
+    p = with_socket(sub.add_parser("cancel", help="cancel a task"))
+    p.add_argument("task_id")
+    p.set_defaults(fn=cmd_cancel)
+
+    p = sub.add_parser("example", help="build a bundled example competition ('list' lists them)")
+    p.add_argument("name")
+    p.add_argument("dir", nargs="?")
+    p.set_defaults(fn=cmd_example)
+
+    p = sub.add_parser("demo", help="run the daemon on a bundled example, offline, end to end")
+    p.add_argument("--example", default="breast_cancer")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--clean", action="store_true",
+                   help="delete the demo's temporary folder when it succeeds")
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+        return code
+    except MlmasterError as exc:
+        print(f"mlmaster: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+

@@ -1,0 +1,116 @@
+"""Composition root and lifecycle: migrate -> recover -> listen -> run until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from mlmaster_daemon import __version__
+from mlmaster_daemon.api.app import Services, build_app
+from mlmaster_daemon.bus import EventBus
+from mlmaster_daemon.config import Config
+from mlmaster_daemon.errors import ConfigError
+from mlmaster_daemon.llm.coder import Coder
+from mlmaster_daemon.llm.offline import OfflineCoder
+from mlmaster_daemon.logs import get_logger
+from mlmaster_daemon.scheduler import Scheduler
+from mlmaster_daemon.store import Store
+
+log = get_logger("mlmaster.daemon")
+# sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+SHUTDOWN_GRACE_S = 5.0
+
+
+def make_coder(config: Config) -> Coder:
+    return OfflineCoder(seed=config.coder.seed)
+
+
+def _prepare_socket_path(path: Path) -> None:
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes; choose a shorter --socket")
+    if not path.parent.exists():
+        # 0750: only the owner and its group may reach the socket inside.
+        path.parent.mkdir(parents=True, mode=0o750)
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale socket left by a daemon that died
+        else:
+            raise ConfigError(
+                f"another daemon is already listening on {path}; stop it or use another --socket")
+        finally:
+            probe.close()
+
+
+class Daemon:
+    def __init__(self, config: Config, coder: Coder | None = None):
+        self.config = config
+        self.coder = coder or make_coder(config)
+        self.state_dir = config.state_dir()
+        self.socket_path = config.socket_path()
+        self.bus = EventBus()
+        self.store: Store | None = None
+        self.scheduler: Scheduler | None = None
+        self._runner: web.AppRunner | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        """Open and migrate the store, recover from the last run, and listen. On return the
+        daemon is ready to take requests."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        _prepare_socket_path(self.socket_path)
+        self.store = await Store.open(self.state_dir / "mlmaster.db")
+        interrupted = await self.store.interrupt_unfinished(
+            "interrupted: the daemon stopped while this node was in flight", time.time())
+        self.scheduler = Scheduler(self.store, self.bus, self.coder, self.config, self.state_dir)
+        services = Services(self.store, self.bus, self.scheduler, self.config, self.state_dir,
+                            time.time())
+        self._runner = web.AppRunner(build_app(services), handle_signals=False,
+                                     shutdown_timeout=SHUTDOWN_GRACE_S)
+        await self._runner.setup()
+        site = web.UnixSite(self._runner, str(self.socket_path))
+        await site.start()
+        os.chmod(self.socket_path, 0o660)
+        await self.scheduler.start()
+        log.info("daemon ready", version=__version__, socket=str(self.socket_path),
+                 state_dir=str(self.state_dir), nodes_interrupted=interrupted)
+
+    async def stop(self) -> None:
+        """Stop the tasks (they resume on the next start), close the API and the store."""
+        log.info("daemon stopping")
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.store is not None:
+            await self.store.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        log.info("daemon stopped")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

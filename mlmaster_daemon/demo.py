@@ -1,0 +1,110 @@
+"""`mlmaster demo`: the daemon's main job on a bundled example, end to end, offline.
+
+It builds an example competition, starts a real daemon process on a private socket and state
+dir, submits the task over the socket, follows its progress, grades the best submission on the
+hidden answers, and shuts the daemon down with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mlmaster_daemon.api.client import Client
+from mlmaster_daemon.errors import DaemonUnreachable, MlmasterError
+from mlmaster_daemon.tasks.competition import load_task
+from mlmaster_daemon.tasks.examples import build_example
+from mlmaster_daemon.tasks.grading import grade, grade_sample_submission
+from mlmaster_daemon.watch import follow, format_metric
+
+READY_TIMEOUT_S = 60.0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:] if log.exists() else ""
+
+
+async def _wait_ready(client: Client, daemon: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        if daemon.poll() is not None:
+            tail = _tail(log)
+            raise MlmasterError(f"the daemon exited with code {daemon.returncode}:\n{tail}")
+        try:
+            await client.health()
+            return
+        except DaemonUnreachable:
+            if time.monotonic() > deadline:
+                raise MlmasterError(f"the daemon was not ready after {READY_TIMEOUT_S:.0f} s; "
+                                    f"see {log}") from None
+            await asyncio.sleep(0.2)
+
+
+async def _drive(workdir: Path, example: str, steps: int, daemon: subprocess.Popen[bytes],
+                 log: Path) -> int:
+    competition = workdir / "competition"
+    async with Client(workdir / "mlmaster.sock") as client:
+        await _wait_ready(client, daemon, log)
+        _say(f"daemon ready (pid {daemon.pid}, log {log})")
+        task = await client.submit({"task_dir": str(competition), "steps": steps})
+        _say(f"submitted task {task['id']} over the socket: metric {task['metric']} "
+             f"({'lower' if task['lower_is_better'] else 'higher'} is better), {steps} nodes")
+        final = await follow(client, task["id"], _say)
+    best = final.get("best")
+    _say("")
+    _say(f"search {final['state']}: {final['nodes_done']} nodes in "
+         f"{(final['finished_at'] or time.time()) - (final['started_at'] or time.time()):.1f} s")
+    if not best:
+        _say(f"no working solution: {final.get('error')}")
+        return 1
+    spec = load_task(competition)
+    hidden = grade(spec, Path(best["submission_path"]))
+    baseline = grade_sample_submission(spec)
+    _say(f"best validation {final['metric']}: {format_metric(best['metric'])} "
+         f"(node {best['node_id']})")
+    _say(f"best submission:  {best['submission_path']}")
+    _say(f"score on the hidden answers: {format_metric(hidden)} "
+         f"(sample submission scores {format_metric(baseline)})")
+    return 0
+
+
+def run_demo(example: str = "breast_cancer", steps: int = 12, clean: bool = False) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="mlmaster-demo-"))
+    build_example(example, workdir / "competition")
+    _say(f"built example competition {example!r} in {workdir / 'competition'}")
+    log = workdir / "daemon.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLMASTER_")}
+    with log.open("wb") as out:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "mlmaster_daemon", "daemon", "--socket",
+             str(workdir / "mlmaster.sock"), "--state-dir", str(workdir / "state")],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+    code = 1
+    try:
+        code = asyncio.run(_drive(workdir, example, steps, daemon, log))
+    finally:
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        _say(f"daemon stopped (exit code {daemon.returncode})")
+        if clean and code == 0:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            _say(f"the demo's files (state, daemon log, best submission) are in {workdir}")
+    return code

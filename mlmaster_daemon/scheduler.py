@@ -1,0 +1,347 @@
+"""The per-task loop that ties search, coder and execution together, and the task queue.
+
+One `TaskRunner` per running task keeps up to `parallel` expansions in flight. Each expansion
+walks its node through pending -> generating -> ready -> running -> evaluating -> done | buggy
+(or failed), committing every transition before publishing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from mlmaster_daemon.bus import BestImproved, EventBus, NodeStateChanged, TaskStateChanged
+from mlmaster_daemon.config import Config
+from mlmaster_daemon.errors import TaskNotCancellable
+from mlmaster_daemon.evaluation import evaluate
+from mlmaster_daemon.execution.runner import run_script
+from mlmaster_daemon.execution.workspace import Workspace
+from mlmaster_daemon.llm.coder import Coder, CodeRequest, MemoryItem
+from mlmaster_daemon.logs import get_logger
+from mlmaster_daemon.models import NodeState, TaskState
+from mlmaster_daemon.search.tree import ROOT, Limits, Outcome, Pick, SearchTree
+from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
+from mlmaster_daemon.tasks.preview import data_preview
+
+log = get_logger("mlmaster.scheduler")
+Clock = Callable[[], float]
+
+
+def new_task_id() -> str:
+    return "t" + uuid.uuid4().hex[:11]
+
+
+def task_root(state_dir: Path, task_id: str) -> Path:
+    return state_dir / "tasks" / task_id
+
+
+def best_dir(state_dir: Path, task_id: str) -> Path:
+    return task_root(state_dir, task_id) / "best"
+
+
+class TaskRunner:
+    """Searches one task until its steps or time run out, nothing is left to expand, or cancel."""
+
+    def __init__(
+        self, task: TaskRecord, store: Store, bus: EventBus, coder: Coder, config: Config,
+        exec_slots: asyncio.Semaphore, state_dir: Path, clock: Clock = time.time,
+    ):
+        self.task = task
+        self.store = store
+        self.bus = bus
+        self.coder = coder
+        self.config = config
+        self.exec_slots = exec_slots
+        self.state_dir = state_dir
+        self.clock = clock
+        self.cancel_requested = False
+        search = config.search
+        self.tree = SearchTree(
+            Limits(search.num_drafts, search.num_improves, search.max_debug_depth,
+                   search.exploration_constant),
+            task.spec.lower_is_better,
+        )
+        self.memory: dict[int, MemoryItem] = {}
+        self.best_metric = task.best_metric
+        self.preview = ""
+        self.deadline = 0.0
+
+    async def run(self) -> None:
+        task = self.task
+        started = task.started_at or self.clock()
+        self.deadline = started + task.time_limit_s
+        await self.store.update_task(task.id, state=TaskState.RUNNING, started_at=started)
+        self.bus.publish(TaskStateChanged(task_id=task.id, state=TaskState.RUNNING.value))
+        log.info("task started", task_id=task.id, name=task.name, steps=task.steps)
+        nodes = await self.store.list_nodes(task.id)
+        self._restore(nodes)
+        self.preview = await asyncio.to_thread(data_preview, task.spec)
+        next_id = max((n.id for n in nodes), default=0) + 1
+        created = len(nodes)
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                while (len(inflight) < self.config.search.parallel and created < task.steps
+                       and self.clock() < self.deadline):
+                    pick = self.tree.select()
+                    if pick is None:
+                        break
+                    # Reserve the child now, so the next select() sees the slot as taken.
+                    self.tree.add(next_id, pick)
+                    inflight.add(asyncio.create_task(self._expand(next_id, pick)))
+                    next_id += 1
+                    created += 1
+                if not inflight:
+                    break
+                done, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    if not finished.cancelled() and finished.exception() is not None:
+                        raise finished.exception()  # type: ignore[misc]
+        except asyncio.CancelledError:
+            for pending in inflight:
+                pending.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+            if self.cancel_requested:
+                await self._set_state(TaskState.CANCELLED)
+                return
+            raise
+        except Exception as exc:
+            for pending in inflight:
+                pending.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+            log.exception("task failed", task_id=task.id)
+            await self._set_state(TaskState.FAILED, f"internal error: {exc}")
+            return
+        error = None if self.best_metric is not None else "no working solution was found"
+        await self._set_state(TaskState.FINISHED, error)
+
+    def _restore(self, nodes: list[NodeRecord]) -> None:
+        for node in nodes:
+            if node.state in (NodeState.DONE, NodeState.BUGGY):
+                outcome = Outcome.GOOD if node.state is NodeState.DONE else Outcome.BUGGY
+                self.tree.restore(node.id, node.parent_id, node.operator, outcome, node.metric,
+                                  node.visits, node.value)
+                self.memory[node.id] = MemoryItem(node.id, node.operator, node.summary or "",
+                                                  node.metric, outcome is Outcome.BUGGY)
+
+    async def _set_state(self, state: TaskState, error: str | None = None) -> None:
+        await self.store.update_task(self.task.id, state=state, error=error,
+                                     finished_at=self.clock())
+        self.bus.publish(TaskStateChanged(task_id=self.task.id, state=state.value, error=error))
+        log.info("task ended", task_id=self.task.id, state=state.value, error=error,
+                 best_metric=self.best_metric)
+
+    async def _node_state(
+        self, node_id: int, pick: Pick, state: NodeState, **fields: object
+    ) -> None:
+        await self.store.update_node(self.task.id, node_id, state=state, **fields)
+        await self._publish_node(node_id, pick, state, fields.get("metric"), fields.get("error"))
+
+    async def _publish_node(
+        self, node_id: int, pick: Pick, state: NodeState, metric: object = None,
+        error: object = None,
+    ) -> None:
+        total, done = await self.store.node_counts(self.task.id)
+        self.bus.publish(NodeStateChanged(
+            task_id=self.task.id, node_id=node_id,
+            parent_id=None if pick.parent_id == ROOT else pick.parent_id,
+            operator=pick.operator.value, state=state.value,
+            metric=metric if isinstance(metric, float) else None,
+            error=error if isinstance(error, str) else None,
+            nodes_total=total, nodes_done=done,
+        ))
+
+    async def _expand(self, node_id: int, pick: Pick) -> None:
+        with structlog.contextvars.bound_contextvars(task_id=self.task.id, node_id=node_id):
+            parent_id = None if pick.parent_id == ROOT else pick.parent_id
+            try:
+                await self.store.insert_node(NodeRecord(
+                    task_id=self.task.id, id=node_id, parent_id=parent_id,
+                    operator=pick.operator, state=NodeState.PENDING, created_at=self.clock(),
+                ))
+                await self._publish_node(node_id, pick, NodeState.PENDING)
+                await self._generate_run_evaluate(node_id, pick)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._fail(node_id, pick, "cancelled before it finished"))
+                raise
+            except Exception as exc:
+                log.exception("expansion failed")
+                await self._fail(node_id, pick, f"{type(exc).__name__}: {exc}")
+
+    async def _fail(self, node_id: int, pick: Pick, reason: str) -> None:
+        # A failed node leaves the search tree, so its slot opens again; it still counts as a step.
+        self.tree.abort(node_id, pick)
+        with contextlib.suppress(Exception):
+            await self._node_state(node_id, pick, NodeState.FAILED, error=reason,
+                                   finished_at=self.clock())
+
+    async def _generate_run_evaluate(self, node_id: int, pick: Pick) -> None:
+        task = self.task
+        await self._node_state(node_id, pick, NodeState.GENERATING)
+        request = await self._request(node_id, pick)
+        response = await self.coder.generate(request)
+        root = task_root(self.state_dir, task.id) / "nodes" / str(node_id)
+        ws = await asyncio.to_thread(Workspace.create, root, task.spec.public_dir, response.code)
+        await self._node_state(node_id, pick, NodeState.READY, code=response.code,
+                               plan=response.plan, summary=response.summary)
+        timeout = max(1.0, min(task.node_timeout_s, self.deadline - self.clock()))
+        async with self.exec_slots:
+            await self._node_state(node_id, pick, NodeState.RUNNING, started_at=self.clock())
+            log.info("node running", operator=pick.operator.value, summary=response.summary)
+            result = await run_script(ws, timeout, self.config.execution.kill_grace_s,
+                                      self.config.execution.python or None)
+        await self._node_state(node_id, pick, NodeState.EVALUATING, exit_code=result.exit_code,
+                               pid=result.pid)
+        outcome = await asyncio.to_thread(evaluate, ws, task.spec, result, timeout)
+        changed = self.tree.complete(node_id, pick, outcome.metric)
+        state = NodeState.BUGGY if outcome.buggy else NodeState.DONE
+        await self.store.finish_node(
+            task.id, node_id,
+            {"state": state, "metric": outcome.metric, "error": outcome.error,
+             "finished_at": self.clock()},
+            [(n.id, n.visits, n.value) for n in changed],
+        )
+        self.memory[node_id] = MemoryItem(node_id, pick.operator, response.summary,
+                                          outcome.metric, outcome.buggy)
+        await self._publish_node(node_id, pick, state, outcome.metric, outcome.error)
+        log.info("node finished", state=state.value, metric=outcome.metric, error=outcome.error,
+                 seconds=round(result.duration_s, 2))
+        if outcome.metric is not None and self._improves(outcome.metric):
+            await self._record_best(node_id, ws, outcome.metric, response.code)
+
+    async def _request(self, node_id: int, pick: Pick) -> CodeRequest:
+        task = self.task
+        siblings = tuple(
+            self.memory[c] for c in self.tree.nodes[pick.parent_id].children if c in self.memory
+        )
+        parent_code = parent_output = parent_error = None
+        if pick.parent_id != ROOT:
+            parent = await self.store.get_node(task.id, pick.parent_id)
+            parent_code, parent_error = parent.code, parent.error
+            parent_ws = Workspace(task_root(self.state_dir, task.id) / "nodes" / str(parent.id))
+            parent_output = await asyncio.to_thread(
+                parent_ws.output_tail, self.config.execution.output_tail_chars)
+        total, _ = await self.store.node_counts(task.id)
+        return CodeRequest(
+            operator=pick.operator, task=task.spec, node_id=node_id, data_preview=self.preview,
+            parent_code=parent_code, parent_output=parent_output, parent_error=parent_error,
+            memory=siblings, steps_left=max(task.steps - total, 0),
+            time_left_s=max(self.deadline - self.clock(), 0.0),
+        )
+
+    def _improves(self, metric: float) -> bool:
+        if self.best_metric is None:
+            return True
+        if self.task.spec.lower_is_better:
+            return metric < self.best_metric
+        return metric > self.best_metric
+
+    async def _record_best(self, node_id: int, ws: Workspace, metric: float, code: str) -> None:
+        self.best_metric = metric
+        target = best_dir(self.state_dir, self.task.id)
+        await asyncio.to_thread(_copy_best, ws, target, node_id, metric, code)
+        submission = str(target / "submission.csv")
+        await self.store.update_task(self.task.id, best_node_id=node_id, best_metric=metric)
+        self.bus.publish(BestImproved(task_id=self.task.id, node_id=node_id, metric=metric,
+                                      submission_path=submission))
+        log.info("best improved", metric=metric)
+
+
+def _copy_best(ws: Workspace, target: Path, node_id: int, metric: float, code: str) -> None:
+    """Replace `target` with the new best's files; the swap is a rename, so a reader sees either
+    the old best or the new one, whole."""
+    staging = target.with_name("best.new")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    (staging / "solution.py").write_text(code)
+    shutil.copyfile(ws.submission, staging / "submission.csv")
+    (staging / "node.json").write_text(json.dumps({"node_id": node_id, "metric": metric}))
+    old = target.with_name("best.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class Scheduler:
+    """Starts queued tasks up to `max_running_tasks`, cancels them, and stops them all."""
+
+    def __init__(self, store: Store, bus: EventBus, coder: Coder, config: Config,
+                 state_dir: Path, clock: Clock = time.time):
+        self.store = store
+        self.bus = bus
+        self.coder = coder
+        self.config = config
+        self.state_dir = state_dir
+        self.clock = clock
+        self.exec_slots = asyncio.Semaphore(config.execution.max_concurrent_nodes)
+        self.runners: dict[str, tuple[TaskRunner, asyncio.Task[None]]] = {}
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Resume every task that was queued or running when the daemon last stopped."""
+        await self.pump()
+
+    async def pump(self) -> None:
+        if self._stopping:
+            return
+        waiting = await self.store.list_tasks([TaskState.RUNNING, TaskState.QUEUED])
+        # Tasks that were running before a restart go first, then the queue in submit order.
+        waiting.sort(key=lambda t: (t.state is not TaskState.RUNNING, t.created_at))
+        for task in waiting:
+            if len(self.runners) >= self.config.daemon.max_running_tasks:
+                break
+            if task.id not in self.runners:
+                self._launch(task)
+
+    def _launch(self, task: TaskRecord) -> None:
+        runner = TaskRunner(task, self.store, self.bus, self.coder, self.config, self.exec_slots,
+                            self.state_dir, self.clock)
+        with structlog.contextvars.bound_contextvars(task_id=task.id):
+            handle = asyncio.create_task(runner.run(), name=f"task-{task.id}")
+        self.runners[task.id] = (runner, handle)
+        handle.add_done_callback(lambda _h: self._on_done(task.id))
+
+    def _on_done(self, task_id: str) -> None:
+        self.runners.pop(task_id, None)
+        if not self._stopping:
+            asyncio.get_running_loop().create_task(self.pump())
+
+    async def submit(self, task: TaskRecord) -> None:
+        await self.store.insert_task(task)
+        self.bus.publish(TaskStateChanged(task_id=task.id, state=task.state.value))
+        log.info("task submitted", task_id=task.id, task_dir=task.task_dir)
+        await self.pump()
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        task = await self.store.get_task(task_id)
+        if task.state.terminal:
+            raise TaskNotCancellable(f"task {task_id} is already {task.state.value}")
+        entry = self.runners.get(task_id)
+        if entry is None:
+            await self.store.update_task(task_id, state=TaskState.CANCELLED,
+                                         finished_at=self.clock())
+            self.bus.publish(TaskStateChanged(task_id=task_id, state=TaskState.CANCELLED.value))
+        else:
+            runner, handle = entry
+            runner.cancel_requested = True
+            handle.cancel()
+            await asyncio.gather(handle, return_exceptions=True)
+        return await self.store.get_task(task_id)
+
+    async def stop(self) -> None:
+        """Stop every runner; their tasks stay `running` in the store and resume on restart."""
+        self._stopping = True
+        handles = [h for _r, h in self.runners.values()]
+        for handle in handles:
+            handle.cancel()
+        await asyncio.gather(*handles, return_exceptions=True)
