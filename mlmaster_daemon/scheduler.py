@@ -188,6 +188,8 @@ class TaskRunner:
         await self._node_state(node_id, pick, NodeState.GENERATING)
         request = await self._request(node_id, pick)
         response = await self.coder.generate(request)
+        # Siblings generated from now on see this attempt, even before it has run.
+        self.memory[node_id] = MemoryItem(node_id, pick.operator, response.summary, None, False)
         root = task_root(self.state_dir, task.id) / "nodes" / str(node_id)
         ws = await asyncio.to_thread(Workspace.create, root, task.spec.public_dir, response.code)
         await self._node_state(node_id, pick, NodeState.READY, code=response.code,
@@ -219,9 +221,6 @@ class TaskRunner:
 
     async def _request(self, node_id: int, pick: Pick) -> CodeRequest:
         task = self.task
-        siblings = tuple(
-            self.memory[c] for c in self.tree.nodes[pick.parent_id].children if c in self.memory
-        )
         parent_code = parent_output = parent_error = None
         if pick.parent_id != ROOT:
             parent = await self.store.get_node(task.id, pick.parent_id)
@@ -230,6 +229,10 @@ class TaskRunner:
             parent_output = await asyncio.to_thread(
                 parent_ws.output_tail, self.config.execution.output_tail_chars)
         total, _ = await self.store.node_counts(task.id)
+        # Read last, after every await, so attempts generated meanwhile are included.
+        siblings = tuple(
+            self.memory[c] for c in self.tree.nodes[pick.parent_id].children if c in self.memory
+        )
         return CodeRequest(
             operator=pick.operator, task=task.spec, node_id=node_id, data_preview=self.preview,
             parent_code=parent_code, parent_output=parent_output, parent_error=parent_error,

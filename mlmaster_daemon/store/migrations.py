@@ -64,5 +64,7 @@ async def migrate(conn: aiosqlite.Connection) -> int:
 
 
 def _statements(sql: str) -> list[str]:
-    body = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+    """Split a migration into statements. Comments go first (they may hold semicolons); our
+    migrations keep `--` out of string literals so this stays a line-level cut."""
+    body = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
     return [s.strip() for s in body.split(";") if s.strip()]
