@@ -1,0 +1,270 @@
+"""Resolve a competition folder into a validated `TaskSpec`.
+
+Accepts either the competition root (holding `prepared/public`, MLE-bench layout) or the
+public folder itself. Only CSV header lines are read here, so multi-GB folders load fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlmaster_daemon.errors import InvalidTaskDir
+from mlmaster_daemon.tasks.spec import Metric, TaskOverrides, TaskSpec
+
+TRAIN_FILE = "train.csv"
+TEST_FILE = "test.csv"
+SAMPLE_SUBMISSION_NAMES = (
+    "sample_submission.csv",
+    "sampleSubmission.csv",
+    "sample_submission_null.csv",
+)
+TASK_TOML = "task.toml"
+TASK_TOML_TYPES: dict[str, type] = {
+    "metric": str,
+    "lower_is_better": bool,
+    "target": str,
+    "id_column": str,
+    "name": str,
+}
+KNOWN_METRICS = ", ".join(m.value for m in Metric)
+
+
+@dataclass(frozen=True)
+class _Headers:
+    """Header lines of the public CSV files."""
+
+    public: Path
+    sample_name: str
+    train: list[str]
+    test: list[str]
+    sample: list[str]
+
+
+def load_task(task_dir: str | Path, overrides: TaskOverrides | None = None) -> TaskSpec:
+    """Load and check the competition at `task_dir`; non-None `overrides` win over task.toml.
+
+    Raises `InvalidTaskDir` whose message names the problem and how to fix it.
+    """
+    path = Path(task_dir).expanduser()
+    if not path.exists():
+        shown = str(path) if path.is_absolute() else f"{path} (that is, {path.absolute()})"
+        raise InvalidTaskDir(f"task folder {shown} does not exist: check the path and try again")
+    if not path.is_dir():
+        raise InvalidTaskDir(
+            f"task path {path} is a file, not a folder: pass the competition folder "
+            "(the one holding prepared/public) or its public folder"
+        )
+    path = path.resolve()
+    root, public = _locate(path)
+    sample_name = _check_required_files(public)
+    private = root / "prepared" / "private"
+
+    settings = read_task_toml(root)
+    given = _override_values(overrides)
+    if "metric" in given and "lower_is_better" not in given:
+        # task.toml's direction belongs to task.toml's metric, not to an overriding one
+        settings.pop("lower_is_better", None)
+    settings.update(given)
+    name = str(settings.get("name") or root.name or "task")
+    metric = _resolve_metric(settings.get("metric"), name, root)
+    lower_is_better = _resolve_direction(settings.get("lower_is_better"), metric, root)
+
+    headers = _Headers(
+        public=public,
+        sample_name=sample_name,
+        train=read_csv_header(public / TRAIN_FILE),
+        test=read_csv_header(public / TEST_FILE),
+        sample=read_csv_header(public / sample_name),
+    )
+    id_column = str(settings.get("id_column") or headers.sample[0])
+    target = _resolve_target(settings.get("target"), id_column, headers, root)
+    _check_columns(headers, id_column, target)
+
+    return TaskSpec(
+        name=name,
+        root=root,
+        public_dir=public,
+        private_dir=private if private.is_dir() else None,
+        description=_read_description(public, name, target, metric),
+        metric=metric,
+        lower_is_better=lower_is_better,
+        target=target,
+        id_column=id_column,
+        train_file=TRAIN_FILE,
+        test_file=TEST_FILE,
+        sample_submission_file=sample_name,
+    )
+
+
+def read_csv_header(path: Path) -> list[str]:
+    """The column names on the first line of the CSV at `path` (reads only that line)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+            header = next(csv.reader(handle), None)
+    except (OSError, csv.Error) as exc:
+        raise InvalidTaskDir(
+            f"cannot read the header of {path}: {exc}; fix or replace the file"
+        ) from exc
+    if not header or not any(col.strip() for col in header):
+        raise InvalidTaskDir(
+            f"{path} is empty or has no header line: it must start with column names"
+        )
+    return [col.strip() for col in header]
+
+
+def read_task_toml(root: Path) -> dict[str, Any]:
+    """The checked settings of `root/task.toml`, or an empty dict when there is none."""
+    toml_path = root / TASK_TOML
+    if not toml_path.is_file():
+        return {}
+    try:
+        raw = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidTaskDir(f"{toml_path} is not valid TOML ({exc}); fix the syntax") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidTaskDir(f"cannot read {toml_path}: {exc}") from exc
+    allowed = ", ".join(TASK_TOML_TYPES)
+    for key, value in raw.items():
+        expected = TASK_TOML_TYPES.get(key)
+        if expected is None:
+            raise InvalidTaskDir(
+                f"{toml_path} has unknown key {key!r}: remove it (allowed keys: {allowed})"
+            )
+        if not isinstance(value, expected):
+            kind = "true or false" if expected is bool else "a quoted string"
+            raise InvalidTaskDir(
+                f"{toml_path}: key {key!r} must be {kind}, got {type(value).__name__} {value!r}"
+            )
+        if isinstance(value, str) and not value.strip():
+            raise InvalidTaskDir(f"{toml_path}: key {key!r} must not be empty")
+    return dict(raw)
+
+
+def _locate(path: Path) -> tuple[Path, Path]:
+    """(competition root, public folder) for a folder given by the user."""
+    nested = path / "prepared" / "public"
+    if nested.is_dir():
+        return path, nested
+    if (path / TRAIN_FILE).is_file():
+        root = path.parent.parent if path.parent.name == "prepared" else path
+        return root, path
+    raise InvalidTaskDir(
+        f"no competition files found in {path}: looked for {nested}/ (MLE-bench layout) and "
+        f"for {path / TRAIN_FILE}; point at the competition folder holding prepared/public, "
+        "or at the folder holding train.csv, test.csv and sample_submission.csv"
+    )
+
+
+def _check_required_files(public: Path) -> str:
+    """Name of the sample submission in `public`; raises naming every missing file."""
+    missing = [name for name in (TRAIN_FILE, TEST_FILE) if not (public / name).is_file()]
+    sample = next((n for n in SAMPLE_SUBMISSION_NAMES if (public / n).is_file()), "")
+    if not sample:
+        missing.append(" or ".join(SAMPLE_SUBMISSION_NAMES))
+    if missing:
+        raise InvalidTaskDir(
+            f"{public} is missing required file(s): {'; '.join(missing)}; "
+            "add them to that folder (train.csv with the target, test.csv without it, "
+            "and a sample submission showing the expected format)"
+        )
+    return sample
+
+
+def _override_values(overrides: TaskOverrides | None) -> dict[str, Any]:
+    if overrides is None:
+        return {}
+    values = {
+        "metric": overrides.metric,
+        "lower_is_better": overrides.lower_is_better,
+        "target": overrides.target,
+        "id_column": overrides.id_column,
+        "name": overrides.name,
+    }
+    for key, value in values.items():
+        if isinstance(value, str) and not value.strip():
+            raise InvalidTaskDir(f"the given {key} is empty: pass a non-empty value or omit it")
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _resolve_metric(value: Any, name: str, root: Path) -> Metric:
+    if value is None:
+        raise InvalidTaskDir(
+            f'no metric for task {name}: add `metric = "roc_auc"` to {root / TASK_TOML} '
+            f"or pass --metric (one of {KNOWN_METRICS})"
+        )
+    try:
+        return Metric(str(value).strip().lower())
+    except ValueError:
+        raise InvalidTaskDir(
+            f"unknown metric {value!r} for task {name}: use one of {KNOWN_METRICS}"
+        ) from None
+
+
+def _resolve_direction(value: Any, metric: Metric, root: Path) -> bool:
+    if value is None or bool(value) == metric.lower_is_better:
+        return metric.lower_is_better
+    natural = "lower" if metric.lower_is_better else "higher"
+    raise InvalidTaskDir(
+        f"lower_is_better = {str(bool(value)).lower()} contradicts metric {metric.value}, "
+        f"for which {natural} is better: remove lower_is_better from {root / TASK_TOML} "
+        "(or the override) or fix the metric"
+    )
+
+
+def _resolve_target(value: Any, id_column: str, headers: _Headers, root: Path) -> str:
+    if value is not None:
+        return str(value)
+    others = [col for col in headers.sample if col != id_column]
+    if len(headers.sample) == 2 and len(others) == 1 and others[0] in headers.train:
+        return others[0]
+    candidates = [col for col in headers.train if col not in headers.test]
+    hint = ""
+    if candidates:
+        hint = f" (columns of train.csv absent from test.csv: {_listing(candidates)})"
+    raise InvalidTaskDir(
+        f"target is missing and cannot be inferred: the sample submission's columns "
+        f"({', '.join(headers.sample)}) do not name a train.csv column; add "
+        f'`target = "<column of train.csv>"` to {root / TASK_TOML} or pass --target{hint}'
+    )
+
+
+def _check_columns(headers: _Headers, id_column: str, target: str) -> None:
+    public = headers.public
+    problems = []
+    if target not in headers.train:
+        problems.append(f"target {target!r} is not a column of {public / TRAIN_FILE}")
+    if id_column not in headers.test:
+        problems.append(f"id column {id_column!r} is not a column of {public / TEST_FILE}")
+    if id_column not in headers.sample:
+        problems.append(
+            f"id column {id_column!r} is not a column of {public / headers.sample_name}"
+        )
+    if problems:
+        raise InvalidTaskDir(
+            "; ".join(problems) + "; fix `target`/`id_column` in task.toml (or the overrides) "
+            f"to name existing columns (train.csv has: {_listing(headers.train)})"
+        )
+
+
+def _listing(columns: list[str], limit: int = 30) -> str:
+    """Column names for a message, shortened for very wide files."""
+    more = f", ... ({len(columns) - limit} more)" if len(columns) > limit else ""
+    return ", ".join(columns[:limit]) + more
+
+
+def _read_description(public: Path, name: str, target: str, metric: Metric) -> str:
+    path = public / "description.md"
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise InvalidTaskDir(f"cannot read {path}: {exc}") from exc
+    direction = "lower" if metric.lower_is_better else "higher"
+    return (
+        f"Competition {name}: predict `{target}` for each row of test.csv from the features "
+        f"in train.csv; scored by {metric.value} ({direction} is better)."
+    )

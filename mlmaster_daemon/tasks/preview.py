@@ -1,0 +1,132 @@
+"""A bounded text summary of a task's public data, for prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from mlmaster_daemon.tasks.spec import TaskSpec
+
+TRUNCATION_MARKER = "\n... [preview truncated]"
+MAX_ROWS_READ = 20_000
+MAX_FILES = 30
+MAX_COLUMNS = 40
+MAX_CLASSES = 20
+_READ_ERRORS = (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError)
+
+
+def data_preview(spec: TaskSpec, max_chars: int = 6000) -> str:
+    """Files with sizes, train shape, per-column dtype/missing/unique, the target's
+    distribution (or summary for regression) and the first rows, never over `max_chars`.
+
+    Reads only the public folder; statistics come from at most the first 20,000 train rows.
+    """
+    sections = [
+        _files_section(spec.public_dir),
+        _train_section(spec),
+        _test_section(spec),
+    ]
+    return _bounded("\n\n".join(sections), max_chars)
+
+
+def _bounded(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    if max_chars <= len(TRUNCATION_MARKER):
+        return TRUNCATION_MARKER[: max(max_chars, 0)]
+    return text[: max_chars - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def _files_section(public: Path) -> str:
+    entries = sorted(public.iterdir(), key=lambda p: p.name)
+    lines = [f"Files in {public}:"]
+    for entry in entries[:MAX_FILES]:
+        if entry.is_dir():
+            lines.append(f"  {entry.name}/ (folder, {sum(1 for _ in entry.iterdir())} entries)")
+        else:
+            lines.append(f"  {entry.name} ({_human_size(entry.stat().st_size)})")
+    if len(entries) > MAX_FILES:
+        lines.append(f"  ... and {len(entries) - MAX_FILES} more")
+    return "\n".join(lines)
+
+
+def _count_rows(path: Path) -> int:
+    """Data rows of a CSV by counting line breaks (quoted line breaks count too)."""
+    lines = 0
+    last = b"\n"
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (0 if last == b"\n" else 1) - 1
+
+
+def _read_head(path: Path) -> tuple[pd.DataFrame, int]:
+    """Up to MAX_ROWS_READ rows of the CSV and its total row count."""
+    frame = pd.read_csv(path, nrows=MAX_ROWS_READ)
+    rows = len(frame) if len(frame) < MAX_ROWS_READ else _count_rows(path)
+    return frame, rows
+
+
+def _train_section(spec: TaskSpec) -> str:
+    path = spec.public_dir / spec.train_file
+    try:
+        train, rows = _read_head(path)
+    except _READ_ERRORS as exc:
+        return f"Could not read {spec.train_file}: {exc}"
+    sampled = "" if rows == len(train) else f" (statistics from the first {len(train)} rows)"
+    lines = [f"{spec.train_file}: {rows} rows x {train.shape[1]} columns{sampled}", "Columns:"]
+    for column in train.columns[:MAX_COLUMNS]:
+        values = train[column]
+        lines.append(
+            f"  {column}: {values.dtype}, missing {int(values.isna().sum())}, "
+            f"unique {values.nunique()}"
+        )
+    if train.shape[1] > MAX_COLUMNS:
+        lines.append(f"  ... and {train.shape[1] - MAX_COLUMNS} more columns")
+    lines.append(_target_summary(spec, train))
+    head = train.head(3).to_string(index=False, max_cols=12, max_colwidth=30)
+    lines.extend(["First 3 rows:", head])
+    return "\n".join(lines)
+
+
+def _target_summary(spec: TaskSpec, train: pd.DataFrame) -> str:
+    if spec.target not in train.columns:
+        return f"Target {spec.target!r} is not a column of {spec.train_file}."
+    values = train[spec.target]
+    if spec.metric.is_regression:
+        summary = pd.to_numeric(values, errors="coerce").describe().to_string()
+        return f"Target {spec.target} (regression) summary:\n{summary}"
+    counts = values.value_counts(dropna=False)
+    lines = [f"Target {spec.target} distribution ({len(counts)} classes):"]
+    for label, count in counts.head(MAX_CLASSES).items():
+        lines.append(f"  {label}: {count} ({count / len(values):.1%})")
+    if len(counts) > MAX_CLASSES:
+        lines.append(f"  ... and {len(counts) - MAX_CLASSES} more classes")
+    return "\n".join(lines)
+
+
+def _test_section(spec: TaskSpec) -> str:
+    lines = []
+    try:
+        test, rows = _read_head(spec.public_dir / spec.test_file)
+        lines.append(f"{spec.test_file}: {rows} rows x {test.shape[1]} columns")
+    except _READ_ERRORS as exc:
+        lines.append(f"Could not read {spec.test_file}: {exc}")
+    try:
+        sample = pd.read_csv(spec.public_dir / spec.sample_submission_file, nrows=2)
+        text = sample.to_csv(index=False, lineterminator="\n").rstrip("\n")
+        lines.append(f"{spec.sample_submission_file} (first rows):\n{text}")
+    except _READ_ERRORS as exc:
+        lines.append(f"Could not read {spec.sample_submission_file}: {exc}")
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""Check a submission file's format against the task's public sample submission."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlmaster_daemon.errors import InvalidTaskDir
+from mlmaster_daemon.tasks.metrics import normalise_labels
+from mlmaster_daemon.tasks.spec import TaskSpec
+
+_EXAMPLES_SHOWN = 3
+_READ_ERRORS = (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError)
+
+
+def validate_submission(spec: TaskSpec, submission_path: Path) -> str | None:
+    """None when the submission can be scored, else one paragraph saying what is wrong.
+
+    Compared with the sample submission: the file parses as CSV, has the same columns, row
+    count and ids (any order), no missing predictions, numbers where the metric needs them and
+    probabilities within [0, 1] for roc_auc and log_loss. Raises `InvalidTaskDir` only when the
+    task's own sample submission cannot be read.
+    """
+    sample_path = spec.public_dir / spec.sample_submission_file
+    try:
+        sample = pd.read_csv(sample_path)
+    except (OSError, *_READ_ERRORS) as exc:
+        raise InvalidTaskDir(f"cannot read the sample submission {sample_path}: {exc}") from exc
+    expected = (
+        f"Expected a CSV with header `{','.join(map(str, sample.columns))}` and {len(sample)} "
+        f"rows, one per id in {spec.test_file}, in the format of {spec.sample_submission_file}."
+    )
+    if not submission_path.is_file():
+        return f"No submission file was written at {submission_path}. {expected}"
+    try:
+        submission = pd.read_csv(submission_path)
+    except (OSError, *_READ_ERRORS) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (
+            f"The submission at {submission_path} could not be parsed as CSV ({reason}). {expected}"
+        )
+    problems = _problems(spec, sample, submission)
+    if not problems:
+        return None
+    return f"The submission at {submission_path} is invalid: {'; '.join(problems)}. {expected}"
+
+
+def _problems(spec: TaskSpec, sample: pd.DataFrame, submission: pd.DataFrame) -> list[str]:
+    problems = _column_problems(sample, submission)
+    if len(submission) != len(sample):
+        problems.append(f"it has {len(submission)} rows but {len(sample)} are expected")
+    if spec.id_column in submission.columns:
+        problems.extend(_id_problems(spec.id_column, sample, submission))
+    predictions = [c for c in sample.columns if c != spec.id_column and c in submission.columns]
+    for column in predictions:
+        problems.extend(_value_problems(spec, str(column), submission[column]))
+    return problems
+
+
+def _column_problems(sample: pd.DataFrame, submission: pd.DataFrame) -> list[str]:
+    missing = [str(c) for c in sample.columns if c not in submission.columns]
+    extra = [str(c) for c in submission.columns if c not in sample.columns]
+    problems = []
+    if missing:
+        problems.append(f"missing column(s) {', '.join(missing)}")
+    if extra:
+        problems.append(f"unexpected column(s) {', '.join(extra)}")
+    return problems
+
+
+def _id_problems(id_column: str, sample: pd.DataFrame, submission: pd.DataFrame) -> list[str]:
+    submitted = pd.Series(normalise_labels(submission[id_column]))
+    wanted = set(normalise_labels(sample[id_column]))
+    problems = []
+    blank = int(submission[id_column].isna().sum())
+    if blank:
+        problems.append(f"column {id_column} has {blank} missing id(s)")
+    repeated = submitted[submitted.duplicated()].unique().tolist()
+    if repeated:
+        problems.append(f"{len(repeated)} id(s) appear more than once (e.g. {_show(repeated)})")
+    missing = wanted - set(submitted)
+    extra = set(submitted) - wanted
+    if missing:
+        problems.append(f"{len(missing)} id(s) of the test set have no row (e.g. {_show(missing)})")
+    if extra:
+        problems.append(f"{len(extra)} id(s) are not in the test set (e.g. {_show(extra)})")
+    return problems
+
+
+def _value_problems(spec: TaskSpec, column: str, values: pd.Series) -> list[str]:
+    missing = int(values.isna().sum())
+    if missing:
+        return [f"column {column} has {missing} missing value(s)"]
+    if not (spec.metric.is_regression or spec.metric.needs_probabilities):
+        return []
+    numeric = pd.to_numeric(values, errors="coerce")
+    non_numeric = values[numeric.isna()]
+    if len(non_numeric):
+        return [
+            f"column {column} must hold numbers for {spec.metric.value} but has "
+            f"{len(non_numeric)} non-numeric value(s) (e.g. {non_numeric.iloc[0]!r})"
+        ]
+    array = numeric.to_numpy(dtype=np.float64)
+    if not np.isfinite(array).all():
+        return [f"column {column} has infinite values"]
+    if spec.metric.needs_probabilities:
+        outside = array[(array < 0.0) | (array > 1.0)]
+        if len(outside):
+            return [
+                f"column {column} must hold probabilities in [0, 1] for {spec.metric.value} "
+                f"but has {len(outside)} value(s) outside (e.g. {float(outside[0])!r})"
+            ]
+    return []
+
+
+def _show(values: Iterable[object]) -> str:
+    """A few of `values`, sorted, for a message."""
+    unique = sorted(map(str, values))
+    more = ", ..." if len(unique) > _EXAMPLES_SHOWN else ""
+    return ", ".join(unique[:_EXAMPLES_SHOWN]) + more

@@ -1,0 +1,69 @@
+"""Shared fixtures: example competitions, and a real daemon on a real Unix socket."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from mlmaster_daemon.api.client import Client
+from mlmaster_daemon.config import Config, load_config
+from mlmaster_daemon.daemon import Daemon
+from mlmaster_daemon.tasks.examples import build_example
+
+
+@pytest.fixture(scope="session")
+def examples_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("examples")
+
+
+@pytest.fixture(scope="session")
+def breast_cancer(examples_root: Path) -> Path:
+    """A read-only example competition shared by the session's tests."""
+    return build_example("breast_cancer", examples_root / "breast_cancer")
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: Unix socket paths must fit in 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="mlm-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def daemon_config(state_dir: Path, socket: Path, **search: object) -> Config:
+    overrides: dict[str, object] = {
+        "daemon.state_dir": str(state_dir),
+        "daemon.socket": str(socket),
+        "search.parallel": 2,
+        "execution.max_concurrent_nodes": 2,
+        "execution.node_timeout_s": 120,
+        "execution.kill_grace_s": 1.0,
+    }
+    overrides.update({f"search.{k}": v for k, v in search.items()})
+    return load_config(None, environ={}, overrides=overrides)
+
+
+@pytest.fixture
+def config(short_dir: Path) -> Config:
+    """A daemon config on a private state dir and socket."""
+    return daemon_config(short_dir / "state", short_dir / "api.sock")
+
+
+@pytest.fixture
+async def daemon(config: Config) -> AsyncIterator[Daemon]:
+    d = Daemon(config)
+    await d.start()
+    try:
+        yield d
+    finally:
+        await d.stop()
+
+
+@pytest.fixture
+async def client(daemon: Daemon) -> AsyncIterator[Client]:
+    async with Client(daemon.socket_path) as c:
+        yield c

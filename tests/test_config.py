@@ -1,0 +1,54 @@
+"""Config: TOML, then MLMASTER_* environment, then CLI flags; bad keys are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlmaster_daemon.config import load_config
+from mlmaster_daemon.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_shipped_default_config_is_valid() -> None:
+    config = load_config(REPO / "configs" / "default.toml", environ={})
+    assert config.search.policy == "mcts"
+    assert config.coder.kind == "offline"
+
+
+def test_environment_overrides_file_and_flags_override_environment(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text("[search]\nsteps = 7\nparallel = 3\n")
+    env = {"MLMASTER_SEARCH__STEPS": "9", "MLMASTER_SOCKET": "/tmp/x.sock"}
+    config = load_config(file, environ=env, overrides={"search.parallel": 5})
+    assert config.search.steps == 9
+    assert config.search.parallel == 5
+    assert config.socket_path() == Path("/tmp/x.sock")
+
+
+def test_unknown_key_is_named_with_its_source(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text("[search]\nstepz = 7\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'search.stepz'.*c\.toml"):
+        load_config(file, environ={})
+
+
+def test_bad_type_from_environment_names_key_and_variable() -> None:
+    with pytest.raises(ConfigError, match=r"'search.parallel'.*MLMASTER_SEARCH__PARALLEL"):
+        load_config(None, environ={"MLMASTER_SEARCH__PARALLEL": "many"})
+
+
+def test_out_of_range_value_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"'execution.max_concurrent_nodes'"):
+        load_config(None, environ={}, overrides={"execution.max_concurrent_nodes": 0})
+
+
+def test_invalid_toml_and_missing_file_say_so(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[search\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, environ={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml", environ={})
