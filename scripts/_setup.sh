@@ -1,0 +1,34 @@
+# Sourced by scripts/demo and scripts/test: find Python 3.11+, create or reuse .venv, and
+# (re)install the project with its dev tools when pyproject.toml changed since the last install.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+find_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3 python3.13 python3.12 python3.11 python; do
+        [ -n "$candidate" ] || continue
+        command -v "$candidate" >/dev/null 2>&1 || continue
+        if "$candidate" -c 'import sys; raise SystemExit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+if ! .venv/bin/python -c 'import sys; raise SystemExit(sys.version_info < (3, 11))' 2>/dev/null; then
+    PY="$(find_python)" || { echo "error: Python 3.11 or newer is needed; install it and retry" >&2; exit 1; }
+    echo "setting up .venv with $($PY --version)" >&2
+    rm -rf .venv
+    "$PY" -m venv .venv
+fi
+
+STAMP=.venv/.mlmaster-installed
+WANT="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! .venv/bin/python -c 'import mlmaster_daemon' 2>/dev/null; then
+    echo "installing mlmaster-daemon and its dependencies into .venv (first run takes a few minutes)" >&2
+    .venv/bin/python -m pip install --quiet --upgrade pip >&2
+    .venv/bin/python -m pip install --quiet -e '.[dev]' >&2
+    echo "$WANT" > "$STAMP"
+fi

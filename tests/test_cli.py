@@ -1,0 +1,107 @@
+"""The `mlmaster` command as a user runs it: a daemon process, and clients talking to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+MLMASTER = [sys.executable, "-m", "mlmaster_daemon"]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLMASTER_")}
+
+
+def _cli(*args: str, socket: Path | None = None, check: bool = True,
+         timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    extra = ["--socket", str(socket)] if socket else []
+    result = subprocess.run([*MLMASTER, *args, *extra], capture_output=True, text=True,
+                            env=_env(), timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"mlmaster {args} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def daemon_process(short_dir: Path) -> Iterator[Path]:
+    sock = short_dir / "d.sock"
+    log = (short_dir / "daemon.log").open("wb")
+    proc = subprocess.Popen([*MLMASTER, "daemon", "--socket", str(sock), "--state-dir",
+                             str(short_dir / "state")], stdout=log, stderr=subprocess.STDOUT,
+                            env=_env())
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        assert proc.poll() is None, (short_dir / "daemon.log").read_text()
+        assert time.monotonic() < deadline, "daemon did not start"
+        time.sleep(0.1)
+    yield sock
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    log.close()
+    assert not sock.exists(), "a clean stop removes the socket"
+    for line in (short_dir / "daemon.log").read_text().splitlines():
+        json.loads(line)  # every log line is one JSON object
+
+
+def test_example_builds_a_competition(tmp_path: Path) -> None:
+    out = _cli("example", "wine", str(tmp_path / "wine"))
+    assert "mlmaster submit" in out.stdout
+    assert (tmp_path / "wine" / "prepared" / "public" / "train.csv").exists()
+    again = _cli("example", "wine", str(tmp_path / "wine"), check=False)
+    assert again.returncode == 1 and "error" in again.stderr
+
+
+def test_submit_wait_json_ls_and_show(daemon_process: Path, tmp_path: Path) -> None:
+    _cli("example", "diabetes", str(tmp_path / "diabetes"))
+    out = _cli("submit", str(tmp_path / "diabetes"), "--steps", "3", "--wait", "--json",
+               socket=daemon_process)
+    task = json.loads(out.stdout)
+    assert task["state"] == "finished"
+    assert task["metric"] == "rmse" and task["lower_is_better"] is True
+    assert task["best"] and Path(task["best"]["submission_path"]).exists()
+
+    listing = _cli("ls", socket=daemon_process).stdout
+    assert task["id"] in listing and "finished" in listing
+    shown = json.loads(_cli("show", task["id"], "--json", socket=daemon_process).stdout)
+    assert len(shown["nodes"]) == 3
+    watched = _cli("watch", task["id"], socket=daemon_process).stdout
+    assert "best validation rmse" in watched
+
+
+def test_bad_submit_prints_a_clear_error(daemon_process: Path, tmp_path: Path) -> None:
+    result = _cli("submit", str(tmp_path / "missing"), socket=daemon_process, check=False)
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_curl_reaches_the_api_on_the_socket(daemon_process: Path) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    out = subprocess.run([curl, "-s", "--unix-socket", str(daemon_process),
+                          "http://localhost/v1/health"], capture_output=True, text=True,
+                         check=True, timeout=30)
+    assert json.loads(out.stdout)["status"] == "ok"
+
+
+def test_client_without_a_daemon_says_how_to_start_one(short_dir: Path) -> None:
+    result = _cli("ls", socket=short_dir / "none.sock", check=False)
+    assert result.returncode == 1
+    assert "mlmaster daemon" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end() -> None:
+    result = _cli("demo", "--steps", "6", "--clean", timeout=600)
+    assert "score on the hidden answers" in result.stdout
+    assert "daemon stopped (exit code 0)" in result.stdout
