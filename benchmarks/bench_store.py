@@ -22,7 +22,7 @@ TRANSITIONS = (NodeState.GENERATING, NodeState.READY, NodeState.RUNNING, NodeSta
 async def _run(path: Path, nodes: int, synchronous: str) -> float:
     store = await Store.open(path)
     # The daemon's setting is FULL; this benchmark swaps it on both connections for the baseline.
-    for conn in (store._writer, store._reader):  # noqa: SLF001
+    for conn in (store._writer, store._reader):
         await conn.execute(f"PRAGMA synchronous = {synchronous}")
     spec = TaskSpec(name="bench", root=path.parent, public_dir=path.parent, private_dir=None,
                     description="", metric=Metric.RMSE, lower_is_better=True, target="y",

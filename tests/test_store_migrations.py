@@ -31,7 +31,9 @@ async def test_migrations_create_the_schema_from_an_empty_file(tmp_path: Path) -
     assert _user_version(db) == len(available()) >= 1
 
 
-async def test_reopening_applies_nothing_and_keeps_data(tmp_path: Path, breast_cancer: Path) -> None:
+async def test_reopening_applies_nothing_and_keeps_data(
+    tmp_path: Path, breast_cancer: Path
+) -> None:
     db = tmp_path / "m.db"
     store = await Store.open(db)
     task = TaskRecord(
