@@ -39,13 +39,13 @@ WINE_LABELS = {0: "barolo", 1: "grignolino", 2: "barbera"}
 DRAFT_CASES: list[tuple[str, str]] = [
     ("binary", "logistic_regression"),
     ("binary", "knn"),
-    ("binary", "lightgbm"),
+    ("binary_accuracy", "lightgbm"),
     ("multiclass", "logistic_regression"),
     ("multiclass", "random_forest"),
     ("multiclass", "lightgbm"),
     ("regression", "ridge"),
     ("regression", "extra_trees"),
-    ("regression", "hist_gradient_boosting"),
+    ("regression_mae", "hist_gradient_boosting"),
 ]
 # (task, parent recipe, change the improve step is steered to): each change once.
 IMPROVE_CASES: list[tuple[str, Recipe, str]] = [
@@ -77,11 +77,11 @@ def _frame(kind: str) -> pd.DataFrame:
     if kind == "binary":
         frame = load_breast_cancer(as_frame=True).frame.sample(300, random_state=0)
     elif kind == "multiclass":
-        frame = load_wine(as_frame=True).frame
+        frame = load_wine(as_frame=True).frame.sample(frac=1.0, random_state=0)
         frame["target"] = frame["target"].map(WINE_LABELS)
     else:
         frame = load_diabetes(as_frame=True).frame.sample(300, random_state=0)
-    frame = frame.reset_index(drop=True)
+    frame = pd.DataFrame(frame).reset_index(drop=True)
     first = str(frame.columns[0])
     frame["colour"] = pd.qcut(frame[first], 3, labels=["blue", "green", "red"]).astype(object)
     frame.loc[rng.rand(len(frame)) < 0.05, "colour"] = np.nan
@@ -195,7 +195,11 @@ def _debug_request(run: Run, node_id: int) -> CodeRequest:
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TaskSpec]:
     root = tmp_path_factory.mktemp("tasks")
-    return {kind: _make_task(root, kind) for kind in ("binary", "multiclass", "regression")}
+    made = {kind: _make_task(root, kind) for kind in ("binary", "multiclass", "regression")}
+    # Same files, other metrics: predicted labels for accuracy, plain values for mae.
+    made["binary_accuracy"] = replace(made["binary"], metric=Metric.ACCURACY)
+    made["regression_mae"] = replace(made["regression"], metric=Metric.MAE)
+    return made
 
 
 @dataclass(frozen=True)
