@@ -243,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     except MlmasterError as exc:
         print(f"mlmaster: error: {exc.message}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # e.g. a state dir or socket folder the user may not write to.
+        print(f"mlmaster: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

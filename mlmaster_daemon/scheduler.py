@@ -289,6 +289,7 @@ class Scheduler:
         self.exec_slots = asyncio.Semaphore(config.execution.max_concurrent_nodes)
         self.runners: dict[str, tuple[TaskRunner, asyncio.Task[None]]] = {}
         self._stopping = False
+        self._pumps: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Resume every task that was queued or running when the daemon last stopped."""
@@ -317,7 +318,10 @@ class Scheduler:
     def _on_done(self, task_id: str) -> None:
         self.runners.pop(task_id, None)
         if not self._stopping:
-            asyncio.get_running_loop().create_task(self.pump())
+            # Keep a reference: the loop holds tasks only weakly.
+            pump = asyncio.get_running_loop().create_task(self.pump())
+            self._pumps.add(pump)
+            pump.add_done_callback(self._pumps.discard)
 
     async def submit(self, task: TaskRecord) -> None:
         await self.store.insert_task(task)

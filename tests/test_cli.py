@@ -105,3 +105,16 @@ def test_demo_runs_end_to_end() -> None:
     result = _cli("demo", "--steps", "6", "--clean", timeout=600)
     assert "score on the hidden answers" in result.stdout
     assert "daemon stopped (exit code 0)" in result.stdout
+
+
+def test_daemon_refuses_a_bad_config_naming_the_key(short_dir: Path) -> None:
+    config = short_dir / "c.toml"
+    config.write_text("[execution]\nnode_timeout = 5\n")
+    result = subprocess.run(
+        [*MLMASTER, "daemon", "--config", str(config), "--socket", str(short_dir / "s.sock"),
+         "--state-dir", str(short_dir / "state")],
+        capture_output=True, text=True, env=_env(), timeout=60, check=False)
+    assert result.returncode == 1
+    assert "execution.node_timeout" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (short_dir / "state").exists(), "nothing is created before the config is valid"
