@@ -28,7 +28,11 @@ STAMP=.venv/.mlmaster-installed
 WANT="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! .venv/bin/python -c 'import mlmaster_daemon' 2>/dev/null; then
     echo "installing mlmaster-daemon and its dependencies into .venv (first run takes a few minutes)" >&2
-    .venv/bin/python -m pip install --quiet --upgrade pip >&2
-    .venv/bin/python -m pip install --quiet -e '.[dev]' >&2
+    LOG=.venv/install.log
+    if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[dev]'; } >"$LOG" 2>&1; then
+        tail -n 40 "$LOG" >&2
+        echo "error: installing the project failed; the full log is $ROOT/$LOG" >&2
+        exit 1
+    fi
     echo "$WANT" > "$STAMP"
 fi
