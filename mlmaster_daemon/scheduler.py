@@ -14,6 +14,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -47,23 +48,27 @@ def best_dir(state_dir: Path, task_id: str) -> Path:
     return task_root(state_dir, task_id) / "best"
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """What every task runner shares: the daemon's parts, the execution slots and the clock."""
+
+    store: Store
+    bus: EventBus
+    coder: Coder
+    config: Config
+    exec_slots: asyncio.Semaphore
+    state_dir: Path
+    clock: Clock = time.time
+
+
 class TaskRunner:
     """Searches one task until its steps or time run out, nothing is left to expand, or cancel."""
 
-    def __init__(
-        self, task: TaskRecord, store: Store, bus: EventBus, coder: Coder, config: Config,
-        exec_slots: asyncio.Semaphore, state_dir: Path, clock: Clock = time.time,
-    ):
+    def __init__(self, task: TaskRecord, rt: Runtime):
         self.task = task
-        self.store = store
-        self.bus = bus
-        self.coder = coder
-        self.config = config
-        self.exec_slots = exec_slots
-        self.state_dir = state_dir
-        self.clock = clock
+        self.rt = rt
         self.cancel_requested = False
-        search = config.search
+        search = rt.config.search
         self.tree = SearchTree(
             Limits(search.num_drafts, search.num_improves, search.max_debug_depth,
                    search.exploration_constant),
@@ -76,12 +81,12 @@ class TaskRunner:
 
     async def run(self) -> None:
         task = self.task
-        started = task.started_at or self.clock()
+        started = task.started_at or self.rt.clock()
         self.deadline = started + task.time_limit_s
-        await self.store.update_task(task.id, state=TaskState.RUNNING, started_at=started)
-        self.bus.publish(TaskStateChanged(task_id=task.id, state=TaskState.RUNNING.value))
+        await self.rt.store.update_task(task.id, state=TaskState.RUNNING, started_at=started)
+        self.rt.bus.publish(TaskStateChanged(task_id=task.id, state=TaskState.RUNNING.value))
         log.info("task started", task_id=task.id, name=task.name, steps=task.steps)
-        nodes = await self.store.list_nodes(task.id)
+        nodes = await self.rt.store.list_nodes(task.id)
         self._restore(nodes)
         self.preview = await asyncio.to_thread(data_preview, task.spec)
         next_id = max((n.id for n in nodes), default=0) + 1
@@ -89,8 +94,8 @@ class TaskRunner:
         inflight: set[asyncio.Task[None]] = set()
         try:
             while True:
-                while (len(inflight) < self.config.search.parallel and created < task.steps
-                       and self.clock() < self.deadline):
+                while (len(inflight) < self.rt.config.search.parallel and created < task.steps
+                       and self.rt.clock() < self.deadline):
                     pick = self.tree.select()
                     if pick is None:
                         break
@@ -133,24 +138,24 @@ class TaskRunner:
                                                   node.metric, outcome is Outcome.BUGGY)
 
     async def _set_state(self, state: TaskState, error: str | None = None) -> None:
-        await self.store.update_task(self.task.id, state=state, error=error,
-                                     finished_at=self.clock())
-        self.bus.publish(TaskStateChanged(task_id=self.task.id, state=state.value, error=error))
+        await self.rt.store.update_task(self.task.id, state=state, error=error,
+                                     finished_at=self.rt.clock())
+        self.rt.bus.publish(TaskStateChanged(task_id=self.task.id, state=state.value, error=error))
         log.info("task ended", task_id=self.task.id, state=state.value, error=error,
                  best_metric=self.best_metric)
 
     async def _node_state(
         self, node_id: int, pick: Pick, state: NodeState, **fields: object
     ) -> None:
-        await self.store.update_node(self.task.id, node_id, state=state, **fields)
+        await self.rt.store.update_node(self.task.id, node_id, state=state, **fields)
         await self._publish_node(node_id, pick, state, fields.get("metric"), fields.get("error"))
 
     async def _publish_node(
         self, node_id: int, pick: Pick, state: NodeState, metric: object = None,
         error: object = None,
     ) -> None:
-        total, done = await self.store.node_counts(self.task.id)
-        self.bus.publish(NodeStateChanged(
+        total, done = await self.rt.store.node_counts(self.task.id)
+        self.rt.bus.publish(NodeStateChanged(
             task_id=self.task.id, node_id=node_id,
             parent_id=None if pick.parent_id == ROOT else pick.parent_id,
             operator=pick.operator.value, state=state.value,
@@ -163,9 +168,9 @@ class TaskRunner:
         with structlog.contextvars.bound_contextvars(task_id=self.task.id, node_id=node_id):
             parent_id = None if pick.parent_id == ROOT else pick.parent_id
             try:
-                await self.store.insert_node(NodeRecord(
+                await self.rt.store.insert_node(NodeRecord(
                     task_id=self.task.id, id=node_id, parent_id=parent_id,
-                    operator=pick.operator, state=NodeState.PENDING, created_at=self.clock(),
+                    operator=pick.operator, state=NodeState.PENDING, created_at=self.rt.clock(),
                 ))
                 await self._publish_node(node_id, pick, NodeState.PENDING)
                 await self._generate_run_evaluate(node_id, pick)
@@ -181,34 +186,34 @@ class TaskRunner:
         self.tree.abort(node_id, pick)
         with contextlib.suppress(Exception):
             await self._node_state(node_id, pick, NodeState.FAILED, error=reason,
-                                   finished_at=self.clock())
+                                   finished_at=self.rt.clock())
 
     async def _generate_run_evaluate(self, node_id: int, pick: Pick) -> None:
         task = self.task
         await self._node_state(node_id, pick, NodeState.GENERATING)
         request = await self._request(node_id, pick)
-        response = await self.coder.generate(request)
+        response = await self.rt.coder.generate(request)
         # Siblings generated from now on see this attempt, even before it has run.
         self.memory[node_id] = MemoryItem(node_id, pick.operator, response.summary, None, False)
-        root = task_root(self.state_dir, task.id) / "nodes" / str(node_id)
+        root = task_root(self.rt.state_dir, task.id) / "nodes" / str(node_id)
         ws = await asyncio.to_thread(Workspace.create, root, task.spec.public_dir, response.code)
         await self._node_state(node_id, pick, NodeState.READY, code=response.code,
                                plan=response.plan, summary=response.summary)
-        timeout = max(1.0, min(task.node_timeout_s, self.deadline - self.clock()))
-        async with self.exec_slots:
-            await self._node_state(node_id, pick, NodeState.RUNNING, started_at=self.clock())
+        timeout = max(1.0, min(task.node_timeout_s, self.deadline - self.rt.clock()))
+        async with self.rt.exec_slots:
+            await self._node_state(node_id, pick, NodeState.RUNNING, started_at=self.rt.clock())
             log.info("node running", operator=pick.operator.value, summary=response.summary)
-            result = await run_script(ws, timeout, self.config.execution.kill_grace_s,
-                                      self.config.execution.python or None)
+            result = await run_script(ws, timeout, self.rt.config.execution.kill_grace_s,
+                                      self.rt.config.execution.python or None)
         await self._node_state(node_id, pick, NodeState.EVALUATING, exit_code=result.exit_code,
                                pid=result.pid)
         outcome = await asyncio.to_thread(evaluate, ws, task.spec, result, timeout)
         changed = self.tree.complete(node_id, pick, outcome.metric)
         state = NodeState.BUGGY if outcome.buggy else NodeState.DONE
-        await self.store.finish_node(
+        await self.rt.store.finish_node(
             task.id, node_id,
             {"state": state, "metric": outcome.metric, "error": outcome.error,
-             "finished_at": self.clock()},
+             "finished_at": self.rt.clock()},
             [(n.id, n.visits, n.value) for n in changed],
         )
         self.memory[node_id] = MemoryItem(node_id, pick.operator, response.summary,
@@ -223,12 +228,12 @@ class TaskRunner:
         task = self.task
         parent_code = parent_output = parent_error = None
         if pick.parent_id != ROOT:
-            parent = await self.store.get_node(task.id, pick.parent_id)
+            parent = await self.rt.store.get_node(task.id, pick.parent_id)
             parent_code, parent_error = parent.code, parent.error
-            parent_ws = Workspace(task_root(self.state_dir, task.id) / "nodes" / str(parent.id))
+            parent_ws = Workspace(task_root(self.rt.state_dir, task.id) / "nodes" / str(parent.id))
             parent_output = await asyncio.to_thread(
-                parent_ws.output_tail, self.config.execution.output_tail_chars)
-        total, _ = await self.store.node_counts(task.id)
+                parent_ws.output_tail, self.rt.config.execution.output_tail_chars)
+        total, _ = await self.rt.store.node_counts(task.id)
         # Read last, after every await, so attempts generated meanwhile are included.
         siblings = tuple(
             self.memory[c] for c in self.tree.nodes[pick.parent_id].children if c in self.memory
@@ -237,7 +242,7 @@ class TaskRunner:
             operator=pick.operator, task=task.spec, node_id=node_id, data_preview=self.preview,
             parent_code=parent_code, parent_output=parent_output, parent_error=parent_error,
             memory=siblings, steps_left=max(task.steps - total, 0),
-            time_left_s=max(self.deadline - self.clock(), 0.0),
+            time_left_s=max(self.deadline - self.rt.clock(), 0.0),
         )
 
     def _improves(self, metric: float) -> bool:
@@ -249,11 +254,11 @@ class TaskRunner:
 
     async def _record_best(self, node_id: int, ws: Workspace, metric: float, code: str) -> None:
         self.best_metric = metric
-        target = best_dir(self.state_dir, self.task.id)
+        target = best_dir(self.rt.state_dir, self.task.id)
         await asyncio.to_thread(_copy_best, ws, target, node_id, metric, code)
         submission = str(target / "submission.csv")
-        await self.store.update_task(self.task.id, best_node_id=node_id, best_metric=metric)
-        self.bus.publish(BestImproved(task_id=self.task.id, node_id=node_id, metric=metric,
+        await self.rt.store.update_task(self.task.id, best_node_id=node_id, best_metric=metric)
+        self.rt.bus.publish(BestImproved(task_id=self.task.id, node_id=node_id, metric=metric,
                                       submission_path=submission))
         log.info("best improved", metric=metric)
 
@@ -280,13 +285,8 @@ class Scheduler:
 
     def __init__(self, store: Store, bus: EventBus, coder: Coder, config: Config,
                  state_dir: Path, clock: Clock = time.time):
-        self.store = store
-        self.bus = bus
-        self.coder = coder
-        self.config = config
-        self.state_dir = state_dir
-        self.clock = clock
-        self.exec_slots = asyncio.Semaphore(config.execution.max_concurrent_nodes)
+        slots = asyncio.Semaphore(config.execution.max_concurrent_nodes)
+        self.rt = Runtime(store, bus, coder, config, slots, state_dir, clock)
         self.runners: dict[str, tuple[TaskRunner, asyncio.Task[None]]] = {}
         self._stopping = False
         self._pumps: set[asyncio.Task[None]] = set()
@@ -298,18 +298,17 @@ class Scheduler:
     async def pump(self) -> None:
         if self._stopping:
             return
-        waiting = await self.store.list_tasks([TaskState.RUNNING, TaskState.QUEUED])
+        waiting = await self.rt.store.list_tasks([TaskState.RUNNING, TaskState.QUEUED])
         # Tasks that were running before a restart go first, then the queue in submit order.
         waiting.sort(key=lambda t: (t.state is not TaskState.RUNNING, t.created_at))
         for task in waiting:
-            if len(self.runners) >= self.config.daemon.max_running_tasks:
+            if len(self.runners) >= self.rt.config.daemon.max_running_tasks:
                 break
             if task.id not in self.runners:
                 self._launch(task)
 
     def _launch(self, task: TaskRecord) -> None:
-        runner = TaskRunner(task, self.store, self.bus, self.coder, self.config, self.exec_slots,
-                            self.state_dir, self.clock)
+        runner = TaskRunner(task, self.rt)
         with structlog.contextvars.bound_contextvars(task_id=task.id):
             handle = asyncio.create_task(runner.run(), name=f"task-{task.id}")
         self.runners[task.id] = (runner, handle)
@@ -324,26 +323,26 @@ class Scheduler:
             pump.add_done_callback(self._pumps.discard)
 
     async def submit(self, task: TaskRecord) -> None:
-        await self.store.insert_task(task)
-        self.bus.publish(TaskStateChanged(task_id=task.id, state=task.state.value))
+        await self.rt.store.insert_task(task)
+        self.rt.bus.publish(TaskStateChanged(task_id=task.id, state=task.state.value))
         log.info("task submitted", task_id=task.id, task_dir=task.task_dir)
         await self.pump()
 
     async def cancel(self, task_id: str) -> TaskRecord:
-        task = await self.store.get_task(task_id)
+        task = await self.rt.store.get_task(task_id)
         if task.state.terminal:
             raise TaskNotCancellable(f"task {task_id} is already {task.state.value}")
         entry = self.runners.get(task_id)
         if entry is None:
-            await self.store.update_task(task_id, state=TaskState.CANCELLED,
-                                         finished_at=self.clock())
-            self.bus.publish(TaskStateChanged(task_id=task_id, state=TaskState.CANCELLED.value))
+            await self.rt.store.update_task(task_id, state=TaskState.CANCELLED,
+                                         finished_at=self.rt.clock())
+            self.rt.bus.publish(TaskStateChanged(task_id=task_id, state=TaskState.CANCELLED.value))
         else:
             runner, handle = entry
             runner.cancel_requested = True
             handle.cancel()
             await asyncio.gather(handle, return_exceptions=True)
-        return await self.store.get_task(task_id)
+        return await self.rt.store.get_task(task_id)
 
     async def stop(self) -> None:
         """Stop every runner; their tasks stay `running` in the store and resume on restart."""

@@ -93,36 +93,40 @@ async def test_submit_runs_the_search_to_a_best_submission_that_beats_the_sample
     assert states[-1] in ("done", "buggy")
 
 
-async def test_missing_folder_is_a_400_that_names_it(client: Client, short_dir: Path) -> None:
+async def _refused(client: Client, body: dict[str, Any]) -> ApiError:
+    """Submit `body`, expecting the daemon to refuse it with a 400."""
     with pytest.raises(ApiError) as err:
-        await client.submit({"task_dir": str(short_dir / "nope")})
+        await client.submit(body)
     assert err.value.status == 400
-    assert err.value.code == "invalid_task_dir"
-    assert "nope" in err.value.message
+    return err.value
+
+
+def _copy_without(src: Path, dst: Path, relative: str) -> Path:
+    shutil.copytree(src, dst)
+    (dst / relative).unlink()
+    return dst
+
+
+async def test_missing_folder_is_a_400_that_names_it(client: Client, short_dir: Path) -> None:
+    err = await _refused(client, {"task_dir": str(short_dir / "nope")})
+    assert err.code == "invalid_task_dir"
+    assert "nope" in err.message
 
 
 async def test_folder_without_train_csv_is_a_400(
     client: Client, breast_cancer: Path, short_dir: Path
 ) -> None:
-    broken = short_dir / "broken"
-    shutil.copytree(breast_cancer, broken)
-    (broken / "prepared" / "public" / "train.csv").unlink()
-    with pytest.raises(ApiError) as err:
-        await client.submit({"task_dir": str(broken)})
-    assert err.value.status == 400
-    assert "train.csv" in err.value.message
+    broken = _copy_without(breast_cancer, short_dir / "broken", "prepared/public/train.csv")
+    err = await _refused(client, {"task_dir": str(broken)})
+    assert "train.csv" in err.message
 
 
 async def test_missing_metric_is_refused_naming_it(
     client: Client, breast_cancer: Path, short_dir: Path
 ) -> None:
-    bare = short_dir / "bare"
-    shutil.copytree(breast_cancer, bare)
-    (bare / "task.toml").unlink()
-    with pytest.raises(ApiError) as err:
-        await client.submit({"task_dir": str(bare)})
-    assert err.value.status == 400
-    assert "metric" in err.value.message
+    bare = _copy_without(breast_cancer, short_dir / "bare", "task.toml")
+    err = await _refused(client, {"task_dir": str(bare)})
+    assert "metric" in err.message
     ok = await client.submit({"task_dir": str(bare), "metric": "roc_auc", "steps": 1})
     await client.cancel(ok["id"])
 
