@@ -37,6 +37,7 @@ class Operator(StrEnum):
     DRAFT = "draft"
     IMPROVE = "improve"
     DEBUG = "debug"
+    CROSSOVER = "crossover"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,12 @@ class CodeRequest:
     parent_code: str | None = None
     parent_output: str | None = None
     parent_error: str | None = None
+    # Crossover only: the second parent's code and output.
+    other_parent_code: str | None = None
+    other_parent_output: str | None = None
     memory: tuple[MemoryItem, ...] = field(default_factory=tuple)
+    # The scoped, token-bounded memory section for prompts (empty when there is none).
+    memory_text: str = ""
     steps_left: int | None = None
     time_left_s: float | None = None
 

@@ -1,25 +1,17 @@
-"""The search tree and its UCT selection with virtual loss. Pure: no I/O, no clock, no asyncio.
+"""The search tree shared by every policy: nodes, outcomes and backpropagated statistics.
 
-Rules (ML-Master's, in simple form):
-- The virtual root takes up to `num_drafts` draft children.
-- A working node takes up to `num_improves` improve children.
-- A buggy node takes one debug child, unless its chain already holds `max_debug_depth`
-  consecutive debugs, in which case it is terminal.
-- Selection walks down from the root: it expands the first node that still has room, otherwise
-  it descends to the child with the best UCT score among children whose subtree still has room.
-- A pick reserves its slot at once (the pending child counts toward the limits) and adds one
-  virtual visit with no reward along its path, so k picks in a row spread over the tree.
-  `complete` or `abort` releases it.
+Pure data with no I/O. Node 0 is the virtual root; drafts are its children. A node's first
+parent is its tree edge; a crossover node names its second parent in `parent_ids` too.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from mlmaster_daemon.models import Operator
-from mlmaster_daemon.search.reward import reward
 
 ROOT = 0
 
@@ -30,27 +22,10 @@ class Outcome(StrEnum):
     BUGGY = "buggy"
 
 
-@dataclass(frozen=True)
-class Limits:
-    num_drafts: int = 5
-    num_improves: int = 3
-    max_debug_depth: int = 3
-    exploration_constant: float = 1.414
-
-
-@dataclass(frozen=True)
-class Pick:
-    """One expansion to make: apply `operator` to `parent_id` (ROOT for a draft)."""
-
-    parent_id: int
-    operator: Operator
-    path: tuple[int, ...]
-
-
 @dataclass
 class TreeNode:
     id: int
-    parent_id: int | None
+    parent_ids: tuple[int, ...]
     operator: Operator | None
     outcome: Outcome = Outcome.PENDING
     metric: float | None = None
@@ -58,110 +33,99 @@ class TreeNode:
     visits: int = 0
     value: float = 0.0
     virtual: int = 0
+    # Consecutive debug steps ending at this node (0 for a non-debug node).
     debug_depth: int = 0
+    terminal: bool = False
+
+    @property
+    def parent_id(self) -> int | None:
+        return self.parent_ids[0] if self.parent_ids else None
+
+    def to_state(self) -> list[Any]:
+        return [self.id, list(self.parent_ids), self.operator.value if self.operator else None,
+                self.outcome.value, self.metric, self.children, self.visits, self.value,
+                self.virtual, self.debug_depth, self.terminal]
+
+    @classmethod
+    def from_state(cls, raw: list[Any]) -> TreeNode:
+        return cls(raw[0], tuple(raw[1]), Operator(raw[2]) if raw[2] else None, Outcome(raw[3]),
+                   raw[4], list(raw[5]), raw[6], raw[7], raw[8], raw[9], raw[10])
 
 
-class SearchTree:
-    def __init__(self, limits: Limits, lower_is_better: bool):
-        self.limits = limits
-        self.lower_is_better = lower_is_better
-        self.nodes: dict[int, TreeNode] = {ROOT: TreeNode(ROOT, None, None, Outcome.GOOD)}
-        self._good_metrics: list[float] = []
+class Tree:
+    """Nodes by id, plus the running range of good metrics (for normalised rewards)."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, TreeNode] = {ROOT: TreeNode(ROOT, (), None, Outcome.GOOD)}
+        self.metric_lo: float | None = None
+        self.metric_hi: float | None = None
 
     def __len__(self) -> int:
         return len(self.nodes) - 1
 
-    def add(self, node_id: int, pick: Pick) -> TreeNode:
-        """Create the pending child a pick asked for."""
-        parent = self.nodes[pick.parent_id]
-        depth = parent.debug_depth + 1 if pick.operator is Operator.DEBUG else 0
-        node = TreeNode(node_id, pick.parent_id, pick.operator, debug_depth=depth)
+    def __getitem__(self, node_id: int) -> TreeNode:
+        return self.nodes[node_id]
+
+    def __contains__(self, node_id: int) -> bool:
+        return node_id in self.nodes
+
+    def add(self, node_id: int, operator: Operator, parent_ids: tuple[int, ...]) -> TreeNode:
+        """A pending node under `parent_ids[0]` (ROOT for a draft)."""
+        if node_id in self.nodes:
+            raise ValueError(f"node {node_id} already exists")
+        parents = parent_ids or (ROOT,)
+        parent = self.nodes[parents[0]]
+        depth = parent.debug_depth + 1 if operator is Operator.DEBUG else 0
+        node = TreeNode(node_id, parents, operator, debug_depth=depth)
         self.nodes[node_id] = node
         parent.children.append(node_id)
         return node
 
-    def restore(
-        self, node_id: int, parent_id: int | None, operator: Operator, outcome: Outcome,
-        metric: float | None, visits: int, value: float,
-    ) -> None:
-        """Rebuild a finished node from storage (parents before children)."""
-        parent = self.nodes[ROOT if parent_id is None else parent_id]
-        depth = parent.debug_depth + 1 if operator is Operator.DEBUG else 0
-        node = TreeNode(node_id, parent.id, operator, outcome, metric, visits=visits, value=value,
-                        debug_depth=depth)
-        self.nodes[node_id] = node
-        parent.children.append(node_id)
-        if outcome is Outcome.GOOD and metric is not None:
-            self._good_metrics.append(metric)
+    def remove(self, node_id: int) -> None:
+        """Drop a pending leaf (an expansion that never finished)."""
+        node = self.nodes[node_id]
+        if node.children:
+            raise ValueError(f"node {node_id} has children and cannot be removed")
+        self.nodes[node.parent_ids[0]].children.remove(node_id)
+        del self.nodes[node_id]
 
-    def room(self, node: TreeNode) -> Operator | None:
-        """The operator this node can still take, or None when it is full or terminal."""
-        if node.id == ROOT:
-            return Operator.DRAFT if len(node.children) < self.limits.num_drafts else None
-        if node.outcome is Outcome.GOOD:
-            return Operator.IMPROVE if len(node.children) < self.limits.num_improves else None
-        if node.outcome is Outcome.BUGGY and not node.children:
-            return Operator.DEBUG if node.debug_depth < self.limits.max_debug_depth else None
-        return None
-
-    def is_open(self, node: TreeNode) -> bool:
-        """Whether a pick can still be made at this node or below it."""
-        if self.room(node) is not None:
-            return True
-        return any(self.is_open(self.nodes[c]) for c in node.children)
-
-    def uct(self, parent: TreeNode, child: TreeNode) -> float:
-        n = child.visits + child.virtual
-        if n == 0:
-            return math.inf
-        total = max(parent.visits + parent.virtual, 1)
-        return child.value / n + self.limits.exploration_constant * math.sqrt(math.log(total) / n)
-
-    def select(self) -> Pick | None:
-        """The next expansion, with its virtual loss applied; None when nothing is open."""
-        path = [ROOT]
-        node = self.nodes[ROOT]
-        while True:
-            operator = self.room(node)
-            if operator is not None:
-                break
-            candidates = [self.nodes[c] for c in node.children if self.is_open(self.nodes[c])]
-            if not candidates:
-                return None
-            node = max(candidates, key=lambda c: (self.uct(node, c), -c.id))
-            path.append(node.id)
-        for node_id in path:
-            self.nodes[node_id].virtual += 1
-        return Pick(node.id, operator, tuple(path))
-
-    def complete(self, node_id: int, pick: Pick, metric: float | None) -> list[TreeNode]:
-        """Record a finished node (metric None = buggy), release the pick's virtual loss and
-        backpropagate its reward; returns the nodes whose statistics changed."""
+    def finish(self, node_id: int, metric: float | None) -> TreeNode:
+        """Record an outcome: a metric means the node works, None means it is buggy."""
         node = self.nodes[node_id]
         node.outcome = Outcome.BUGGY if metric is None else Outcome.GOOD
         node.metric = metric
-        r = reward(metric, self._good_metrics, self.lower_is_better)
         if metric is not None:
-            self._good_metrics.append(metric)
-        self._release(pick)
-        changed = [node]
-        node.visits += 1
-        node.value += r
-        for ancestor in reversed(pick.path):
-            current = self.nodes[ancestor]
-            current.visits += 1
-            current.value += r
-            changed.append(current)
-        return [n for n in changed if n.id != ROOT]
+            self.metric_lo = metric if self.metric_lo is None else min(self.metric_lo, metric)
+            self.metric_hi = metric if self.metric_hi is None else max(self.metric_hi, metric)
+        return node
 
-    def abort(self, node_id: int | None, pick: Pick) -> None:
-        """Undo a pick that could not finish: drop its pending child and release virtual loss."""
-        self._release(pick)
-        if node_id is not None and node_id in self.nodes:
-            parent = self.nodes[pick.parent_id]
-            parent.children.remove(node_id)
-            del self.nodes[node_id]
+    def ancestors(self, node_id: int) -> Iterator[TreeNode]:
+        """The node itself, then each first parent up to and including the root."""
+        current: int | None = node_id
+        while current is not None:
+            node = self.nodes[current]
+            yield node
+            current = node.parent_id
 
-    def _release(self, pick: Pick) -> None:
-        for node_id in pick.path:
-            self.nodes[node_id].virtual -= 1
+    def backpropagate(self, node_id: int, reward: float) -> list[TreeNode]:
+        """Add one visit and `reward` to the node and every ancestor; returns them."""
+        touched = []
+        for node in self.ancestors(node_id):
+            node.visits += 1
+            node.value += reward
+            touched.append(node)
+        return touched
+
+    def good(self) -> list[TreeNode]:
+        return [n for n in self.nodes.values() if n.id != ROOT and n.outcome is Outcome.GOOD]
+
+    def to_state(self) -> dict[str, Any]:
+        return {"nodes": [n.to_state() for n in self.nodes.values()],
+                "metric_lo": self.metric_lo, "metric_hi": self.metric_hi}
+
+    @classmethod
+    def from_state(cls, raw: dict[str, Any]) -> Tree:
+        tree = cls()
+        tree.nodes = {n.id: n for n in (TreeNode.from_state(r) for r in raw["nodes"])}
+        tree.metric_lo, tree.metric_hi = raw["metric_lo"], raw["metric_hi"]
+        return tree

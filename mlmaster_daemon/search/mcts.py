@@ -1,0 +1,293 @@
+"""ML-Master's MCTS with greedy worker chains and virtual loss, with v1's bugs fixed.
+
+Selection walks from the virtual root and expands the first node that still has room:
+the root takes `num_drafts` drafts, a working node `num_improves` improves, a buggy node one
+debug (until its chain of consecutive debugs reaches `max_debug_depth`, when it is terminal).
+Otherwise it descends to the open child with the best UCT score; unvisited children first.
+
+A pick starts a *chain*: the worker keeps expanding the node it just made, as in v1.
+- A working node that beats the chain's local best by more than the threshold becomes the new
+  local best and is improved next; one that does not counts a failure, and after
+  `max_improve_failure` failures the node is terminal and the chain backpropagates.
+- A successful debug backpropagates at once.
+- A buggy node is debugged next, until `back_debug_depth` consecutive debugs in the chain,
+  then the chain backpropagates; at `max_debug_depth` the node is terminal.
+The chain is credited with the reward of the best node it produced (or of its last node when
+none worked); see `reward.py`.
+
+Parallel expansion: a chain holds one virtual visit (no reward) on every node of the path it
+was selected through, so the next selections see those subtrees as more visited and spread
+out. Backpropagation or an abort releases it. Nothing spins: when no node is open, `select`
+returns None.
+
+Fixes over v1: no boolean locks (virtual loss instead), a terminal node is never selected, an
+aborted pick releases everything it held, the reward uses the metric, the improvement
+threshold may be relative, every decay schedule works, and the whole state saves and loads.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from mlmaster_daemon.models import Operator
+from mlmaster_daemon.search.policy import Pick
+from mlmaster_daemon.search.reward import DEFAULT_BUGGY_PENALTY, reward
+from mlmaster_daemon.search.tree import ROOT, Outcome, Tree, TreeNode
+from mlmaster_daemon.search.uct import Decay, uct
+
+
+@dataclass(frozen=True)
+class MctsParams:
+    num_drafts: int = 5
+    num_improves: int = 3
+    back_debug_depth: int = 3
+    max_debug_depth: int = 20
+    max_improve_failure: int = 3
+    improve_threshold: float = 1e-4
+    threshold_mode: Literal["absolute", "relative"] = "absolute"
+    buggy_penalty: float = DEFAULT_BUGGY_PENALTY
+    decay: Decay = field(default_factory=Decay)
+
+
+@dataclass
+class Chain:
+    """One worker's run of consecutive expansions."""
+
+    id: int
+    path: tuple[int, ...]
+    best_id: int | None = None
+    best_metric: float | None = None
+    failures: int = 0
+    debugs: int = 0
+    nodes: list[int] = field(default_factory=list)
+
+
+class MctsPolicy:
+    name = "mcts"
+
+    def __init__(self, params: MctsParams, lower_is_better: bool, steps: int,
+                 rng: random.Random | None = None):
+        self.params = params
+        self.lower_is_better = lower_is_better
+        self.steps = steps
+        self.rng = rng or random.Random(0)
+        self.tree = Tree()
+        self.chains: dict[int, Chain] = {}
+        self.next_chain = 1
+        # Picks that continue a chain: served before any new selection, as v1's worker does.
+        self.continuations: deque[Pick] = deque()
+        # Nodes in each subtree (itself included) that still have room: kept incrementally so
+        # selection never scans the tree.
+        self.open_count: dict[int, int] = {ROOT: 1}
+        self.has_room: dict[int, bool] = {ROOT: True}
+
+    # -- structure -------------------------------------------------------------------------
+
+    def room(self, node: TreeNode) -> Operator | None:
+        """The operator this node can still take, or None when it is full or terminal."""
+        p = self.params
+        if node.terminal:
+            return None
+        if node.id == ROOT:
+            return Operator.DRAFT if len(node.children) < p.num_drafts else None
+        if node.outcome is Outcome.GOOD:
+            return Operator.IMPROVE if len(node.children) < p.num_improves else None
+        if node.outcome is Outcome.BUGGY and not node.children:
+            return Operator.DEBUG if node.debug_depth < p.max_debug_depth else None
+        return None
+
+    def _refresh(self, node: TreeNode) -> None:
+        """Recompute whether `node` has room and carry the change up to the root."""
+        now = self.room(node) is not None
+        if now == self.has_room.get(node.id, False):
+            return
+        self.has_room[node.id] = now
+        delta = 1 if now else -1
+        for ancestor in self.tree.ancestors(node.id):
+            self.open_count[ancestor.id] = self.open_count.get(ancestor.id, 0) + delta
+
+    def is_open(self, node_id: int) -> bool:
+        return self.open_count.get(node_id, 0) > 0
+
+    def exploration(self) -> float:
+        return self.params.decay.constant(len(self.tree), self.steps)
+
+    # -- the policy interface --------------------------------------------------------------
+
+    def select(self) -> Pick | None:
+        while self.continuations:
+            pick = self.continuations.popleft()
+            node = self.tree.nodes.get(pick.parent_id)
+            if node is not None and self.room(node) is pick.operator:
+                return pick
+            # Someone else filled the node meanwhile: the chain ends here.
+            self._end_chain(pick.chain, None)
+        if not self.is_open(ROOT):
+            return None
+        c = self.exploration()
+        node = self.tree[ROOT]
+        path = [ROOT]
+        while (operator := self.room(node)) is None:
+            parent_visits = node.visits + node.virtual
+            best: TreeNode | None = None
+            best_score = -float("inf")
+            for child_id in node.children:
+                if not self.is_open(child_id):
+                    continue
+                child = self.tree[child_id]
+                score = uct(child.value, child.visits + child.virtual, parent_visits, c)
+                if score > best_score:
+                    best, best_score = child, score
+            if best is None:
+                raise AssertionError(f"open_count says node {node.id} is open but no child is")
+            node = best
+            path.append(node.id)
+        chain = Chain(self.next_chain, tuple(path))
+        self.next_chain += 1
+        if node.outcome is Outcome.GOOD and node.id != ROOT:
+            chain.best_id, chain.best_metric = node.id, node.metric
+        self.chains[chain.id] = chain
+        for node_id in path:
+            self.tree[node_id].virtual += 1
+        return Pick(operator, () if node.id == ROOT else (node.id,), chain.path, chain.id)
+
+    def add(self, node_id: int, pick: Pick) -> TreeNode:
+        node = self.tree.add(node_id, pick.operator, pick.parent_ids)
+        self.open_count[node_id] = 0
+        self.has_room[node_id] = False
+        self._refresh(self.tree[pick.parent_id])
+        if pick.chain is not None:
+            self.chains[pick.chain].nodes.append(node_id)
+        return node
+
+    def complete(self, node_id: int, pick: Pick, metric: float | None) -> list[TreeNode]:
+        node = self.tree.finish(node_id, metric)
+        chain = self.chains[pick.chain] if pick.chain is not None else None
+        next_op = self._next_step(node, pick, chain)
+        self._refresh(node)
+        if chain is not None and next_op is not None:
+            # The chain's new node carries its virtual loss too, so other workers leave it be.
+            chain.path = (*chain.path, node_id)
+            node.virtual += 1
+            self.continuations.append(Pick(next_op, (node_id,), chain.path, chain.id))
+            return []
+        return self._end_chain(pick.chain, node_id)
+
+    def abort(self, node_id: int | None, pick: Pick) -> None:
+        if node_id is not None and node_id in self.tree:
+            parent = self.tree[pick.parent_id]
+            self._refresh_removed(node_id)
+            self.tree.remove(node_id)
+            chain = self.chains.get(pick.chain) if pick.chain is not None else None
+            if chain is not None and node_id in chain.nodes:
+                chain.nodes.remove(node_id)
+            self._refresh(parent)
+        self._end_chain(pick.chain, None)
+
+    # -- chains ----------------------------------------------------------------------------
+
+    def _improves(self, metric: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        gain = best - metric if self.lower_is_better else metric - best
+        if self.params.threshold_mode == "relative":
+            return gain > self.params.improve_threshold * max(abs(best), 1e-12)
+        return gain > self.params.improve_threshold
+
+    def _next_step(self, node: TreeNode, pick: Pick, chain: Chain | None) -> Operator | None:
+        """Whether the chain goes on from `node`, and with which operator."""
+        p = self.params
+        if node.outcome is Outcome.BUGGY:
+            if node.debug_depth >= p.max_debug_depth:
+                node.terminal = True
+                return None
+            if chain is None:
+                return None
+            chain.debugs += 1 if pick.operator is Operator.DEBUG else 0
+            return Operator.DEBUG if chain.debugs < p.back_debug_depth else None
+        assert node.metric is not None
+        if chain is None:
+            return None
+        if pick.operator is Operator.DEBUG:
+            chain.best_id, chain.best_metric = node.id, node.metric
+            return None  # a successful debug always backpropagates
+        if self._improves(node.metric, chain.best_metric):
+            chain.best_id, chain.best_metric = node.id, node.metric
+            chain.failures = 0
+            return Operator.IMPROVE
+        chain.failures += 1
+        if chain.failures >= p.max_improve_failure:
+            node.terminal = True
+            return None
+        return Operator.IMPROVE
+
+    def _end_chain(self, chain_id: int | None, last_id: int | None) -> list[TreeNode]:
+        """Release the chain's virtual loss; backpropagate from its last node if it has one."""
+        chain = self.chains.pop(chain_id, None) if chain_id is not None else None
+        if chain is not None:
+            for node_id in chain.path:
+                if node_id in self.tree:
+                    self.tree[node_id].virtual -= 1
+        if last_id is None:
+            return []
+        last = self.tree[last_id]
+        credited = last.metric
+        if chain is not None and chain.best_id is not None and chain.best_id in chain.nodes:
+            credited = chain.best_metric
+        r = reward(credited, self.tree.metric_lo, self.tree.metric_hi, self.lower_is_better,
+                   self.params.buggy_penalty)
+        touched = self.tree.backpropagate(last_id, r)
+        return [n for n in touched if n.id != ROOT]
+
+    def _refresh_removed(self, node_id: int) -> None:
+        if self.has_room.get(node_id):
+            for ancestor in self.tree.ancestors(node_id):
+                self.open_count[ancestor.id] -= 1
+        self.has_room.pop(node_id, None)
+        self.open_count.pop(node_id, None)
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "policy": self.name,
+            "steps": self.steps,
+            "lower_is_better": self.lower_is_better,
+            "tree": self.tree.to_state(),
+            "chains": [asdict(c) for c in self.chains.values()],
+            "next_chain": self.next_chain,
+            "continuations": [p.to_state() for p in self.continuations],
+            "rng": _rng_state(self.rng),
+        }
+
+    @classmethod
+    def from_state(cls, params: MctsParams, raw: dict[str, Any]) -> MctsPolicy:
+        policy = cls(params, raw["lower_is_better"], raw["steps"], _rng_from(raw["rng"]))
+        policy.tree = Tree.from_state(raw["tree"])
+        policy.chains = {
+            c["id"]: Chain(c["id"], tuple(c["path"]), c["best_id"], c["best_metric"],
+                           c["failures"], c["debugs"], list(c["nodes"]))
+            for c in raw["chains"]
+        }
+        policy.next_chain = raw["next_chain"]
+        policy.continuations = deque(Pick.from_state(p) for p in raw["continuations"])
+        policy.open_count, policy.has_room = {}, {}
+        # Derived bookkeeping is rebuilt, children before parents, rather than stored.
+        for node in sorted(policy.tree.nodes.values(), key=lambda n: -n.id):
+            policy.open_count.setdefault(node.id, 0)
+            policy._refresh(node)
+        return policy
+
+
+def _rng_state(rng: random.Random) -> list[Any]:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _rng_from(raw: list[Any]) -> random.Random:
+    rng = random.Random()
+    rng.setstate((raw[0], tuple(raw[1]), raw[2]))
+    return rng
