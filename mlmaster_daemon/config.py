@@ -35,15 +35,43 @@ class DaemonConfig(_Section):
     max_running_tasks: int = Field(default=4, ge=1)
 
 
+class GreedySearchConfig(_Section):
+    debug_prob: float = Field(default=0.5, ge=0, le=1)
+    max_debug_depth: int = Field(default=3, ge=1)
+
+
+class EvolutionarySearchConfig(_Section):
+    num_islands: int = Field(default=2, ge=1)
+    individuals_per_generation: int = Field(default=4, ge=1)
+    initial_drafts: int = Field(default=2, ge=1)
+    max_island_size: int = Field(default=50, ge=2)
+    crossover_prob: float = Field(default=0.5, ge=0, le=1)
+    initial_temp: float = Field(default=1.0, gt=0)
+    final_temp: float = Field(default=0.3, gt=0)
+    num_generations: int = Field(default=20, ge=1)
+    max_debug_depth: int = Field(default=5, ge=1)
+
+
 class SearchConfig(_Section):
-    policy: Literal["mcts"] = "mcts"
+    policy: Literal["mcts", "greedy", "evolutionary"] = "mcts"
     steps: int = Field(default=20, ge=1)
     time_limit_s: float = Field(default=3600, gt=0)
     parallel: int = Field(default=2, ge=1)
+    seed: int = 0
     num_drafts: int = Field(default=5, ge=1)
     num_improves: int = Field(default=3, ge=1)
-    max_debug_depth: int = Field(default=3, ge=1)
+    back_debug_depth: int = Field(default=3, ge=1)
+    max_debug_depth: int = Field(default=20, ge=1)
+    max_improve_failure: int = Field(default=3, ge=1)
+    improve_threshold: float = Field(default=1e-4, ge=0)
+    threshold_mode: Literal["absolute", "relative"] = "absolute"
+    buggy_penalty: float = Field(default=0.5, ge=0)
+    decay: Literal["none", "linear", "exponential", "piecewise"] = "piecewise"
     exploration_constant: float = Field(default=1.414, ge=0)
+    exploration_min: float = Field(default=0.5, ge=0)
+    decay_gamma: float = Field(default=0.01, gt=0)
+    greedy: GreedySearchConfig = GreedySearchConfig()
+    evolutionary: EvolutionarySearchConfig = EvolutionarySearchConfig()
 
 
 class ExecutionConfig(_Section):
@@ -88,33 +116,50 @@ def resolve_socket_path(configured: str = "") -> Path:
     return Path(f"/tmp/mlmaster-{os.getuid()}") / "mlmaster.sock"
 
 
-def _merge(base: dict[str, Any], section: str, key: str, value: Any) -> None:
-    base.setdefault(section, {})
-    if not isinstance(base[section], dict):
-        kind = type(base[section]).__name__
-        raise ConfigError(f"config: [{section}] must be a table, got {kind}")
-    base[section][key] = value
+Key = tuple[str, ...]
 
 
-def _env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
-    """(section, key, raw value, variable name) for every MLMASTER_* variable that sets config."""
-    found: list[tuple[str, str, str, str]] = []
+def _merge(base: dict[str, Any], path: Key, value: Any) -> None:
+    """Set base[path[0]][path[1]]... = value, creating tables on the way."""
+    table = base
+    for depth, part in enumerate(path[:-1]):
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            where = ".".join(path[: depth + 1])
+            raise ConfigError(f"config: '{where}' must be a table, got {type(table).__name__}")
+    table[path[-1]] = value
+
+
+def _leaves(table: dict[str, Any], prefix: Key = ()) -> list[Key]:
+    keys: list[Key] = []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            keys.extend(_leaves(value, (*prefix, key)))
+        else:
+            keys.append((*prefix, key))
+    return keys
+
+
+def _env_overrides(environ: Mapping[str, str]) -> list[tuple[Key, str, str]]:
+    """(key path, raw value, variable name) for every MLMASTER_* variable that sets config;
+    `__` separates the levels: MLMASTER_SEARCH__GREEDY__DEBUG_PROB is search.greedy.debug_prob."""
+    found: list[tuple[Key, str, str]] = []
     for name, value in sorted(environ.items()):
         if name in ENV_SHORTCUTS:
-            section, key = ENV_SHORTCUTS[name]
-            found.append((section, key, value, name))
+            found.append((ENV_SHORTCUTS[name], value, name))
         elif name.startswith(ENV_PREFIX) and "__" in name:
-            section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-            found.append((section, key, value, name))
+            found.append((tuple(name[len(ENV_PREFIX) :].lower().split("__")), value, name))
     return found
 
 
-def _describe_error(err: ValidationError, origins: Mapping[tuple[str, str], str]) -> str:
+def _describe_error(err: ValidationError, origins: Mapping[Key, str]) -> str:
     lines = []
     for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"])
-        where = origins.get(tuple(str(p) for p in item["loc"][:2]))  # type: ignore[arg-type]
+        path = tuple(str(p) for p in item["loc"])
+        where = next((origins[path[:n]] for n in range(len(path), 0, -1) if path[:n] in origins),
+                     None)
         source = f" (from {where})" if where else ""
+        loc = ".".join(path)
         if item["type"] == "extra_forbidden":
             lines.append(f"unknown key '{loc}'{source}; remove it or check its spelling")
         else:
@@ -128,13 +173,14 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Build the config. `overrides` maps "section.key" to CLI flag values (None means unset).
+    """Build the config. `overrides` maps dotted keys ("search.steps") to CLI flag values
+    (None means unset).
 
     Raises ConfigError naming the bad key and where it came from.
     """
     environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
-    origins: dict[tuple[str, str], str] = {}
+    origins: dict[Key, str] = {}
     if path is not None:
         file = Path(path).expanduser()
         try:
@@ -144,19 +190,16 @@ def load_config(
             raise ConfigError(message) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
-        for section, table in raw.items():
-            if isinstance(table, dict):
-                for key in table:
-                    origins[(section, key)] = str(file)
-    for section, key, value, name in _env_overrides(environ):
-        _merge(raw, section, key, value)
-        origins[(section, key)] = f"environment variable {name}"
+        origins.update({key: str(file) for key in _leaves(raw)})
+    for key, value, name in _env_overrides(environ):
+        _merge(raw, key, value)
+        origins[key] = f"environment variable {name}"
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
-        section, _, key = dotted.partition(".")
-        _merge(raw, section, key, value)
-        origins[(section, key)] = "command line"
+        key = tuple(dotted.split("."))
+        _merge(raw, key, value)
+        origins[key] = "command line"
     try:
         # Env values are strings; lax mode converts "4" to 4 and "true" to True.
         return Config.model_validate(raw)

@@ -28,7 +28,8 @@ from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.llm.coder import Coder, CodeRequest, MemoryItem
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import NodeState, TaskState
-from mlmaster_daemon.search.tree import ROOT, Limits, Outcome, Pick, SearchTree
+from mlmaster_daemon.policies import make_policy, restore_policy
+from mlmaster_daemon.search.policy import Pick, Policy
 from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
 from mlmaster_daemon.tasks.preview import data_preview
 
@@ -68,12 +69,11 @@ class TaskRunner:
         self.task = task
         self.rt = rt
         self.cancel_requested = False
-        search = rt.config.search
-        self.tree = SearchTree(
-            Limits(search.num_drafts, search.num_improves, search.max_debug_depth,
-                   search.exploration_constant),
-            task.spec.lower_is_better,
-        )
+        self.policy: Policy = make_policy(task.policy, rt.config.search,
+                                          task.spec.lower_is_better, task.steps,
+                                          rt.config.search.seed)
+        # Picks whose node exists but has not finished, saved with the policy's state.
+        self.inflight: dict[int, Pick] = {}
         self.memory: dict[int, MemoryItem] = {}
         self.best_metric = task.best_metric
         self.preview = ""
@@ -87,7 +87,7 @@ class TaskRunner:
         self.rt.bus.publish(TaskStateChanged(task_id=task.id, state=TaskState.RUNNING.value))
         log.info("task started", task_id=task.id, name=task.name, steps=task.steps)
         nodes = await self.rt.store.list_nodes(task.id)
-        self._restore(nodes)
+        await self._restore(nodes)
         self.preview = await asyncio.to_thread(data_preview, task.spec)
         next_id = max((n.id for n in nodes), default=0) + 1
         created = len(nodes)
@@ -96,11 +96,12 @@ class TaskRunner:
             while True:
                 while (len(inflight) < self.rt.config.search.parallel and created < task.steps
                        and self.rt.clock() < self.deadline):
-                    pick = self.tree.select()
+                    pick = self.policy.select()
                     if pick is None:
                         break
                     # Reserve the child now, so the next select() sees the slot as taken.
-                    self.tree.add(next_id, pick)
+                    self.policy.add(next_id, pick)
+                    self.inflight[next_id] = pick
                     inflight.add(asyncio.create_task(self._expand(next_id, pick)))
                     next_id += 1
                     created += 1
@@ -128,14 +129,23 @@ class TaskRunner:
         error = None if self.best_metric is not None else "no working solution was found"
         await self._set_state(TaskState.FINISHED, error)
 
-    def _restore(self, nodes: list[NodeRecord]) -> None:
+    async def _restore(self, nodes: list[NodeRecord]) -> None:
+        """Continue from the policy state saved with the last outcome; expansions that were in
+        flight then are undone (their nodes were marked interrupted at start-up)."""
+        saved = await self.rt.store.search_state(self.task.id)
+        if saved is not None:
+            self.policy = restore_policy(self.task.policy, self.rt.config.search,
+                                         saved["policy"])
+            for node_id, raw in saved["inflight"].items():
+                self.policy.abort(int(node_id), Pick.from_state(raw))
         for node in nodes:
             if node.state in (NodeState.DONE, NodeState.BUGGY):
-                outcome = Outcome.GOOD if node.state is NodeState.DONE else Outcome.BUGGY
-                self.tree.restore(node.id, node.parent_id, node.operator, outcome, node.metric,
-                                  node.visits, node.value)
                 self.memory[node.id] = MemoryItem(node.id, node.operator, node.summary or "",
-                                                  node.metric, outcome is Outcome.BUGGY)
+                                                  node.metric, node.state is NodeState.BUGGY)
+
+    def _state(self) -> dict[str, object]:
+        return {"policy": self.policy.to_state(),
+                "inflight": {str(k): p.to_state() for k, p in self.inflight.items()}}
 
     async def _set_state(self, state: TaskState, error: str | None = None) -> None:
         await self.rt.store.update_task(self.task.id, state=state, error=error,
@@ -157,7 +167,7 @@ class TaskRunner:
         total, done = await self.rt.store.node_counts(self.task.id)
         self.rt.bus.publish(NodeStateChanged(
             task_id=self.task.id, node_id=node_id,
-            parent_id=None if pick.parent_id == ROOT else pick.parent_id,
+            parent_id=pick.parent_ids[0] if pick.parent_ids else None,
             operator=pick.operator.value, state=state.value,
             metric=metric if isinstance(metric, float) else None,
             error=error if isinstance(error, str) else None,
@@ -166,11 +176,12 @@ class TaskRunner:
 
     async def _expand(self, node_id: int, pick: Pick) -> None:
         with structlog.contextvars.bound_contextvars(task_id=self.task.id, node_id=node_id):
-            parent_id = None if pick.parent_id == ROOT else pick.parent_id
+            parent_id = pick.parent_ids[0] if pick.parent_ids else None
             try:
                 await self.rt.store.insert_node(NodeRecord(
                     task_id=self.task.id, id=node_id, parent_id=parent_id,
                     operator=pick.operator, state=NodeState.PENDING, created_at=self.rt.clock(),
+                    parent_ids=pick.parent_ids,
                 ))
                 await self._publish_node(node_id, pick, NodeState.PENDING)
                 await self._generate_run_evaluate(node_id, pick)
@@ -183,7 +194,8 @@ class TaskRunner:
 
     async def _fail(self, node_id: int, pick: Pick, reason: str) -> None:
         # A failed node leaves the search tree, so its slot opens again; it still counts as a step.
-        self.tree.abort(node_id, pick)
+        self.inflight.pop(node_id, None)
+        self.policy.abort(node_id, pick)
         with contextlib.suppress(Exception):
             await self._node_state(node_id, pick, NodeState.FAILED, error=reason,
                                    finished_at=self.rt.clock())
@@ -208,13 +220,15 @@ class TaskRunner:
         await self._node_state(node_id, pick, NodeState.EVALUATING, exit_code=result.exit_code,
                                pid=result.pid)
         outcome = await asyncio.to_thread(evaluate, ws, task.spec, result, timeout)
-        changed = self.tree.complete(node_id, pick, outcome.metric)
+        changed = self.policy.complete(node_id, pick, outcome.metric)
+        self.inflight.pop(node_id, None)
         state = NodeState.BUGGY if outcome.buggy else NodeState.DONE
         await self.rt.store.finish_node(
             task.id, node_id,
             {"state": state, "metric": outcome.metric, "error": outcome.error,
              "finished_at": self.rt.clock()},
             [(n.id, n.visits, n.value) for n in changed],
+            self._state(),
         )
         self.memory[node_id] = MemoryItem(node_id, pick.operator, response.summary,
                                           outcome.metric, outcome.buggy)
@@ -226,24 +240,29 @@ class TaskRunner:
 
     async def _request(self, node_id: int, pick: Pick) -> CodeRequest:
         task = self.task
-        parent_code = parent_output = parent_error = None
-        if pick.parent_id != ROOT:
-            parent = await self.rt.store.get_node(task.id, pick.parent_id)
-            parent_code, parent_error = parent.code, parent.error
-            parent_ws = Workspace(task_root(self.rt.state_dir, task.id) / "nodes" / str(parent.id))
-            parent_output = await asyncio.to_thread(
-                parent_ws.output_tail, self.rt.config.execution.output_tail_chars)
+        parents = [await self._parent_view(pid) for pid in pick.parent_ids]
+        parent_code, parent_output, parent_error = parents[0] if parents else (None, None, None)
+        other_code, other_output, _ = parents[1] if len(parents) > 1 else (None, None, None)
         total, _ = await self.rt.store.node_counts(task.id)
         # Read last, after every await, so attempts generated meanwhile are included.
         siblings = tuple(
-            self.memory[c] for c in self.tree.nodes[pick.parent_id].children if c in self.memory
+            self.memory[c] for c in self.policy.tree[pick.parent_id].children if c in self.memory
         )
         return CodeRequest(
             operator=pick.operator, task=task.spec, node_id=node_id, data_preview=self.preview,
             parent_code=parent_code, parent_output=parent_output, parent_error=parent_error,
+            other_parent_code=other_code, other_parent_output=other_output,
             memory=siblings, steps_left=max(task.steps - total, 0),
             time_left_s=max(self.deadline - self.rt.clock(), 0.0),
         )
+
+    async def _parent_view(self, node_id: int) -> tuple[str | None, str, str | None]:
+        """(code, output tail, error) of a parent node, for the prompt."""
+        parent = await self.rt.store.get_node(self.task.id, node_id)
+        ws = Workspace(task_root(self.rt.state_dir, self.task.id) / "nodes" / str(node_id))
+        output = await asyncio.to_thread(ws.output_tail,
+                                         self.rt.config.execution.output_tail_chars)
+        return parent.code, output, parent.error
 
     def _improves(self, metric: float) -> bool:
         if self.best_metric is None:

@@ -24,13 +24,13 @@ from mlmaster_daemon.errors import InvalidRequest, MlmasterError
 from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import TaskState
+from mlmaster_daemon.policies import check_policy
 from mlmaster_daemon.scheduler import Scheduler, best_dir, new_task_id, task_root
 from mlmaster_daemon.store import Store, TaskRecord
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.spec import TaskOverrides
 
 log = get_logger("mlmaster.api")
-POLICIES = ("mcts",)
 HEARTBEAT_S = 15.0
 
 
@@ -140,9 +140,7 @@ async def submit_task(request: web.Request) -> web.Response:
         req = SubmitRequest.model_validate(body)
     except ValidationError as exc:
         raise InvalidRequest(f"invalid task submission: {_describe(exc)}") from None
-    policy = req.policy or services.config.search.policy
-    if policy not in POLICIES:
-        raise InvalidRequest(f"unknown policy {policy!r}; available: {', '.join(POLICIES)}")
+    policy = check_policy(req.policy or services.config.search.policy)
     overrides = TaskOverrides(metric=req.metric, lower_is_better=req.lower_is_better,
                               target=req.target, id_column=req.id_column, name=req.name)
     spec = await asyncio.to_thread(load_task, req.task_dir, overrides)

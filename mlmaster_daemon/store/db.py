@@ -27,7 +27,7 @@ _TASK_COLUMNS = (
 )
 _NODE_COLUMNS = (
     "task_id, id, parent_id, operator, state, plan, summary, code, metric, error, exit_code,"
-    " pid, visits, value, created_at, started_at, finished_at"
+    " pid, visits, value, created_at, started_at, finished_at, parent_ids"
 )
 _NODE_UPDATABLE = frozenset(
     {"state", "plan", "summary", "code", "metric", "error", "exit_code", "pid", "started_at",
@@ -123,12 +123,12 @@ class Store:
     async def insert_node(self, node: NodeRecord) -> None:
         async with self._transaction() as db:
             await db.execute(
-                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({', '.join('?' * 18)})",
                 (
                     node.task_id, node.id, node.parent_id, node.operator.value, node.state.value,
                     node.plan, node.summary, node.code, node.metric, node.error, node.exit_code,
                     node.pid, node.visits, node.value, node.created_at, node.started_at,
-                    node.finished_at,
+                    node.finished_at, json.dumps(list(node.parent_ids)),
                 ),
             )
 
@@ -142,8 +142,10 @@ class Store:
         node_id: int,
         node_fields: Mapping[str, Any],
         stats: Iterable[tuple[int, int, float]],
+        search_state: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record a node's outcome and the backpropagated (id, visits, value) in one commit."""
+        """Record a node's outcome, the backpropagated (id, visits, value) and the policy's
+        state in one commit, so a restart sees all of them or none."""
         async with self._transaction() as db:
             await _update_row(db, "nodes", _NODE_UPDATABLE, "task_id = ? AND id = ?",
                               (task_id, node_id), node_fields)
@@ -151,6 +153,22 @@ class Store:
                 "UPDATE nodes SET visits = ?, value = ? WHERE task_id = ? AND id = ?",
                 [(visits, value, task_id, nid) for nid, visits, value in stats],
             )
+            if search_state is not None:
+                await db.execute("UPDATE tasks SET search_state = ? WHERE id = ?",
+                                 (json.dumps(search_state), task_id))
+
+    async def search_state(self, task_id: str) -> dict[str, Any] | None:
+        """The policy state saved with the task's last node outcome, if any."""
+        async with self._reader.execute(
+            "SELECT search_state FROM tasks WHERE id = ?", (task_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id!r}; `mlmaster ls` lists the tasks")
+        if row[0] is None:
+            return None
+        state: dict[str, Any] = json.loads(row[0])
+        return state
 
     async def get_node(self, task_id: str, node_id: int) -> NodeRecord:
         async with self._reader.execute(
@@ -227,4 +245,6 @@ def _node(row: Any) -> NodeRecord:
         state=NodeState(row[4]), plan=row[5], summary=row[6], code=row[7], metric=row[8],
         error=row[9], exit_code=row[10], pid=row[11], visits=row[12], value=row[13],
         created_at=row[14], started_at=row[15], finished_at=row[16],
+        parent_ids=tuple(json.loads(row[17])) if row[17] else (
+            () if row[2] is None else (row[2],)),
     )

@@ -47,12 +47,15 @@ class NodeRecord:
     value: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    # Every parent (a crossover has two); parent_id is the first, the tree edge.
+    parent_ids: tuple[int, ...] = ()
 
     def public(self) -> dict[str, Any]:
         """The fields the API lists for every node."""
         return {
             "id": self.id,
             "parent_id": self.parent_id,
+            "parent_ids": list(self.parent_ids),
             "operator": self.operator.value,
             "status": self.state.value,
             "metric": self.metric,
