@@ -1,0 +1,249 @@
+"""ML-Master's MCTS rules and invariants, checked directly on the pure policy."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlmaster_daemon.models import Operator
+from mlmaster_daemon.search.mcts import MctsParams, MctsPolicy
+from mlmaster_daemon.search.policy import Pick
+from mlmaster_daemon.search.reward import normalised, reward
+from mlmaster_daemon.search.tree import ROOT, Outcome
+from mlmaster_daemon.search.uct import Decay, uct
+
+
+def _policy(steps: int = 100, lower: bool = False, **params: object) -> MctsPolicy:
+    return MctsPolicy(MctsParams(**params), lower, steps, random.Random(0))  # type: ignore[arg-type]
+
+
+class Driver:
+    """Runs a policy the way the scheduler does, numbering nodes 1, 2, ..."""
+
+    def __init__(self, policy: MctsPolicy):
+        self.policy = policy
+        self.next_id = 1
+        self.inflight: dict[int, Pick] = {}
+
+    def pick(self) -> tuple[int, Pick] | None:
+        pick = self.policy.select()
+        if pick is None:
+            return None
+        node_id = self.next_id
+        self.next_id += 1
+        self.policy.add(node_id, pick)
+        self.inflight[node_id] = pick
+        return node_id, pick
+
+    def finish(self, node_id: int, metric: float | None) -> None:
+        self.policy.complete(node_id, self.inflight.pop(node_id), metric)
+
+    def step(self, metric: float | None) -> Pick:
+        picked = self.pick()
+        assert picked is not None
+        self.finish(picked[0], metric)
+        return picked[1]
+
+
+def test_drafts_fill_the_root_first() -> None:
+    d = Driver(_policy(num_drafts=3, max_improve_failure=1))
+    picks = [d.step(m) for m in (0.5, 0.6, 0.7)]
+    # With one allowed miss, each improve-chain ends at once; drafts still come first.
+    assert [p.operator for p in picks[:1]] == [Operator.DRAFT]
+    ops = [d.step(0.1).operator for _ in range(3)]
+    assert Operator.DRAFT in [p.operator for p in picks] + ops
+    assert len(d.policy.tree[ROOT].children) <= 3
+
+
+def test_a_chain_keeps_improving_its_own_node_while_it_gains() -> None:
+    d = Driver(_policy(num_drafts=1))
+    first = d.step(0.5)
+    assert first.operator is Operator.DRAFT
+    second = d.step(0.6)
+    assert (second.operator, second.parent_ids) == (Operator.IMPROVE, (1,))
+    third = d.step(0.7)
+    assert (third.operator, third.parent_ids) == (Operator.IMPROVE, (2,))
+    # Nothing was backpropagated yet: the chain is still going.
+    assert d.policy.tree[ROOT].visits == 0
+
+
+def test_a_chain_backpropagates_after_max_improve_failure_misses() -> None:
+    d = Driver(_policy(num_drafts=1, max_improve_failure=3))
+    d.step(0.8)
+    for _ in range(3):
+        d.step(0.1)
+    root = d.policy.tree[ROOT]
+    assert root.visits == 1
+    last = d.policy.tree[4]
+    assert last.terminal
+    # The chain is credited with its best node: the draft at 0.8 normalises to 1.
+    assert math.isclose(root.value, 1.0)
+
+
+def test_relative_threshold_counts_small_gains_as_misses() -> None:
+    d = Driver(_policy(num_drafts=1, improve_threshold=0.01, threshold_mode="relative",
+                       max_improve_failure=1))
+    d.step(100.0)
+    d.step(100.5)  # +0.5% < 1%: a miss, and one miss ends the chain
+    assert d.policy.tree[ROOT].visits == 1
+
+
+def test_buggy_nodes_are_debugged_then_backpropagate_at_back_debug_depth() -> None:
+    d = Driver(_policy(num_drafts=1, back_debug_depth=2, max_debug_depth=5))
+    d.step(None)
+    p2 = d.step(None)
+    assert (p2.operator, p2.parent_ids) == (Operator.DEBUG, (1,))
+    p3 = d.step(None)
+    assert (p3.operator, p3.parent_ids) == (Operator.DEBUG, (2,))
+    assert d.policy.tree[ROOT].visits == 1  # two debugs in the chain: backpropagated
+    assert not d.policy.tree[3].terminal
+    assert d.policy.tree[ROOT].value < 0  # the buggy penalty
+
+
+def test_a_successful_debug_backpropagates_at_once() -> None:
+    d = Driver(_policy(num_drafts=1))
+    d.step(None)
+    d.step(0.7)
+    assert d.policy.tree[ROOT].visits == 1
+    nxt = d.policy.select()
+    assert nxt is not None and nxt.operator is Operator.IMPROVE
+
+
+def test_a_debug_chain_is_terminal_at_max_debug_depth_and_never_picked_again() -> None:
+    d = Driver(_policy(num_drafts=1, back_debug_depth=10, max_debug_depth=3))
+    for _ in range(4):
+        d.step(None)
+    assert d.policy.tree[4].debug_depth == 3
+    assert d.policy.tree[4].terminal
+    assert d.policy.select() is None
+
+
+def test_parallel_picks_spread_over_different_drafts() -> None:
+    d = Driver(_policy(num_drafts=3, max_improve_failure=1))
+    # Each draft's chain: the draft, then one improve that misses and ends the chain.
+    while len(d.policy.tree[ROOT].children) < 3 or d.policy.continuations:
+        d.step(0.3)
+    picks = [d.pick() for _ in range(3)]
+    tops = set()
+    for picked in picks:
+        assert picked is not None
+        node = d.policy.tree[picked[1].parent_id]
+        while node.parent_ids[0] != ROOT:
+            node = d.policy.tree[node.parent_ids[0]]
+        tops.add(node.id)
+    assert len(tops) == 3
+
+
+def test_abort_releases_virtual_loss_and_reopens_the_slot() -> None:
+    d = Driver(_policy(num_drafts=1))
+    picked = d.pick()
+    assert picked is not None
+    assert d.policy.select() is None
+    d.policy.abort(picked[0], picked[1])
+    assert all(n.virtual == 0 for n in d.policy.tree.nodes.values())
+    again = d.policy.select()
+    assert again is not None and again.operator is Operator.DRAFT
+
+
+def test_decay_schedules() -> None:
+    steps = 500
+    piecewise = Decay("piecewise")
+    assert piecewise.constant(0, steps) == 1.414
+    assert piecewise.constant(44, steps) == 1.414
+    assert math.isclose(piecewise.constant(55, steps), 1.414 - 0.1)
+    assert piecewise.constant(349, steps) == 0.5
+    assert piecewise.constant(400, steps) == 0.5
+    linear = Decay("linear")
+    assert math.isclose(linear.constant(250, steps), (1.414 + 0.5) / 2)
+    exponential = Decay("exponential", gamma=0.01)
+    assert math.isclose(exponential.constant(100, steps), 0.5 + 0.914 * math.exp(-1))
+    assert Decay("none").constant(400, steps) == 1.414
+
+
+def test_uct_tries_unvisited_children_first() -> None:
+    assert uct(0.0, 0, 10, 1.0) == math.inf
+    assert uct(2.0, 4, 16, 0.0) == 0.5
+
+
+def test_reward_is_normalised_in_the_task_direction() -> None:
+    assert normalised(0.9, 0.5, 0.9, lower_is_better=False) == 1.0
+    assert normalised(0.9, 0.5, 0.9, lower_is_better=True) == 0.0
+    assert normalised(0.7, None, None, lower_is_better=True) == 1.0
+    assert reward(None, 0.0, 1.0, False, buggy_penalty=0.25) == -0.25
+
+
+def test_save_and_load_continue_exactly_as_if_never_stopped() -> None:
+    rng = random.Random(7)
+    outcomes = [None if rng.random() < 0.3 else rng.random() for _ in range(60)]
+    original = Driver(_policy(steps=60))
+    for metric in outcomes[:25]:
+        original.step(metric)
+    picked = original.pick()  # one pick in flight across the save
+    assert picked is not None
+    state = json.loads(json.dumps(original.policy.to_state()))
+    restored = Driver(MctsPolicy.from_state(MctsParams(), state))
+    restored.next_id, restored.inflight = original.next_id, dict(original.inflight)
+    assert restored.policy.to_state() == original.policy.to_state()
+    for driver in (original, restored):
+        driver.finish(picked[0], 0.42)
+        for metric in outcomes[25:]:
+            if driver.pick() is None:
+                break
+            driver.finish(driver.next_id - 1, metric)
+    assert restored.policy.to_state() == original.policy.to_state()
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.large_base_example, HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.none(), st.floats(0, 1)), min_size=1, max_size=60),
+       st.integers(1, 4), st.data())
+def test_invariants_hold_for_any_outcomes_and_parallelism(
+    outcomes: list[float | None], k: int, data: st.DataObject
+) -> None:
+    p = _policy(num_drafts=3, num_improves=2, back_debug_depth=2, max_debug_depth=3)
+    d = Driver(p)
+    remaining = list(outcomes)
+    while remaining:
+        for _ in range(k):
+            before_terminal = {n.id for n in p.tree.nodes.values() if n.terminal}
+            picked = d.pick()
+            if picked is None:
+                break
+            assert picked[1].parent_id not in before_terminal, "a terminal node was picked"
+        if not d.inflight:
+            break
+        # Finish, or abort, one in-flight node chosen by hypothesis.
+        node_id = data.draw(st.sampled_from(sorted(d.inflight)))
+        if data.draw(st.integers(0, 9)) == 0:
+            p.abort(node_id, d.inflight.pop(node_id))
+        else:
+            d.finish(node_id, remaining.pop(0))
+    for node_id in list(d.inflight):
+        p.abort(node_id, d.inflight.pop(node_id))
+    # Chains still waiting to continue hold their reservations; take and abort them too.
+    while p.continuations:
+        picked = d.pick()
+        if picked is not None:
+            p.abort(picked[0], d.inflight.pop(picked[0]))
+    tree = p.tree
+    assert len(tree[ROOT].children) <= 3
+    backprops_from: dict[int, int] = {}
+    for node in tree.nodes.values():
+        assert node.virtual == 0, "every virtual loss was released"
+        assert node.outcome is not Outcome.PENDING or node.id == ROOT
+        if node.id == ROOT:
+            continue
+        limit = 2 if node.outcome is Outcome.GOOD else 1
+        assert len(node.children) <= limit
+        assert node.debug_depth <= 3
+        # Visits are conserved: a node's visits are its children's plus the backpropagations
+        # that started at it, which can never be negative.
+        own = node.visits - sum(tree[c].visits for c in node.children)
+        assert own >= 0
+        backprops_from[node.id] = own
+    assert tree[ROOT].visits == sum(tree[c].visits for c in tree[ROOT].children)
+    assert sum(backprops_from.values()) == tree[ROOT].visits
