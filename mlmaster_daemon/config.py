@@ -58,6 +58,8 @@ class SearchConfig(_Section):
     time_limit_s: float = Field(default=3600, gt=0)
     parallel: int = Field(default=2, ge=1)
     seed: int = 0
+    # Final selection keeps the best node in best/; above 1, also the k best in top/.
+    keep_top_k: int = Field(default=1, ge=1)
     num_drafts: int = Field(default=5, ge=1)
     num_improves: int = Field(default=3, ge=1)
     back_debug_depth: int = Field(default=3, ge=1)

@@ -127,6 +127,7 @@ class TaskRunner:
             await self._set_state(TaskState.FAILED, f"internal error: {exc}")
             return
         error = None if self.best_metric is not None else "no working solution was found"
+        await self._keep_top_k()
         await self._set_state(TaskState.FINISHED, error)
 
     async def _restore(self, nodes: list[NodeRecord]) -> None:
@@ -256,6 +257,19 @@ class TaskRunner:
             time_left_s=max(self.deadline - self.rt.clock(), 0.0),
         )
 
+    async def _keep_top_k(self) -> None:
+        """Final selection: the best node is already in best/; with keep_top_k > 1 the k best
+        working nodes' submissions are also copied to top/<rank>-node<id>/, best first."""
+        k = self.rt.config.search.keep_top_k
+        if k <= 1:
+            return
+        nodes = [n for n in await self.rt.store.list_nodes(self.task.id)
+                 if n.state is NodeState.DONE and n.metric is not None]
+        sign = 1.0 if self.task.spec.lower_is_better else -1.0
+        nodes.sort(key=lambda n: (sign * (n.metric or 0.0), n.id))
+        root = task_root(self.rt.state_dir, self.task.id)
+        await asyncio.to_thread(_copy_top, root, [n.id for n in nodes[:k]])
+
     async def _parent_view(self, node_id: int) -> tuple[str | None, str, str | None]:
         """(code, output tail, error) of a parent node, for the prompt."""
         parent = await self.rt.store.get_node(self.task.id, node_id)
@@ -297,6 +311,17 @@ def _copy_best(ws: Workspace, target: Path, node_id: int, metric: float, code: s
         target.rename(old)
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _copy_top(root: Path, node_ids: list[int]) -> None:
+    top = root / "top"
+    shutil.rmtree(top, ignore_errors=True)
+    for rank, node_id in enumerate(node_ids, start=1):
+        ws = Workspace(root / "nodes" / str(node_id))
+        target = top / f"{rank}-node{node_id}"
+        target.mkdir(parents=True)
+        shutil.copyfile(ws.submission, target / "submission.csv")
+        shutil.copyfile(ws.script, target / "solution.py")
 
 
 class Scheduler:

@@ -100,6 +100,7 @@ async def task_view(services: Services, task: TaskRecord) -> dict[str, Any]:
             "metric": task.best_metric,
             "submission_path": str(best_dir(services.state_dir, task.id) / "submission.csv"),
         }
+    top = await asyncio.to_thread(_top_submissions, task_root(services.state_dir, task.id))
     return {
         "id": task.id,
         "name": task.name,
@@ -115,10 +116,24 @@ async def task_view(services: Services, task: TaskRecord) -> dict[str, Any]:
         "nodes_total": total,
         "nodes_done": done,
         "best": best,
+        "top": top,
         "created_at": task.created_at,
         "started_at": task.started_at,
         "finished_at": task.finished_at,
     }
+
+
+def _top_submissions(root: Path) -> list[dict[str, Any]]:
+    """The top-k submissions kept at the end of a task (empty unless keep_top_k > 1)."""
+    top = root / "top"
+    if not top.is_dir():
+        return []
+    entries = []
+    for entry in sorted(top.iterdir(), key=lambda p: int(p.name.split("-")[0])):
+        rank, _, node = entry.name.partition("-node")
+        entries.append({"rank": int(rank), "node_id": int(node),
+                        "submission_path": str(entry / "submission.csv")})
+    return entries
 
 
 async def health(request: web.Request) -> web.Response:
