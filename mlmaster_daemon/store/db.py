@@ -197,6 +197,24 @@ class Store:
         assert row is not None
         return int(row[0]), int(row[1])
 
+    async def add_lessons(self, task_id: str, lessons: Iterable[tuple[str, str, float]],
+                          now: float) -> None:
+        """Keep (text, profile JSON, score) lessons learnt on a task."""
+        async with self._transaction() as db:
+            await db.executemany(
+                "INSERT INTO lessons (task_id, text, profile, score, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(task_id, text, profile, score, now) for text, profile, score in lessons],
+            )
+
+    async def list_lessons(self, limit: int = 5000) -> list[tuple[str, str, float]]:
+        """The most recent lessons, newest first, as (text, profile JSON, score)."""
+        async with self._reader.execute(
+            "SELECT text, profile, score FROM lessons ORDER BY id DESC LIMIT ?", (limit,)
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(r[0], r[1], float(r[2])) for r in rows]
+
     async def interrupt_unfinished(self, reason: str, now: float) -> int:
         """Mark every non-terminal node failed (its run was cut off by a restart); return count."""
         terminal = tuple(s.value for s in NodeState if s.terminal)
