@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +36,9 @@ def short_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def daemon_config(state_dir: Path, socket: Path, **search: object) -> Config:
+def daemon_config(state_dir: Path, socket: Path, extra: dict[str, object] | None = None,
+                  **search: object) -> Config:
+    """A test daemon's config; `search` sets [search] keys, `extra` any dotted key."""
     overrides: dict[str, object] = {
         "daemon.state_dir": str(state_dir),
         "daemon.socket": str(socket),
@@ -44,6 +48,7 @@ def daemon_config(state_dir: Path, socket: Path, **search: object) -> Config:
         "execution.kill_grace_s": 1.0,
     }
     overrides.update({f"search.{k}": v for k, v in search.items()})
+    overrides.update(extra or {})
     return load_config(None, environ={}, overrides=overrides)
 
 
@@ -67,3 +72,16 @@ async def daemon(config: Config) -> AsyncIterator[Daemon]:
 async def client(daemon: Daemon) -> AsyncIterator[Client]:
     async with Client(daemon.socket_path) as c:
         yield c
+
+
+TERMINAL = {"finished", "cancelled", "failed"}
+
+
+async def wait_terminal(client: Client, task_id: str, timeout_s: float = 240) -> dict[str, Any]:
+    """Poll a task until it finishes, is cancelled or fails."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            task = await client.task(task_id)
+            if task["state"] in TERMINAL:
+                return task
+            await asyncio.sleep(0.3)

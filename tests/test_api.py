@@ -12,23 +12,13 @@ import aiohttp
 import pandas as pd
 import psutil
 import pytest
+from conftest import wait_terminal
 
 from mlmaster_daemon.api.client import ApiError, Client
 from mlmaster_daemon.config import Config
 from mlmaster_daemon.daemon import Daemon
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.grading import grade, grade_sample_submission
-
-TERMINAL = {"finished", "cancelled", "failed"}
-
-
-async def _wait_terminal(client: Client, task_id: str, timeout_s: float = 240) -> dict[str, Any]:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            task = await client.task(task_id)
-            if task["state"] in TERMINAL:
-                return task
-            await asyncio.sleep(0.3)
 
 
 async def _raw(daemon: Daemon, method: str, path: str, data: bytes | None = None,
@@ -58,7 +48,7 @@ async def test_submit_runs_the_search_to_a_best_submission_that_beats_the_sample
     collector = asyncio.create_task(collect())
     created = await client.submit({"task_dir": str(breast_cancer), "steps": 6})
     assert created["state"] in ("queued", "running")
-    task = await _wait_terminal(client, created["id"])
+    task = await wait_terminal(client, created["id"])
     collector.cancel()
 
     assert task["state"] == "finished"
@@ -211,7 +201,7 @@ async def test_tasks_resume_after_a_daemon_restart(config: Config, breast_cancer
     await second.start()
     try:
         async with Client(second.socket_path) as client:
-            final = await _wait_terminal(client, task["id"])
+            final = await wait_terminal(client, task["id"])
             nodes = await client.nodes(task["id"])
     finally:
         await second.stop()
