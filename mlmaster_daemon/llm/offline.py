@@ -1,8 +1,8 @@
 """The built-in offline coder: real scikit-learn / LightGBM scripts without any LLM.
 
 It is the default coder when no LLM endpoint is configured. Every script it writes starts
-with a `# mlmaster-recipe: {json}` line (see `offline_recipe`), so improve and debug steps
-read their parent's recipe back instead of editing code.
+with a `# mlmaster-recipe: {json}` line (see `offline_recipe`), so improve, debug and
+crossover steps read their parents' recipes back instead of editing code.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from mlmaster_daemon.llm.coder import CodeRequest, CodeResponse, MemoryItem
+from mlmaster_daemon.llm.offline_crossover import crossover_response
 from mlmaster_daemon.llm.offline_debug import baseline_repair, diagnose, repair
 from mlmaster_daemon.llm.offline_improve import apply_change, choose_change
 from mlmaster_daemon.llm.offline_recipe import (
@@ -49,12 +50,15 @@ class OfflineCoder:
         self._seed = seed
 
     async def generate(self, request: CodeRequest) -> CodeResponse:
-        """The plan, script and one-line summary for one draft, improve or debug expansion."""
+        """The plan, script and one-line summary for one draft, improve, debug or crossover
+        expansion (crossover rules: see `offline_crossover`)."""
         rng = random.Random(f"offline-coder:{self._seed}:{request.node_id}:{request.operator}")
         if request.operator is Operator.DRAFT:
             return _draft(request, rng)
         if request.operator is Operator.IMPROVE:
             return _improve(request, rng)
+        if request.operator is Operator.CROSSOVER:
+            return _crossover(request, rng)
         return _debug(request, rng)
 
 
@@ -105,6 +109,15 @@ def _improve(request: CodeRequest, rng: random.Random) -> CodeResponse:
     )
     summary = format_summary(step.recipe, "improve", change=change)
     return CodeResponse(plan=plan, code=render(step.recipe, task), summary=summary)
+
+
+def _crossover(request: CodeRequest, rng: random.Random) -> CodeResponse:
+    task = request.task
+    recipes = [parse_recipe(code or "") for code in (request.parent_code,
+                                                      request.other_parent_code)]
+    a, b = (None if r is None else _fit_to_task(r, task) for r in recipes)
+    tried = {parse_summary(item.summary).get("change", "") for item in request.memory}
+    return crossover_response(a, b, task, tried - {""}, rng)
 
 
 def _debug(request: CodeRequest, rng: random.Random) -> CodeResponse:
