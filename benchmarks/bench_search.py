@@ -7,13 +7,15 @@
    greedy and evolutionary after the same number of expansions, as a ratio to the landscape's
    optimum (1.0).
 
-The landscape (seeded, documented): every node has a hidden quality q in [0, 1]; the metric a
-node reports is q plus N(0, 0.01) noise (higher is better).
-- draft: q ~ U(0.2, 0.6); buggy with probability 0.3.
-- improve: q' = q + (1 - q) * N(0.15, 0.25), clipped to [0, 1]; buggy with probability 0.2.
-- debug: fixes the bug with probability 0.6, then q' = the buggy node's latent q.
-- crossover: q' = max(qa, qb) + (1 - max) * N(0.1, 0.2), clipped; buggy with probability 0.2.
-A buggy node keeps a latent q (what it would score if fixed) for its debug children.
+The landscape (seeded, documented): every node has a hidden quality q and a ceiling c; the
+metric a node reports is q plus N(0, 0.01) noise (higher is better), and the optimum is 1.0.
+- draft: its own ceiling c ~ U(0.4, 1.0) (some families simply go further than others) and
+  q ~ U(0.2, 0.5) * c; buggy with probability 0.3.
+- improve: inherits c; q' = q + (c - q) * N(0.2, 0.3), clipped to [0, c]; buggy with p 0.2.
+- debug: inherits c and the buggy node's latent q; fixes the bug with probability 0.6.
+- crossover: c = max of the parents' ceilings; q' = max(qa, qb) + (c - max) * N(0.2, 0.3),
+  clipped to [0, c]; buggy with probability 0.2.
+So a good score needs both exploration (find a high-ceiling draft) and exploitation (climb it).
 
 Usage: .venv/bin/python benchmarks/bench_search.py [--sizes 1000 10000 100000] [--budget 200]
 """
@@ -70,28 +72,31 @@ def _depth(policy: Policy, node_id: int) -> int:
 class Landscape:
     def __init__(self, seed: int):
         self.rng = random.Random(seed)
-        self.latent: dict[int, float] = {}
+        self.latent: dict[int, tuple[float, float]] = {}
 
     def outcome(self, node_id: int, pick: Pick) -> float | None:
         rng = self.rng
         parents = [self.latent[p] for p in pick.parent_ids]
         if pick.operator is Operator.DRAFT:
-            q, p_bug = rng.uniform(0.2, 0.6), 0.3
+            ceiling = rng.uniform(0.4, 1.0)
+            q, p_bug = rng.uniform(0.2, 0.5) * ceiling, 0.3
         elif pick.operator is Operator.IMPROVE:
-            q, p_bug = _clip(parents[0] + (1 - parents[0]) * rng.gauss(0.15, 0.25)), 0.2
+            q, ceiling = parents[0]
+            q, p_bug = _clip(q + (ceiling - q) * rng.gauss(0.2, 0.3), ceiling), 0.2
         elif pick.operator is Operator.CROSSOVER:
-            top = max(parents)
-            q, p_bug = _clip(top + (1 - top) * rng.gauss(0.1, 0.2)), 0.2
+            ceiling = max(c for _q, c in parents)
+            top = max(q for q, _c in parents)
+            q, p_bug = _clip(top + (ceiling - top) * rng.gauss(0.2, 0.3), ceiling), 0.2
         else:
-            q, p_bug = parents[0], 0.4
-        self.latent[node_id] = q
+            (q, ceiling), p_bug = parents[0], 0.4
+        self.latent[node_id] = (q, ceiling)
         if rng.random() < p_bug:
             return None
         return q + rng.gauss(0, 0.01)
 
 
-def _clip(q: float) -> float:
-    return min(1.0, max(0.0, q))
+def _clip(q: float, ceiling: float) -> float:
+    return min(ceiling, max(0.0, q))
 
 
 def quality(budget: int, seeds: int, parallel: int) -> None:
@@ -120,7 +125,7 @@ def quality(budget: int, seeds: int, parallel: int) -> None:
                 metric = landscape.outcome(done_id, done_pick)
                 policy.complete(done_id, done_pick, metric)
                 if metric is not None:
-                    best = max(best, landscape.latent[done_id])
+                    best = max(best, landscape.latent[done_id][0])
             bests.append(best)
         print(f"  {name:<13} {statistics.mean(bests):.3f}  (min {min(bests):.3f}, "
               f"max {max(bests):.3f})")
@@ -130,7 +135,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
-    parser.add_argument("--budget", type=int, default=200)
+    parser.add_argument("--budget", type=int, default=60)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--parallel", type=int, default=3)
     args = parser.parse_args()

@@ -50,6 +50,7 @@ class EvolutionarySearchConfig(_Section):
     final_temp: float = Field(default=0.3, gt=0)
     num_generations: int = Field(default=20, ge=1)
     max_debug_depth: int = Field(default=5, ge=1)
+    migration_prob: float = Field(default=0.0, ge=0, le=1)
 
 
 class SearchConfig(_Section):
