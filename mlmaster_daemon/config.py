@@ -96,6 +96,52 @@ class MemoryConfig(_Section):
     lessons_k: int = Field(default=5, ge=0)
 
 
+class EndpointConfig(_Section):
+    """One OpenAI-compatible endpoint. The API key is read from the environment variable
+    `api_key_env` or the file `api_key_file`, never written in config."""
+
+    base_url: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    api_key_env: str = ""
+    api_key_file: str = ""
+    mode: Literal["chat", "completion"] = "chat"
+    # Raw-completion mode only: the chat template data file (llm/chat_templates/<name>.toml).
+    chat_template: str = "deepseek_r1"
+    temperature: float = Field(default=0.5, ge=0, le=2)
+    max_tokens: int = Field(default=16384, ge=1)
+    max_concurrency: int = Field(default=4, ge=1)
+    requests_per_minute: float = Field(default=0, ge=0)  # 0: unlimited
+    tokens_per_minute: float = Field(default=0, ge=0)  # 0: unlimited
+    timeout_s: float = Field(default=600, gt=0)
+    connect_timeout_s: float = Field(default=10, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    backoff_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+    # Whether the endpoint supports function calling (the judge falls back to JSON if not).
+    tools: bool = True
+    # USD per million tokens.
+    price_prompt: float = Field(default=0, ge=0)
+    price_completion: float = Field(default=0, ge=0)
+    # Consecutive failed calls (after retries) that open the circuit breaker, and how long
+    # it stays open before a probe.
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_cooldown_s: float = Field(default=30, gt=0)
+
+
+class LlmConfig(_Section):
+    code: EndpointConfig | None = None
+    feedback: EndpointConfig | None = None
+    # Responses without a code block are retried with a corrective message this many times.
+    no_code_retries: int = Field(default=2, ge=0)
+    # Generations kept ready ahead of the task's running nodes (pipelining).
+    prefetch: int = Field(default=1, ge=0)
+    # Per-task caps (0: none); a submit may set its own.
+    max_task_tokens: int = Field(default=0, ge=0)
+    max_task_cost: float = Field(default=0, ge=0)
+    # What the prompts tell the model about the node's hardware.
+    hardware: str = ""
+
+
 class CoderConfig(_Section):
     kind: Literal["offline"] = "offline"
     seed: int = 0
@@ -106,6 +152,7 @@ class Config(_Section):
     search: SearchConfig = SearchConfig()
     execution: ExecutionConfig = ExecutionConfig()
     memory: MemoryConfig = MemoryConfig()
+    llm: LlmConfig = LlmConfig()
     coder: CoderConfig = CoderConfig()
 
     def state_dir(self) -> Path:

@@ -40,10 +40,29 @@ class CodeRequest:
 
 
 @dataclass(frozen=True)
+class CallRecord:
+    """One call to a model, for accounting: tokens, latency, cost and what it answered."""
+
+    role: str
+    model: str
+    endpoint: str
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    latency_s: float
+    cost: float
+    attempts: int
+    content: str = ""
+    reasoning: str = ""
+
+
+@dataclass(frozen=True)
 class CodeResponse:
     plan: str
     code: str
     summary: str
+    # The model calls that produced this code (none for the offline coder).
+    calls: tuple[CallRecord, ...] = ()
 
 
 class Coder(Protocol):
