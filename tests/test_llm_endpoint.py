@@ -68,6 +68,7 @@ async def test_transient_faults_are_retried(server: FakeOpenAI, fault: str) -> N
 
 
 async def test_a_hung_request_times_out_and_is_retried(server: FakeOpenAI) -> None:
+    server.hang_s = 1.5
     server.script.extend(["hang", "ok"])
     reply = await _endpoint(server, timeout_s=0.5).chat(MESSAGES)
     assert reply.record.attempts == 2

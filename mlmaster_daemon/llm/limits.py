@@ -39,7 +39,7 @@ class TokenBucket:
         if self.rate <= 0:
             return
         async with self._lock:
-            while (wait := self.delay_for(amount)) > 0:
+            while (wait := self.delay_for(amount)) > 0:  # noqa: ASYNC110 (timed refill)
                 await asyncio.sleep(wait)
             self.level -= min(amount, self.capacity)
 
