@@ -71,7 +71,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 def _submit_body(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {"task_dir": str(Path(args.task_dir).expanduser().resolve())}
     for key in ("name", "steps", "time_limit_s", "node_timeout_s", "policy", "metric", "target",
-                "id_column", "lower_is_better"):
+                "id_column", "lower_is_better", "max_tokens", "max_cost"):
         value = getattr(args, key)
         if value is not None:
             body[key] = value
@@ -162,6 +162,17 @@ def cmd_example(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from mlmaster_daemon.daemon import make_coder
+    from mlmaster_daemon.doctor import run_doctor
+
+    config = load_config(args.config)
+    checks = run_doctor(config, make_coder)
+    for check in checks:
+        _print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<13} {check.detail}")
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mlmaster_daemon.demo import run_demo
 
@@ -200,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
                            const=True)
     direction.add_argument("--higher-is-better", dest="lower_is_better", action="store_const",
                            const=False)
+    p.add_argument("--max-tokens", dest="max_tokens", type=int,
+                   help="stop new generation after this many model tokens")
+    p.add_argument("--max-cost", dest="max_cost", type=float,
+                   help="stop new generation after this much model cost (USD)")
     p.add_argument("--wait", action="store_true", help="follow the task until it ends")
     p.add_argument("--json", action="store_true", help="print the task as JSON")
     p.set_defaults(fn=cmd_submit)
@@ -225,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("dir", nargs="?")
     p.set_defaults(fn=cmd_example)
+
+    p = sub.add_parser("doctor", help="check the config, tokenizer, GPU and LLM endpoints")
+    p.add_argument("--config", help="TOML config file (see configs/default.toml)")
+    p.set_defaults(fn=cmd_doctor)
 
     p = sub.add_parser("demo", help="run the daemon on a bundled example, offline, end to end")
     p.add_argument("--example", default="breast_cancer")

@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -18,6 +19,8 @@ from mlmaster_daemon.bus import EventBus
 from mlmaster_daemon.config import Config
 from mlmaster_daemon.errors import ConfigError
 from mlmaster_daemon.llm.coder import Coder
+from mlmaster_daemon.llm.endpoint import Endpoint, read_api_key
+from mlmaster_daemon.llm.llm_coder import LlmCoder
 from mlmaster_daemon.llm.offline import OfflineCoder
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.scheduler import Scheduler
@@ -31,7 +34,37 @@ SHUTDOWN_GRACE_S = 5.0
 
 
 def make_coder(config: Config) -> Coder:
-    return OfflineCoder(seed=config.coder.seed)
+    """The LLM coder when `[llm.code]` is configured, else the built-in offline coder.
+    API keys are read here, from the environment or a file, and kept only in the clients."""
+    code = config.llm.code
+    if code is None:
+        return OfflineCoder(seed=config.coder.seed)
+    feedback = config.llm.feedback
+    return LlmCoder(
+        Endpoint("code", code, read_api_key(code, "llm.code")),
+        config.llm,
+        Endpoint("feedback", feedback, read_api_key(feedback, "llm.feedback"))
+        if feedback is not None else None,
+        hardware=describe_hardware(),
+    )
+
+
+def describe_hardware() -> str:
+    """What prompts tell the model a node may use (GPU slots come with the supervisor)."""
+    cores = len(os.sched_getaffinity(0))
+    return f"CPU only: {cores} cores, no GPU"
+
+
+async def check_endpoints(coder: Coder) -> list[str]:
+    """Probe each configured endpoint once; the problems found (the daemon runs anyway)."""
+    if not isinstance(coder, LlmCoder):
+        return []
+    problems = []
+    for endpoint in coder.endpoints:
+        error = await endpoint.probe()
+        if error is not None:
+            problems.append(f"{endpoint.label}: {error}")
+    return problems
 
 
 def _prepare_socket_path(path: Path) -> None:
@@ -78,16 +111,19 @@ class Daemon:
             "interrupted: the daemon stopped while this node was in flight", time.time())
         self.scheduler = Scheduler(self.store, self.bus, self.coder, self.config, self.state_dir)
         services = Services(self.store, self.bus, self.scheduler, self.config, self.state_dir,
-                            time.time())
+                            time.time(), self.llm_status)
         self._runner = web.AppRunner(build_app(services), handle_signals=False,
                                      shutdown_timeout=SHUTDOWN_GRACE_S)
         await self._runner.setup()
         site = web.UnixSite(self._runner, str(self.socket_path))
         await site.start()
         os.chmod(self.socket_path, 0o660)
+        for problem in await check_endpoints(self.coder):
+            # Reported, not fatal: tasks wait for the endpoint (see the circuit breaker).
+            log.warning("llm endpoint unreachable at start", problem=problem)
         await self.scheduler.start()
-        log.info("daemon ready", version=__version__, socket=str(self.socket_path),
-                 state_dir=str(self.state_dir), nodes_interrupted=interrupted)
+        log.info("daemon ready", coder=type(self.coder).__name__, version=__version__,
+                 socket=str(self.socket_path), state_dir=str(self.state_dir), nodes_interrupted=interrupted)
 
     async def stop(self) -> None:
         """Stop the tasks (they resume on the next start), close the API and the store."""
@@ -96,11 +132,18 @@ class Daemon:
             await self.scheduler.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if isinstance(self.coder, LlmCoder):
+            await self.coder.close()
         if self.store is not None:
             await self.store.close()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         log.info("daemon stopped")
+
+    def llm_status(self) -> list[dict[str, Any]]:
+        if isinstance(self.coder, LlmCoder):
+            return [e.status() for e in self.coder.endpoints]
+        return [{"role": "code", "coder": "offline"}]
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -9,6 +9,8 @@ from enum import StrEnum
 class TaskState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    # Waiting for an LLM endpoint that is down; resumes by itself when a probe succeeds.
+    PAUSED = "paused"
     FINISHED = "finished"
     CANCELLED = "cancelled"
     FAILED = "failed"

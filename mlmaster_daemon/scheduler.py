@@ -22,10 +22,12 @@ import structlog
 from mlmaster_daemon.bus import BestImproved, EventBus, NodeStateChanged, TaskStateChanged
 from mlmaster_daemon.config import Config
 from mlmaster_daemon.errors import TaskNotCancellable
-from mlmaster_daemon.evaluation import evaluate
+from mlmaster_daemon.evaluation import Evaluation, evaluate
 from mlmaster_daemon.execution.runner import run_script
 from mlmaster_daemon.execution.workspace import Workspace
-from mlmaster_daemon.llm.coder import Coder, CodeRequest, MemoryItem
+from mlmaster_daemon.llm.coder import Coder, CodeRequest, CodeResponse, MemoryItem
+from mlmaster_daemon.llm.endpoint import EndpointUnavailable
+from mlmaster_daemon.llm.llm_coder import LlmCoder, NoCodeInAnswer
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import NodeState, TaskState
 from mlmaster_daemon.policies import make_policy, restore_policy
@@ -87,6 +89,11 @@ class TaskRunner:
             l1_cap=mem.l1_cap,
         )
         self.counter = TiktokenCounter(mem.encoding)
+        # This task's own cap on parallel runs; generation may run ahead of it.
+        self.run_slots = asyncio.Semaphore(rt.config.search.parallel)
+        self.waiting = 0
+        self.paused_at: float | None = None
+        self.budget_note: str | None = None
         self.profile: TaskProfile | None = None
         self.best_metric = task.best_metric
         self.preview = ""
@@ -110,8 +117,11 @@ class TaskRunner:
         inflight: set[asyncio.Task[None]] = set()
         try:
             while True:
-                while (len(inflight) < self.rt.config.search.parallel and created < task.steps
-                       and self.rt.clock() < self.deadline):
+                # Pipelining: up to `prefetch` expansions beyond the running ones generate
+                # code ahead, so it is ready when a run slot frees up.
+                limit = self.rt.config.search.parallel + self.rt.config.llm.prefetch
+                while (len(inflight) < limit and created < task.steps
+                       and self.rt.clock() < self.deadline and not await self._over_budget()):
                     pick = self.policy.select()
                     if pick is None:
                         break
@@ -143,6 +153,8 @@ class TaskRunner:
             await self._set_state(TaskState.FAILED, f"internal error: {exc}")
             return
         error = None if self.best_metric is not None else "no working solution was found"
+        if self.budget_note and error is None:
+            error = self.budget_note
         await self._keep_top_k()
         await self._promote_lessons()
         await self._set_state(TaskState.FINISHED, error)
@@ -249,15 +261,20 @@ class TaskRunner:
         request = await self._request(node_id, pick)
         await asyncio.to_thread(_write_text, self._node_dir(node_id) / "memory.md",
                                 request.memory_text)
-        response = await self.rt.coder.generate(request)
+        response = await self._generate(node_id, request)
         # Siblings generated from now on see this attempt, even before it has run.
         self.memory[node_id] = MemoryItem(node_id, pick.operator, response.summary, None, False)
         root = task_root(self.rt.state_dir, task.id) / "nodes" / str(node_id)
         ws = await asyncio.to_thread(Workspace.create, root, task.spec.public_dir, response.code)
-        await self._node_state(node_id, pick, NodeState.READY, code=response.code,
-                               plan=response.plan, summary=response.summary)
-        timeout = max(1.0, min(task.node_timeout_s, self.deadline - self.rt.clock()))
-        async with self.rt.exec_slots:
+        # The answer is committed with the code before anything runs: a crash never pays twice.
+        await self.rt.store.mark_ready(
+            task.id, node_id,
+            {"state": NodeState.READY, "code": response.code, "plan": response.plan,
+             "summary": response.summary},
+            response.calls, self.rt.clock())
+        await self._publish_node(node_id, pick, NodeState.READY)
+        async with self.run_slots, self.rt.exec_slots:
+            timeout = max(1.0, min(task.node_timeout_s, self.deadline - self.rt.clock()))
             await self._node_state(node_id, pick, NodeState.RUNNING, started_at=self.rt.clock())
             log.info("node running", operator=pick.operator.value, summary=response.summary)
             result = await run_script(ws, timeout, self.rt.config.execution.kill_grace_s,
@@ -265,11 +282,13 @@ class TaskRunner:
         await self._node_state(node_id, pick, NodeState.EVALUATING, exit_code=result.exit_code,
                                pid=result.pid)
         outcome = await asyncio.to_thread(evaluate, ws, task.spec, result, timeout)
+        outcome, analysis, summary = await self._judge(node_id, ws, response.code, outcome,
+                                                       response.summary)
         parent_metric = (self.policy.tree[pick.parent_id].metric if pick.parent_ids else None)
         changed = self.policy.complete(node_id, pick, outcome.metric)
         self.inflight.pop(node_id, None)
         phase = self.cache.record(
-            MemoryEntry(node_id, pick.operator, pick.parent_ids, response.summary,
+            MemoryEntry(node_id, pick.operator, pick.parent_ids, summary,
                         outcome.metric, outcome.buggy, outcome.error, created=node_id),
             parent_metric, task.spec.lower_is_better,
         )
@@ -280,17 +299,90 @@ class TaskRunner:
         await self.rt.store.finish_node(
             task.id, node_id,
             {"state": state, "metric": outcome.metric, "error": outcome.error,
-             "finished_at": self.rt.clock()},
+             "finished_at": self.rt.clock(), "analysis": analysis},
             [(n.id, n.visits, n.value) for n in changed],
             self._state(),
         )
-        self.memory[node_id] = MemoryItem(node_id, pick.operator, response.summary,
+        self.memory[node_id] = MemoryItem(node_id, pick.operator, summary,
                                           outcome.metric, outcome.buggy)
         await self._publish_node(node_id, pick, state, outcome.metric, outcome.error)
         log.info("node finished", state=state.value, metric=outcome.metric, error=outcome.error,
                  seconds=round(result.duration_s, 2))
         if outcome.metric is not None and self._improves(outcome.metric):
             await self._record_best(node_id, ws, outcome.metric, response.code)
+
+    async def _generate(self, node_id: int, request: CodeRequest) -> CodeResponse:
+        """Ask the coder; while its model is down the task is paused, never failed."""
+        while True:
+            try:
+                return await self.rt.coder.generate(request)
+            except EndpointUnavailable as exc:
+                await self._pause(exc.message)
+                try:
+                    await self.rt.coder.wait_available()
+                finally:
+                    await self._unpause()
+            except NoCodeInAnswer as exc:
+                await self.rt.store.record_calls(self.task.id, node_id, exc.calls,
+                                                 self.rt.clock())
+                raise
+
+    async def _pause(self, reason: str) -> None:
+        self.waiting += 1
+        if self.waiting == 1:
+            self.paused_at = self.rt.clock()
+            log.warning("task paused: llm endpoint down", task_id=self.task.id, reason=reason)
+            await self.rt.store.update_task(self.task.id, state=TaskState.PAUSED, error=reason)
+            self.rt.bus.publish(TaskStateChanged(task_id=self.task.id,
+                                                 state=TaskState.PAUSED.value, error=reason))
+
+    async def _unpause(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            # Time spent waiting for the model does not count against the task's budget.
+            if self.paused_at is not None:
+                self.deadline += self.rt.clock() - self.paused_at
+                self.paused_at = None
+            log.info("task resumed: llm endpoint back", task_id=self.task.id)
+            await self.rt.store.update_task(self.task.id, state=TaskState.RUNNING, error=None)
+            self.rt.bus.publish(TaskStateChanged(task_id=self.task.id,
+                                                 state=TaskState.RUNNING.value))
+
+    async def _over_budget(self) -> bool:
+        """Whether the task's token or money cap is reached: no new generation then, and the
+        running nodes finish."""
+        task = self.task
+        if not task.max_tokens and not task.max_cost:
+            return False
+        if self.budget_note is not None:
+            return True
+        usage = await self.rt.store.usage(task.id)
+        if task.max_tokens and usage["total_tokens"] >= task.max_tokens:
+            self.budget_note = (f"token budget reached: {usage['total_tokens']} of "
+                                f"{task.max_tokens}")
+        elif task.max_cost and usage["cost"] >= task.max_cost:
+            self.budget_note = f"cost budget reached: ${usage['cost']:.4f} of ${task.max_cost}"
+        if self.budget_note:
+            log.info("budget reached; no new generation", task_id=task.id,
+                     note=self.budget_note)
+        return self.budget_note is not None
+
+    async def _judge(self, node_id: int, ws: Workspace, code: str, outcome: Evaluation,
+                     summary: str) -> tuple[Evaluation, str | None, str]:
+        """The feedback model's view of the run, when one is configured. It may call a run
+        buggy (e.g. leakage) but never sets the metric or its direction."""
+        coder = self.rt.coder
+        if not isinstance(coder, LlmCoder) or coder.feedback is None:
+            return outcome, None, summary
+        output = await asyncio.to_thread(ws.output_tail,
+                                         self.rt.config.execution.output_tail_chars)
+        verdict, calls = await coder.judge(self.task.spec, code, output, outcome.error)
+        await self.rt.store.record_calls(self.task.id, node_id, calls, self.rt.clock())
+        if verdict is None:
+            return outcome, None, summary
+        if verdict.is_bug and not outcome.buggy:
+            outcome = Evaluation(None, f"judged buggy: {verdict.analysis[:300]}")
+        return outcome, verdict.analysis, verdict.summary or summary
 
     async def _request(self, node_id: int, pick: Pick) -> CodeRequest:
         task = self.task
@@ -416,9 +508,10 @@ class Scheduler:
     async def pump(self) -> None:
         if self._stopping:
             return
-        waiting = await self.rt.store.list_tasks([TaskState.RUNNING, TaskState.QUEUED])
+        waiting = await self.rt.store.list_tasks(
+            [TaskState.RUNNING, TaskState.PAUSED, TaskState.QUEUED])
         # Tasks that were running before a restart go first, then the queue in submit order.
-        waiting.sort(key=lambda t: (t.state is not TaskState.RUNNING, t.created_at))
+        waiting.sort(key=lambda t: (t.state is TaskState.QUEUED, t.created_at))
         for task in waiting:
             if len(self.runners) >= self.rt.config.daemon.max_running_tasks:
                 break

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class Services:
     config: Config
     state_dir: Path
     started_at: float
+    llm_status: Callable[[], list[dict[str, Any]]] = lambda: []
 
 
 SERVICES = web.AppKey("services", Services)
@@ -101,6 +103,7 @@ async def task_view(services: Services, task: TaskRecord) -> dict[str, Any]:
             "submission_path": str(best_dir(services.state_dir, task.id) / "submission.csv"),
         }
     top = await asyncio.to_thread(_top_submissions, task_root(services.state_dir, task.id))
+    usage = await services.store.usage(task.id)
     return {
         "id": task.id,
         "name": task.name,
@@ -117,6 +120,8 @@ async def task_view(services: Services, task: TaskRecord) -> dict[str, Any]:
         "nodes_done": done,
         "best": best,
         "top": top,
+        "usage": usage,
+        "budget": {"max_tokens": task.max_tokens, "max_cost": task.max_cost},
         "created_at": task.created_at,
         "started_at": task.started_at,
         "finished_at": task.finished_at,
@@ -143,6 +148,7 @@ async def health(request: web.Request) -> web.Response:
         "version": __version__,
         "uptime_s": round(time.time() - services.started_at, 3),
         "tasks_running": len(services.scheduler.runners),
+        "llm": services.llm_status(),
     })
 
 
@@ -166,6 +172,10 @@ async def submit_task(request: web.Request) -> web.Response:
         time_limit_s=float(req.time_limit_s or search.time_limit_s),
         node_timeout_s=float(req.node_timeout_s or services.config.execution.node_timeout_s),
         state=TaskState.QUEUED, created_at=time.time(),
+        max_tokens=req.max_tokens if req.max_tokens is not None
+        else services.config.llm.max_task_tokens,
+        max_cost=float(req.max_cost if req.max_cost is not None
+                       else services.config.llm.max_task_cost),
     )
     await services.scheduler.submit(task)
     fresh = await services.store.get_task(task.id)
@@ -217,6 +227,8 @@ async def get_node(request: web.Request) -> web.Response:
         "exit_code": node.exit_code,
         "output_tail": output,
         "memory": memory,
+        "analysis": node.analysis,
+        "usage": await services.store.usage(task.id, node.id),
         "workspace": str(ws.root),
         "created_at": node.created_at,
         "started_at": node.started_at,

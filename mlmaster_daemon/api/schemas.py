@@ -18,3 +18,5 @@ class SubmitRequest(BaseModel):
     lower_is_better: StrictBool | None = None
     target: StrictStr | None = Field(default=None, min_length=1)
     id_column: StrictStr | None = Field(default=None, min_length=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=0)
+    max_cost: StrictInt | StrictFloat | None = Field(default=None, ge=0)

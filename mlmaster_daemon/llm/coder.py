@@ -69,3 +69,7 @@ class Coder(Protocol):
     """Writes one solution script for one expansion."""
 
     async def generate(self, request: CodeRequest) -> CodeResponse: ...
+
+    async def wait_available(self) -> None:
+        """Return when `generate` may be tried again after it reported its model down."""
+        ...

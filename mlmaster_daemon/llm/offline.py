@@ -49,6 +49,9 @@ class OfflineCoder:
     def __init__(self, seed: int = 0) -> None:
         self._seed = seed
 
+    async def wait_available(self) -> None:
+        """The offline coder is never down."""
+
     async def generate(self, request: CodeRequest) -> CodeResponse:
         """The plan, script and one-line summary for one draft, improve, debug or crossover
         expansion (crossover rules: see `offline_crossover`)."""

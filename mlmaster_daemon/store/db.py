@@ -16,6 +16,7 @@ from typing import Any
 import aiosqlite
 
 from mlmaster_daemon.errors import NodeNotFound, TaskNotFound
+from mlmaster_daemon.llm.coder import CallRecord
 from mlmaster_daemon.models import NodeState, Operator, TaskState
 from mlmaster_daemon.store.migrations import migrate
 from mlmaster_daemon.store.records import NodeRecord, TaskRecord
@@ -23,15 +24,15 @@ from mlmaster_daemon.tasks.spec import TaskSpec
 
 _TASK_COLUMNS = (
     "id, name, task_dir, spec, policy, steps, time_limit_s, node_timeout_s, state, error,"
-    " best_node_id, best_metric, created_at, started_at, finished_at"
+    " best_node_id, best_metric, created_at, started_at, finished_at, max_tokens, max_cost"
 )
 _NODE_COLUMNS = (
     "task_id, id, parent_id, operator, state, plan, summary, code, metric, error, exit_code,"
-    " pid, visits, value, created_at, started_at, finished_at, parent_ids"
+    " pid, visits, value, created_at, started_at, finished_at, parent_ids, analysis"
 )
 _NODE_UPDATABLE = frozenset(
     {"state", "plan", "summary", "code", "metric", "error", "exit_code", "pid", "started_at",
-     "finished_at"}
+     "finished_at", "analysis"}
 )
 _TASK_UPDATABLE = frozenset(
     {"state", "error", "best_node_id", "best_metric", "started_at", "finished_at"}
@@ -89,12 +90,13 @@ class Store:
     async def insert_task(self, task: TaskRecord) -> None:
         async with self._transaction() as db:
             await db.execute(
-                f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 15)})",
+                f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 17)})",
                 (
                     task.id, task.name, task.task_dir, json.dumps(task.spec.to_dict()),
                     task.policy, task.steps, task.time_limit_s, task.node_timeout_s,
                     task.state.value, task.error, task.best_node_id, task.best_metric,
-                    task.created_at, task.started_at, task.finished_at,
+                    task.created_at, task.started_at, task.finished_at, task.max_tokens,
+                    task.max_cost,
                 ),
             )
 
@@ -123,12 +125,12 @@ class Store:
     async def insert_node(self, node: NodeRecord) -> None:
         async with self._transaction() as db:
             await db.execute(
-                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({', '.join('?' * 18)})",
+                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({', '.join('?' * 19)})",
                 (
                     node.task_id, node.id, node.parent_id, node.operator.value, node.state.value,
                     node.plan, node.summary, node.code, node.metric, node.error, node.exit_code,
                     node.pid, node.visits, node.value, node.created_at, node.started_at,
-                    node.finished_at, json.dumps(list(node.parent_ids)),
+                    node.finished_at, json.dumps(list(node.parent_ids)), node.analysis,
                 ),
             )
 
@@ -169,6 +171,36 @@ class Store:
             return None
         state: dict[str, Any] = json.loads(row[0])
         return state
+
+    async def mark_ready(self, task_id: str, node_id: int, fields: Mapping[str, Any],
+                         calls: Iterable[CallRecord], now: float) -> None:
+        """The node's code and the model calls that wrote it, in one commit."""
+        async with self._transaction() as db:
+            await _update_row(db, "nodes", _NODE_UPDATABLE, "task_id = ? AND id = ?",
+                              (task_id, node_id), fields)
+            await _insert_calls(db, task_id, node_id, calls, now)
+
+    async def record_calls(self, task_id: str, node_id: int | None,
+                           calls: Iterable[CallRecord], now: float) -> None:
+        async with self._transaction() as db:
+            await _insert_calls(db, task_id, node_id, calls, now)
+
+    async def usage(self, task_id: str, node_id: int | None = None) -> dict[str, Any]:
+        """Token, cost and latency totals of a task's (or one node's) model calls."""
+        query = ("SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0),"
+                 " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(reasoning_tokens), 0),"
+                 " COALESCE(SUM(cost), 0), COALESCE(SUM(latency_s), 0)"
+                 " FROM llm_calls WHERE task_id = ?")
+        params: tuple[Any, ...] = (task_id,)
+        if node_id is not None:
+            query += " AND node_id = ?"
+            params += (node_id,)
+        async with self._reader.execute(query, params) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return {"calls": row[0], "prompt_tokens": row[1], "completion_tokens": row[2],
+                "reasoning_tokens": row[3], "total_tokens": row[1] + row[2],
+                "cost": round(float(row[4]), 6), "latency_s": round(float(row[5]), 3)}
 
     async def get_node(self, task_id: str, node_id: int) -> NodeRecord:
         async with self._reader.execute(
@@ -234,6 +266,18 @@ class Store:
             await _update_row(db, table, allowed, where, key, fields)
 
 
+async def _insert_calls(db: aiosqlite.Connection, task_id: str, node_id: int | None,
+                        calls: Iterable[CallRecord], now: float) -> None:
+    await db.executemany(
+        "INSERT INTO llm_calls (task_id, node_id, role, model, endpoint, prompt_tokens,"
+        " completion_tokens, reasoning_tokens, latency_s, cost, attempts, content, reasoning,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(task_id, node_id, c.role, c.model, c.endpoint, c.prompt_tokens, c.completion_tokens,
+          c.reasoning_tokens, c.latency_s, c.cost, c.attempts, c.content, c.reasoning, now)
+         for c in calls],
+    )
+
+
 async def _update_row(
     db: aiosqlite.Connection, table: str, allowed: frozenset[str], where: str,
     key: tuple[Any, ...], fields: Mapping[str, Any],
@@ -253,7 +297,8 @@ def _task(row: Any) -> TaskRecord:
         id=row[0], name=row[1], task_dir=row[2], spec=TaskSpec.from_dict(json.loads(row[3])),
         policy=row[4], steps=row[5], time_limit_s=row[6], node_timeout_s=row[7],
         state=TaskState(row[8]), error=row[9], best_node_id=row[10], best_metric=row[11],
-        created_at=row[12], started_at=row[13], finished_at=row[14],
+        created_at=row[12], started_at=row[13], finished_at=row[14], max_tokens=row[15],
+        max_cost=row[16],
     )
 
 
@@ -265,4 +310,5 @@ def _node(row: Any) -> NodeRecord:
         created_at=row[14], started_at=row[15], finished_at=row[16],
         parent_ids=tuple(json.loads(row[17])) if row[17] else (
             () if row[2] is None else (row[2],)),
+        analysis=row[18],
     )

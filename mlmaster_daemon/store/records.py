@@ -26,6 +26,9 @@ class TaskRecord:
     best_metric: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    # Per-task caps on model usage (0: none).
+    max_tokens: int = 0
+    max_cost: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class NodeRecord:
     finished_at: float | None = None
     # Every parent (a crossover has two); parent_id is the first, the tree edge.
     parent_ids: tuple[int, ...] = ()
+    # The feedback model's analysis of the run, when a judge is configured.
+    analysis: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The fields the API lists for every node."""

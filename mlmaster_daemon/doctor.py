@@ -1,0 +1,83 @@
+"""`mlmaster doctor`: checks what the daemon needs, one line each, and says what to fix."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mlmaster_daemon.config import Config
+from mlmaster_daemon.errors import MlmasterError
+from mlmaster_daemon.llm.llm_coder import LlmCoder
+from mlmaster_daemon.search.tokens import TiktokenCounter
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _state_dir(config: Config) -> Check:
+    path = config.state_dir()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the daemon creates what is missing below the first existing one
+    writable = os.access(probe, os.W_OK)
+    return Check("state dir", writable,
+                 f"{path}" + ("" if writable else " is not writable; pass --state-dir"))
+
+
+def _tokenizer(config: Config) -> Check:
+    try:
+        TiktokenCounter(config.memory.encoding).load()
+    except MlmasterError as exc:
+        return Check("tokenizer", False, exc.message)
+    return Check("tokenizer", True, f"{config.memory.encoding} loaded offline")
+
+
+def _gpu() -> Check:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+            names = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+                     for i in range(count)]
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:
+        # No driver or no NVML library: the daemon runs nodes on CPU slots.
+        return Check("gpu", True, f"no GPU usable through NVML ({type(exc).__name__}); "
+                                  "nodes run on CPU slots")
+    return Check("gpu", True, f"{count} GPU(s): {', '.join(map(str, names))}")
+
+
+async def _endpoints(config: Config, make_coder: Callable[[Config], object]) -> list[Check]:
+    if config.llm.code is None:
+        return [Check("llm", True, "no [llm.code] configured: the built-in offline coder is "
+                                   "used")]
+    try:
+        coder = make_coder(config)
+    except MlmasterError as exc:
+        return [Check("llm", False, exc.message)]
+    assert isinstance(coder, LlmCoder)
+    checks = []
+    try:
+        for endpoint in coder.endpoints:
+            error = await endpoint.probe()
+            checks.append(Check(f"llm {endpoint.role}", error is None,
+                                f"{endpoint.cfg.base_url} model {endpoint.cfg.model}: "
+                                + ("answered" if error is None else error)))
+    finally:
+        await coder.close()
+    return checks
+
+
+def run_doctor(config: Config, make_coder: Callable[[Config], object]) -> list[Check]:
+    checks = [_state_dir(config), _tokenizer(config), _gpu()]
+    checks.extend(asyncio.run(_endpoints(config, make_coder)))
+    return checks
