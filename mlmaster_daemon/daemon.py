@@ -123,7 +123,8 @@ class Daemon:
             log.warning("llm endpoint unreachable at start", problem=problem)
         await self.scheduler.start()
         log.info("daemon ready", coder=type(self.coder).__name__, version=__version__,
-                 socket=str(self.socket_path), state_dir=str(self.state_dir), nodes_interrupted=interrupted)
+                 socket=str(self.socket_path), state_dir=str(self.state_dir),
+                 nodes_interrupted=interrupted)
 
     async def stop(self) -> None:
         """Stop the tasks (they resume on the next start), close the API and the store."""
