@@ -107,8 +107,8 @@ class Daemon:
         # Load the tokenizer now: a missing encoding should stop the start, not a task.
         await asyncio.to_thread(TiktokenCounter(self.config.memory.encoding).load)
         self.store = await Store.open(self.state_dir / "mlmaster.db")
-        interrupted = await self.store.interrupt_unfinished(
-            "interrupted: the daemon stopped while this node was in flight", time.time())
+        requeued, interrupted = await self.store.interrupt_unfinished(
+            "interrupted: the daemon stopped while this node was being generated", time.time())
         self.scheduler = Scheduler(self.store, self.bus, self.coder, self.config, self.state_dir)
         services = Services(self.store, self.bus, self.scheduler, self.config, self.state_dir,
                             time.time(), self.llm_status)
@@ -124,7 +124,7 @@ class Daemon:
         await self.scheduler.start()
         log.info("daemon ready", coder=type(self.coder).__name__, version=__version__,
                  socket=str(self.socket_path), state_dir=str(self.state_dir),
-                 nodes_interrupted=interrupted)
+                 nodes_requeued=requeued, nodes_interrupted=interrupted)
 
     async def stop(self) -> None:
         """Stop the tasks (they resume on the next start), close the API and the store."""

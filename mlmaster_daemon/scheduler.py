@@ -94,6 +94,7 @@ class TaskRunner:
         self.waiting = 0
         self.paused_at: float | None = None
         self.budget_note: str | None = None
+        self.resume: list[tuple[NodeRecord, Pick]] = []
         self.profile: TaskProfile | None = None
         self.best_metric = task.best_metric
         self.preview = ""
@@ -114,7 +115,11 @@ class TaskRunner:
             await self._prefetch_lessons()
         next_id = max((n.id for n in nodes), default=0) + 1
         created = len(nodes)
-        inflight: set[asyncio.Task[None]] = set()
+        # Nodes whose code was paid for before a restart run now, without asking again.
+        inflight: set[asyncio.Task[None]] = {
+            asyncio.create_task(self._expand(node.id, pick, existing=node))
+            for node, pick in self.resume
+        }
         try:
             while True:
                 # Pipelining: up to `prefetch` expansions beyond the running ones generate
@@ -166,9 +171,22 @@ class TaskRunner:
         if saved is not None:
             self.policy = restore_policy(self.task.policy, self.rt.config.search,
                                          saved["policy"])
-            for node_id, raw in saved["inflight"].items():
-                self.policy.abort(int(node_id), Pick.from_state(raw))
+            by_id = {n.id: n for n in nodes}
+            for key, raw in saved["inflight"].items():
+                pick, node = Pick.from_state(raw), by_id.get(int(key))
+                if node is not None and node.state is NodeState.READY and node.code:
+                    self.inflight[node.id] = pick
+                    self.resume.append((node, pick))
+                else:
+                    self.policy.abort(int(key), pick)
             self.cache = HierarchicalCache.from_state(saved["memory"])
+        known = {node.id for node, _pick in self.resume}
+        for node in nodes:
+            if node.state is NodeState.READY and node.id not in known:
+                # Ready but unknown to the saved search state: cannot be placed in the tree.
+                await self.rt.store.update_node(self.task.id, node.id, state=NodeState.FAILED,
+                                                error="interrupted before it could run",
+                                                finished_at=self.rt.clock())
         for node in nodes:
             if node.state in (NodeState.DONE, NodeState.BUGGY):
                 self.memory[node.id] = MemoryItem(node.id, node.operator, node.summary or "",
@@ -229,18 +247,31 @@ class TaskRunner:
             nodes_total=total, nodes_done=done,
         ))
 
-    async def _expand(self, node_id: int, pick: Pick) -> None:
+    async def _expand(self, node_id: int, pick: Pick, existing: NodeRecord | None = None,
+                      ) -> None:
         with structlog.contextvars.bound_contextvars(task_id=self.task.id, node_id=node_id):
             parent_id = pick.parent_ids[0] if pick.parent_ids else None
+            has_code = existing is not None
             try:
-                await self.rt.store.insert_node(NodeRecord(
-                    task_id=self.task.id, id=node_id, parent_id=parent_id,
-                    operator=pick.operator, state=NodeState.PENDING, created_at=self.rt.clock(),
-                    parent_ids=pick.parent_ids,
-                ))
-                await self._publish_node(node_id, pick, NodeState.PENDING)
-                await self._generate_run_evaluate(node_id, pick)
+                if existing is None:
+                    await self.rt.store.insert_node(NodeRecord(
+                        task_id=self.task.id, id=node_id, parent_id=parent_id,
+                        operator=pick.operator, state=NodeState.PENDING,
+                        created_at=self.rt.clock(), parent_ids=pick.parent_ids,
+                    ))
+                    await self._publish_node(node_id, pick, NodeState.PENDING)
+                    response = await self._generate_code(node_id, pick)
+                    has_code = True
+                else:
+                    assert existing.code is not None
+                    response = CodeResponse(existing.plan or "", existing.code,
+                                            existing.summary or "")
+                    log.info("running code generated before the restart")
+                await self._run_evaluate(node_id, pick, response)
             except asyncio.CancelledError:
+                if has_code and not self.cancel_requested:
+                    # The daemon is stopping: the paid-for code stays ready for the restart.
+                    raise
                 await asyncio.shield(self._fail(node_id, pick, "cancelled before it finished"))
                 raise
             except Exception as exc:
@@ -255,24 +286,29 @@ class TaskRunner:
             await self._node_state(node_id, pick, NodeState.FAILED, error=reason,
                                    finished_at=self.rt.clock())
 
-    async def _generate_run_evaluate(self, node_id: int, pick: Pick) -> None:
+    async def _generate_code(self, node_id: int, pick: Pick) -> CodeResponse:
         task = self.task
         await self._node_state(node_id, pick, NodeState.GENERATING)
         request = await self._request(node_id, pick)
         await asyncio.to_thread(_write_text, self._node_dir(node_id) / "memory.md",
                                 request.memory_text)
         response = await self._generate(node_id, request)
-        # Siblings generated from now on see this attempt, even before it has run.
-        self.memory[node_id] = MemoryItem(node_id, pick.operator, response.summary, None, False)
-        root = task_root(self.rt.state_dir, task.id) / "nodes" / str(node_id)
-        ws = await asyncio.to_thread(Workspace.create, root, task.spec.public_dir, response.code)
-        # The answer is committed with the code before anything runs: a crash never pays twice.
+        # The answer is committed with the code (and the search state that knows this node)
+        # before anything runs: a crash never pays for it twice.
         await self.rt.store.mark_ready(
             task.id, node_id,
             {"state": NodeState.READY, "code": response.code, "plan": response.plan,
              "summary": response.summary},
-            response.calls, self.rt.clock())
+            response.calls, self.rt.clock(), self._state())
         await self._publish_node(node_id, pick, NodeState.READY)
+        return response
+
+    async def _run_evaluate(self, node_id: int, pick: Pick, response: CodeResponse) -> None:
+        task = self.task
+        # Siblings generated from now on see this attempt, even before it has run.
+        self.memory[node_id] = MemoryItem(node_id, pick.operator, response.summary, None, False)
+        root = task_root(self.rt.state_dir, task.id) / "nodes" / str(node_id)
+        ws = await asyncio.to_thread(Workspace.create, root, task.spec.public_dir, response.code)
         async with self.run_slots, self.rt.exec_slots:
             timeout = max(1.0, min(task.node_timeout_s, self.deadline - self.rt.clock()))
             await self._node_state(node_id, pick, NodeState.RUNNING, started_at=self.rt.clock())

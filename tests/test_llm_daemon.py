@@ -214,3 +214,45 @@ async def test_doctor_checks_each_endpoint(short_dir: Path, server: FakeOpenAI) 
     lines = result.stdout.splitlines()
     assert any(line.startswith("ok") and "llm code" in line for line in lines), result.stdout
     assert any(line.startswith("FAIL") and "llm feedback" in line for line in lines)
+
+
+SLOW_JOB = """import json, os, shutil, time
+time.sleep(3)
+os.makedirs("submission", exist_ok=True)
+shutil.copyfile("input/sample_submission.csv", "submission/submission.csv")
+json.dump({"validation_metric": 0.6}, open("metrics.json", "w"))
+"""
+
+
+async def test_a_restart_runs_paid_code_instead_of_asking_again(
+    short_dir: Path, server: FakeOpenAI, breast_cancer: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAKE_KEY", KEY)
+    server.code = SLOW_JOB
+    config = _config(short_dir, server, prefetch=0)
+    config = config.model_copy(update={"search": config.search.model_copy(
+        update={"parallel": 1})})
+    first = Daemon(config)
+    await first.start()
+    async with Client(first.socket_path) as client:
+        task = await client.submit({"task_dir": str(breast_cancer), "steps": 1})
+        async with asyncio.timeout(30):
+            while not [n for n in await client.nodes(task["id"]) if n["status"] == "running"]:
+                await asyncio.sleep(0.05)
+    await first.stop()
+    generations = [r for r in server.requests if r["messages"][0]["content"] != "ping"]
+    assert len(generations) == 1
+
+    second = Daemon(config)
+    await second.start()
+    try:
+        async with Client(second.socket_path) as client:
+            final = await wait_terminal(client, task["id"])
+            nodes = await client.nodes(task["id"])
+    finally:
+        await second.stop()
+    generations = [r for r in server.requests if r["messages"][0]["content"] != "ping"]
+    assert len(generations) == 1, "the answer was paid once and run after the restart"
+    assert final["state"] == "finished" and final["usage"]["calls"] == 1
+    assert [n["status"] for n in nodes] == ["done"]

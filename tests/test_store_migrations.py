@@ -75,7 +75,9 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         raise AssertionError("a database from a newer daemon must be refused")
 
 
-async def test_unfinished_nodes_are_marked_interrupted(tmp_path: Path, breast_cancer: Path) -> None:
+async def test_after_a_restart_paid_code_is_requeued_and_the_rest_fails(
+    tmp_path: Path, breast_cancer: Path
+) -> None:
     store = await Store.open(tmp_path / "m.db")
     try:
         spec = load_task(breast_cancer)
@@ -86,8 +88,10 @@ async def test_unfinished_nodes_are_marked_interrupted(tmp_path: Path, breast_ca
             await store.insert_node(NodeRecord(task_id="t1", id=node_id, parent_id=None,
                                                operator=Operator.DRAFT, state=state,
                                                created_at=1.0))
-        assert await store.interrupt_unfinished("restart", 2.0) == 2
+        await store.update_node("t1", 3, code="print(1)")
+        assert await store.interrupt_unfinished("restart", 2.0) == (1, 1)
         states = {n.id: n.state for n in await store.list_nodes("t1")}
-        assert states == {1: NodeState.DONE, 2: NodeState.FAILED, 3: NodeState.FAILED}
+        # Node 3 had its code: it is run again, not regenerated. Node 2 had none: it fails.
+        assert states == {1: NodeState.DONE, 2: NodeState.FAILED, 3: NodeState.READY}
     finally:
         await store.close()

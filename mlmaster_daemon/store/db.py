@@ -173,12 +173,17 @@ class Store:
         return state
 
     async def mark_ready(self, task_id: str, node_id: int, fields: Mapping[str, Any],
-                         calls: Iterable[CallRecord], now: float) -> None:
-        """The node's code and the model calls that wrote it, in one commit."""
+                         calls: Iterable[CallRecord], now: float,
+                         search_state: Mapping[str, Any] | None = None) -> None:
+        """The node's code, the model calls that wrote it and the search state that knows
+        the node, in one commit: after a crash the node is run, not generated again."""
         async with self._transaction() as db:
             await _update_row(db, "nodes", _NODE_UPDATABLE, "task_id = ? AND id = ?",
                               (task_id, node_id), fields)
             await _insert_calls(db, task_id, node_id, calls, now)
+            if search_state is not None:
+                await db.execute("UPDATE tasks SET search_state = ? WHERE id = ?",
+                                 (json.dumps(search_state), task_id))
 
     async def record_calls(self, task_id: str, node_id: int | None,
                            calls: Iterable[CallRecord], now: float) -> None:
@@ -247,16 +252,24 @@ class Store:
             rows = await cur.fetchall()
         return [(r[0], r[1], float(r[2])) for r in rows]
 
-    async def interrupt_unfinished(self, reason: str, now: float) -> int:
-        """Mark every non-terminal node failed (its run was cut off by a restart); return count."""
-        terminal = tuple(s.value for s in NodeState if s.terminal)
+    async def interrupt_unfinished(self, reason: str, now: float) -> tuple[int, int]:
+        """After a restart: nodes whose code was already written go back to `ready` (their paid
+        answer is run, not asked again); nodes still being generated fail. Returns
+        (requeued, failed)."""
+        with_code = (NodeState.READY.value, NodeState.RUNNING.value, NodeState.EVALUATING.value)
+        before_code = (NodeState.PENDING.value, NodeState.GENERATING.value)
         async with self._transaction() as db:
-            cur = await db.execute(
-                "UPDATE nodes SET state = ?, error = ?, finished_at = ? "
-                "WHERE state NOT IN (?, ?, ?)",
-                (NodeState.FAILED.value, reason, now, *terminal),
+            requeued = await db.execute(
+                "UPDATE nodes SET state = ?, pid = NULL, started_at = NULL "
+                "WHERE state IN (?, ?, ?) AND code IS NOT NULL",
+                (NodeState.READY.value, *with_code),
             )
-            return cur.rowcount
+            failed = await db.execute(
+                "UPDATE nodes SET state = ?, error = ?, finished_at = ? "
+                "WHERE state IN (?, ?) OR (state IN (?, ?, ?) AND code IS NULL)",
+                (NodeState.FAILED.value, reason, now, *before_code, *with_code),
+            )
+            return requeued.rowcount, failed.rowcount
 
     async def _update(
         self, table: str, allowed: frozenset[str], where: str, key: tuple[Any, ...],
