@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import shutil
 import time
@@ -31,7 +32,13 @@ from mlmaster_daemon.llm.llm_coder import LlmCoder, NoCodeInAnswer
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import NodeState, TaskState
 from mlmaster_daemon.policies import make_policy, restore_policy
-from mlmaster_daemon.search.hcc import HierarchicalCache, Lesson, StagnationDetector, TaskProfile
+from mlmaster_daemon.search.hcc import (
+    HierarchicalCache,
+    L2Summary,
+    Lesson,
+    StagnationDetector,
+    TaskProfile,
+)
 from mlmaster_daemon.search.memory import MemoryEntry
 from mlmaster_daemon.search.policy import Pick, Policy
 from mlmaster_daemon.search.tokens import TiktokenCounter
@@ -329,8 +336,7 @@ class TaskRunner:
             parent_metric, task.spec.lower_is_better,
         )
         if phase is not None:
-            log.info("phase closed on stagnation", phase=phase.phase, best=phase.best_metric,
-                     summary=phase.text[:500])
+            await self._summarise_phase(node_id, phase)
         state = NodeState.BUGGY if outcome.buggy else NodeState.DONE
         await self.rt.store.finish_node(
             task.id, node_id,
@@ -346,6 +352,18 @@ class TaskRunner:
                  seconds=round(result.duration_s, 2))
         if outcome.metric is not None and self._improves(outcome.metric):
             await self._record_best(node_id, ws, outcome.metric, response.code)
+
+    async def _summarise_phase(self, node_id: int, phase: L2Summary) -> None:
+        """A phase closed on stagnation: with a model configured, it rewrites the
+        deterministic L2 summary (the fallback kept when it cannot answer)."""
+        log.info("phase closed on stagnation", phase=phase.phase, best=phase.best_metric)
+        coder = self.rt.coder
+        if not isinstance(coder, LlmCoder):
+            return
+        text, calls = await coder.summarise(phase.text, self.task.spec)
+        await self.rt.store.record_calls(self.task.id, node_id, calls, self.rt.clock())
+        if text and self.cache.l2 and self.cache.l2[-1] is phase:
+            self.cache.l2[-1] = dataclasses.replace(phase, text=text)
 
     async def _generate(self, node_id: int, request: CodeRequest) -> CodeResponse:
         """Ask the coder; while its model is down the task is paused, never failed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -256,3 +257,26 @@ async def test_a_restart_runs_paid_code_instead_of_asking_again(
     assert len(generations) == 1, "the answer was paid once and run after the restart"
     assert final["state"] == "finished" and final["usage"]["calls"] == 1
     assert [n["status"] for n in nodes] == ["done"]
+
+
+async def test_a_stagnating_phase_is_summarised_by_the_model(
+    short_dir: Path, server: FakeOpenAI, breast_cancer: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAKE_KEY", KEY)
+    server.code = SLOW_JOB.replace("time.sleep(3)", "")  # every node scores 0.6: stagnation
+    config = _config(short_dir, server)
+    config = config.model_copy(update={"memory": config.memory.model_copy(
+        update={"stagnation_window": 2})})
+    _daemon, task = await _run(config, {"task_dir": str(breast_cancer), "steps": 4})
+    # One probe, four generations, and at least one phase summary.
+    assert len(server.requests) >= 6
+    import sqlite3
+
+    with sqlite3.connect(short_dir / "state" / "mlmaster.db") as conn:
+        state = json.loads(conn.execute("SELECT search_state FROM tasks WHERE id = ?",
+                                        (task["id"],)).fetchone()[0])
+    l2 = state["memory"]["l2"]
+    # The fake model answers every request with plan + code, so only its answer (never the
+    # deterministic fallback) holds a code fence.
+    assert l2 and "```python" in l2[0]["text"], "the model's summary replaced the fallback"
