@@ -156,6 +156,7 @@ async def test_a_token_budget_stops_new_generation(
 
 @pytest.mark.parametrize(("mode", "reason"), [
     ("nocode", "without a python code block"),
+    ("think_only", "without a python code block"),
     ("bad_request", "HTTP 404: model does not exist"),
 ])
 async def test_unusable_answers_fail_the_node_with_a_clear_reason(
@@ -176,7 +177,7 @@ async def test_unusable_answers_fail_the_node_with_a_clear_reason(
         await daemon.stop()
     assert final["state"] == "finished"
     assert all(n["status"] == "failed" and reason in n["error"] for n in nodes)
-    if mode == "nocode":
+    if mode != "bad_request":
         # Each node asked twice (one corrective retry), and both answers are accounted.
         assert final["usage"]["calls"] == 4
 
