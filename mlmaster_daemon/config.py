@@ -78,7 +78,21 @@ class SearchConfig(_Section):
 
 
 class ExecutionConfig(_Section):
+    # CPU slots when no GPU is usable (the node scripts that run at once across all tasks).
     max_concurrent_nodes: int = Field(default=2, ge=1)
+    # Slots per GPU: 1 = exclusive, n > 1 = shared, each with 1/n of its memory.
+    slots_per_gpu: int = Field(default=1, ge=1)
+    # "auto": bwrap when bubblewrap is installed, else none.
+    sandbox: Literal["auto", "bwrap", "none"] = "auto"
+    # Per-job limits (0: none). Memory is enforced with a cgroup where possible.
+    memory_limit_mb: int = Field(default=0, ge=0)
+    max_processes: int = Field(default=512, ge=0)
+    max_file_size_mb: int = Field(default=10240, ge=0)
+    max_workspace_mb: int = Field(default=0, ge=0)
+    # What to do with a node's process found alive at start-up: kill it (and re-run the node).
+    reconcile: Literal["kill"] = "kill"
+    # Seconds between GPU samples.
+    sample_interval_s: float = Field(default=2.0, gt=0)
     node_timeout_s: float = Field(default=600, gt=0)
     kill_grace_s: float = Field(default=5.0, ge=0)
     python: str = ""
