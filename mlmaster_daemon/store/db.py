@@ -28,11 +28,13 @@ _TASK_COLUMNS = (
 )
 _NODE_COLUMNS = (
     "task_id, id, parent_id, operator, state, plan, summary, code, metric, error, exit_code,"
-    " pid, visits, value, created_at, started_at, finished_at, parent_ids, analysis"
+    " pid, visits, value, created_at, started_at, finished_at, parent_ids, analysis,"
+    " pid_start_time, boot_id, slot, gpu_peak_mb, gpu_seconds"
 )
 _NODE_UPDATABLE = frozenset(
     {"state", "plan", "summary", "code", "metric", "error", "exit_code", "pid", "started_at",
-     "finished_at", "analysis"}
+     "finished_at", "analysis", "pid_start_time", "boot_id", "slot", "gpu_peak_mb",
+     "gpu_seconds"}
 )
 _TASK_UPDATABLE = frozenset(
     {"state", "error", "best_node_id", "best_metric", "started_at", "finished_at"}
@@ -125,12 +127,14 @@ class Store:
     async def insert_node(self, node: NodeRecord) -> None:
         async with self._transaction() as db:
             await db.execute(
-                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({', '.join('?' * 19)})",
+                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({', '.join('?' * 24)})",
                 (
                     node.task_id, node.id, node.parent_id, node.operator.value, node.state.value,
                     node.plan, node.summary, node.code, node.metric, node.error, node.exit_code,
                     node.pid, node.visits, node.value, node.created_at, node.started_at,
                     node.finished_at, json.dumps(list(node.parent_ids)), node.analysis,
+                    node.pid_start_time, node.boot_id, node.slot, node.gpu_peak_mb,
+                    node.gpu_seconds,
                 ),
             )
 
@@ -252,6 +256,15 @@ class Store:
             rows = await cur.fetchall()
         return [(r[0], r[1], float(r[2])) for r in rows]
 
+    async def running_processes(self) -> list[NodeRecord]:
+        """Nodes whose process may still be alive from before a restart."""
+        async with self._reader.execute(
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE state IN (?, ?) AND pid IS NOT NULL",
+            (NodeState.RUNNING.value, NodeState.EVALUATING.value),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_node(r) for r in rows]
+
     async def interrupt_unfinished(self, reason: str, now: float) -> tuple[int, int]:
         """After a restart: nodes whose code was already written go back to `ready` (their paid
         answer is run, not asked again); nodes still being generated fail. Returns
@@ -323,5 +336,6 @@ def _node(row: Any) -> NodeRecord:
         created_at=row[14], started_at=row[15], finished_at=row[16],
         parent_ids=tuple(json.loads(row[17])) if row[17] else (
             () if row[2] is None else (row[2],)),
-        analysis=row[18],
+        analysis=row[18], pid_start_time=row[19], boot_id=row[20], slot=row[21],
+        gpu_peak_mb=row[22], gpu_seconds=row[23],
     )

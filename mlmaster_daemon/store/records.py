@@ -54,6 +54,12 @@ class NodeRecord:
     parent_ids: tuple[int, ...] = ()
     # The feedback model's analysis of the run, when a judge is configured.
     analysis: str | None = None
+    # The process journal: with pid, these prove a live process is ours after a crash.
+    pid_start_time: float | None = None
+    boot_id: str | None = None
+    slot: str | None = None
+    gpu_peak_mb: int | None = None
+    gpu_seconds: float | None = None
 
     def public(self) -> dict[str, Any]:
         """The fields the API lists for every node."""
