@@ -36,3 +36,13 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! .venv/bin/python -
     fi
     echo "$WANT" > "$STAMP"
 fi
+
+# The sandbox for generated code. Installed when we can (root with apt); without it jobs run
+# unsandboxed and the daemon says so.
+if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing bubblewrap (the sandbox for generated code)" >&2
+    if ! { apt-get install -y -q bubblewrap >/dev/null 2>&1 \
+           || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; }; }; then
+        echo "warning: could not install bubblewrap; node scripts will run without the sandbox" >&2
+    fi
+fi
