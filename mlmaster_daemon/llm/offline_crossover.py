@@ -29,7 +29,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 from mlmaster_daemon.llm.coder import CodeResponse
-from mlmaster_daemon.llm.offline_improve import apply_change, choose_change
+from mlmaster_daemon.llm.offline_improve import applicable_changes, apply_change, choose_change
 from mlmaster_daemon.llm.offline_recipe import (
     BOOSTERS,
     NAN_TOLERANT,
@@ -102,7 +102,15 @@ def cross(
     else:
         rule, child, text = "mix", *_mix(a, b)
     if _same(child, a) or _same(child, b):
-        step = apply_change(child, choose_change(child, tried, rng), is_regression, rng)
+        # Try the changes in seeded order: one could turn the child into the other parent.
+        first = choose_change(child, tried, rng)
+        rest = [c for c in applicable_changes(child) if c != first]
+        rng.shuffle(rest)
+        step = apply_change(child, first, is_regression, rng)
+        for change in rest:
+            if not (_same(step.recipe, a) or _same(step.recipe, b)):
+                break
+            step = apply_change(child, change, is_regression, rng)
         text = f"{text}; that repeats a parent, so one change is added: {step.description}"
         return Crossover(rule, step.recipe, step.change, text)
     return Crossover(rule, child, None, text)
