@@ -18,6 +18,11 @@ from mlmaster_daemon.api.app import Services, build_app
 from mlmaster_daemon.bus import EventBus
 from mlmaster_daemon.config import Config
 from mlmaster_daemon.errors import ConfigError
+from mlmaster_daemon.execution.gpu import GpuProbe, open_probe
+from mlmaster_daemon.execution.lease import ProcessIdentity
+from mlmaster_daemon.execution.runner import kill_identity
+from mlmaster_daemon.execution.sandbox import resolve_sandbox
+from mlmaster_daemon.execution.slots import GpuSampler, SlotPool
 from mlmaster_daemon.llm.coder import Coder
 from mlmaster_daemon.llm.endpoint import Endpoint, read_api_key
 from mlmaster_daemon.llm.llm_coder import LlmCoder
@@ -47,6 +52,31 @@ def make_coder(config: Config) -> Coder:
         if feedback is not None else None,
         hardware=describe_hardware(),
     )
+
+
+async def reconcile_processes(store: Store) -> int:
+    """Kill node processes that outlived a daemon crash, but only those provably ours (same
+    pid, start time and boot): PID reuse can never make this kill a stranger. Their nodes are
+    then re-queued by `interrupt_unfinished`."""
+    killed = 0
+    for node in await store.running_processes():
+        if node.pid is None or node.pid_start_time is None or node.boot_id is None:
+            continue
+        identity = ProcessIdentity(node.pid, node.pid_start_time, node.boot_id)
+        if await asyncio.to_thread(kill_identity, identity):
+            killed += 1
+            log.warning("killed a node process left from before the restart",
+                        task_id=node.task_id, node_id=node.id, pid=node.pid)
+    return killed
+
+
+def describe_slot(slot: dict[str, Any]) -> str:
+    """The hardware line for prompts, from one slot of the pool."""
+    cpus = f"{len(slot.get('cpus') or [])} CPU cores"
+    if not slot.get("gpu_uuid"):
+        return f"CPU only: {cpus}, no GPU"
+    share = slot.get("memory_mb") or 0
+    return f"1x {slot.get('gpu_name') or 'GPU'} ({share // 1024} GiB for this job), {cpus}"
 
 
 def describe_hardware() -> str:
@@ -97,6 +127,10 @@ class Daemon:
         self.store: Store | None = None
         self.scheduler: Scheduler | None = None
         self._runner: web.AppRunner | None = None
+        self.slots: SlotPool | None = None
+        self.sampler: GpuSampler | None = None
+        self.probe: GpuProbe | None = None
+        self.slot_mode = ""
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -107,11 +141,14 @@ class Daemon:
         # Load the tokenizer now: a missing encoding should stop the start, not a task.
         await asyncio.to_thread(TiktokenCounter(self.config.memory.encoding).load)
         self.store = await Store.open(self.state_dir / "mlmaster.db")
+        killed = await reconcile_processes(self.store)
+        await self._open_slots()
         requeued, interrupted = await self.store.interrupt_unfinished(
             "interrupted: the daemon stopped while this node was being generated", time.time())
-        self.scheduler = Scheduler(self.store, self.bus, self.coder, self.config, self.state_dir)
+        self.scheduler = Scheduler(self.store, self.bus, self.coder, self.config, self.state_dir,
+                                   slots=self.slots, sampler=self.sampler)
         services = Services(self.store, self.bus, self.scheduler, self.config, self.state_dir,
-                            time.time(), self.llm_status)
+                            time.time(), self.llm_status, self.slots_status)
         self._runner = web.AppRunner(build_app(services), handle_signals=False,
                                      shutdown_timeout=SHUTDOWN_GRACE_S)
         await self._runner.setup()
@@ -124,7 +161,8 @@ class Daemon:
         await self.scheduler.start()
         log.info("daemon ready", coder=type(self.coder).__name__, version=__version__,
                  socket=str(self.socket_path), state_dir=str(self.state_dir),
-                 nodes_requeued=requeued, nodes_interrupted=interrupted)
+                 nodes_requeued=requeued, nodes_interrupted=interrupted,
+                 stale_processes_killed=killed)
 
     async def stop(self) -> None:
         """Stop the tasks (they resume on the next start), close the API and the store."""
@@ -133,6 +171,10 @@ class Daemon:
             await self.scheduler.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.sampler is not None:
+            await self.sampler.stop()
+        if self.probe is not None:
+            await asyncio.to_thread(self.probe.close)
         if isinstance(self.coder, LlmCoder):
             await self.coder.close()
         if self.store is not None:
@@ -140,6 +182,28 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         log.info("daemon stopped")
+
+    async def _open_slots(self) -> None:
+        """GPU slots from NVML, or CPU slots with one clear line saying why."""
+        execution = self.config.execution
+        probe, reason = await asyncio.to_thread(open_probe)
+        gpus = await asyncio.to_thread(probe.discover)
+        self.probe, self.slot_mode = probe, reason
+        self.slots = SlotPool(gpus, execution.max_concurrent_nodes, execution.slots_per_gpu)
+        if gpus:
+            self.sampler = GpuSampler(probe, self.slots, interval_s=execution.sample_interval_s,
+                                      gpus=gpus)
+            self.sampler.start()
+        log.info("execution slots", mode=reason, slots=self.slots.capacity,
+                 sandbox=await asyncio.to_thread(resolve_sandbox, execution.sandbox))
+        if isinstance(self.coder, LlmCoder) and not self.config.llm.hardware:
+            first = self.slots.snapshot()[0]
+            self.coder.hardware = describe_slot(first)
+
+    def slots_status(self) -> dict[str, Any]:
+        return {"mode": self.slot_mode,
+                "slots": self.slots.snapshot() if self.slots else [],
+                "gpus": self.sampler.snapshot() if self.sampler else []}
 
     def llm_status(self) -> list[dict[str, Any]]:
         if isinstance(self.coder, LlmCoder):

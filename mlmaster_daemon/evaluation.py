@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlmaster_daemon.execution.runner import RunResult
+from mlmaster_daemon.execution.slots import is_cuda_oom
 from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.tasks.spec import TaskSpec
 from mlmaster_daemon.tasks.validation import validate_submission
@@ -34,6 +36,11 @@ def _last_error_line(ws: Workspace) -> str:
     return lines[-1].strip()[:500] if lines else ""
 
 
+def _tail(path: Path, limit: int = 20000) -> str:
+    text = path.read_text(errors="replace")
+    return text[-limit:]
+
+
 def _read_metric(ws: Workspace) -> tuple[float | None, str | None]:
     if not ws.metrics.exists():
         return None, "metrics.json missing: the script must write {\"validation_metric\": <float>}"
@@ -52,7 +59,14 @@ def _read_metric(ws: Workspace) -> tuple[float | None, str | None]:
 
 def evaluate(ws: Workspace, spec: TaskSpec, run: RunResult, timeout_s: float) -> Evaluation:
     if run.timed_out:
-        return Evaluation(None, f"killed after its {timeout_s:.0f} s time limit")
+        return Evaluation(None, run.reason or f"killed after its {timeout_s:.0f} s time limit")
+    if run.reason:
+        # A limit (memory, processes, file size, disk) stopped or failed the job.
+        last = _last_error_line(ws)
+        return Evaluation(None, f"{run.reason}" + (f"; last error: {last}" if last else ""))
+    if run.exit_code != 0 and ws.stderr.exists() and is_cuda_oom(_tail(ws.stderr)):
+        return Evaluation(None, "CUDA out of memory: the script needs less GPU memory "
+                                f"(smaller batches or model); {_last_error_line(ws)}")
     if run.exit_code != 0:
         last = _last_error_line(ws)
         detail = f": {last}" if last else ""

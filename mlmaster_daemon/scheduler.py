@@ -18,13 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import structlog
 
 from mlmaster_daemon.bus import BestImproved, EventBus, NodeStateChanged, TaskStateChanged
-from mlmaster_daemon.config import Config
+from mlmaster_daemon.config import Config, ExecutionConfig
 from mlmaster_daemon.errors import TaskNotCancellable
 from mlmaster_daemon.evaluation import Evaluation, evaluate
-from mlmaster_daemon.execution.runner import run_script
+from mlmaster_daemon.execution.lease import JobLimits, Lease, ProcessIdentity
+from mlmaster_daemon.execution.runner import RunResult, run_script
+from mlmaster_daemon.execution.slots import GpuSampler, SlotPool
 from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.llm.coder import Coder, CodeRequest, CodeResponse, MemoryItem
 from mlmaster_daemon.llm.endpoint import EndpointUnavailable
@@ -71,9 +74,10 @@ class Runtime:
     bus: EventBus
     coder: Coder
     config: Config
-    exec_slots: asyncio.Semaphore
+    slots: SlotPool
     state_dir: Path
     clock: Clock = time.time
+    sampler: GpuSampler | None = None
 
 
 class TaskRunner:
@@ -316,14 +320,18 @@ class TaskRunner:
         self.memory[node_id] = MemoryItem(node_id, pick.operator, response.summary, None, False)
         root = task_root(self.rt.state_dir, task.id) / "nodes" / str(node_id)
         ws = await asyncio.to_thread(Workspace.create, root, task.spec.public_dir, response.code)
-        async with self.run_slots, self.rt.exec_slots:
-            timeout = max(1.0, min(task.node_timeout_s, self.deadline - self.rt.clock()))
-            await self._node_state(node_id, pick, NodeState.RUNNING, started_at=self.rt.clock())
-            log.info("node running", operator=pick.operator.value, summary=response.summary)
-            result = await run_script(ws, timeout, self.rt.config.execution.kill_grace_s,
-                                      self.rt.config.execution.python or None)
+        async with self.run_slots:
+            sampler = self.rt.sampler
+            lease = await self.rt.slots.acquire(
+                task.id, sampler.free_memory_mb if sampler else None,
+                holder=f"{task.id}/{node_id}")
+            try:
+                result, gpu, timeout = await self._run_on(lease, node_id, pick, ws,
+                                                          response.summary)
+            finally:
+                self.rt.slots.release(lease)
         await self._node_state(node_id, pick, NodeState.EVALUATING, exit_code=result.exit_code,
-                               pid=result.pid)
+                               gpu_peak_mb=gpu[0], gpu_seconds=gpu[1])
         outcome = await asyncio.to_thread(evaluate, ws, task.spec, result, timeout)
         outcome, analysis, summary = await self._judge(node_id, ws, response.code, outcome,
                                                        response.summary)
@@ -352,6 +360,42 @@ class TaskRunner:
                  seconds=round(result.duration_s, 2))
         if outcome.metric is not None and self._improves(outcome.metric):
             await self._record_best(node_id, ws, outcome.metric, response.code)
+
+    async def _run_on(self, lease: Lease, node_id: int, pick: Pick, ws: Workspace,
+                      summary: str,
+                      ) -> tuple[RunResult, tuple[int | None, float | None], float]:
+        """Run the node's script under its lease; returns the result, (peak GPU MiB,
+        GPU-seconds) when a GPU was leased, and the time limit it ran under."""
+        task, execution = self.task, self.rt.config.execution
+        timeout = max(1.0, min(task.node_timeout_s, self.deadline - self.rt.clock()))
+
+        async def started(identity: ProcessIdentity) -> None:
+            # The journal that lets a restarted daemon prove this process is ours.
+            await self._node_state(node_id, pick, NodeState.RUNNING, started_at=self.rt.clock(),
+                                   pid=identity.pid, pid_start_time=identity.start_time,
+                                   boot_id=identity.boot_id, slot=lease.slot_id)
+            job_pids.add(identity.pid)
+            log.info("node running", operator=pick.operator.value, summary=summary,
+                     slot=lease.slot_id)
+
+        job_pids: set[int] = set()
+        watcher = asyncio.create_task(_collect_descendants(job_pids)) \
+            if lease.gpu_uuid and self.rt.sampler else None
+        try:
+            result = await run_script(
+                ws, timeout, execution.kill_grace_s, execution.python or None, started,
+                lease=lease, limits=job_limits(execution), sandbox=execution.sandbox,
+                public_dir=task.spec.public_dir, job_id=f"{task.id}-{node_id}",
+                hidden_paths=(self.rt.state_dir / "mlmaster.db",),
+            )
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        if watcher is None or self.rt.sampler is None:
+            return result, (None, None), timeout
+        peak, seconds = self.rt.sampler.usage(job_pids)
+        self.rt.sampler.forget(job_pids)
+        return result, (peak, round(seconds, 2)), timeout
 
     async def _summarise_phase(self, node_id: int, phase: L2Summary) -> None:
         """A phase closed on stagnation: with a model configured, it rewrites the
@@ -517,6 +561,22 @@ def _copy_best(ws: Workspace, target: Path, node_id: int, metric: float, code: s
     shutil.rmtree(old, ignore_errors=True)
 
 
+async def _collect_descendants(pids: set[int], interval_s: float = 1.0) -> None:
+    """Keep adding a job's descendant pids (the GPU work runs in them) until cancelled."""
+    while True:
+        for pid in list(pids):
+            with contextlib.suppress(psutil.Error):
+                pids.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+        await asyncio.sleep(interval_s)
+
+
+def job_limits(execution: ExecutionConfig) -> JobLimits:
+    return JobLimits(memory_mb=execution.memory_limit_mb,
+                     max_processes=execution.max_processes,
+                     max_file_size_mb=execution.max_file_size_mb,
+                     max_workspace_mb=execution.max_workspace_mb)
+
+
 def task_profile(spec: TaskSpec) -> TaskProfile:
     """What L3 compares tasks by: modality, metric, task type and size."""
     train = spec.public_dir / spec.train_file
@@ -548,9 +608,10 @@ class Scheduler:
     """Starts queued tasks up to `max_running_tasks`, cancels them, and stops them all."""
 
     def __init__(self, store: Store, bus: EventBus, coder: Coder, config: Config,
-                 state_dir: Path, clock: Clock = time.time):
-        slots = asyncio.Semaphore(config.execution.max_concurrent_nodes)
-        self.rt = Runtime(store, bus, coder, config, slots, state_dir, clock)
+                 state_dir: Path, clock: Clock = time.time, slots: SlotPool | None = None,
+                 sampler: GpuSampler | None = None):
+        pool = slots or SlotPool([], config.execution.max_concurrent_nodes, 1)
+        self.rt = Runtime(store, bus, coder, config, pool, state_dir, clock, sampler)
         self.runners: dict[str, tuple[TaskRunner, asyncio.Task[None]]] = {}
         self._stopping = False
         self._pumps: set[asyncio.Task[None]] = set()

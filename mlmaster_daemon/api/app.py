@@ -44,6 +44,7 @@ class Services:
     state_dir: Path
     started_at: float
     llm_status: Callable[[], list[dict[str, Any]]] = lambda: []
+    slots_status: Callable[[], dict[str, Any]] = lambda: {}
 
 
 SERVICES = web.AppKey("services", Services)
@@ -152,6 +153,11 @@ async def health(request: web.Request) -> web.Response:
     })
 
 
+async def slots(request: web.Request) -> web.Response:
+    """Execution slots (GPU or CPU), who holds them, and the latest GPU samples."""
+    return web.json_response(request.app[SERVICES].slots_status())
+
+
 async def submit_task(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     body = await _json_body(request)
@@ -228,6 +234,10 @@ async def get_node(request: web.Request) -> web.Response:
         "output_tail": output,
         "memory": memory,
         "analysis": node.analysis,
+        "slot": node.slot,
+        "pid": node.pid,
+        "gpu_peak_mb": node.gpu_peak_mb,
+        "gpu_seconds": node.gpu_seconds,
         "usage": await services.store.usage(task.id, node.id),
         "workspace": str(ws.root),
         "created_at": node.created_at,
@@ -275,6 +285,7 @@ def build_app(services: Services) -> web.Application:
     app.router.add_get("/v1/tasks/{task_id}/nodes", list_nodes)
     app.router.add_get("/v1/tasks/{task_id}/nodes/{node_id}", get_node)
     app.router.add_get("/v1/events", events)
+    app.router.add_get("/v1/slots", slots)
     return app
 
 
