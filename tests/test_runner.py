@@ -1,16 +1,36 @@
-"""Node scripts run as real subprocesses, stopped with their whole group at the time limit."""
+"""Node scripts run as real subprocesses: stopped with everything they started at the time
+limit, and held to their memory, process, file-size and workspace limits by a cgroup and
+rlimits (sandbox "none" here; tests/test_sandbox.py covers bubblewrap)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 import textwrap
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
 
-from mlmaster_daemon.execution.runner import run_script
+from mlmaster_daemon.execution import runner
+from mlmaster_daemon.execution.cgroups import JobCgroup, create_job_cgroup
+from mlmaster_daemon.execution.lease import JobLimits, Lease, ProcessIdentity
+from mlmaster_daemon.execution.runner import kill_identity, run_script
 from mlmaster_daemon.execution.workspace import Workspace
+
+
+def _cgroup_usable() -> bool:
+    probe = create_job_cgroup("probe", JobLimits(memory_mb=64, max_processes=8))
+    probe.remove()
+    return probe.limits_memory and probe.limits_processes
+
+
+needs_cgroup = pytest.mark.skipif(not _cgroup_usable(),
+                                  reason="no writable memory+pids cgroup (v1 or v2) here")
 
 
 def _workspace(tmp_path: Path, code: str) -> Workspace:
@@ -27,6 +47,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _strays(ws: Workspace) -> list[int]:
+    """Live processes whose working directory is in the workspace."""
+    root = str(ws.root.resolve())
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            cwd = proc.cwd()
+        except psutil.Error:
+            continue
+        if (cwd == root or cwd.startswith(root + "/")) and _alive(proc.pid):
+            found.append(proc.pid)
+    return found
+
+
 async def test_a_script_that_loops_forever_is_killed_with_its_children(tmp_path: Path) -> None:
     ws = _workspace(tmp_path, """
         import subprocess, sys, time
@@ -38,6 +72,7 @@ async def test_a_script_that_loops_forever_is_killed_with_its_children(tmp_path:
     result = await run_script(ws, timeout_s=3, kill_grace_s=0.5)
     assert result.timed_out
     assert result.exit_code is None
+    assert result.reason == "killed after its 3 s time limit"
     child = int((ws.root / "child.pid").read_text())
     assert not _alive(result.pid)
     assert not _alive(child)
@@ -102,3 +137,226 @@ async def test_cancelling_a_run_stops_its_process_group(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await run
     assert not _alive(pid)
+
+
+async def test_a_second_cancel_during_the_grace_period_kills_the_job_at_once(
+    tmp_path: Path,
+) -> None:
+    ws = _workspace(tmp_path, """
+        import os, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        open("pid", "w").write(str(os.getpid()))
+        time.sleep(600)
+    """)
+    run = asyncio.create_task(run_script(ws, timeout_s=600, kill_grace_s=60))
+    for _ in range(200):
+        if (ws.root / "pid").exists() and (ws.root / "pid").read_text():
+            break
+        await asyncio.sleep(0.05)
+    pid = int((ws.root / "pid").read_text())
+    run.cancel()
+    await asyncio.sleep(0.3)
+    assert _alive(pid)  # in its grace period, ignoring SIGTERM
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 10)
+    assert not _alive(pid)
+
+
+@needs_cgroup
+async def test_a_grandchild_that_escapes_with_setsid_is_killed_through_the_cgroup(
+    tmp_path: Path,
+) -> None:
+    ws = _workspace(tmp_path, """
+        import os, subprocess, time
+        escaped = subprocess.Popen(["setsid", "sleep", "600"])
+        while os.getsid(escaped.pid) == os.getsid(0):
+            time.sleep(0.01)
+        open("escaped.pid", "w").write(str(escaped.pid))
+        print("escaped")
+    """)
+    result = await run_script(ws, timeout_s=30)
+    assert result.exit_code == 0 and result.reason is None
+    assert ws.stdout.read_text().strip() == "escaped"
+    assert not _alive(int((ws.root / "escaped.pid").read_text()))
+
+
+@needs_cgroup
+async def test_a_fork_bomb_is_contained_and_stopped_with_the_process_limit_reason(
+    tmp_path: Path,
+) -> None:
+    ws = _workspace(tmp_path, """
+        import os
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+    """)
+    result = await run_script(ws, timeout_s=30, kill_grace_s=0.5,
+                              limits=JobLimits(max_processes=50))
+    assert result.reason == "process limit reached (50)"
+    assert result.exit_code is None and not result.timed_out
+    assert not _strays(ws)
+    # The daemon's side can still start processes.
+    after = await asyncio.create_subprocess_exec("true")
+    assert await after.wait() == 0
+
+
+@needs_cgroup
+async def test_a_memory_hog_is_stopped_with_the_memory_limit_reason(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path, """
+        import time
+        chunks = []
+        for _ in range(100):
+            chunks.append(b"\\x01" * (10 << 20))
+            time.sleep(0.01)
+        print("survived 1 GB")
+    """)
+    result = await run_script(ws, timeout_s=60, kill_grace_s=0.5,
+                              limits=JobLimits(memory_mb=200))
+    assert result.reason == "memory limit exceeded (200 MiB)"
+    assert "survived" not in ws.stdout.read_text()
+    assert not _strays(ws)
+
+
+def _without_cgroup(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "create_job_cgroup", lambda job_id, limits: JobCgroup(
+        limits.memory_mb, limits.max_processes, "disabled for this test"))
+
+
+async def test_without_a_cgroup_a_cpu_job_is_held_to_its_memory_by_rlimit_as(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _without_cgroup(monkeypatch)
+    ws = _workspace(tmp_path, """
+        chunks = [b"\\x01" * (10 << 20) for _ in range(100)]
+        print("survived 1 GB")
+    """)
+    result = await run_script(ws, timeout_s=60, limits=JobLimits(memory_mb=200))
+    assert result.exit_code == 1
+    assert result.reason == "memory limit exceeded (200 MiB)"
+    assert "MemoryError" in ws.stderr.read_text()
+
+
+async def test_a_gpu_job_never_gets_an_address_space_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _without_cgroup(monkeypatch)
+    ws = _workspace(tmp_path, """
+        import resource
+        print(resource.getrlimit(resource.RLIMIT_AS))
+    """)
+    lease = Lease(slot_id="gpu0.0", task_id="t", cpus=(0,), gpu_uuid="GPU-1234")
+    result = await run_script(ws, timeout_s=30, lease=lease, limits=JobLimits(memory_mb=200))
+    assert result.exit_code == 0
+    assert ws.stdout.read_text().strip() == "(-1, -1)"
+
+
+async def test_a_file_past_the_size_limit_fails_the_job_with_its_reason(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path, """
+        with open("working/big.bin", "wb") as f:
+            for _ in range(3):
+                f.write(b"x" * (1 << 20))
+    """)
+    result = await run_script(ws, timeout_s=30, limits=JobLimits(max_file_size_mb=1))
+    assert result.exit_code == 1
+    assert result.reason == "file size limit exceeded (1 MiB)"
+    assert (ws.root / "working" / "big.bin").stat().st_size == 1 << 20
+    assert "File too large" in ws.stderr.read_text()
+
+
+async def test_a_workspace_that_outgrows_its_limit_stops_the_job(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path, """
+        import os, time
+        with open("working/grow.bin", "wb") as f:
+            for _ in range(200):
+                f.write(os.urandom(1 << 20))
+                f.flush()
+                time.sleep(0.02)
+        print("wrote 200 MiB")
+    """)
+    result = await run_script(ws, timeout_s=60, kill_grace_s=0.5,
+                              limits=JobLimits(max_workspace_mb=5))
+    assert result.reason == "workspace larger than 5 MiB"
+    assert result.exit_code is None and not result.timed_out
+    assert (ws.root / "working" / "grow.bin").stat().st_size < 200 << 20
+    assert "wrote" not in ws.stdout.read_text()
+
+
+async def test_the_job_runs_on_the_leased_cpus_with_the_lease_environment(
+    tmp_path: Path,
+) -> None:
+    cpus = (max(os.sched_getaffinity(0)),)
+    lease = Lease(slot_id="cpu0", task_id="t", cpus=cpus)
+    ws = _workspace(tmp_path, """
+        import json, os, subprocess, sys
+        child = subprocess.run([sys.executable, "-c",
+                                "import os; print(sorted(os.sched_getaffinity(0)))"],
+                               capture_output=True, text=True).stdout
+        print(json.dumps({"own": sorted(os.sched_getaffinity(0)), "child": json.loads(child),
+                          "cuda": os.environ["CUDA_VISIBLE_DEVICES"],
+                          "omp": os.environ["OMP_NUM_THREADS"]}))
+    """)
+    result = await run_script(ws, timeout_s=30, lease=lease)
+    assert result.exit_code == 0, ws.stderr.read_text()
+    seen = json.loads(ws.stdout.read_text())
+    assert seen == {"own": list(cpus), "child": list(cpus), "cuda": "", "omp": "1"}
+
+
+async def test_extra_env_reaches_the_job_but_systemd_variables_never_do(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path, """
+        import json, os
+        print(json.dumps(dict(os.environ)))
+    """)
+    limits = JobLimits(extra_env={"MLM_SEED": "7", "NOTIFY_SOCKET": "/run/x",
+                                  "LISTEN_FDS": "3", "WATCHDOG_USEC": "1"})
+    await run_script(ws, timeout_s=30, limits=limits)
+    env = json.loads(ws.stdout.read_text())
+    assert env["MLM_SEED"] == "7"
+    assert not {"NOTIFY_SOCKET", "LISTEN_FDS", "WATCHDOG_USEC"} & set(env)
+
+
+async def test_on_start_gets_the_identity_of_the_running_child(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path, """
+        import time
+        time.sleep(0.3)
+    """)
+    seen: list[tuple[ProcessIdentity, float]] = []
+
+    async def on_start(identity: ProcessIdentity) -> None:
+        started = psutil.Process(identity.pid).create_time() - psutil.boot_time()
+        seen.append((identity, started))
+
+    result = await run_script(ws, timeout_s=30, on_start=on_start)
+    identity, started = seen[0]
+    assert identity.pid == result.pid
+    assert abs(identity.start_time - started) < 0.02
+    assert identity.boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def test_kill_identity_refuses_a_forged_identity_and_kills_the_real_process_group() -> None:
+    proc = subprocess.Popen(["sh", "-c", "sleep 600 & wait"], start_new_session=True)
+    try:
+        leader = psutil.Process(proc.pid)
+        real = ProcessIdentity(proc.pid, leader.create_time() - psutil.boot_time(),
+                               Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+        for _ in range(500):
+            if leader.children():
+                break
+            time.sleep(0.01)
+        sleeper = leader.children()[0].pid
+        assert not kill_identity(replace(real, start_time=real.start_time + 1.0))
+        assert not kill_identity(replace(real, boot_id="0" * 36))
+        assert proc.poll() is None and _alive(sleeper)
+        assert kill_identity(real)
+        assert proc.wait(timeout=5) == -9
+        for _ in range(500):
+            if not _alive(sleeper):
+                break
+            time.sleep(0.01)
+        assert not _alive(sleeper)
+        assert not kill_identity(real)
+    finally:
+        proc.kill()
+        proc.wait()

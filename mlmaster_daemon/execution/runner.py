@@ -1,39 +1,78 @@
 """Runs one node's script as a supervised subprocess.
 
-The child gets its own session (so its whole process group can be signalled), an environment
-built from an allowlist, stdout/stderr into files (never pipes: a grandchild holding a pipe could
-hang the wait), and a wall-clock limit: SIGTERM to the group, a grace period, then SIGKILL, and
-the child is always reaped. Processes that escape the group with setsid are the sandbox's
-business (pid namespace), a later issue.
+The command is the launcher (joins the job's cgroup, pins the lease's CPUs, sets rlimits; see
+`launch.py`), then the sandbox wrapper (bubblewrap or nothing; see `sandbox.py`), then
+`python solution.py`. The child gets its own session (so its process group can be signalled),
+an environment built from an allowlist plus the lease's GPU variables, stdout/stderr into files
+(never pipes: a grandchild holding a pipe could hang the wait), and its workspace as cwd.
+
+While it runs, its cgroup's OOM and process-limit counters and the workspace's size are
+polled; a breach, the time limit or cancellation stops it: SIGTERM to its processes, a grace
+period, SIGKILL to the group, then everything left in its cgroup, and the child is always
+reaped. Without bubblewrap and without a cgroup, a process that left the group with `setsid`
+is beyond reach: the process group is the only handle then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import select
+import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from mlmaster_daemon.execution.cgroups import JobCgroup, create_job_cgroup
+from mlmaster_daemon.execution.lease import JobLimits, Lease, ProcessIdentity
+from mlmaster_daemon.execution.sandbox import (
+    SANDBOX_ENV,
+    LaunchOptions,
+    bwrap_argv,
+    ensure_input_link,
+    resolve_sandbox,
+)
 from mlmaster_daemon.execution.workspace import Workspace
+from mlmaster_daemon.logs import get_logger
+
+log = get_logger("mlmaster.runner")
 
 # What a training script may need from the daemon's environment; nothing else passes, so
 # API keys and systemd's NOTIFY_SOCKET/LISTEN_*/WATCHDOG_* never reach generated code.
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME", "TMPDIR")
+# Refused even from JobLimits.extra_env: they would let a job talk to systemd as the daemon.
+_SYSTEMD_PREFIXES = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
+POLL_S = 0.5
+MIB = 1024 * 1024
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_STDERR_TAIL = 16384
+_noted_cgroup = False
 
 
 @dataclass(frozen=True)
 class RunResult:
+    """How a run ended.
+
+    `exit_code` is None when the daemon stopped the job (time limit, a limit breach, or
+    cancellation); otherwise the script's status: -N when killed by signal N, or 128 + N under
+    bubblewrap, which reports its child's signal that way. `reason` says, in words for the
+    user and the debug prompt, which limit stopped or failed the job, even if the script then
+    exited by itself; None when no limit was hit."""
+
     exit_code: int | None
     timed_out: bool
     duration_s: float
     pid: int
+    reason: str | None = None
 
 
 def child_env(parent: Mapping[str, str], threads: int = 1) -> dict[str, str]:
+    """The allowlisted part of `parent`, plus unbuffered output and `threads` BLAS threads."""
     env = {k: parent[k] for k in ENV_ALLOWLIST if k in parent}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env["PYTHONUNBUFFERED"] = "1"
@@ -44,9 +83,258 @@ def child_env(parent: Mapping[str, str], threads: int = 1) -> dict[str, str]:
     return env
 
 
+def job_env(lease: Lease | None, limits: JobLimits, sandboxed: bool,
+            parent: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The job's whole environment: `child_env`, the lease's GPU variables, the sandbox's
+    cache locations, then `limits.extra_env` (minus systemd's variables)."""
+    threads = len(lease.cpus) if lease is not None and lease.cpus else 1
+    env = child_env(os.environ if parent is None else parent, threads)
+    if lease is not None:
+        env.update(lease.env())
+    if sandboxed:
+        env.update(SANDBOX_ENV)
+    env.update({k: v for k, v in limits.extra_env.items() if not k.startswith(_SYSTEMD_PREFIXES)})
+    return env
+
+
+def _boot_id() -> str:
+    return _BOOT_ID.read_text().strip()
+
+
+def _start_time(pid: int) -> float | None:
+    """Seconds after boot at which `pid` started (/proc/<pid>/stat field 22), None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count from its last ')'.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _identity(pid: int) -> ProcessIdentity:
+    start = _start_time(pid)
+    if start is None:
+        raise ProcessLookupError(f"process {pid} has no /proc entry")
+    return ProcessIdentity(pid=pid, start_time=start, boot_id=_boot_id())
+
+
+def kill_identity(identity: ProcessIdentity, wait_s: float = 2.0) -> bool:
+    """SIGKILL the process (and its process group) only if it provably is the one recorded:
+    alive, same boot, same start time (PIDs get reused). True if it was killed; waits up to
+    `wait_s` for it to exit. A pidfd pins the process between the check and the signal."""
+    pidfd: int | None = None
+    try:
+        if identity.boot_id != _boot_id():
+            return False
+        pidfd = os.pidfd_open(identity.pid)
+    except OSError as exc:
+        # Kernels before 5.3 have no pidfd: check, then kill, with a tiny window for pid reuse.
+        if exc.errno != errno.ENOSYS:
+            return False
+    try:
+        start = _start_time(identity.pid)
+        # Start times are whole clock ticks (10 ms): anything but the same tick is another process.
+        if start is None or abs(start - identity.start_time) > 0.005:
+            return False
+        with contextlib.suppress(OSError):
+            if os.getpgid(identity.pid) == identity.pid:
+                os.killpg(identity.pid, signal.SIGKILL)
+        if pidfd is None:
+            _signal(identity.pid, signal.SIGKILL)
+            return True
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.poll(wait_s * 1000)
+        return True
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _group_members(pgid: int) -> set[int]:
+    members = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(entry)) == pgid:
+                    members.add(int(entry))
+    return members
+
+
+def disk_usage(root: Path) -> int:
+    """Bytes allocated on disk under `root`, like `du`: symlinks not followed, hard links once."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                except OSError:
+                    continue
+                if st.st_nlink > 1:
+                    if (st.st_dev, st.st_ino) in seen:
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 or float(value).is_integer() else f"{value:.1f}"
+
+
+def _workspace_reason(ws: Workspace, limits: JobLimits) -> str | None:
+    limit = limits.max_workspace_mb
+    if limit > 0 and disk_usage(ws.root) > limit * MIB:
+        return f"workspace larger than {limit} MiB"
+    return None
+
+
+def _killed_by(code: int | None, sig: signal.Signals, sandboxed: bool) -> bool:
+    return code == -sig or (sandboxed and code == 128 + sig)
+
+
+def _stderr_tail(ws: Workspace) -> str:
+    try:
+        with ws.stderr.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - _STDERR_TAIL))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@dataclass
+class _Job:
+    proc: asyncio.subprocess.Process
+    cgroup: JobCgroup
+    sandboxed: bool
+    grace_s: float
+    ws: Workspace
+    limits: JobLimits
+    address_space_mb: int
+
+    next_disk_check: float = 0.0
+
+    def _breach(self, final: bool = False) -> str | None:
+        reason = self.cgroup.breach()
+        if reason is not None or (not final and time.monotonic() < self.next_disk_check):
+            return reason
+        walk_started = time.monotonic()
+        reason = _workspace_reason(self.ws, self.limits)
+        # A workspace of many files is slow to walk: never spend more than ~5% of a CPU on it.
+        walked = time.monotonic() - walk_started
+        self.next_disk_check = time.monotonic() + max(POLL_S, 20 * walked)
+        return reason
+
+    async def supervise(self, timeout_s: float) -> tuple[bool, str | None]:
+        """Wait for the exit, polling the limits. (timed out, reason it was stopped)."""
+        waiter = asyncio.ensure_future(self.proc.wait())
+        deadline = time.monotonic() + timeout_s
+        polls = self.cgroup.version != "none" or self.limits.max_workspace_mb > 0
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    await self.stop()
+                    return True, f"killed after its {_seconds(timeout_s)} s time limit"
+                await asyncio.wait({waiter}, timeout=min(POLL_S, remaining))
+                if waiter.done():
+                    return False, None
+                reason = await asyncio.to_thread(self._breach) if polls else None
+                if reason is not None:
+                    await self.stop()
+                    return False, reason
+        finally:
+            waiter.cancel()
+
+    def _term(self) -> None:
+        pgid = self.proc.pid
+        if self.sandboxed:
+            # The outer bwrap would die of SIGTERM and take the sandbox down with SIGKILL at
+            # once: signal only the processes inside, so the script gets its grace period.
+            targets = _group_members(pgid) | self.cgroup.pids()
+            for pid in targets - {pgid}:
+                _signal(pid, signal.SIGTERM)
+            return
+        _signal_group(pgid, signal.SIGTERM)
+        for pid in self.cgroup.pids():
+            _signal(pid, signal.SIGTERM)
+
+    async def stop(self) -> None:
+        """SIGTERM, grace, SIGKILL to the group and the cgroup; the child is reaped."""
+        try:
+            if self.proc.returncode is None:
+                await asyncio.to_thread(self._term)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.proc.wait(), self.grace_s)
+            await asyncio.to_thread(self.kill_now)
+        except asyncio.CancelledError:
+            # The event loop is being torn down and cancels this too: kill before leaving.
+            self.kill_now()
+            raise
+        await self.proc.wait()
+
+    def kill_now(self) -> None:
+        """SIGKILL whatever is left in the group and the cgroup (a few cgroupfs reads)."""
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        self.cgroup.kill_all()
+
+    def exit_reason(self) -> str | None:
+        """Which limit the script hit before it exited by itself, if any."""
+        code = self.proc.returncode
+        breach = self._breach(final=True)
+        if breach is not None:
+            return breach
+        tail = _stderr_tail(self.ws) if code else ""
+        file_mb = self.limits.max_file_size_mb
+        if file_mb and (_killed_by(code, signal.SIGXFSZ, self.sandboxed)
+                        or "File too large" in tail):
+            return f"file size limit exceeded ({file_mb} MiB)"
+        if _killed_by(code, signal.SIGKILL, self.sandboxed) and self.cgroup.memory_limit_hits():
+            return self.cgroup.memory_reason()
+        if self.address_space_mb and "MemoryError" in tail:
+            return f"memory limit exceeded ({self.limits.memory_mb} MiB)"
+        return None
+
+
+def _note(cgroup: JobCgroup) -> None:
+    global _noted_cgroup  # noqa: PLW0603 - log the missing cgroup once, not once per job
+    if cgroup.version == "none" and not _noted_cgroup:
+        _noted_cgroup = True
+        log.warning("jobs run without a cgroup: no memory/process containment", why=cgroup.note)
+
+
+def _launch_options(lease: Lease | None, limits: JobLimits, cgroup: JobCgroup) -> LaunchOptions:
+    cpu_only = lease is None or lease.gpu_uuid is None
+    return LaunchOptions(
+        cgroup_procs=tuple(cgroup.procs_files()),
+        cpus=lease.cpus if lease is not None else (),
+        file_size_mb=limits.max_file_size_mb,
+        max_processes=0 if cgroup.limits_processes else limits.max_processes,
+        # Never for a GPU job: CUDA reserves far more address space than it uses.
+        address_space_mb=limits.memory_mb if cpu_only and not cgroup.limits_memory else 0,
+    )
 
 
 async def run_script(
@@ -54,46 +342,84 @@ async def run_script(
     timeout_s: float,
     kill_grace_s: float = 5.0,
     python: str | None = None,
-    on_start: Callable[[int], object] | None = None,
+    on_start: Callable[[ProcessIdentity], Awaitable[None]] | None = None,
+    *,
+    lease: Lease | None = None,
+    limits: JobLimits | None = None,
+    sandbox: str = "none",
+    public_dir: Path | None = None,
+    job_id: str = "job",
+    hidden_paths: Sequence[Path] = (),
 ) -> RunResult:
-    """Run `python solution.py` in `ws`; never leaves a process of its group behind.
+    """Run `python solution.py` in `ws` under `lease`, `limits` and `sandbox` ("auto",
+    "bwrap" or "none"); never leaves a process of the job behind.
 
-    Cancellation (task cancelled, daemon stopping) stops the group the same way as a timeout.
+    `on_start` is awaited right after the spawn with the child's identity (pid, start time,
+    boot id), before anything else; if it raises, the job is stopped and the error propagates.
+    `public_dir` is the task's data, read-only at `input/` in the sandbox; `hidden_paths` are
+    made invisible in it. Cancellation stops the job the same way as a timeout, then re-raises.
+    Raises SandboxUnavailable when sandbox="bwrap" cannot be honoured.
     """
-    started = time.monotonic()
-    with ws.stdout.open("wb") as out, ws.stderr.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            python or sys.executable, ws.script.name,
-            cwd=ws.root, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
-            env=child_env(os.environ), start_new_session=True,
-        )
-    if on_start is not None:
-        on_start(proc.pid)
-    timed_out = False
+    limits = limits or JobLimits()
+    mode = await asyncio.to_thread(resolve_sandbox, sandbox)
+    sandboxed = mode == "bwrap"
+    cgroup = await asyncio.to_thread(create_job_cgroup, job_id, limits)
+    _note(cgroup)
     try:
+        options = _launch_options(lease, limits, cgroup)
+        wrapper: list[str] = []
+        if public_dir is not None:
+            ensure_input_link(ws.root, public_dir)
+        if sandboxed:
+            gpu = lease is not None and lease.gpu_uuid is not None
+            wrapper = bwrap_argv(ws.root, public_dir=public_dir, gpu=gpu, hidden=hidden_paths,
+                                 bwrap=shutil.which("bwrap") or "bwrap")
+        argv = [*options.argv(sys.executable), *wrapper, python or sys.executable,
+                ws.script.name]
+        started = time.monotonic()
+        with ws.stdout.open("wb") as out, ws.stderr.open("wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=ws.root, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
+                env=job_env(lease, limits, sandboxed), start_new_session=True,
+            )
+        job = _Job(proc, cgroup, sandboxed, kill_grace_s, ws, limits, options.address_space_mb)
         try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except TimeoutError:
-            timed_out = True
-            await _stop_group(proc, kill_grace_s)
-    except BaseException:
-        await asyncio.shield(_stop_group(proc, kill_grace_s))
-        raise
-    # The script returned; anything it left running in its group goes too.
-    _signal_group(proc.pid, signal.SIGKILL)
-    return RunResult(
-        exit_code=None if timed_out else proc.returncode,
-        timed_out=timed_out,
-        duration_s=time.monotonic() - started,
-        pid=proc.pid,
-    )
+            if on_start is not None:
+                await on_start(_identity(proc.pid))
+            timed_out, reason = await job.supervise(timeout_s)
+        except BaseException:
+            await _stop_shielded(job)
+            raise
+        stopped = timed_out or reason is not None
+        # The script returned; anything it left running goes too.
+        await asyncio.to_thread(job.kill_now)
+        if not stopped:
+            reason = await asyncio.to_thread(job.exit_reason)
+        return RunResult(
+            exit_code=None if stopped else proc.returncode,
+            timed_out=timed_out,
+            duration_s=time.monotonic() - started,
+            pid=proc.pid,
+            reason=reason,
+        )
+    finally:
+        await _remove(cgroup)
 
 
-async def _stop_group(proc: asyncio.subprocess.Process, grace_s: float) -> None:
-    _signal_group(proc.pid, signal.SIGTERM)
+async def _stop_shielded(job: _Job) -> None:
+    stopping = asyncio.ensure_future(job.stop())
     try:
-        await asyncio.wait_for(proc.wait(), grace_s)
-    except TimeoutError:
-        pass
-    _signal_group(proc.pid, signal.SIGKILL)
-    await proc.wait()
+        await asyncio.shield(stopping)
+    except asyncio.CancelledError:
+        # Cancelled again during the grace period (daemon shutting down): no more grace.
+        job.kill_now()
+        raise
+
+
+async def _remove(cgroup: JobCgroup) -> None:
+    try:
+        await asyncio.to_thread(cgroup.remove)
+    except asyncio.CancelledError:
+        # Cancelled again while cleaning up: finish here, a cgroup must not leak.
+        cgroup.remove(1.0)
+        raise
