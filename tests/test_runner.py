@@ -222,7 +222,7 @@ async def test_a_memory_hog_is_stopped_with_the_memory_limit_reason(tmp_path: Pa
 
 def _without_cgroup(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner, "create_job_cgroup", lambda job_id, limits: JobCgroup(
-        limits.memory_mb, limits.max_processes, "disabled for this test"))
+        memory_mb=limits.memory_mb, max_processes=limits.max_processes, note="disabled"))
 
 
 async def test_without_a_cgroup_a_cpu_job_is_held_to_its_memory_by_rlimit_as(

@@ -25,6 +25,7 @@ from mlmaster_daemon.execution.cgroups import (
     CgroupLayout,
     JobCgroup,
     create_job_cgroup,
+    kill_job_cgroups,
     layout_from,
 )
 from mlmaster_daemon.execution.lease import JobLimits, Lease
@@ -112,6 +113,18 @@ def test_the_launcher_applies_rlimits_and_restores_sigxfsz_before_exec(tmp_path:
     shown = subprocess.run([*argv, sys.executable, "-c", probe], capture_output=True, text=True,
                            check=True).stdout
     assert shown.strip() == f"({1 << 20}, {1 << 20}) (0, 0)"
+
+
+def test_the_launcher_bounds_a_non_root_job_with_rlimit_nproc() -> None:
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to run the launcher as another user")
+    argv = LaunchOptions(max_processes=40).argv(sys.executable)
+    nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    shown = subprocess.run([*nobody, *argv, "grep", "Max processes", "/proc/self/limits"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    # 40 more than the tasks the user already had (here at least the launcher itself).
+    assert 41 <= int(shown[2]) == int(shown[3]) < 41 + 1000
 
 
 def test_the_launcher_fails_clearly_when_set_up_or_exec_fails(tmp_path: Path) -> None:
@@ -202,6 +215,35 @@ def test_a_real_v2_cgroup_holds_and_kills_a_process_that_left_its_session() -> N
         assert not _alive(escaped)
     finally:
         assert cgroup.remove()
+
+
+def _cgroup_usable() -> bool:
+    probe = create_job_cgroup("probe", JobLimits())
+    probe.remove()
+    return probe.version != "none"
+
+
+@pytest.mark.skipif(not _cgroup_usable(), reason="no writable cgroup (v1 or v2) here")
+def test_kill_job_cgroups_clears_what_a_dead_daemon_left_of_one_job() -> None:
+    left = create_job_cgroup("task-7", JobLimits())
+    other = create_job_cgroup("task-70", JobLimits())
+    try:
+        argv = LaunchOptions(cgroup_procs=tuple(left.procs_files())).argv(sys.executable)
+        done = subprocess.run([*argv, "sh", "-c", "setsid sleep 600 >/dev/null 2>&1 & echo $!"],
+                              capture_output=True, text=True, check=True)
+        escaped = int(done.stdout)
+        assert _alive(escaped)
+        assert kill_job_cgroups("task-7") == 1
+        for _ in range(200):
+            if not _alive(escaped):
+                break
+            time.sleep(0.01)
+        assert not _alive(escaped)
+        assert not any(f.parent.exists() for f in left.procs_files())
+        assert all(f.parent.exists() for f in other.procs_files())
+    finally:
+        left.remove()
+        other.remove()
 
 
 @needs_bwrap

@@ -167,45 +167,63 @@ def _write(path: Path, value: str) -> None:
 
 
 class JobCgroup:
-    """One job's cgroup. This base class is the "none" case: no directory, nothing to join,
-    nothing to detect; `note` says why there is no cgroup."""
+    """One job's cgroup: `version` "v1" or "v2" with its directories, or "none" (no
+    directory: nothing to join, nothing to detect, nothing to kill; `note` says why)."""
 
-    version = "none"
-
-    def __init__(self, memory_mb: int = 0, max_processes: int = 0, note: str = "") -> None:
+    def __init__(self, version: str = "none", memory_mb: int = 0, max_processes: int = 0,
+                 note: str = "") -> None:
+        self.version = version
         self.memory_mb = memory_mb
         self.max_processes = max_processes
         self.note = note
+        # controller -> its job directory (one shared directory on v2)
+        self.dirs: dict[str, Path] = {}
+        # Every job directory: a v2 cgroup tracks processes even with no controller enabled.
+        self.all_dirs: list[Path] = []
 
     @property
     def limits_memory(self) -> bool:
         """Whether the kernel enforces the job's memory limit through this cgroup."""
-        return False
+        return "memory" in self.dirs and self.memory_mb > 0
 
     @property
     def limits_processes(self) -> bool:
         """Whether the kernel enforces the job's process limit through this cgroup."""
-        return False
+        return "pids" in self.dirs and self.max_processes > 0
 
     def procs_files(self) -> list[Path]:
         """The files the launcher writes its pid to, to join the cgroup before exec."""
-        return []
+        return [d / "cgroup.procs" for d in self.all_dirs]
 
     def pids(self) -> set[int]:
         """Every process now in the cgroup."""
-        return set()
+        found: set[int] = set()
+        for procs in self.procs_files():
+            with contextlib.suppress(OSError):
+                found.update(int(x) for x in procs.read_text().split())
+        return found
 
     def oom_kills(self) -> int:
         """How many of the job's processes the OOM killer has killed."""
-        return 0
+        memory = self.dirs.get("memory")
+        if memory is None:
+            return 0
+        name = "memory.events" if self.version == "v2" else "memory.oom_control"
+        return _read_key(memory / name, "oom_kill") or 0
 
     def memory_limit_hits(self) -> int:
         """How often the job's memory reached its limit (even if reclaim then coped)."""
-        return 0
+        memory = self.dirs.get("memory")
+        if memory is None:
+            return 0
+        if self.version == "v2":
+            return _read_key(memory / "memory.events", "max") or 0
+        return _read_int(memory / "memory.failcnt") or 0
 
     def fork_refusals(self) -> int:
         """How many forks/clones the process limit refused."""
-        return 0
+        pids = self.dirs.get("pids")
+        return 0 if pids is None else _read_key(pids / "pids.events", "max") or 0
 
     def breach(self) -> str | None:
         """Why the job broke a limit, in words for the user, or None."""
@@ -225,61 +243,6 @@ class JobCgroup:
 
     def kill_all(self, timeout_s: float = 5.0) -> bool:
         """SIGKILL every process in the cgroup until it is empty; False if some remain."""
-        return True
-
-    def remove(self, timeout_s: float = 5.0) -> bool:
-        """Kill what is left, then delete the cgroup; False if it could not be deleted."""
-        return True
-
-
-class _Cgroup(JobCgroup):
-    def __init__(self, version: str, memory_mb: int, max_processes: int) -> None:
-        super().__init__(memory_mb, max_processes)
-        self.version = version
-        # controller -> its job directory (one shared directory on v2)
-        self.dirs: dict[str, Path] = {}
-        # Every job directory, in creation order: a v2 cgroup tracks processes without any
-        # controller enabled.
-        self.all_dirs: list[Path] = []
-
-    @property
-    def limits_memory(self) -> bool:
-        return "memory" in self.dirs and self.memory_mb > 0
-
-    @property
-    def limits_processes(self) -> bool:
-        return "pids" in self.dirs and self.max_processes > 0
-
-    def procs_files(self) -> list[Path]:
-        return [d / "cgroup.procs" for d in self.all_dirs]
-
-    def pids(self) -> set[int]:
-        found: set[int] = set()
-        for procs in self.procs_files():
-            with contextlib.suppress(OSError):
-                found.update(int(x) for x in procs.read_text().split())
-        return found
-
-    def oom_kills(self) -> int:
-        memory = self.dirs.get("memory")
-        if memory is None:
-            return 0
-        name = "memory.events" if self.version == "v2" else "memory.oom_control"
-        return _read_key(memory / name, "oom_kill") or 0
-
-    def memory_limit_hits(self) -> int:
-        memory = self.dirs.get("memory")
-        if memory is None:
-            return 0
-        if self.version == "v2":
-            return _read_key(memory / "memory.events", "max") or 0
-        return _read_int(memory / "memory.failcnt") or 0
-
-    def fork_refusals(self) -> int:
-        pids = self.dirs.get("pids")
-        return 0 if pids is None else _read_key(pids / "pids.events", "max") or 0
-
-    def kill_all(self, timeout_s: float = 5.0) -> bool:
         if self.version == "v2":
             for d in self.all_dirs:
                 with contextlib.suppress(OSError):
@@ -298,6 +261,7 @@ class _Cgroup(JobCgroup):
             time.sleep(0.01)
 
     def remove(self, timeout_s: float = 5.0) -> bool:
+        """Kill what is left, then delete the cgroup; False if it could not be deleted."""
         self.kill_all(timeout_s)
         deadline = time.monotonic() + timeout_s
         ok = True
@@ -329,9 +293,30 @@ def _sweep_stale(group: Path, min_age_s: float = 60.0) -> None:
                         job.rmdir()
 
 
+def _safe(job_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", job_id)[:64] or "job"
+
+
 def _job_name(job_id: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", job_id)[:64] or "job"
-    return f"{safe}-{secrets.token_hex(4)}"
+    return f"{_safe(job_id)}-{secrets.token_hex(4)}"
+
+
+def kill_job_cgroups(job_id: str, layout: CgroupLayout | None = None) -> int:
+    """Kill everything in, and remove, the cgroups left by earlier runs of `job_id` (a daemon
+    that died mid-run leaves them, with any process that escaped its group); for start-up
+    reconciliation, next to `kill_identity`. Returns how many such cgroups there were."""
+    layout = layout or detect_layout()
+    pattern = re.compile(re.escape(_safe(job_id)) + r"-[0-9a-f]{8}")
+    names: set[str] = set()
+    for base in set(layout.bases.values()):
+        with contextlib.suppress(OSError):
+            for job in (base / GROUP_DIR).iterdir():
+                if job.is_dir() and pattern.fullmatch(job.name):
+                    stale = JobCgroup(layout.version)
+                    stale.all_dirs.append(job)
+                    stale.remove()
+                    names.add(job.name)
+    return len(names)
 
 
 def _enable_controllers(cgroup: Path, wanted: set[str]) -> None:
@@ -354,7 +339,7 @@ def _enable_v2(base: Path, wanted: set[str]) -> None:
         _enable_controllers(base, wanted)
 
 
-def _create_v2(base: Path, name: str, limits: JobLimits) -> _Cgroup:
+def _create_v2(base: Path, name: str, limits: JobLimits) -> JobCgroup:
     wanted = set(CONTROLLERS) & set((base / "cgroup.controllers").read_text().split())
     _enable_v2(base, wanted)
     group = base / GROUP_DIR
@@ -363,7 +348,7 @@ def _create_v2(base: Path, name: str, limits: JobLimits) -> _Cgroup:
     _sweep_stale(group)
     job = group / name
     job.mkdir()
-    cgroup = _Cgroup("v2", limits.memory_mb, limits.max_processes)
+    cgroup = JobCgroup("v2", limits.memory_mb, limits.max_processes)
     cgroup.all_dirs.append(job)
     cgroup.dirs.update({c: job for c in wanted})
     try:
@@ -381,8 +366,8 @@ def _create_v2(base: Path, name: str, limits: JobLimits) -> _Cgroup:
     return cgroup
 
 
-def _create_v1(bases: dict[str, Path], name: str, limits: JobLimits) -> _Cgroup:
-    cgroup = _Cgroup("v1", limits.memory_mb, limits.max_processes)
+def _create_v1(bases: dict[str, Path], name: str, limits: JobLimits) -> JobCgroup:
+    cgroup = JobCgroup("v1", limits.memory_mb, limits.max_processes)
     try:
         for controller, base in bases.items():
             (base / GROUP_DIR).mkdir(exist_ok=True)
@@ -419,6 +404,7 @@ def create_job_cgroup(job_id: str, limits: JobLimits,
         if layout.version == "v1":
             return _create_v1(layout.bases, name, limits)
     except OSError as exc:
-        return JobCgroup(limits.memory_mb, limits.max_processes,
-                         f"cgroup {layout.version} not usable: {exc}")
-    return JobCgroup(limits.memory_mb, limits.max_processes, "no cgroup hierarchy found")
+        note = f"cgroup {layout.version} not usable: {exc}"
+    else:
+        note = "no cgroup hierarchy found"
+    return JobCgroup("none", limits.memory_mb, limits.max_processes, note)

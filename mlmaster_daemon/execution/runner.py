@@ -113,10 +113,8 @@ def _start_time(pid: int) -> float | None:
 
 
 def _identity(pid: int) -> ProcessIdentity:
-    start = _start_time(pid)
-    if start is None:
-        raise ProcessLookupError(f"process {pid} has no /proc entry")
-    return ProcessIdentity(pid=pid, start_time=start, boot_id=_boot_id())
+    # Our unreaped child always has a /proc entry (a zombie keeps one).
+    return ProcessIdentity(pid=pid, start_time=_start_time(pid) or 0.0, boot_id=_boot_id())
 
 
 def kill_identity(identity: ProcessIdentity, wait_s: float = 2.0) -> bool:
@@ -137,9 +135,8 @@ def kill_identity(identity: ProcessIdentity, wait_s: float = 2.0) -> bool:
         # Start times are whole clock ticks (10 ms): anything but the same tick is another process.
         if start is None or abs(start - identity.start_time) > 0.005:
             return False
-        with contextlib.suppress(OSError):
-            if os.getpgid(identity.pid) == identity.pid:
-                os.killpg(identity.pid, signal.SIGKILL)
+        if _pgid(identity.pid) == identity.pid:
+            _signal_group(identity.pid, signal.SIGKILL)
         if pidfd is None:
             _signal(identity.pid, signal.SIGKILL)
             return True
@@ -164,14 +161,15 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def _group_members(pgid: int) -> set[int]:
-    members = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if os.getpgid(int(entry)) == pgid:
-                    members.add(int(entry))
-    return members
+    return {int(e) for e in os.listdir("/proc") if e.isdigit() and _pgid(int(e)) == pgid}
 
 
 def disk_usage(root: Path) -> int:
