@@ -18,6 +18,7 @@ from mlmaster_daemon.api.app import Services, build_app
 from mlmaster_daemon.bus import EventBus
 from mlmaster_daemon.config import Config
 from mlmaster_daemon.errors import ConfigError
+from mlmaster_daemon.execution.cgroups import kill_job_cgroups
 from mlmaster_daemon.execution.gpu import GpuProbe, open_probe
 from mlmaster_daemon.execution.lease import ProcessIdentity
 from mlmaster_daemon.execution.runner import kill_identity
@@ -67,6 +68,8 @@ async def reconcile_processes(store: Store) -> int:
             killed += 1
             log.warning("killed a node process left from before the restart",
                         task_id=node.task_id, node_id=node.id, pid=node.pid)
+        # Whatever escaped the process group (setsid) is still in the job's cgroup.
+        await asyncio.to_thread(kill_job_cgroups, f"{node.task_id}-{node.id}")
     return killed
 
 

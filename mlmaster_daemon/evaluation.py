@@ -71,6 +71,10 @@ def evaluate(ws: Workspace, spec: TaskSpec, run: RunResult, timeout_s: float) ->
         last = _last_error_line(ws)
         detail = f": {last}" if last else ""
         return Evaluation(None, f"script exited with code {run.exit_code}{detail}")
+    for output in (ws.metrics, ws.submission):
+        # A script could point its outputs at a host file; the daemon never follows that.
+        if output.is_symlink():
+            return Evaluation(None, f"{output.name} must be a regular file, not a symlink")
     metric, error = _read_metric(ws)
     if metric is None:
         return Evaluation(None, error)

@@ -386,7 +386,7 @@ class TaskRunner:
                 ws, timeout, execution.kill_grace_s, execution.python or None, started,
                 lease=lease, limits=job_limits(execution), sandbox=execution.sandbox,
                 public_dir=task.spec.public_dir, job_id=f"{task.id}-{node_id}",
-                hidden_paths=(self.rt.state_dir / "mlmaster.db",),
+                hidden_paths=self._hidden_paths(),
             )
         finally:
             if watcher is not None:
@@ -396,6 +396,14 @@ class TaskRunner:
         peak, seconds = self.rt.sampler.usage(job_pids)
         self.rt.sampler.forget(job_pids)
         return result, (peak, round(seconds, 2)), timeout
+
+    def _hidden_paths(self) -> tuple[Path, ...]:
+        """What a job must not see: the daemon's state (database, other nodes and tasks; its
+        own workspace is bound back in) and any API key file."""
+        llm = self.rt.config.llm
+        keys = [Path(e.api_key_file).expanduser() for e in (llm.code, llm.feedback)
+                if e is not None and e.api_key_file]
+        return (self.rt.state_dir, *keys)
 
     async def _summarise_phase(self, node_id: int, phase: L2Summary) -> None:
         """A phase closed on stagnation: with a model configured, it rewrites the

@@ -252,21 +252,31 @@ def read_boot_id() -> str:
     return _BOOT_ID.read_text().strip()
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses; fields after it are plain.
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def process_start_time(pid: int) -> float | None:
+    """Seconds after boot at which `pid` started (/proc/<pid>/stat field 22), None if gone.
+    A zombie still has one: this is for our own unreaped children too."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
 def process_identity(pid: int) -> ProcessIdentity | None:
     """The pid's identity now (start time and boot id), or None if no such live process.
 
     A zombie (exited, not yet reaped) counts as gone: it runs nothing and cannot be stopped.
     """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X", "x"):  # field 3 of proc(5): the state
         return None
-    # The command name (field 2) may hold spaces and parentheses; fields after it are plain.
-    fields = stat[stat.rindex(")") + 2:].split()
-    state, start_ticks = fields[0], int(fields[19])  # fields 3 and 22 of proc(5)
-    if state in ("Z", "X", "x"):
-        return None
-    return ProcessIdentity(pid, start_ticks / os.sysconf("SC_CLK_TCK"), read_boot_id())
+    return ProcessIdentity(pid, int(fields[19]) / os.sysconf("SC_CLK_TCK"), read_boot_id())
 
 
 def is_same_process(identity: ProcessIdentity) -> bool:

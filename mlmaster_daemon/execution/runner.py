@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlmaster_daemon.execution.cgroups import JobCgroup, create_job_cgroup
+from mlmaster_daemon.execution.gpu import process_start_time, read_boot_id
 from mlmaster_daemon.execution.lease import JobLimits, Lease, ProcessIdentity
 from mlmaster_daemon.execution.sandbox import (
     SANDBOX_ENV,
@@ -49,7 +50,6 @@ ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME", "TMP
 _SYSTEMD_PREFIXES = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
 POLL_S = 0.5
 MIB = 1024 * 1024
-_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _STDERR_TAIL = 16384
 _noted_cgroup = False
 
@@ -97,24 +97,10 @@ def job_env(lease: Lease | None, limits: JobLimits, sandboxed: bool,
     return env
 
 
-def _boot_id() -> str:
-    return _BOOT_ID.read_text().strip()
-
-
-def _start_time(pid: int) -> float | None:
-    """Seconds after boot at which `pid` started (/proc/<pid>/stat field 22), None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: count from its last ')'.
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-
 def _identity(pid: int) -> ProcessIdentity:
     # Our unreaped child always has a /proc entry (a zombie keeps one).
-    return ProcessIdentity(pid=pid, start_time=_start_time(pid) or 0.0, boot_id=_boot_id())
+    return ProcessIdentity(pid=pid, start_time=process_start_time(pid) or 0.0,
+                           boot_id=read_boot_id())
 
 
 def kill_identity(identity: ProcessIdentity, wait_s: float = 2.0) -> bool:
@@ -123,7 +109,7 @@ def kill_identity(identity: ProcessIdentity, wait_s: float = 2.0) -> bool:
     `wait_s` for it to exit. A pidfd pins the process between the check and the signal."""
     pidfd: int | None = None
     try:
-        if identity.boot_id != _boot_id():
+        if identity.boot_id != read_boot_id():
             return False
         pidfd = os.pidfd_open(identity.pid)
     except OSError as exc:
@@ -131,7 +117,7 @@ def kill_identity(identity: ProcessIdentity, wait_s: float = 2.0) -> bool:
         if exc.errno != errno.ENOSYS:
             return False
     try:
-        start = _start_time(identity.pid)
+        start = process_start_time(identity.pid)
         # Start times are whole clock ticks (10 ms): anything but the same tick is another process.
         if start is None or abs(start - identity.start_time) > 0.005:
             return False
