@@ -425,3 +425,15 @@ async def test_sandbox_auto_runs_a_script_either_way(tmp_path: Path) -> None:
     result = await asyncio.wait_for(
         run_script(ws, timeout_s=30, sandbox="auto", public_dir=public), 60)
     assert result.exit_code == 0 and ws.stdout.read_text() == "hello\n"
+
+
+def test_the_interpreter_stays_visible_when_it_lives_under_tmp() -> None:
+    # A clone under /tmp has its venv there, and the sandbox replaces /tmp with a tmpfs.
+    from mlmaster_daemon.execution.sandbox import bwrap_argv, interpreter_paths
+
+    keep = interpreter_paths("/tmp/clone/.venv/bin/python")
+    assert Path(sys.prefix).resolve() in keep
+    argv = bwrap_argv(Path("/tmp/ws"), keep=[Path("/tmp/clone/.venv")])
+    tmpfs = argv.index("/tmp", argv.index("--tmpfs"))
+    bind = argv.index("/tmp/clone/.venv")
+    assert argv[bind - 1] == "--ro-bind" and bind > tmpfs

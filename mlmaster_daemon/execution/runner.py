@@ -36,6 +36,7 @@ from mlmaster_daemon.execution.sandbox import (
     LaunchOptions,
     bwrap_argv,
     ensure_input_link,
+    interpreter_paths,
     resolve_sandbox,
 )
 from mlmaster_daemon.execution.workspace import Workspace
@@ -357,7 +358,8 @@ async def run_script(
         if sandboxed:
             gpu = lease is not None and lease.gpu_uuid is not None
             wrapper = bwrap_argv(ws.root, public_dir=public_dir, gpu=gpu, hidden=hidden_paths,
-                                 bwrap=shutil.which("bwrap") or "bwrap")
+                                 bwrap=shutil.which("bwrap") or "bwrap",
+                                 keep=interpreter_paths(python or sys.executable))
         argv = [*options.argv(sys.executable), *wrapper, python or sys.executable,
                 ws.script.name]
         started = time.monotonic()

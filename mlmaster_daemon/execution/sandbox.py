@@ -21,6 +21,7 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,14 +121,32 @@ def ensure_input_link(workspace: Path, public_dir: Path) -> None:
     os.replace(tmp, link)
 
 
+def interpreter_paths(python: str) -> list[Path]:
+    """What the job's interpreter needs to stay visible: its environment (a venv may live
+    under /tmp, which the sandbox replaces), the base installation and this package (an
+    editable install points at the source tree)."""
+    exe = Path(python).resolve() if Path(python).is_absolute() else None
+    candidates = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix),
+                  Path(__file__).resolve().parents[2]]
+    if exe is not None:
+        candidates.append(exe.parent.parent)
+    seen: list[Path] = []
+    for path in candidates:
+        real = path.resolve()
+        if real.is_dir() and real != Path("/") and real not in seen:
+            seen.append(real)
+    return seen
+
+
 def bwrap_argv(workspace: Path, *, public_dir: Path | None = None, gpu: bool = False,
                hidden: Sequence[Path] = (), bwrap: str = "bwrap",
-               dev: Path = Path("/dev")) -> list[str]:
+               dev: Path = Path("/dev"), keep: Sequence[Path] = ()) -> list[str]:
     """bubblewrap's command line for a job in `workspace`, up to the `--` before the job's.
 
     `hidden` paths (the daemon's state, key files) are covered: a directory by an empty
     tmpfs, a file by /dev/null. The workspace and public folder are bound after them, so
-    they stay visible even when they lie inside a hidden directory."""
+    they stay visible even when they lie inside a hidden directory; so are the `keep` paths
+    (read-only), e.g. the interpreter's environment when it lies under /tmp."""
     ws = workspace.resolve()
     args = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-net", "--unshare-ipc",
             "--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev"]
@@ -140,6 +159,8 @@ def bwrap_argv(workspace: Path, *, public_dir: Path | None = None, gpu: bool = F
             args += ["--tmpfs", str(path.resolve())]
         elif path.exists():
             args += ["--ro-bind", "/dev/null", str(path.resolve())]
+    for path in keep:
+        args += ["--ro-bind", str(path), str(path)]
     args += ["--bind", str(ws), str(ws)]
     if public_dir is not None:
         public = str(public_dir.resolve())
