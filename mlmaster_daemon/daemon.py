@@ -32,6 +32,7 @@ from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.scheduler import Scheduler
 from mlmaster_daemon.search.tokens import TiktokenCounter
 from mlmaster_daemon.store import Store
+from mlmaster_daemon.systemd import Heartbeat, Notifier, run_watchdog
 
 log = get_logger("mlmaster.daemon")
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
@@ -131,6 +132,9 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         self._runner: web.AppRunner | None = None
         self.slots: SlotPool | None = None
+        self.notifier = Notifier()
+        self.heartbeat = Heartbeat()
+        self._watchdog: asyncio.Task[None] | None = None
         self.sampler: GpuSampler | None = None
         self.probe: GpuProbe | None = None
         self.slot_mode = ""
@@ -141,6 +145,8 @@ class Daemon:
         daemon is ready to take requests."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         _prepare_socket_path(self.socket_path)
+        # Migrations and recovery may take a while on a big database: tell systemd.
+        self.notifier.extend_timeout(120)
         # Load the tokenizer now: a missing encoding should stop the start, not a task.
         await asyncio.to_thread(TiktokenCounter(self.config.memory.encoding).load)
         self.store = await Store.open(self.state_dir / "mlmaster.db")
@@ -161,7 +167,10 @@ class Daemon:
         for problem in await check_endpoints(self.coder):
             # Reported, not fatal: tasks wait for the endpoint (see the circuit breaker).
             log.warning("llm endpoint unreachable at start", problem=problem)
-        await self.scheduler.start()
+        await self.scheduler.start(heartbeat=self.heartbeat.tick)
+        self._watchdog = asyncio.create_task(run_watchdog(
+            self.notifier, self.heartbeat, self.status_line, lambda: None))
+        self.notifier.ready(self.status_line())
         log.info("daemon ready", coder=type(self.coder).__name__, version=__version__,
                  socket=str(self.socket_path), state_dir=str(self.state_dir),
                  nodes_requeued=requeued, nodes_interrupted=interrupted,
@@ -170,6 +179,9 @@ class Daemon:
     async def stop(self) -> None:
         """Stop the tasks (they resume on the next start), close the API and the store."""
         log.info("daemon stopping")
+        self.notifier.stopping()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self._runner is not None:
@@ -202,6 +214,13 @@ class Daemon:
         if isinstance(self.coder, LlmCoder) and not self.config.llm.hardware:
             first = self.slots.snapshot()[0]
             self.coder.hardware = describe_slot(first)
+
+    def status_line(self) -> str:
+        """systemd's STATUS=: what the daemon is doing, in a few words."""
+        running = len(self.scheduler.runners) if self.scheduler else 0
+        busy = sum(1 for s in self.slots.snapshot() if s["busy"]) if self.slots else 0
+        capacity = self.slots.capacity if self.slots else 0
+        return f"{running} task(s) running, {busy}/{capacity} slots busy"
 
     def slots_status(self) -> dict[str, Any]:
         return {"mode": self.slot_mode,

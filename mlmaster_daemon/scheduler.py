@@ -623,10 +623,20 @@ class Scheduler:
         self.runners: dict[str, tuple[TaskRunner, asyncio.Task[None]]] = {}
         self._stopping = False
         self._pumps: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Resume every task that was queued or running when the daemon last stopped."""
+    async def start(self, heartbeat: Callable[[], None] | None = None) -> None:
+        """Resume every task that was queued or running when the daemon last stopped; tick
+        `heartbeat` every second while the scheduler's loop runs (the systemd watchdog)."""
+        if heartbeat is not None:
+            self._ticker = asyncio.create_task(self._tick(heartbeat))
         await self.pump()
+
+    async def _tick(self, heartbeat: Callable[[], None]) -> None:
+        while not self._stopping:
+            # A runner that died unexpectedly would show here; the tick proves the loop runs.
+            heartbeat()
+            await asyncio.sleep(1.0)
 
     async def pump(self) -> None:
         if self._stopping:
@@ -681,6 +691,8 @@ class Scheduler:
     async def stop(self) -> None:
         """Stop every runner; their tasks stay `running` in the store and resume on restart."""
         self._stopping = True
+        if self._ticker is not None:
+            self._ticker.cancel()
         handles = [h for _r, h in self.runners.values()]
         for handle in handles:
             handle.cancel()

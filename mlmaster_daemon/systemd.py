@@ -1,0 +1,91 @@
+"""sd_notify on the datagram protocol itself (no libsystemd), and the watchdog it feeds.
+
+systemd sets NOTIFY_SOCKET (a path, or an abstract name starting with '@') for Type=notify
+services, and WATCHDOG_USEC (with WATCHDOG_PID) when WatchdogSec= is set. Outside systemd
+every call is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+
+from mlmaster_daemon.logs import get_logger
+
+log = get_logger("mlmaster.systemd")
+
+
+class Notifier:
+    def __init__(self, environ: Mapping[str, str] | None = None):
+        env = os.environ if environ is None else environ
+        address = env.get("NOTIFY_SOCKET", "")
+        # An abstract socket is written with a leading '@' that stands for a NUL byte.
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        mine = not pid or pid == str(os.getpid())
+        self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and mine else None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+    def notify(self, *lines: str) -> bool:
+        """Send one datagram of `KEY=value` lines; False outside systemd or on failure."""
+        if not self.address:
+            return False
+        payload = "\n".join(lines).encode()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(payload, self.address)
+        except OSError as exc:
+            log.warning("sd_notify failed", error=str(exc))
+            return False
+        return True
+
+    def ready(self, status: str) -> bool:
+        return self.notify("READY=1", f"STATUS={status}")
+
+    def status(self, status: str) -> bool:
+        return self.notify(f"STATUS={status}")
+
+    def stopping(self) -> bool:
+        return self.notify("STOPPING=1", "STATUS=stopping")
+
+    def extend_timeout(self, seconds: float) -> bool:
+        return self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
+
+
+class Heartbeat:
+    """The scheduler side ticks it; the watchdog pets systemd only while ticks are recent, so
+    a stuck event loop or a dead scheduler lets systemd restart the daemon."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.last = clock()
+
+    def tick(self) -> None:
+        self.last = self.clock()
+
+    def alive(self, within_s: float) -> bool:
+        return self.clock() - self.last <= within_s
+
+
+async def run_watchdog(notifier: Notifier, heartbeat: Heartbeat,
+                       status: Callable[[], str], tick: Callable[[], None]) -> None:
+    """Until cancelled: call `tick` (tests use it; the daemon's scheduler ticks the heartbeat
+    itself), and send WATCHDOG=1 (with STATUS) every half watchdog period while the heartbeat
+    is alive."""
+    period = notifier.watchdog_s
+    interval = period / 2 if period else 10.0
+    while True:
+        tick()
+        if period is None or heartbeat.alive(period / 2):
+            lines = [f"STATUS={status()}"]
+            if period is not None:
+                lines.insert(0, "WATCHDOG=1")
+            notifier.notify(*lines)
+        await asyncio.sleep(interval)

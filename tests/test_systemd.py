@@ -1,0 +1,135 @@
+"""sd_notify over a real datagram socket, the watchdog's liveness rule, and the unit file."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mlmaster_daemon.systemd import Heartbeat, Notifier, run_watchdog
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _listener(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(5)
+    return sock
+
+
+def test_ready_status_and_stopping_reach_the_socket(short_dir: Path) -> None:
+    with _listener(short_dir / "notify") as sock:
+        notifier = Notifier({"NOTIFY_SOCKET": str(short_dir / "notify")})
+        assert notifier.ready("2 tasks running")
+        assert sock.recv(4096) == b"READY=1\nSTATUS=2 tasks running"
+        assert notifier.extend_timeout(90)
+        assert sock.recv(4096) == b"EXTEND_TIMEOUT_USEC=90000000"
+        assert notifier.stopping()
+        assert sock.recv(4096) == b"STOPPING=1\nSTATUS=stopping"
+
+
+def test_abstract_socket_names_are_supported() -> None:
+    name = f"mlmaster-test-{id(object())}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(5)
+        assert Notifier({"NOTIFY_SOCKET": "@" + name}).ready("ok")
+        assert sock.recv(4096).startswith(b"READY=1")
+
+
+def test_outside_systemd_nothing_is_sent() -> None:
+    notifier = Notifier({})
+    assert not notifier.enabled
+    assert not notifier.ready("x")
+    assert notifier.watchdog_s is None
+
+
+def test_watchdog_usec_for_another_pid_is_ignored() -> None:
+    assert Notifier({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}).watchdog_s is None
+    assert Notifier({"WATCHDOG_USEC": "4000000"}).watchdog_s == 4.0
+
+
+async def test_the_watchdog_is_fed_only_while_the_heartbeat_is_alive(short_dir: Path) -> None:
+    now = [0.0]
+    heartbeat = Heartbeat(clock=lambda: now[0])
+    with _listener(short_dir / "wd") as sock:
+        sock.setblocking(False)
+        notifier = Notifier({"NOTIFY_SOCKET": str(short_dir / "wd"), "WATCHDOG_USEC": "200000"})
+        stalled = [False]
+
+        def tick() -> None:
+            if not stalled[0]:
+                heartbeat.tick()
+
+        task = asyncio.create_task(run_watchdog(notifier, heartbeat, lambda: "ok", tick))
+        await asyncio.sleep(0.35)
+        got = []
+        while True:
+            try:
+                got.append(sock.recv(4096))
+            except BlockingIOError:
+                break
+        assert got and all(m.startswith(b"WATCHDOG=1") for m in got)
+        stalled[0] = True
+        now[0] += 10  # the scheduler stopped ticking long ago
+        await asyncio.sleep(0.35)
+        task.cancel()
+        with pytest.raises(BlockingIOError):
+            sock.recv(4096)
+
+
+def test_the_unit_files_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    mlmaster = shutil.which("mlmaster") or str(Path(REPO / ".venv/bin/mlmaster"))
+    unit = (REPO / "systemd" / "mlmaster.service").read_text()
+    # verify checks that ExecStart exists: point it at this checkout's command.
+    copy = tmp_path / "mlmaster.service"
+    copy.write_text(unit.replace("/opt/mlmaster/.venv/bin/mlmaster", mlmaster))
+    result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    for key in ("Type=notify", "NotifyAccess=main", "WatchdogSec=", "KillMode=mixed",
+                "Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                "PrivateTmp=yes", "RuntimeDirectoryPreserve=yes"):
+        assert key in unit
+
+
+def test_the_daemon_says_ready_feeds_the_watchdog_and_says_stopping(short_dir: Path) -> None:
+    import os
+    import signal
+    import sys
+    import time
+
+    with _listener(short_dir / "notify") as sock:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLMASTER_")}
+        env.update({"NOTIFY_SOCKET": str(short_dir / "notify"), "WATCHDOG_USEC": "1000000"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlmaster_daemon", "daemon", "--socket",
+             str(short_dir / "d.sock"), "--state-dir", str(short_dir / "state")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        try:
+            messages: list[bytes] = []
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and sum(
+                    m.startswith(b"WATCHDOG=1") for m in messages) < 2:
+                messages.append(sock.recv(4096))
+            ready = [m for m in messages if m.startswith(b"READY=1")]
+            assert ready and b"STATUS=0 task(s) running" in ready[0]
+            assert messages.index(ready[0]) < next(
+                i for i, m in enumerate(messages) if m.startswith(b"WATCHDOG=1"))
+            # READY=1 only once the socket listens.
+            assert (short_dir / "d.sock").exists()
+            proc.send_signal(signal.SIGTERM)
+            while not sock.recv(4096).startswith(b"STOPPING=1"):
+                pass
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
