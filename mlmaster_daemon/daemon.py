@@ -32,6 +32,7 @@ from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.scheduler import Scheduler
 from mlmaster_daemon.search.tokens import TiktokenCounter
 from mlmaster_daemon.store import Store
+from mlmaster_daemon.store.backup import check_integrity, make_backup
 from mlmaster_daemon.systemd import Heartbeat, Notifier, run_watchdog
 
 log = get_logger("mlmaster.daemon")
@@ -149,7 +150,9 @@ class Daemon:
         self.notifier.extend_timeout(120)
         # Load the tokenizer now: a missing encoding should stop the start, not a task.
         await asyncio.to_thread(TiktokenCounter(self.config.memory.encoding).load)
-        self.store = await Store.open(self.state_dir / "mlmaster.db")
+        db = self.state_dir / "mlmaster.db"
+        await asyncio.to_thread(check_integrity, db)
+        self.store = await Store.open(db)
         killed = await reconcile_processes(self.store)
         await self._open_slots()
         requeued, interrupted = await self.store.interrupt_unfinished(
@@ -171,6 +174,9 @@ class Daemon:
         self._watchdog = asyncio.create_task(run_watchdog(
             self.notifier, self.heartbeat, self.status_line, lambda: None))
         self.notifier.ready(self.status_line())
+        # A good database at every start is kept, so a corrupt one has somewhere to go back to.
+        backup = await asyncio.to_thread(make_backup, db)
+        log.info("database backed up", backup=str(backup))
         log.info("daemon ready", coder=type(self.coder).__name__, version=__version__,
                  socket=str(self.socket_path), state_dir=str(self.state_dir),
                  nodes_requeued=requeued, nodes_interrupted=interrupted,
