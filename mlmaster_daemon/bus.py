@@ -91,7 +91,3 @@ class EventBus:
             yield sub
         finally:
             self._subscribers.discard(sub)
-
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._subscribers)

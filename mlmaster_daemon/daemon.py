@@ -53,7 +53,6 @@ def make_coder(config: Config) -> Coder:
         config.llm,
         Endpoint("feedback", feedback, read_api_key(feedback, "llm.feedback"))
         if feedback is not None else None,
-        hardware=describe_hardware(),
     )
 
 
@@ -82,12 +81,6 @@ def describe_slot(slot: dict[str, Any]) -> str:
         return f"CPU only: {cpus}, no GPU"
     share = slot.get("memory_mb") or 0
     return f"1x {slot.get('gpu_name') or 'GPU'} ({share // 1024} GiB for this job), {cpus}"
-
-
-def describe_hardware() -> str:
-    """What prompts tell the model a node may use (GPU slots come with the supervisor)."""
-    cores = len(os.sched_getaffinity(0))
-    return f"CPU only: {cores} cores, no GPU"
 
 
 async def check_endpoints(coder: Coder) -> list[str]:
@@ -172,7 +165,7 @@ class Daemon:
             log.warning("llm endpoint unreachable at start", problem=problem)
         await self.scheduler.start(heartbeat=self.heartbeat.tick)
         self._watchdog = asyncio.create_task(run_watchdog(
-            self.notifier, self.heartbeat, self.status_line, lambda: None))
+            self.notifier, self.heartbeat, self.status_line))
         self.notifier.ready(self.status_line())
         # A good database at every start is kept, so a corrupt one has somewhere to go back to.
         backup = await asyncio.to_thread(make_backup, db)

@@ -62,6 +62,10 @@ def task_root(state_dir: Path, task_id: str) -> Path:
     return state_dir / "tasks" / task_id
 
 
+def node_dir(state_dir: Path, task_id: str, node_id: int) -> Path:
+    return task_root(state_dir, task_id) / "nodes" / str(node_id)
+
+
 def best_dir(state_dir: Path, task_id: str) -> Path:
     return task_root(state_dir, task_id) / "best"
 
@@ -318,7 +322,7 @@ class TaskRunner:
         task = self.task
         # Siblings generated from now on see this attempt, even before it has run.
         self.memory[node_id] = MemoryItem(node_id, pick.operator, response.summary, None, False)
-        root = task_root(self.rt.state_dir, task.id) / "nodes" / str(node_id)
+        root = self._node_dir(node_id)
         ws = await asyncio.to_thread(Workspace.create, root, task.spec.public_dir, response.code)
         async with self.run_slots:
             sampler = self.rt.sampler
@@ -524,12 +528,12 @@ class TaskRunner:
         await asyncio.to_thread(_copy_top, root, [n.id for n in nodes[:k]])
 
     def _node_dir(self, node_id: int) -> Path:
-        return task_root(self.rt.state_dir, self.task.id) / "nodes" / str(node_id)
+        return node_dir(self.rt.state_dir, self.task.id, node_id)
 
     async def _parent_view(self, node_id: int) -> tuple[str | None, str, str | None]:
         """(code, output tail, error) of a parent node, for the prompt."""
         parent = await self.rt.store.get_node(self.task.id, node_id)
-        ws = Workspace(task_root(self.rt.state_dir, self.task.id) / "nodes" / str(node_id))
+        ws = Workspace(self._node_dir(node_id))
         output = await asyncio.to_thread(ws.output_tail,
                                          self.rt.config.execution.output_tail_chars)
         return parent.code, output, parent.error

@@ -75,14 +75,12 @@ class Heartbeat:
 
 
 async def run_watchdog(notifier: Notifier, heartbeat: Heartbeat,
-                       status: Callable[[], str], tick: Callable[[], None]) -> None:
-    """Until cancelled: call `tick` (tests use it; the daemon's scheduler ticks the heartbeat
-    itself), and send WATCHDOG=1 (with STATUS) every half watchdog period while the heartbeat
-    is alive."""
+                       status: Callable[[], str]) -> None:
+    """Until cancelled: send WATCHDOG=1 (with STATUS) every half watchdog period while the
+    heartbeat, ticked by the scheduler, is alive; outside a watchdog, STATUS every 10 s."""
     period = notifier.watchdog_s
     interval = period / 2 if period else 10.0
     while True:
-        tick()
         if period is None or heartbeat.alive(period / 2):
             lines = [f"STATUS={status()}"]
             if period is not None:

@@ -85,3 +85,16 @@ async def wait_terminal(client: Client, task_id: str, timeout_s: float = 240) ->
             if task["state"] in TERMINAL:
                 return task
             await asyncio.sleep(0.3)
+
+
+async def restart_and_finish(config: Config, task_id: str) -> tuple[dict[str, Any],
+                                                                   list[dict[str, Any]]]:
+    """Start a fresh daemon on `config`, wait for the task to end; (task, its nodes)."""
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        async with Client(daemon.socket_path) as client:
+            final = await wait_terminal(client, task_id)
+            return final, await client.nodes(task_id)
+    finally:
+        await daemon.stop()

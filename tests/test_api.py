@@ -12,7 +12,7 @@ import aiohttp
 import pandas as pd
 import psutil
 import pytest
-from conftest import wait_terminal
+from conftest import restart_and_finish, wait_terminal
 
 from mlmaster_daemon.api.client import ApiError, Client
 from mlmaster_daemon.config import Config
@@ -197,14 +197,7 @@ async def test_tasks_resume_after_a_daemon_restart(config: Config, breast_cancer
                 await asyncio.sleep(0.2)
     await first.stop()
 
-    second = Daemon(config)
-    await second.start()
-    try:
-        async with Client(second.socket_path) as client:
-            final = await wait_terminal(client, task["id"])
-            nodes = await client.nodes(task["id"])
-    finally:
-        await second.stop()
+    final, nodes = await restart_and_finish(config, task["id"])
     assert final["state"] == "finished"
     assert final["nodes_total"] == 4
     assert any(n["status"] in ("done", "buggy") for n in nodes)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import daemon_config, wait_terminal
+from conftest import daemon_config, restart_and_finish, wait_terminal
 from openai_server import FakeOpenAI
 
 from mlmaster_daemon.api.client import Client
@@ -246,14 +246,7 @@ async def test_a_restart_runs_paid_code_instead_of_asking_again(
     generations = [r for r in server.requests if r["messages"][0]["content"] != "ping"]
     assert len(generations) == 1
 
-    second = Daemon(config)
-    await second.start()
-    try:
-        async with Client(second.socket_path) as client:
-            final = await wait_terminal(client, task["id"])
-            nodes = await client.nodes(task["id"])
-    finally:
-        await second.stop()
+    final, nodes = await restart_and_finish(config, task["id"])
     generations = [r for r in server.requests if r["messages"][0]["content"] != "ping"]
     assert len(generations) == 1, "the answer was paid once and run after the restart"
     assert final["state"] == "finished" and final["usage"]["calls"] == 1

@@ -62,11 +62,14 @@ async def test_the_watchdog_is_fed_only_while_the_heartbeat_is_alive(short_dir: 
         notifier = Notifier({"NOTIFY_SOCKET": str(short_dir / "wd"), "WATCHDOG_USEC": "200000"})
         stalled = [False]
 
-        def tick() -> None:
-            if not stalled[0]:
-                heartbeat.tick()
+        async def scheduler() -> None:
+            while True:
+                if not stalled[0]:
+                    heartbeat.tick()
+                await asyncio.sleep(0.02)
 
-        task = asyncio.create_task(run_watchdog(notifier, heartbeat, lambda: "ok", tick))
+        ticker = asyncio.create_task(scheduler())
+        task = asyncio.create_task(run_watchdog(notifier, heartbeat, lambda: "ok"))
         await asyncio.sleep(0.35)
         got = []
         while True:
@@ -79,6 +82,7 @@ async def test_the_watchdog_is_fed_only_while_the_heartbeat_is_alive(short_dir: 
         now[0] += 10  # the scheduler stopped ticking long ago
         await asyncio.sleep(0.35)
         task.cancel()
+        ticker.cancel()
         with pytest.raises(BlockingIOError):
             sock.recv(4096)
 

@@ -26,7 +26,7 @@ from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import TaskState
 from mlmaster_daemon.policies import check_policy
-from mlmaster_daemon.scheduler import Scheduler, best_dir, new_task_id, task_root
+from mlmaster_daemon.scheduler import Scheduler, best_dir, new_task_id, node_dir, task_root
 from mlmaster_daemon.store import Store, TaskRecord
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.spec import TaskOverrides
@@ -220,7 +220,7 @@ async def get_node(request: web.Request) -> web.Response:
     if not raw_id.isdigit() or len(raw_id) > 9:
         raise InvalidRequest(f"node id must be a positive integer, got {raw_id!r}")
     node = await services.store.get_node(task.id, int(raw_id))
-    ws = Workspace(task_root(services.state_dir, task.id) / "nodes" / str(node.id))
+    ws = Workspace(node_dir(services.state_dir, task.id, node.id))
     output = await asyncio.to_thread(ws.output_tail, services.config.execution.output_tail_chars)
     memory_file = ws.root / "memory.md"
     memory = await asyncio.to_thread(

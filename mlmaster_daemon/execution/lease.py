@@ -25,14 +25,6 @@ class Lease:
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         }
 
-    def describe(self) -> str:
-        """The hardware line prompts give the model."""
-        cpus = f"{len(self.cpus)} CPU cores"
-        if self.gpu_uuid is None:
-            return f"CPU only: {cpus}, no GPU"
-        memory = f", {self.gpu_memory_mb // 1024} GiB of its memory" if self.gpu_memory_mb else ""
-        return f"1x {self.gpu_name or 'GPU'}{memory}, {cpus}"
-
 
 @dataclass(frozen=True)
 class ProcessIdentity:

@@ -55,8 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from mlmaster_daemon.models import Operator
-from mlmaster_daemon.search.mcts import _rng_from, _rng_state
-from mlmaster_daemon.search.policy import Pick
+from mlmaster_daemon.search.policy import Pick, rng_from, rng_state
 from mlmaster_daemon.search.reward import normalised, reward
 from mlmaster_daemon.search.tree import ROOT, Outcome, Tree, TreeNode
 
@@ -293,7 +292,7 @@ class EvolutionaryPolicy:
             "island_of": [[node_id, island] for node_id, island in self.island_of.items()],
             "reserved": [[pick.to_state(), island] for pick, island in self.reserved],
             "offspring_done": self.offspring_done,
-            "rng": _rng_state(self.rng),
+            "rng": rng_state(self.rng),
         }
 
     @classmethod
@@ -305,7 +304,7 @@ class EvolutionaryPolicy:
         """
         if raw.get("policy") != cls.name:
             raise ValueError(f"state of policy {raw.get('policy')!r}, not {cls.name!r}")
-        policy = cls(params, raw["lower_is_better"], raw["steps"], _rng_from(raw["rng"]))
+        policy = cls(params, raw["lower_is_better"], raw["steps"], rng_from(raw["rng"]))
         policy.tree = Tree.from_state(raw["tree"])
         policy.islands = [[int(m) for m in members] for members in raw["islands"]]
         policy.island_of = {int(n): int(i) for n, i in raw["island_of"]}

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from mlmaster_daemon.models import Operator
-from mlmaster_daemon.search.mcts import _rng_from, _rng_state
-from mlmaster_daemon.search.policy import Pick
+from mlmaster_daemon.search.policy import Pick, rng_from, rng_state
 from mlmaster_daemon.search.reward import reward
 from mlmaster_daemon.search.tree import ROOT, Outcome, Tree, TreeNode
 
@@ -128,7 +127,7 @@ class GreedyPolicy:
             "lower_is_better": self.lower_is_better,
             "tree": self.tree.to_state(),
             "reserved": [pick.to_state() for pick in self.reserved],
-            "rng": _rng_state(self.rng),
+            "rng": rng_state(self.rng),
         }
 
     @classmethod
@@ -136,7 +135,7 @@ class GreedyPolicy:
         """The policy saved by `to_state`; raises ValueError for another policy's state."""
         if raw.get("policy") != cls.name:
             raise ValueError(f"state of policy {raw.get('policy')!r}, not {cls.name!r}")
-        policy = cls(params, raw["lower_is_better"], raw["steps"], _rng_from(raw["rng"]))
+        policy = cls(params, raw["lower_is_better"], raw["steps"], rng_from(raw["rng"]))
         policy.tree = Tree.from_state(raw["tree"])
         policy.reserved = [Pick.from_state(p) for p in raw["reserved"]]
         return policy

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from mlmaster_daemon.models import Operator
-from mlmaster_daemon.search.policy import Pick
+from mlmaster_daemon.search.policy import Pick, rng_from, rng_state
 from mlmaster_daemon.search.reward import DEFAULT_BUGGY_PENALTY, reward
 from mlmaster_daemon.search.tree import ROOT, Outcome, Tree, TreeNode
 from mlmaster_daemon.search.uct import Decay, uct
@@ -260,12 +260,12 @@ class MctsPolicy:
             "chains": [asdict(c) for c in self.chains.values()],
             "next_chain": self.next_chain,
             "continuations": [p.to_state() for p in self.continuations],
-            "rng": _rng_state(self.rng),
+            "rng": rng_state(self.rng),
         }
 
     @classmethod
     def from_state(cls, params: MctsParams, raw: dict[str, Any]) -> MctsPolicy:
-        policy = cls(params, raw["lower_is_better"], raw["steps"], _rng_from(raw["rng"]))
+        policy = cls(params, raw["lower_is_better"], raw["steps"], rng_from(raw["rng"]))
         policy.tree = Tree.from_state(raw["tree"])
         policy.chains = {
             c["id"]: Chain(c["id"], tuple(c["path"]), c["best_id"], c["best_metric"],
@@ -281,13 +281,3 @@ class MctsPolicy:
             policy._refresh(node)
         return policy
 
-
-def _rng_state(rng: random.Random) -> list[Any]:
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def _rng_from(raw: list[Any]) -> random.Random:
-    rng = random.Random()
-    rng.setstate((raw[0], tuple(raw[1]), raw[2]))
-    return rng

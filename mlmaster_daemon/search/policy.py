@@ -8,6 +8,7 @@ randomness is a `random.Random` whose state is part of the saved state.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,3 +65,16 @@ class Policy(Protocol):
         ...
 
     def to_state(self) -> dict[str, Any]: ...
+
+
+def rng_state(rng: random.Random) -> list[Any]:
+    """A JSON-ready form of the generator's state, for a policy's `to_state`."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def rng_from(raw: list[Any]) -> random.Random:
+    """The generator `rng_state` saved, continuing exactly where it was."""
+    rng = random.Random()
+    rng.setstate((raw[0], tuple(raw[1]), raw[2]))
+    return rng
