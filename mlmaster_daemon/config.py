@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mlmaster_daemon.errors import ConfigError
 
@@ -28,11 +28,33 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _comma_list(value: Any) -> Any:
+    """Lists from the environment come as "a,b,c"."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 class DaemonConfig(_Section):
     state_dir: str = ""
     socket: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_running_tasks: int = Field(default=4, ge=1)
+    # Who may use the socket (checked with SO_PEERCRED): root and the daemon's own user always,
+    # plus these uids and the members of these groups. Others get 403.
+    allowed_uids: list[int] = []
+    allowed_groups: list[str] = ["mlmaster"]
+    # Members of these groups (and root and the daemon's user) may cancel anybody's task;
+    # everybody else only their own.
+    admin_groups: list[str] = []
+    # Task folders must lie under one of these (and be readable by the submitting user).
+    allowed_roots: list[str] = ["/"]
+    # On SIGTERM, running nodes get this long to finish before they are stopped (and re-run
+    # after the restart).
+    stop_grace_s: float = Field(default=30.0, ge=0)
+
+    _lists = field_validator("allowed_uids", "allowed_groups", "admin_groups", "allowed_roots",
+                             mode="before")(_comma_list)
 
 
 class GreedySearchConfig(_Section):

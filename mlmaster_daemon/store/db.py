@@ -25,20 +25,21 @@ from mlmaster_daemon.tasks.spec import TaskSpec
 
 _TASK_COLUMNS = (
     "id, name, task_dir, spec, policy, steps, time_limit_s, node_timeout_s, state, error,"
-    " best_node_id, best_metric, created_at, started_at, finished_at, max_tokens, max_cost"
+    " best_node_id, best_metric, created_at, started_at, finished_at, max_tokens, max_cost,"
+    " submitter_uid, submitter, active_s"
 )
 _NODE_COLUMNS = (
     "task_id, id, parent_id, operator, state, plan, summary, code, metric, error, exit_code,"
     " pid, visits, value, created_at, started_at, finished_at, parent_ids, analysis,"
-    " pid_start_time, boot_id, slot, gpu_peak_mb, gpu_seconds"
+    " pid_start_time, boot_id, slot, gpu_peak_mb, gpu_seconds, interrupted"
 )
 _NODE_UPDATABLE = frozenset(
     {"state", "plan", "summary", "code", "metric", "error", "exit_code", "pid", "started_at",
      "finished_at", "analysis", "pid_start_time", "boot_id", "slot", "gpu_peak_mb",
-     "gpu_seconds"}
+     "gpu_seconds", "interrupted"}
 )
 _TASK_UPDATABLE = frozenset(
-    {"state", "error", "best_node_id", "best_metric", "started_at", "finished_at"}
+    {"state", "error", "best_node_id", "best_metric", "started_at", "finished_at", "active_s"}
 )
 
 
@@ -96,13 +97,13 @@ class Store:
     async def insert_task(self, task: TaskRecord) -> None:
         async with self._transaction() as db:
             await db.execute(
-                f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+                f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 20)})",
                 (
                     task.id, task.name, task.task_dir, json.dumps(task.spec.to_dict()),
                     task.policy, task.steps, task.time_limit_s, task.node_timeout_s,
                     task.state.value, task.error, task.best_node_id, task.best_metric,
                     task.created_at, task.started_at, task.finished_at, task.max_tokens,
-                    task.max_cost,
+                    task.max_cost, task.submitter_uid, task.submitter, task.active_s,
                 ),
             )
 
@@ -131,14 +132,14 @@ class Store:
     async def insert_node(self, node: NodeRecord) -> None:
         async with self._transaction() as db:
             await db.execute(
-                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({', '.join('?' * 24)})",
+                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({', '.join('?' * 25)})",
                 (
                     node.task_id, node.id, node.parent_id, node.operator.value, node.state.value,
                     node.plan, node.summary, node.code, node.metric, node.error, node.exit_code,
                     node.pid, node.visits, node.value, node.created_at, node.started_at,
                     node.finished_at, json.dumps(list(node.parent_ids)), node.analysis,
                     node.pid_start_time, node.boot_id, node.slot, node.gpu_peak_mb,
-                    node.gpu_seconds,
+                    node.gpu_seconds, int(node.interrupted),
                 ),
             )
 
@@ -231,6 +232,16 @@ class Store:
             rows = await cur.fetchall()
         return [_node(r) for r in rows]
 
+    async def steps_used(self, task_id: str) -> int:
+        """Nodes that count against the task's step budget: all but those a daemon stop
+        interrupted before they had code."""
+        async with self._reader.execute(
+            "SELECT COUNT(*) FROM nodes WHERE task_id = ? AND interrupted = 0", (task_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
     async def node_counts(self, task_id: str) -> tuple[int, int]:
         """(nodes in the tree, nodes finished) for one task."""
         terminal = tuple(s.value for s in NodeState if s.terminal)
@@ -282,7 +293,7 @@ class Store:
                 (NodeState.READY.value, *with_code),
             )
             failed = await db.execute(
-                "UPDATE nodes SET state = ?, error = ?, finished_at = ? "
+                "UPDATE nodes SET state = ?, error = ?, finished_at = ?, interrupted = 1 "
                 "WHERE state IN (?, ?) OR (state IN (?, ?, ?) AND code IS NULL)",
                 (NodeState.FAILED.value, reason, now, *before_code, *with_code),
             )
@@ -328,7 +339,7 @@ def _task(row: Any) -> TaskRecord:
         policy=row[4], steps=row[5], time_limit_s=row[6], node_timeout_s=row[7],
         state=TaskState(row[8]), error=row[9], best_node_id=row[10], best_metric=row[11],
         created_at=row[12], started_at=row[13], finished_at=row[14], max_tokens=row[15],
-        max_cost=row[16],
+        max_cost=row[16], submitter_uid=row[17], submitter=row[18], active_s=row[19],
     )
 
 
@@ -341,5 +352,5 @@ def _node(row: Any) -> NodeRecord:
         parent_ids=tuple(json.loads(row[17])) if row[17] else (
             () if row[2] is None else (row[2],)),
         analysis=row[18], pid_start_time=row[19], boot_id=row[20], slot=row[21],
-        gpu_peak_mb=row[22], gpu_seconds=row[23],
+        gpu_peak_mb=row[22], gpu_seconds=row[23], interrupted=bool(row[24]),
     )

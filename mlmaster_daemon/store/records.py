@@ -29,6 +29,11 @@ class TaskRecord:
     # Per-task caps on model usage (0: none).
     max_tokens: int = 0
     max_cost: float = 0.0
+    # Who submitted it (SO_PEERCRED uid and user name); None for tasks from before that existed.
+    submitter_uid: int | None = None
+    submitter: str | None = None
+    # Active seconds used in earlier runs of the daemon; the time budget counts only these.
+    active_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class NodeRecord:
     slot: str | None = None
     gpu_peak_mb: int | None = None
     gpu_seconds: float | None = None
+    # Stopped by the daemon before it had code: kept for the record, not counted as a step.
+    interrupted: bool = False
 
     def public(self) -> dict[str, Any]:
         """The fields the API lists for every node."""
