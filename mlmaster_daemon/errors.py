@@ -41,6 +41,20 @@ class TaskNotCancellable(MlmasterError):
     status = 409
 
 
+class Forbidden(MlmasterError):
+    """The peer may not do this (socket access, a task folder, cancelling another's task)."""
+
+    code = "forbidden"
+    status = 403
+
+
+class DaemonStopping(MlmasterError):
+    """The daemon is stopping and takes no new work; submit again once it is back."""
+
+    code = "daemon_stopping"
+    status = 503
+
+
 class StoreError(MlmasterError):
     code = "store_error"
     status = 500
