@@ -59,12 +59,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from mlmaster_daemon.daemon import Daemon
     from mlmaster_daemon.logs import configure_logging
 
-    config = load_config(args.config, overrides={
-        "daemon.socket": args.socket, "daemon.state_dir": args.state_dir,
-        "daemon.log_level": args.log_level,
-    })
+    overrides = {"daemon.socket": args.socket, "daemon.state_dir": args.state_dir,
+                 "daemon.log_level": args.log_level}
+    config = load_config(args.config, overrides=overrides)
     configure_logging(config.daemon.log_level)
-    asyncio.run(Daemon(config).serve())
+    # SIGHUP reads the same file, environment and flags again.
+    asyncio.run(Daemon(config, reread=lambda: load_config(args.config,
+                                                          overrides=overrides)).serve())
     return 0
 
 

@@ -303,3 +303,62 @@ def load_config(
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe_error(exc, origins)) from None
+
+
+# Keys a running daemon takes on SIGHUP. Runners read these at each use; the rest (paths,
+# endpoints and their keys, slots, sandbox, tokenizer, policy internals of running tasks) is
+# fixed at start and needs a restart.
+LIVE_KEYS = frozenset({
+    "daemon.log_level", "daemon.max_running_tasks", "daemon.allowed_uids",
+    "daemon.allowed_groups", "daemon.admin_groups", "daemon.allowed_roots",
+    "daemon.stop_grace_s",
+    "search.policy", "search.steps", "search.time_limit_s", "search.parallel",
+    "execution.node_timeout_s", "execution.kill_grace_s", "execution.output_tail_chars",
+    "execution.memory_limit_mb", "execution.max_processes", "execution.max_file_size_mb",
+    "execution.max_workspace_mb",
+    "memory.budget_tokens", "memory.lessons_k",
+    "llm.prefetch", "llm.max_task_tokens", "llm.max_task_cost",
+})
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _section_of(key: str, flat_old: Mapping[str, Any], flat_new: Mapping[str, Any]) -> str:
+    """An endpoint table added or removed shows as its table name, not every key in it."""
+    parts = key.split(".")
+    for depth in range(1, len(parts)):
+        head = ".".join(parts[:depth])
+        in_old = any(k.startswith(head + ".") for k in flat_old)
+        in_new = any(k.startswith(head + ".") for k in flat_new)
+        if in_old != in_new:
+            return head
+    return key
+
+
+def reload_config(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
+    """Merge a re-read config into the running one: (config to use, keys applied, keys that
+    changed but need a restart, whose old values stay in force)."""
+    old_raw, new_raw = old.model_dump(), new.model_dump()
+    flat_old, flat_new = _flatten(old_raw), _flatten(new_raw)
+    applied: list[str] = []
+    refused: set[str] = set()
+    merged = old_raw
+    for key in sorted(set(flat_old) | set(flat_new)):
+        if flat_old.get(key, None) == flat_new.get(key, None) and (key in flat_old) == (
+                key in flat_new):
+            continue
+        if key in LIVE_KEYS:
+            _merge(merged, tuple(key.split(".")), flat_new[key])
+            applied.append(key)
+        else:
+            refused.add(_section_of(key, flat_old, flat_new))
+    return Config.model_validate(merged), applied, sorted(refused)

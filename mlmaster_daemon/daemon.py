@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from aiohttp import web
 from mlmaster_daemon import __version__
 from mlmaster_daemon.api.app import Services, build_app
 from mlmaster_daemon.bus import EventBus
-from mlmaster_daemon.config import Config
+from mlmaster_daemon.config import Config, reload_config
 from mlmaster_daemon.errors import ConfigError
 from mlmaster_daemon.execution.cgroups import kill_job_cgroups
 from mlmaster_daemon.execution.gpu import GpuProbe, open_probe
@@ -28,12 +29,12 @@ from mlmaster_daemon.llm.coder import Coder
 from mlmaster_daemon.llm.endpoint import Endpoint, read_api_key
 from mlmaster_daemon.llm.llm_coder import LlmCoder
 from mlmaster_daemon.llm.offline import OfflineCoder
-from mlmaster_daemon.logs import get_logger
+from mlmaster_daemon.logs import get_logger, set_log_level
 from mlmaster_daemon.scheduler import Scheduler
 from mlmaster_daemon.search.tokens import TiktokenCounter
 from mlmaster_daemon.store import Store
 from mlmaster_daemon.store.backup import check_integrity, make_backup
-from mlmaster_daemon.systemd import Heartbeat, Notifier, run_watchdog
+from mlmaster_daemon.systemd import Heartbeat, Notifier, listen_sockets, run_watchdog
 
 log = get_logger("mlmaster.daemon")
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
@@ -116,8 +117,12 @@ def _prepare_socket_path(path: Path) -> None:
 
 
 class Daemon:
-    def __init__(self, config: Config, coder: Coder | None = None):
+    """`reread` gives the config anew (file, environment, flags) for a SIGHUP reload."""
+
+    def __init__(self, config: Config, coder: Coder | None = None,
+                 reread: Callable[[], Config] | None = None):
         self.config = config
+        self.reread = reread
         self.coder = coder or make_coder(config)
         self.state_dir = config.state_dir()
         self.socket_path = config.socket_path()
@@ -132,13 +137,19 @@ class Daemon:
         self.sampler: GpuSampler | None = None
         self.probe: GpuProbe | None = None
         self.slot_mode = ""
+        self.services: Services | None = None
+        # Set when systemd passed the listening socket (mlmaster.socket): it is systemd's.
+        self.activated = False
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
         """Open and migrate the store, recover from the last run, and listen. On return the
         daemon is ready to take requests."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        _prepare_socket_path(self.socket_path)
+        passed = listen_sockets()
+        self.activated = bool(passed)
+        if not self.activated:
+            _prepare_socket_path(self.socket_path)
         # Migrations and recovery may take a while on a big database: tell systemd.
         self.notifier.extend_timeout(120)
         # Load the tokenizer now: a missing encoding should stop the start, not a task.
@@ -152,14 +163,20 @@ class Daemon:
             "interrupted: the daemon stopped while this node was being generated", time.time())
         self.scheduler = Scheduler(self.store, self.bus, self.coder, self.config, self.state_dir,
                                    slots=self.slots, sampler=self.sampler)
-        services = Services(self.store, self.bus, self.scheduler, self.config, self.state_dir,
-                            time.time(), self.llm_status, self.slots_status)
-        self._runner = web.AppRunner(build_app(services), handle_signals=False,
+        self.services = Services(self.store, self.bus, self.scheduler, self.config,
+                                 self.state_dir, time.time(), self.llm_status, self.slots_status)
+        self._runner = web.AppRunner(build_app(self.services), handle_signals=False,
                                      shutdown_timeout=SHUTDOWN_GRACE_S)
         await self._runner.setup()
-        site = web.UnixSite(self._runner, str(self.socket_path))
-        await site.start()
-        os.chmod(self.socket_path, 0o660)
+        if self.activated:
+            # systemd made the socket with the unit's SocketMode/SocketGroup; serve it as is.
+            self.socket_path = Path(passed[0].getsockname())
+            site: web.BaseSite = web.SockSite(self._runner, passed[0])
+            await site.start()
+        else:
+            site = web.UnixSite(self._runner, str(self.socket_path))
+            await site.start()
+            os.chmod(self.socket_path, 0o660)
         for problem in await check_endpoints(self.coder):
             # Reported, not fatal: tasks wait for the endpoint (see the circuit breaker).
             log.warning("llm endpoint unreachable at start", problem=problem)
@@ -171,18 +188,19 @@ class Daemon:
         backup = await asyncio.to_thread(make_backup, db)
         log.info("database backed up", backup=str(backup))
         log.info("daemon ready", coder=type(self.coder).__name__, version=__version__,
-                 socket=str(self.socket_path), state_dir=str(self.state_dir),
-                 nodes_requeued=requeued, nodes_interrupted=interrupted,
-                 stale_processes_killed=killed)
+                 socket=str(self.socket_path), socket_activated=self.activated,
+                 state_dir=str(self.state_dir), nodes_requeued=requeued,
+                 nodes_interrupted=interrupted, stale_processes_killed=killed)
 
     async def stop(self) -> None:
-        """Stop the tasks (they resume on the next start), close the API and the store."""
-        log.info("daemon stopping")
+        """Stop taking work, let running nodes finish within `stop_grace_s`, stop the rest
+        (their tasks resume on the next start), close the API and the store."""
+        log.info("daemon stopping", grace_s=self.config.daemon.stop_grace_s)
         self.notifier.stopping()
+        if self.scheduler is not None:
+            await self.scheduler.stop(self.config.daemon.stop_grace_s)
         if self._watchdog is not None:
             self._watchdog.cancel()
-        if self.scheduler is not None:
-            await self.scheduler.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.sampler is not None:
@@ -193,9 +211,39 @@ class Daemon:
             await self.coder.close()
         if self.store is not None:
             await self.store.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        if not self.activated:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
         log.info("daemon stopped")
+
+    def reload(self) -> list[str]:
+        """SIGHUP: re-read the config and take what can change live (log level, concurrency,
+        budgets, access lists...). Returns the changed keys that need a restart; they keep
+        their running values. A config that does not load changes nothing."""
+        if self.reread is None:
+            log.warning("config reload asked, but this daemon was not started from a config")
+            return []
+        self.notifier.reloading()
+        try:
+            fresh = self.reread()
+        except ConfigError as exc:
+            log.error("config reload failed; the running config stays", error=exc.message)
+            self.notifier.ready(f"config reload failed: {exc.message}"[:200])
+            return []
+        merged, applied, refused = reload_config(self.config, fresh)
+        if merged.daemon.log_level != self.config.daemon.log_level:
+            set_log_level(merged.daemon.log_level)
+        self.config = merged
+        if self.services is not None:
+            self.services.config = merged
+        if self.scheduler is not None:
+            self.scheduler.reconfigure(merged)
+        log.info("config reloaded", applied=applied, needs_restart=refused)
+        if refused:
+            log.warning("config keys changed that only a restart applies; their running values "
+                        "stay", keys=refused)
+        self.notifier.ready(self.status_line())
+        return refused
 
     async def _open_slots(self) -> None:
         """GPU slots from NVML, or CPU slots with one clear line saying why."""
@@ -239,10 +287,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await self.start()
             await self._stop.wait()
         finally:
             await self.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)

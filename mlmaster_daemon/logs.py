@@ -17,9 +17,13 @@ _LEVELS = {
 }
 
 
+_stream: list[TextIO] = []
+
+
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """Send every log line, ours and the libraries', as one JSON object to `stream` (stdout)."""
     out = stream or sys.stdout
+    _stream[:] = [out]
     numeric = _LEVELS.get(level, logging.INFO)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -48,6 +52,11 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     root.setLevel(max(numeric, logging.INFO) if numeric > logging.DEBUG else numeric)
     # aiohttp's access log is noise on a local socket; errors still come through.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def set_log_level(level: str) -> None:
+    """Change the level live (a config reload), keeping where the lines go."""
+    configure_logging(level, _stream[0] if _stream else None)
 
 
 def get_logger(name: str) -> FilteringBoundLogger:

@@ -18,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import psutil
 import structlog
 
 from mlmaster_daemon.bus import BestImproved, EventBus, NodeStateChanged, TaskStateChanged
 from mlmaster_daemon.config import Config, ExecutionConfig
-from mlmaster_daemon.errors import TaskNotCancellable
+from mlmaster_daemon.errors import DaemonStopping, TaskNotCancellable
 from mlmaster_daemon.evaluation import Evaluation, evaluate
 from mlmaster_daemon.execution.lease import JobLimits, Lease, ProcessIdentity
 from mlmaster_daemon.execution.runner import RunResult, run_script
@@ -70,9 +71,10 @@ def best_dir(state_dir: Path, task_id: str) -> Path:
     return task_root(state_dir, task_id) / "best"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Runtime:
-    """What every task runner shares: the daemon's parts, the execution slots and the clock."""
+    """What every task runner shares: the daemon's parts, the execution slots and the clock.
+    `config` is swapped in place by a live reload (SIGHUP), so runners read it, never copy it."""
 
     store: Store
     bus: EventBus
@@ -91,6 +93,8 @@ class TaskRunner:
         self.task = task
         self.rt = rt
         self.cancel_requested = False
+        # Set when the daemon stops: no new expansion, no new run; running nodes finish.
+        self.draining = False
         self.policy: Policy = make_policy(task.policy, rt.config.search,
                                           task.spec.lower_is_better, task.steps,
                                           rt.config.search.seed)
@@ -104,8 +108,9 @@ class TaskRunner:
             l1_cap=mem.l1_cap,
         )
         self.counter = TiktokenCounter(mem.encoding)
-        # This task's own cap on parallel runs; generation may run ahead of it.
-        self.run_slots = asyncio.Semaphore(rt.config.search.parallel)
+        # This task's own cap on parallel runs; generation may run ahead of it. A limiter
+        # rather than a semaphore: a config reload can change its size while nodes run.
+        self.run_slots = anyio.CapacityLimiter(rt.config.search.parallel)
         self.waiting = 0
         self.paused_at: float | None = None
         self.budget_note: str | None = None
@@ -115,10 +120,26 @@ class TaskRunner:
         self.preview = ""
         self.deadline = 0.0
 
+    def active_s(self) -> float:
+        """Active seconds the task has used, this run and earlier ones: downtime of the daemon
+        and time paused for the model do not count."""
+        now = self.paused_at if self.paused_at is not None else self.rt.clock()
+        return max(self.task.time_limit_s - (self.deadline - now), 0.0)
+
+    async def _save_active(self) -> None:
+        await self.rt.store.update_task(self.task.id, active_s=round(self.active_s(), 3))
+
+    async def _keep_active_time(self, every_s: float = 10.0) -> None:
+        """Until cancelled: save the active time now and then, so a crash loses little of it."""
+        while True:
+            await asyncio.sleep(every_s)
+            await self._save_active()
+
     async def run(self) -> None:
         task = self.task
         started = task.started_at or self.rt.clock()
-        self.deadline = started + task.time_limit_s
+        # The time budget counts active time only: what earlier runs used is carried over.
+        self.deadline = self.rt.clock() + task.time_limit_s - task.active_s
         await self.rt.store.update_task(task.id, state=TaskState.RUNNING, started_at=started)
         self.rt.bus.publish(TaskStateChanged(task_id=task.id, state=TaskState.RUNNING.value))
         log.info("task started", task_id=task.id, name=task.name, steps=task.steps)
@@ -129,18 +150,20 @@ class TaskRunner:
         if not nodes:
             await self._prefetch_lessons()
         next_id = max((n.id for n in nodes), default=0) + 1
-        created = len(nodes)
+        # Nodes a daemon stop interrupted before they had code are not steps.
+        created = sum(1 for n in nodes if not n.interrupted)
         # Nodes whose code was paid for before a restart run now, without asking again.
         inflight: set[asyncio.Task[None]] = {
             asyncio.create_task(self._expand(node.id, pick, existing=node))
             for node, pick in self.resume
         }
+        keeper = asyncio.create_task(self._keep_active_time())
         try:
             while True:
                 # Pipelining: up to `prefetch` expansions beyond the running ones generate
                 # code ahead, so it is ready when a run slot frees up.
                 limit = self.rt.config.search.parallel + self.rt.config.llm.prefetch
-                while (len(inflight) < limit and created < task.steps
+                while (not self.draining and len(inflight) < limit and created < task.steps
                        and self.rt.clock() < self.deadline and not await self._over_budget()):
                     pick = self.policy.select()
                     if pick is None:
@@ -164,6 +187,7 @@ class TaskRunner:
             if self.cancel_requested:
                 await self._set_state(TaskState.CANCELLED)
                 return
+            await asyncio.shield(self._save_active())
             raise
         except Exception as exc:
             for pending in inflight:
@@ -171,6 +195,13 @@ class TaskRunner:
             await asyncio.gather(*inflight, return_exceptions=True)
             log.exception("task failed", task_id=task.id)
             await self._set_state(TaskState.FAILED, f"internal error: {exc}")
+            return
+        finally:
+            keeper.cancel()
+        if self.draining:
+            # The daemon is stopping: the task stays running and resumes on the next start.
+            await self._save_active()
+            log.info("task drained for the stop", task_id=task.id)
             return
         error = None if self.best_metric is not None else "no working solution was found"
         if self.budget_note and error is None:
@@ -237,7 +268,8 @@ class TaskRunner:
 
     async def _set_state(self, state: TaskState, error: str | None = None) -> None:
         await self.rt.store.update_task(self.task.id, state=state, error=error,
-                                     finished_at=self.rt.clock())
+                                        finished_at=self.rt.clock(),
+                                        active_s=round(self.active_s(), 3))
         self.rt.bus.publish(TaskStateChanged(task_id=self.task.id, state=state.value, error=error))
         log.info("task ended", task_id=self.task.id, state=state.value, error=error,
                  best_metric=self.best_metric)
@@ -283,23 +315,37 @@ class TaskRunner:
                                             existing.summary or "")
                     log.info("running code generated before the restart")
                 await self._run_evaluate(node_id, pick, response)
+            except _Held:
+                log.info("node kept ready for the restart")
             except asyncio.CancelledError:
                 if has_code and not self.cancel_requested:
                     # The daemon is stopping: the paid-for code stays ready for the restart.
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(self.rt.store.update_node(
+                            self.task.id, node_id, state=NodeState.READY, pid=None,
+                            started_at=None))
                     raise
-                await asyncio.shield(self._fail(node_id, pick, "cancelled before it finished"))
+                if self.cancel_requested:
+                    await asyncio.shield(self._fail(node_id, pick, "cancelled before it finished"))
+                else:
+                    # A daemon stop before the code existed: not a step; asked again later.
+                    await asyncio.shield(self._fail(
+                        node_id, pick, "interrupted: the daemon stopped while this node was "
+                        "being generated", interrupted=True))
                 raise
             except Exception as exc:
                 log.exception("expansion failed")
                 await self._fail(node_id, pick, f"{type(exc).__name__}: {exc}")
 
-    async def _fail(self, node_id: int, pick: Pick, reason: str) -> None:
-        # A failed node leaves the search tree, so its slot opens again; it still counts as a step.
+    async def _fail(self, node_id: int, pick: Pick, reason: str,
+                    interrupted: bool = False) -> None:
+        # A failed node leaves the search tree, so its slot opens again; it counts as a step
+        # unless a daemon stop interrupted it before it had code.
         self.inflight.pop(node_id, None)
         self.policy.abort(node_id, pick)
         with contextlib.suppress(Exception):
             await self._node_state(node_id, pick, NodeState.FAILED, error=reason,
-                                   finished_at=self.rt.clock())
+                                   finished_at=self.rt.clock(), interrupted=interrupted)
 
     async def _generate_code(self, node_id: int, pick: Pick) -> CodeResponse:
         task = self.task
@@ -325,11 +371,15 @@ class TaskRunner:
         root = self._node_dir(node_id)
         ws = await asyncio.to_thread(Workspace.create, root, task.spec.public_dir, response.code)
         async with self.run_slots:
+            if self.draining:
+                raise _Held
             sampler = self.rt.sampler
             lease = await self.rt.slots.acquire(
                 task.id, sampler.free_memory_mb if sampler else None,
                 holder=f"{task.id}/{node_id}")
             try:
+                if self.draining:
+                    raise _Held
                 result, gpu, timeout = await self._run_on(lease, node_id, pick, ws,
                                                           response.summary)
             finally:
@@ -556,6 +606,10 @@ class TaskRunner:
         log.info("best improved", metric=metric)
 
 
+class _Held(Exception):
+    """A node with code meets a draining daemon before it runs: it stays ready for later."""
+
+
 def _copy_best(ws: Workspace, target: Path, node_id: int, metric: float, code: str) -> None:
     """Replace `target` with the new best's files; the swap is a rename, so a reader sees either
     the old best or the new one, whole."""
@@ -637,7 +691,8 @@ class Scheduler:
         await self.pump()
 
     async def _tick(self, heartbeat: Callable[[], None]) -> None:
-        while not self._stopping:
+        # Ticks through a graceful stop too, until stop() cancels it at the very end.
+        while True:
             # A runner that died unexpectedly would show here; the tick proves the loop runs.
             heartbeat()
             await asyncio.sleep(1.0)
@@ -671,6 +726,9 @@ class Scheduler:
             pump.add_done_callback(self._pumps.discard)
 
     async def submit(self, task: TaskRecord) -> None:
+        if self._stopping:
+            raise DaemonStopping("the daemon is stopping and takes no new tasks; submit again "
+                                 "once it is back (systemd restarts it)")
         await self.rt.store.insert_task(task)
         self.rt.bus.publish(TaskStateChanged(task_id=task.id, state=task.state.value))
         log.info("task submitted", task_id=task.id, task_dir=task.task_dir)
@@ -692,12 +750,34 @@ class Scheduler:
             await asyncio.gather(handle, return_exceptions=True)
         return await self.rt.store.get_task(task_id)
 
-    async def stop(self) -> None:
-        """Stop every runner; their tasks stay `running` in the store and resume on restart."""
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config: runners read it from now on, each task's run cap follows
+        `search.parallel`, and `daemon.max_running_tasks` may start queued tasks."""
+        self.rt.config = config
+        for runner, _handle in self.runners.values():
+            runner.run_slots.total_tokens = config.search.parallel
+        if not self._stopping:
+            pump = asyncio.get_running_loop().create_task(self.pump())
+            self._pumps.add(pump)
+            pump.add_done_callback(self._pumps.discard)
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Stop every runner; their tasks stay `running` in the store and resume on restart.
+        Running nodes get up to `grace_s` to finish (nothing new starts meanwhile); then the
+        rest is stopped, and nodes with code run again after the restart."""
         self._stopping = True
-        if self._ticker is not None:
-            self._ticker.cancel()
-        handles = [h for _r, h in self.runners.values()]
+        runners = list(self.runners.values())
+        for runner, _handle in runners:
+            runner.draining = True
+        handles = [h for _r, h in runners]
+        if handles and grace_s > 0:
+            log.info("stopping: running nodes may finish", grace_s=grace_s)
+            _done, pending = await asyncio.wait(handles, timeout=grace_s)
+            if pending:
+                log.info("grace period over; stopping the nodes still running",
+                         tasks=len(pending))
         for handle in handles:
             handle.cancel()
         await asyncio.gather(*handles, return_exceptions=True)
+        if self._ticker is not None:
+            self._ticker.cancel()

@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 
 from mlmaster_daemon.logs import get_logger
 
@@ -57,6 +57,31 @@ class Notifier:
 
     def extend_timeout(self, seconds: float) -> bool:
         return self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
+
+    def reloading(self) -> bool:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading config")
+
+
+# The first file descriptor systemd passes (sd_listen_fds(3): SD_LISTEN_FDS_START).
+LISTEN_FDS_START = 3
+
+
+def listen_sockets(environ: MutableMapping[str, str] | None = None) -> list[socket.socket]:
+    """Sockets passed by socket activation (a .socket unit): LISTEN_FDS counts them from fd 3,
+    and LISTEN_PID must be us, or they were meant for another process. The variables are
+    removed so nothing started later inherits them."""
+    env = os.environ if environ is None else environ
+    count, pid = env.get("LISTEN_FDS", ""), env.get("LISTEN_PID", "")
+    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        env.pop(name, None)
+    if not count.isdigit() or pid != str(os.getpid()):
+        return []
+    sockets = []
+    for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)):
+        os.set_inheritable(fd, False)
+        sockets.append(socket.socket(fileno=fd))
+    return sockets
 
 
 class Heartbeat:

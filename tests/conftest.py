@@ -46,6 +46,8 @@ def daemon_config(state_dir: Path, socket: Path, extra: dict[str, object] | None
         "execution.max_concurrent_nodes": 2,
         "execution.node_timeout_s": 120,
         "execution.kill_grace_s": 1.0,
+        # Stops interrupt running nodes at once unless a test is about the grace period.
+        "daemon.stop_grace_s": 0,
     }
     overrides.update({f"search.{k}": v for k, v in search.items()})
     overrides.update(extra or {})

@@ -1,0 +1,238 @@
+"""Stopping and starting again: the grace period for running nodes, active-time budgets, steps
+that a stop interrupted, and the live config reload (SIGHUP)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import daemon_config, restart_and_finish, wait_terminal
+from openai_server import FakeOpenAI
+
+from mlmaster_daemon.api.client import ApiError, Client
+from mlmaster_daemon.config import Config, load_config, reload_config
+from mlmaster_daemon.daemon import Daemon
+from mlmaster_daemon.logs import configure_logging, get_logger
+from mlmaster_daemon.models import NodeState, TaskState
+from mlmaster_daemon.store import Store
+
+# Sleeps `SLEEP` seconds on its first run only (its workspace keeps a marker of every run).
+JOB = """import json, os, shutil, time
+open("started", "a").write("x")
+time.sleep(SLEEP if len(open("started").read()) == 1 else 0)
+os.makedirs("submission", exist_ok=True)
+shutil.copyfile("input/sample_submission.csv", "submission/submission.csv")
+json.dump({"validation_metric": 0.6}, open("metrics.json", "w"))
+"""
+
+
+def _job(sleep_s: float) -> str:
+    return JOB.replace("SLEEP", repr(sleep_s))
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeOpenAI]:
+    fake = await FakeOpenAI(code=_job(3.0)).start()
+    yield fake
+    await fake.stop()
+
+
+def _config(short_dir: Path, server: FakeOpenAI, **extra: object) -> Config:
+    endpoint = {"base_url": server.base_url, "model": "fake", "max_retries": 0,
+                "timeout_s": 20}
+    return daemon_config(short_dir / "state", short_dir / "api.sock",
+                         extra={"llm.code": endpoint, "llm.prefetch": 0,
+                                "execution.sandbox": "none", **extra})
+
+
+def _generations(server: FakeOpenAI) -> int:
+    return len([r for r in server.requests if r["messages"][0]["content"] != "ping"])
+
+
+async def _wait_for(client: Client, task_id: str, status: str) -> list[dict[str, Any]]:
+    async with asyncio.timeout(60):
+        while True:
+            nodes = await client.nodes(task_id)
+            if any(n["status"] == status for n in nodes):
+                return nodes
+            await asyncio.sleep(0.05)
+
+
+def _runs(state: Path, task_id: str, node_id: int) -> int:
+    """How many times a node's script was started (its workspace marker)."""
+    marker = state / "tasks" / task_id / "nodes" / str(node_id) / "working" / "started"
+    if not marker.exists():
+        marker = marker.parent.parent / "started"
+    return len(marker.read_text()) if marker.exists() else 0
+
+
+async def _stored(config: Config, task_id: str) -> tuple[Any, list[Any]]:
+    store = await Store.open(config.state_dir() / "mlmaster.db")
+    try:
+        return await store.get_task(task_id), await store.list_nodes(task_id)
+    finally:
+        await store.close()
+
+
+async def test_a_stop_lets_running_nodes_finish_and_refuses_new_work(
+    short_dir: Path, server: FakeOpenAI, breast_cancer: Path,
+) -> None:
+    config = _config(short_dir, server, **{"daemon.stop_grace_s": 60, "search.parallel": 1})
+    daemon = Daemon(config)
+    await daemon.start()
+    async with Client(daemon.socket_path) as client:
+        task = await client.submit({"task_dir": str(breast_cancer), "steps": 3})
+        await _wait_for(client, task["id"], "running")
+        stopping = asyncio.create_task(daemon.stop())
+        await asyncio.sleep(0.3)
+        with pytest.raises(ApiError) as refused:
+            await client.submit({"task_dir": str(breast_cancer), "steps": 1})
+        assert refused.value.status == 503 and refused.value.code == "daemon_stopping"
+        await stopping
+    stored, nodes = await _stored(config, task["id"])
+    # The node that was running finished inside the grace period; nothing new started.
+    assert nodes[0].state is NodeState.DONE and nodes[0].metric == 0.6
+    assert len(nodes) == 1
+    assert stored.state is TaskState.RUNNING
+    final, nodes_after = await restart_and_finish(config, task["id"])
+    assert final["state"] == "finished"
+    assert [n["status"] for n in nodes_after] == ["done"] * 3
+    # Node 1 ran exactly once: the restart did not run it again.
+    assert _runs(config.state_dir(), task["id"], 1) == 1
+
+
+async def test_after_the_grace_period_running_nodes_stop_and_run_again_after_restart(
+    short_dir: Path, server: FakeOpenAI, breast_cancer: Path,
+) -> None:
+    server.code = _job(30.0)
+    config = _config(short_dir, server, **{"daemon.stop_grace_s": 0.5, "search.parallel": 1})
+    daemon = Daemon(config)
+    await daemon.start()
+    async with Client(daemon.socket_path) as client:
+        task = await client.submit({"task_dir": str(breast_cancer), "steps": 1})
+        await _wait_for(client, task["id"], "running")
+    started = time.monotonic()
+    await daemon.stop()
+    assert time.monotonic() - started < 25  # not the 30 s the script wanted
+    _stored_task, nodes = await _stored(config, task["id"])
+    assert nodes[0].state is NodeState.READY and nodes[0].code
+    final, nodes_after = await restart_and_finish(config, task["id"])
+    assert final["state"] == "finished"
+    assert [n["status"] for n in nodes_after] == ["done"]
+    assert _runs(config.state_dir(), task["id"], 1) == 2
+    assert _generations(server) == 1
+
+
+async def test_nodes_a_stop_interrupts_before_their_code_are_not_steps(
+    short_dir: Path, server: FakeOpenAI, breast_cancer: Path,
+) -> None:
+    server.code = _job(0.0)
+    server.latency_s = 5.0
+    config = _config(short_dir, server, **{"search.parallel": 1})
+    daemon = Daemon(config)
+    await daemon.start()
+    async with Client(daemon.socket_path) as client:
+        task = await client.submit({"task_dir": str(breast_cancer), "steps": 2})
+        await _wait_for(client, task["id"], "generating")
+    await daemon.stop()
+    _stored_task, nodes = await _stored(config, task["id"])
+    assert [(n.state, n.interrupted) for n in nodes] == [(NodeState.FAILED, True)]
+    server.latency_s = 0.0
+    final, nodes_after = await restart_and_finish(config, task["id"])
+    assert final["state"] == "finished"
+    # Both steps of the budget were spent on real nodes, besides the interrupted one.
+    assert sorted(n["status"] for n in nodes_after) == ["done", "done", "failed"]
+
+
+async def test_the_time_budget_counts_active_time_not_downtime(
+    short_dir: Path, server: FakeOpenAI, breast_cancer: Path,
+) -> None:
+    server.code = _job(0.5)
+    config = _config(short_dir, server, **{"search.parallel": 1})
+    daemon = Daemon(config)
+    await daemon.start()
+    async with Client(daemon.socket_path) as client:
+        task = await client.submit({"task_dir": str(breast_cancer), "steps": 10_000,
+                                    "time_limit_s": 6})
+        await _wait_for(client, task["id"], "done")
+    await daemon.stop()
+    stored, _nodes = await _stored(config, task["id"])
+    assert 0 < stored.active_s < 6
+    # Down longer than the whole budget: on a wall clock the task would be over.
+    await asyncio.sleep(7)
+    restarted = time.time()
+    final, _nodes = await restart_and_finish(config, task["id"])
+    assert final["state"] == "finished"
+    stored, records = await _stored(config, task["id"])
+    assert any(n.created_at >= restarted for n in records)
+    assert 5 <= stored.active_s <= 10
+
+
+def test_a_reload_applies_live_keys_and_names_the_rest() -> None:
+    old = load_config(None, environ={})
+    new = load_config(None, environ={
+        "MLMASTER_SEARCH__PARALLEL": "5", "MLMASTER_DAEMON__LOG_LEVEL": "debug",
+        "MLMASTER_EXECUTION__SANDBOX": "none", "MLMASTER_LLM__CODE__BASE_URL": "http://x/v1",
+        "MLMASTER_LLM__CODE__MODEL": "m", "MLMASTER_LLM__MAX_TASK_TOKENS": "1000"})
+    merged, applied, refused = reload_config(old, new)
+    assert applied == ["daemon.log_level", "llm.max_task_tokens", "search.parallel"]
+    assert refused == ["execution.sandbox", "llm.code"]
+    assert merged.search.parallel == 5 and merged.daemon.log_level == "debug"
+    # What needs a restart keeps its running value.
+    assert merged.execution.sandbox == "auto" and merged.llm.code is None
+
+
+@pytest.fixture
+def logs() -> Iterator[io.StringIO]:
+    buffer = io.StringIO()
+    configure_logging("info", stream=buffer)
+    yield buffer
+    configure_logging("info")
+
+
+async def test_sighup_reload_reaches_running_tasks_new_submits_and_the_log(
+    short_dir: Path, server: FakeOpenAI, breast_cancer: Path, logs: io.StringIO,
+) -> None:
+    file = short_dir / "config.toml"
+    file.write_text("[search]\nparallel = 1\n")
+    overrides = {"daemon.state_dir": str(short_dir / "state"),
+                 "daemon.socket": str(short_dir / "api.sock"), "daemon.stop_grace_s": 0,
+                 "execution.sandbox": "none", "llm.prefetch": 0,
+                 "llm.code": {"base_url": server.base_url, "model": "fake"}}
+    config = load_config(file, environ={}, overrides=overrides)
+    daemon = Daemon(config, reread=lambda: load_config(file, environ={}, overrides=overrides))
+    await daemon.start()
+    try:
+        async with Client(daemon.socket_path) as client:
+            task = await client.submit({"task_dir": str(breast_cancer), "steps": 4})
+            await _wait_for(client, task["id"], "running")
+            file.write_text("[daemon]\nlog_level = \"debug\"\n"
+                            "[search]\nparallel = 3\nsteps = 2\n"
+                            "[execution]\nmax_concurrent_nodes = 7\n")
+            assert daemon.reload() == ["execution.max_concurrent_nodes"]
+            assert daemon.scheduler is not None
+            runner, _handle = daemon.scheduler.runners[task["id"]]
+            assert runner.run_slots.total_tokens == 3
+            later = await client.submit({"task_dir": str(breast_cancer)})
+            assert later["steps"] == 2
+            file.write_text("[search]\nparallel = 'many'\n")
+            assert daemon.reload() == []
+            assert daemon.config.search.parallel == 3
+            get_logger("mlmaster.test").debug("after the reload")
+            await wait_terminal(client, task["id"])
+    finally:
+        await daemon.stop()
+    lines = [json.loads(line) for line in logs.getvalue().splitlines() if line.startswith("{")]
+    reloaded = next(x for x in lines if x["event"] == "config reloaded")
+    assert reloaded["applied"] == ["daemon.log_level", "search.parallel", "search.steps"]
+    assert reloaded["needs_restart"] == ["execution.max_concurrent_nodes"]
+    failed = next(x for x in lines if x["event"].startswith("config reload failed"))
+    assert "search.parallel" in failed["error"]
+    # The new level took effect, and the lines still go where they went.
+    assert any(x["event"] == "after the reload" for x in lines)
