@@ -236,3 +236,39 @@ async def test_sighup_reload_reaches_running_tasks_new_submits_and_the_log(
     assert "search.parallel" in failed["error"]
     # The new level took effect, and the lines still go where they went.
     assert any(x["event"] == "after the reload" for x in lines)
+
+
+def test_sighup_to_the_daemon_process_reloads_its_config_file(short_dir: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    file = short_dir / "config.toml"
+    file.write_text(f'[daemon]\nstate_dir = "{short_dir / "state"}"\n'
+                    f'socket = "{short_dir / "d.sock"}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLMASTER_")}
+    log = short_dir / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mlmaster_daemon", "daemon", "--config",
+                                 str(file)], stdout=out, stderr=out, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while "daemon ready" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        file.write_text(file.read_text() + "max_running_tasks = 9\n"
+                        "[execution]\nslots_per_gpu = 2\n")
+        proc.send_signal(signal.SIGHUP)
+        while "config reloaded" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reloaded = next(json.loads(line) for line in log.read_text().splitlines()
+                    if "config reloaded" in line)
+    assert reloaded["applied"] == ["daemon.max_running_tasks"]
+    assert reloaded["needs_restart"] == ["execution.slots_per_gpu"]
