@@ -146,14 +146,14 @@ async def test_malformed_submissions_are_400s_and_the_daemon_stays_healthy(
 
 async def test_unknown_ids_and_routes_are_404s_in_json(daemon: Daemon, client: Client) -> None:
     for path, code in [
-        ("/v1/tasks/tnope", "task_not_found"),
-        ("/v1/tasks/tnope/nodes", "task_not_found"),
-        ("/v1/tasks/tnope/nodes/1", "task_not_found"),
+        ("/v1/tasks/t00000000000", "task_not_found"),
+        ("/v1/tasks/t00000000000/nodes", "task_not_found"),
+        ("/v1/tasks/t00000000000/nodes/1", "task_not_found"),
         ("/v2/whatever", "not_found"),
     ]:
         status, payload = await _raw(daemon, "GET", path)
         assert (status, payload["error"]["code"]) == (404, code), path
-    status, payload = await _raw(daemon, "POST", "/v1/tasks/tnope/cancel")
+    status, payload = await _raw(daemon, "POST", "/v1/tasks/t00000000000/cancel")
     assert status == 404
     status, payload = await _raw(daemon, "DELETE", "/v1/health")
     assert status == 405

@@ -1,15 +1,19 @@
 """The HTTP API, versioned under /v1, served on a Unix socket. JSON in, JSON out.
 
 Errors are `{"error": {"code": str, "message": str}}` with a 4xx status; nothing a client sends
-can take the daemon down.
+can take the daemon down. Only the peers [daemon] admits get past the first middleware (see
+access.py); the routes are described by GET /v1/openapi.json (see openapi.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +22,23 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from mlmaster_daemon import __version__
-from mlmaster_daemon.api.schemas import SubmitRequest
+from mlmaster_daemon.api.access import (
+    Peer,
+    Placement,
+    cancel_refusal,
+    check_task_folder,
+    check_task_spec,
+    connect_refusal,
+    identify,
+    may_cancel,
+    may_connect,
+    peer_credentials,
+)
+from mlmaster_daemon.api.openapi import openapi_json
+from mlmaster_daemon.api.schemas import SubmitRequest, is_node_id, is_task_id
 from mlmaster_daemon.bus import Event, EventBus
 from mlmaster_daemon.config import Config
-from mlmaster_daemon.errors import InvalidRequest, MlmasterError
+from mlmaster_daemon.errors import Forbidden, InvalidRequest, MlmasterError
 from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import TaskState
@@ -48,6 +65,10 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+# The admitted peer of the request being handled. A context variable rather than request
+# storage, whose typed keys need aiohttp 3.14: the handler runs in the middleware's context.
+_PEER: ContextVar[Peer] = ContextVar("mlmaster_peer")
+MAX_BODY_BYTES = 64 * 1024
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -76,11 +97,51 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
             error_body("internal", "internal error; the daemon's log has the details"), status=500)
 
 
+@web.middleware
+async def admit_peer(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Let through only the peers [daemon] admits; store the peer for the handlers."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        raise Forbidden("the daemon answers only on its Unix socket, where it can tell who asks")
+    daemon = request.app[SERVICES].config.daemon
+    pid, uid, gid = peer_credentials(sock)
+    # The user database may be remote (LDAP, sssd): look it up off the event loop.
+    peer = await asyncio.to_thread(identify, pid, uid, gid)
+    if not await asyncio.to_thread(may_connect, peer, daemon, os.getuid()):
+        log.warning("peer refused", uid=uid, gid=gid, pid=pid, user=peer.name,
+                    method=request.method, path=request.path)
+        raise connect_refusal(peer, daemon)
+    _PEER.set(peer)
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+def current_peer() -> Peer:
+    """The peer `admit_peer` admitted for the request being handled."""
+    return _PEER.get()
+
+
+def _task_id(request: web.Request, raw: str | None = None) -> str:
+    """The request's task id, refused (400) unless it has the form new_task_id() gives."""
+    task_id = request.match_info["task_id"] if raw is None else raw
+    if not is_task_id(task_id):
+        shown = task_id if len(task_id) <= 40 else task_id[:40] + "..."
+        raise InvalidRequest(
+            f"task id must be 't' and 11 lowercase hex digits (as `mlmaster ls` shows), "
+            f"got {shown!r}")
+    return task_id
+
+
 async def _json_body(request: web.Request) -> Any:
+    # JSON is UTF-8 (RFC 8259): a charset in Content-Type is ignored rather than trusted.
+    raw = await request.read()
     try:
-        return await request.json()
+        return json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise InvalidRequest("request body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
 
 
 def _describe(err: ValidationError) -> str:
@@ -123,6 +184,8 @@ async def task_view(services: Services, task: TaskRecord) -> dict[str, Any]:
         "top": top,
         "usage": usage,
         "budget": {"max_tokens": task.max_tokens, "max_cost": task.max_cost},
+        "submitter": task.submitter,
+        "submitter_uid": task.submitter_uid,
         "created_at": task.created_at,
         "started_at": task.started_at,
         "finished_at": task.finished_at,
@@ -170,7 +233,12 @@ async def submit_task(request: web.Request) -> web.Response:
     policy = check_policy(req.policy or services.config.search.policy)
     overrides = TaskOverrides(metric=req.metric, lower_is_better=req.lower_is_better,
                               target=req.target, id_column=req.id_column, name=req.name)
-    spec = await asyncio.to_thread(load_task, req.task_dir, overrides)
+    peer = current_peer()
+    placement = await asyncio.to_thread(Placement.of, services.config.daemon, services.state_dir)
+    task_dir = Path(req.task_dir)
+    await asyncio.to_thread(check_task_folder, task_dir, peer, placement)
+    spec = await asyncio.to_thread(load_task, task_dir, overrides)
+    await asyncio.to_thread(check_task_spec, spec, peer, placement)
     search = services.config.search
     task = TaskRecord(
         id=new_task_id(), name=spec.name, task_dir=str(spec.root), spec=spec,
@@ -182,6 +250,7 @@ async def submit_task(request: web.Request) -> web.Response:
         else services.config.llm.max_task_tokens,
         max_cost=float(req.max_cost if req.max_cost is not None
                        else services.config.llm.max_task_cost),
+        submitter_uid=peer.uid, submitter=peer.name,
     )
     await services.scheduler.submit(task)
     fresh = await services.store.get_task(task.id)
@@ -196,29 +265,38 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 async def get_task(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    task = await services.store.get_task(request.match_info["task_id"])
+    task = await services.store.get_task(_task_id(request))
     return web.json_response(await task_view(services, task))
 
 
 async def cancel_task(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    task = await services.scheduler.cancel(request.match_info["task_id"])
+    task_id = _task_id(request)
+    task = await services.store.get_task(task_id)
+    daemon, own_uid = services.config.daemon, os.getuid()
+    if not await asyncio.to_thread(may_cancel, current_peer(), task.submitter_uid, daemon,
+                                   own_uid):
+        submitter = (task.submitter or str(task.submitter_uid)) + f" (uid {task.submitter_uid})"
+        raise await asyncio.to_thread(cancel_refusal, task_id, submitter, daemon, own_uid)
+    task = await services.scheduler.cancel(task_id)
     return web.json_response(await task_view(services, task))
 
 
 async def list_nodes(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    task = await services.store.get_task(request.match_info["task_id"])
+    task = await services.store.get_task(_task_id(request))
     nodes = await services.store.list_nodes(task.id)
     return web.json_response({"task_id": task.id, "nodes": [n.public() for n in nodes]})
 
 
 async def get_node(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    task = await services.store.get_task(request.match_info["task_id"])
+    task_id = _task_id(request)
     raw_id = request.match_info["node_id"]
-    if not raw_id.isdigit() or len(raw_id) > 9:
-        raise InvalidRequest(f"node id must be a positive integer, got {raw_id!r}")
+    if not is_node_id(raw_id):
+        shown = raw_id if len(raw_id) <= 40 else raw_id[:40] + "..."
+        raise InvalidRequest(f"node id must be a positive integer, got {shown!r}")
+    task = await services.store.get_task(task_id)
     node = await services.store.get_node(task.id, int(raw_id))
     ws = Workspace(node_dir(services.state_dir, task.id, node.id))
     output = await asyncio.to_thread(ws.output_tail, services.config.execution.output_tail_chars)
@@ -251,7 +329,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     task_id = request.query.get("task_id")
     if task_id is not None:
-        await services.store.get_task(task_id)
+        await services.store.get_task(_task_id(request, task_id))
 
     def accept(event: Event) -> bool:
         return task_id is None or event.task_id == task_id
@@ -274,19 +352,29 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document describing these routes."""
+    return web.Response(body=openapi_json(), content_type="application/json")
+
+
 def build_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json], client_max_size=64 * 1024)
+    """The API on `services`; every route here is described in openapi.py."""
+    # errors_as_json is outermost, so a refused peer gets the JSON error shape too.
+    app = web.Application(middlewares=[errors_as_json, admit_peer],
+                          client_max_size=MAX_BODY_BYTES)
     app[SERVICES] = services
-    app.router.add_get("/v1/health", health)
+    # No implicit HEAD: the published spec lists every method the API answers.
+    app.router.add_get("/v1/health", health, allow_head=False)
+    app.router.add_get("/v1/openapi.json", openapi, allow_head=False)
     app.router.add_post("/v1/tasks", submit_task)
-    app.router.add_get("/v1/tasks", list_tasks)
-    app.router.add_get("/v1/tasks/{task_id}", get_task)
+    app.router.add_get("/v1/tasks", list_tasks, allow_head=False)
+    app.router.add_get("/v1/tasks/{task_id}", get_task, allow_head=False)
     app.router.add_post("/v1/tasks/{task_id}/cancel", cancel_task)
-    app.router.add_get("/v1/tasks/{task_id}/nodes", list_nodes)
-    app.router.add_get("/v1/tasks/{task_id}/nodes/{node_id}", get_node)
-    app.router.add_get("/v1/events", events)
-    app.router.add_get("/v1/slots", slots)
+    app.router.add_get("/v1/tasks/{task_id}/nodes", list_nodes, allow_head=False)
+    app.router.add_get("/v1/tasks/{task_id}/nodes/{node_id}", get_node, allow_head=False)
+    app.router.add_get("/v1/events", events, allow_head=False)
+    app.router.add_get("/v1/slots", slots, allow_head=False)
     return app
 
 
-__all__ = ["SERVICES", "Services", "build_app", "task_view"]
+__all__ = ["SERVICES", "Services", "build_app", "current_peer", "task_view"]

@@ -1,0 +1,227 @@
+"""The OpenAPI 3.1 document of the v1 API, served at GET /v1/openapi.json.
+
+It is written out by hand next to `build_app`; a test checks that the two list the same routes
+and methods, and the fuzz test drives the daemon from this document.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from typing import Any
+
+from mlmaster_daemon import __version__
+from mlmaster_daemon.api.schemas import NODE_ID_PATTERN, TASK_ID_PATTERN, SubmitRequest
+from mlmaster_daemon.models import TaskState
+
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _reply(description: str, schema: str, media: str = JSON) -> dict[str, Any]:
+    return {"description": description, "content": {media: {"schema": _ref(schema)}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _reply(description, "Error")
+
+
+def _responses(ok: tuple[str, str, str], *codes: str) -> dict[str, Any]:
+    """`ok` (status, description, schema), the errors `codes` and those every route has."""
+    status, description, schema = ok
+    media = NDJSON if schema == "EventLine" else JSON
+    responses: dict[str, Any] = {status: _reply(description, schema, media)}
+    for code in (*codes, "403", "405", "500"):
+        responses[code] = {"$ref": f"#/components/responses/{code}"}
+    return responses
+
+
+_TASK_ID = {
+    "name": "task_id", "in": "path", "required": True,
+    "description": "a task id as the daemon gives it",
+    "schema": {"type": "string", "pattern": TASK_ID_PATTERN},
+}
+_NODE_ID = {
+    "name": "node_id", "in": "path", "required": True,
+    "description": "a node id within the task (1, 2, ...)",
+    "schema": {"type": "string", "pattern": NODE_ID_PATTERN},
+}
+_EVENTS_TASK = {
+    "name": "task_id", "in": "query", "required": False,
+    "description": "only this task's events (the task must exist)",
+    "schema": {"type": "string", "pattern": TASK_ID_PATTERN},
+}
+
+_PATHS: dict[str, Any] = {
+    "/v1/health": {"get": {
+        "operationId": "health", "summary": "Whether the daemon is up, and its version",
+        "responses": _responses(("200", "the daemon is up", "Health")),
+    }},
+    "/v1/openapi.json": {"get": {
+        "operationId": "openapi", "summary": "This document",
+        "responses": _responses(("200", "the OpenAPI document", "OpenApiDocument")),
+    }},
+    "/v1/tasks": {
+        "post": {
+            "operationId": "submitTask",
+            "summary": "Submit a competition folder; the search starts when a place is free",
+            "description": (
+                "The folder must lie under one of [daemon] allowed_roots, outside the daemon's "
+                "state directory, and be readable by the submitting user (mode bits)."),
+            "requestBody": {"required": True,
+                            "content": {JSON: {"schema": _ref("SubmitRequest")}}},
+            "responses": _responses(("201", "the task, queued", "Task"), "400", "413"),
+        },
+        "get": {
+            "operationId": "listTasks", "summary": "Every task, oldest first",
+            "responses": _responses(("200", "the tasks", "TaskList")),
+        },
+    },
+    "/v1/tasks/{task_id}": {"get": {
+        "operationId": "getTask", "summary": "One task",
+        "parameters": [_TASK_ID],
+        "responses": _responses(("200", "the task", "Task"), "400", "404"),
+    }},
+    "/v1/tasks/{task_id}/cancel": {"post": {
+        "operationId": "cancelTask",
+        "summary": "Cancel a task (its submitter, root, the daemon's user or an admin group)",
+        "parameters": [_TASK_ID],
+        "responses": _responses(("200", "the task, cancelled", "Task"), "400", "404", "409"),
+    }},
+    "/v1/tasks/{task_id}/nodes": {"get": {
+        "operationId": "listNodes", "summary": "The task's search tree, node by node",
+        "parameters": [_TASK_ID],
+        "responses": _responses(("200", "the nodes", "NodeList"), "400", "404"),
+    }},
+    "/v1/tasks/{task_id}/nodes/{node_id}": {"get": {
+        "operationId": "getNode", "summary": "One node: plan, code, output, analysis",
+        "parameters": [_TASK_ID, _NODE_ID],
+        "responses": _responses(("200", "the node", "Node"), "400", "404"),
+    }},
+    "/v1/events": {"get": {
+        "operationId": "events",
+        "summary": "Events as newline-delimited JSON; the stream stays open",
+        "parameters": [_EVENTS_TASK],
+        "responses": _responses(
+            ("200", "a hello line, then events and heartbeats", "EventLine"), "400", "404"),
+    }},
+    "/v1/slots": {"get": {
+        "operationId": "slots", "summary": "Execution slots, who holds them, GPU samples",
+        "responses": _responses(("200", "the slots", "Slots")),
+    }},
+}
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_TASK_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "string", "pattern": TASK_ID_PATTERN},
+    "name": {"type": "string"},
+    "state": {"type": "string", "enum": [state.value for state in TaskState]},
+    "error": {"type": ["string", "null"]},
+    "task_dir": {"type": "string"},
+    "policy": {"type": "string"},
+    "metric": {"type": "string"},
+    "lower_is_better": {"type": "boolean"},
+    "steps": {"type": "integer"},
+    "time_limit_s": {"type": "number"},
+    "node_timeout_s": {"type": "number"},
+    "nodes_total": {"type": "integer"},
+    "nodes_done": {"type": "integer"},
+    "best": {"type": ["object", "null"]},
+    "top": {"type": "array", "items": {"type": "object"}},
+    "usage": {"type": "object"},
+    "budget": {"type": "object"},
+    "submitter": {"type": ["string", "null"],
+                  "description": "user name of the submitter (its uid when it has none)"},
+    "submitter_uid": {"type": ["integer", "null"]},
+    "created_at": {"type": "number"},
+    "started_at": _NUMBER_OR_NULL,
+    "finished_at": _NUMBER_OR_NULL,
+}
+
+
+def _components() -> dict[str, Any]:
+    submit = SubmitRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object", "required": ["error"], "additionalProperties": False,
+            "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "description": "stable, e.g. forbidden"},
+                    "message": {"type": "string",
+                                "description": "what is wrong and what to do"},
+                },
+            }},
+        },
+        "SubmitRequest": submit,
+        "Task": {"type": "object", "required": list(_TASK_PROPERTIES),
+                 "properties": _TASK_PROPERTIES},
+        "TaskList": {"type": "object", "required": ["tasks"],
+                     "properties": {"tasks": {"type": "array", "items": _ref("Task")}}},
+        "Node": {"type": "object", "required": ["id", "status"],
+                 "properties": {"id": {"type": "integer"}, "parent_id": {
+                     "type": ["integer", "null"]}, "status": {"type": "string"},
+                     "operator": {"type": "string"}, "metric": _NUMBER_OR_NULL}},
+        "NodeList": {"type": "object", "required": ["task_id", "nodes"],
+                     "properties": {"task_id": {"type": "string"},
+                                    "nodes": {"type": "array", "items": _ref("Node")}}},
+        "Health": {"type": "object", "required": ["status", "version"],
+                   "properties": {"status": {"const": "ok"}, "version": {"type": "string"},
+                                  "uptime_s": {"type": "number"},
+                                  "tasks_running": {"type": "integer"},
+                                  "llm": {"type": "array"}}},
+        "Slots": {"type": "object"},
+        "OpenApiDocument": {"type": "object", "required": ["openapi", "paths"]},
+        "EventLine": {"type": "object", "required": ["type"],
+                      "properties": {"type": {"type": "string"}}},
+    }
+    # Models nested in SubmitRequest (none today) would come as $defs: lift them up.
+    schemas.update(submit.pop("$defs", {}))
+    responses = {
+        "400": _error("the request is malformed: a bad id, body or field (invalid_request), "
+                      "or a task folder that cannot be loaded (invalid_task_dir)"),
+        "403": _error("forbidden: the peer may not use the daemon, may not read the task "
+                      "folder, the folder is outside allowed_roots or inside the state "
+                      "directory, or the peer may not cancel this task"),
+        "404": _error("no such task or node (task_not_found, node_not_found)"),
+        "405": _error("the method is not allowed on this path (method_not_allowed)"),
+        "409": _error("the task is already finished, cancelled or failed"),
+        "413": _error("the body is larger than 64 KiB (body_too_large)"),
+        "500": _error("a bug in the daemon (internal); its log has the details"),
+    }
+    return {"schemas": schemas, "responses": responses}
+
+
+@functools.cache
+def _document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mlmaster-daemon API",
+            "version": __version__,
+            "description": (
+                "JSON over the daemon's Unix socket (e.g. `curl --unix-socket SOCKET "
+                "http://localhost/v1/health`). The peer's uid is read from the socket: "
+                "only root, the daemon's user, [daemon] allowed_uids and members of "
+                "allowed_groups get past 403."),
+        },
+        "servers": [{"url": "http://localhost", "description": "the Unix socket"}],
+        "paths": _PATHS,
+        "components": _components(),
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document as a fresh dict (the caller may change it)."""
+    return copy.deepcopy(_document())
+
+
+@functools.cache
+def openapi_json() -> bytes:
+    """The document serialised, built once."""
+    return json.dumps(_document(), indent=1).encode()
