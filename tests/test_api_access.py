@@ -133,6 +133,13 @@ def test_reach_reports_missing_parts_and_loops(open_dir: Path) -> None:
     assert err.value.errno == errno.ELOOP
 
 
+def test_reach_never_follows_procs_links_for_a_user() -> None:
+    # /proc/1/cwd is guarded by ptrace rules the mode bits do not show.
+    with pytest.raises(Unreachable) as err:
+        reach(Path("/proc/1/cwd"), _other_uid(), frozenset())
+    assert err.value.path == Path("/proc/1/cwd")
+
+
 def _open_copy(src: Path, dst: Path) -> Path:
     """A copy of the competition at `src` that every user may read."""
     shutil.copytree(src, dst)

@@ -37,6 +37,7 @@ READ, WRITE, SEARCH = 4, 2, 1
 DESCRIPTION_FILE = "description.md"
 # The kernel's own limit on symlinks followed in one lookup.
 MAX_SYMLINKS = 40
+PROC = Path("/proc")
 _CRED = struct.Struct("3i")
 
 
@@ -171,9 +172,12 @@ def reach(path: Path, uid: int, groups: frozenset[int]) -> Path:
     path. Like the kernel, it needs search permission on every directory it goes through,
     those that symlinks lead to included.
 
-    Raises `Unreachable` naming the first directory `uid` may not search, FileNotFoundError or
-    NotADirectoryError when a part is missing, OSError(ELOOP) on a symlink loop.
+    Raises `Unreachable` naming the first directory `uid` may not search (or a symlink under
+    /proc, which it never follows), FileNotFoundError or NotADirectoryError when a part is
+    missing, OSError(ELOOP) on a symlink loop.
     """
+    if not path.is_absolute():
+        raise ValueError(f"reach() needs an absolute path, got {path}")
     pending = list(reversed(path.parts[1:]))
     current = Path("/")
     links = 0
@@ -188,6 +192,10 @@ def reach(path: Path, uid: int, groups: frozenset[int]) -> Path:
         candidate = current / name
         info = os.lstat(candidate)
         if stat.S_ISLNK(info.st_mode):
+            if candidate.is_relative_to(PROC):
+                # /proc's links (cwd, root, fd/*) are guarded by ptrace rules, not mode bits:
+                # following them for the user could show what the user may not see.
+                raise Unreachable(candidate, READ | SEARCH)
             links += 1
             if links > MAX_SYMLINKS:
                 raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))

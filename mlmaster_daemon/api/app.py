@@ -50,6 +50,7 @@ from mlmaster_daemon.tasks.spec import TaskOverrides
 
 log = get_logger("mlmaster.api")
 HEARTBEAT_S = 15.0
+STREAM_POLL_S = 1.0
 
 
 @dataclass
@@ -90,6 +91,8 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
         message = f"{request.method} {request.path}: {exc.reason}"
         if exc.status == 404:
             message += "; the API lives under /v1 (see /v1/health)"
+        elif exc.status == 413:
+            message += f"; request bodies are limited to {MAX_BODY_BYTES // 1024} KiB"
         return web.json_response(error_body(code, message), status=exc.status)
     except Exception:
         log.exception("request failed", method=request.method, path=request.path)
@@ -339,12 +342,18 @@ async def events(request: web.Request) -> web.StreamResponse:
     bus: EventBus = services.bus
     async with bus.subscribe(accept) as sub:
         await response.write(b'{"type": "hello"}\n')
-        while True:
+        quiet_s = 0.0
+        # A client that left is noticed within a poll, not only when a write fails.
+        while request.transport is not None and not request.transport.is_closing():
             try:
-                event = await asyncio.wait_for(sub.get(), HEARTBEAT_S)
+                event = await asyncio.wait_for(sub.get(), STREAM_POLL_S)
                 line = event.to_dict()
             except TimeoutError:
+                quiet_s += STREAM_POLL_S
+                if quiet_s < HEARTBEAT_S:
+                    continue
                 line = {"type": "heartbeat", "ts": time.time()}
+            quiet_s = 0.0
             try:
                 await response.write(json.dumps(line).encode() + b"\n")
             except (ConnectionResetError, RuntimeError):

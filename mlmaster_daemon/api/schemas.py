@@ -42,6 +42,7 @@ def _plain_text(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain a NUL byte")
     try:
+        # Pydantic lets a lone surrogate through some fields; SQLite and paths cannot take it.
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("must be valid Unicode text (no lone surrogates)") from None
