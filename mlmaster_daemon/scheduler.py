@@ -145,6 +145,7 @@ class TaskRunner:
         log.info("task started", task_id=task.id, name=task.name, steps=task.steps)
         nodes = await self.rt.store.list_nodes(task.id)
         await self._restore(nodes)
+        await self._repair_best(nodes)
         self.preview = await asyncio.to_thread(data_preview, task.spec)
         self.profile = await asyncio.to_thread(task_profile, task.spec)
         if not nodes:
@@ -237,6 +238,27 @@ class TaskRunner:
             if node.state in (NodeState.DONE, NodeState.BUGGY):
                 self.memory[node.id] = MemoryItem(node.id, node.operator, node.summary or "",
                                                   node.metric, node.state is NodeState.BUGGY)
+
+    async def _repair_best(self, nodes: list[NodeRecord]) -> None:
+        """best/ is derived from the finished nodes: a crash between a node's outcome and the
+        copy of its files can leave it behind, so each start puts it right."""
+        done = [n for n in nodes if n.state is NodeState.DONE and n.metric is not None]
+        if not done:
+            return
+        sign = 1.0 if self.task.spec.lower_is_better else -1.0
+        best = min(done, key=lambda n: (sign * (n.metric or 0.0), n.id))
+        assert best.metric is not None and best.code is not None
+        target = best_dir(self.rt.state_dir, self.task.id)
+        recorded = await asyncio.to_thread(_best_node_id, target)
+        holder = next((n for n in done if n.id == recorded), None)
+        # Another node with the same metric may hold it (it finished first): that stands.
+        if (holder is not None and holder.metric == best.metric
+                and self.task.best_node_id == holder.id):
+            return
+        log.warning("best submission out of date after a restart; rebuilt", task_id=self.task.id,
+                    node_id=best.id, was=recorded)
+        ws = Workspace(self._node_dir(best.id))
+        await self._record_best(best.id, ws, best.metric, best.code)
 
     def _state(self) -> dict[str, object]:
         return {"policy": self.policy.to_state(),
@@ -604,6 +626,14 @@ class TaskRunner:
         self.rt.bus.publish(BestImproved(task_id=self.task.id, node_id=node_id, metric=metric,
                                       submission_path=submission))
         log.info("best improved", metric=metric)
+
+
+def _best_node_id(target: Path) -> int | None:
+    """The node whose files best/ holds, from its node.json."""
+    try:
+        return int(json.loads((target / "node.json").read_text())["node_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class _Held(Exception):

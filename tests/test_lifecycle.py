@@ -272,3 +272,34 @@ def test_sighup_to_the_daemon_process_reloads_its_config_file(short_dir: Path) -
                     if "config reloaded" in line)
     assert reloaded["applied"] == ["daemon.max_running_tasks"]
     assert reloaded["needs_restart"] == ["execution.slots_per_gpu"]
+
+
+async def test_a_best_left_behind_by_a_crash_is_rebuilt_on_restart(
+    short_dir: Path, server: FakeOpenAI, breast_cancer: Path,
+) -> None:
+    import shutil
+
+    server.code = _job(0.0)
+    config = _config(short_dir, server)
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        async with Client(daemon.socket_path) as client:
+            task = await client.submit({"task_dir": str(breast_cancer), "steps": 2})
+            done = await wait_terminal(client, task["id"])
+    finally:
+        await daemon.stop()
+    assert done["best"]["node_id"] == 1
+    # As if the daemon died after node 1's outcome was committed but before best/ was written.
+    shutil.rmtree(config.state_dir() / "tasks" / task["id"] / "best")
+    store = await Store.open(config.state_dir() / "mlmaster.db")
+    try:
+        await store.update_task(task["id"], state=TaskState.RUNNING, best_node_id=None,
+                                best_metric=None, finished_at=None)
+    finally:
+        await store.close()
+    final, _nodes = await restart_and_finish(config, task["id"])
+    assert final["best"]["node_id"] == 1 and final["best"]["metric"] == 0.6
+    best = config.state_dir() / "tasks" / task["id"] / "best"
+    assert json.loads((best / "node.json").read_text())["node_id"] == 1
+    assert (best / "submission.csv").read_text().startswith("id")
