@@ -273,14 +273,15 @@ async def test_a_listed_uid_is_let_in(short_dir: Path) -> None:
 
 @needs_root
 async def test_a_member_of_an_allowed_group_is_let_in(short_dir: Path) -> None:
-    async with running(short_dir, allowed_groups=["nogroup", "no-such-group"]) as daemon:
+    async with running(short_dir, allowed_groups=["no-such-group", "nogroup"]) as daemon:
         status, _ = await call_as(NOBODY, NOBODY, daemon, "GET", "/v1/health")
         assert status == 200
         # No passwd entry: the primary gid alone makes it a member.
         status, _ = await call_as(STRANGER, NOBODY, daemon, "GET", "/v1/tasks")
         assert status == 200
-        status, _ = await call_as(STRANGER, STRANGER, daemon, "GET", "/v1/health")
+        status, body = await call_as(STRANGER, STRANGER, daemon, "GET", "/v1/health")
         assert status == 403
+        assert "group 'nogroup'" in body["error"]["message"]  # the one that exists
 
 
 async def test_a_folder_outside_the_allowed_roots_is_403(

@@ -315,6 +315,8 @@ async def test_random_requests_from_the_spec_never_get_a_5xx(
     real = await client.submit({"task_dir": str(breast_cancer), "steps": 1})
     await wait_terminal(client, real["id"])
     spec = await asyncio.to_thread(fetch_spec, daemon.socket_path)
+    assert set(await client.task(real["id"])) == set(
+        spec["components"]["schemas"]["Task"]["properties"])
     tally = Tally()
     sock, state_dir = daemon.socket_path, daemon.state_dir
 

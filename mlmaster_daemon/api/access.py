@@ -111,8 +111,10 @@ def may_connect(peer: Peer, daemon: DaemonConfig, own_uid: int) -> bool:
 def connect_refusal(peer: Peer, daemon: DaemonConfig) -> Forbidden:
     """The 403 for a peer `may_connect` turned away, saying what would let them in."""
     name = peer.name if peer.name != str(peer.uid) else "<user>"
-    if daemon.allowed_groups:
-        group = daemon.allowed_groups[0]
+    # Name a group that exists when one does: that is the one an admin can add the user to.
+    groups = sorted(daemon.allowed_groups, key=lambda g: not group_ids([g]))
+    if groups:
+        group = groups[0]
         how = (f"ask an admin to add you to the group '{group}' (`usermod -aG {group} {name}`, "
                f"then log in again) or your uid {peer.uid} to [daemon] allowed_uids")
     else:
