@@ -114,7 +114,7 @@ async def admit_peer(request: web.Request, handler: Any) -> web.StreamResponse:
     if not await asyncio.to_thread(may_connect, peer, daemon, os.getuid()):
         log.warning("peer refused", uid=uid, gid=gid, pid=pid, user=peer.name,
                     method=request.method, path=request.path)
-        raise connect_refusal(peer, daemon)
+        raise await asyncio.to_thread(connect_refusal, peer, daemon)
     _PEER.set(peer)
     response: web.StreamResponse = await handler(request)
     return response
