@@ -143,13 +143,15 @@ class TaskRunner:
         await self.rt.store.update_task(task.id, state=TaskState.RUNNING, started_at=started)
         self.rt.bus.publish(TaskStateChanged(task_id=task.id, state=TaskState.RUNNING.value))
         log.info("task started", task_id=task.id, name=task.name, steps=task.steps)
-        nodes = await self.rt.store.list_nodes(task.id)
-        await self._restore(nodes)
-        await self._repair_best(nodes)
-        self.preview = await asyncio.to_thread(data_preview, task.spec)
-        self.profile = await asyncio.to_thread(task_profile, task.spec)
-        if not nodes:
-            await self._prefetch_lessons()
+        try:
+            nodes = await self._prepare()
+        except Exception as exc:
+            # Failing the task, rather than raising, keeps the scheduler from relaunching it
+            # forever.
+            log.exception("task could not start", task_id=task.id)
+            await self._set_state(TaskState.FAILED,
+                                  f"could not start or resume: {type(exc).__name__}: {exc}")
+            return
         next_id = max((n.id for n in nodes), default=0) + 1
         # Nodes a daemon stop interrupted before they had code are not steps.
         created = sum(1 for n in nodes if not n.interrupted)
@@ -211,6 +213,17 @@ class TaskRunner:
         await self._promote_lessons()
         await self._set_state(TaskState.FINISHED, error)
 
+    async def _prepare(self) -> list[NodeRecord]:
+        """Everything before the search loop: the saved tree, best/, data preview, lessons."""
+        nodes = await self.rt.store.list_nodes(self.task.id)
+        await self._restore(nodes)
+        await self._repair_best(nodes)
+        self.preview = await asyncio.to_thread(data_preview, self.task.spec)
+        self.profile = await asyncio.to_thread(task_profile, self.task.spec)
+        if not nodes:
+            await self._prefetch_lessons()
+        return nodes
+
     async def _restore(self, nodes: list[NodeRecord]) -> None:
         """Continue from the policy state saved with the last outcome; expansions that were in
         flight then are undone (their nodes were marked interrupted at start-up)."""
@@ -246,7 +259,16 @@ class TaskRunner:
         if not done:
             return
         sign = 1.0 if self.task.spec.lower_is_better else -1.0
-        best = min(done, key=lambda n: (sign * (n.metric or 0.0), n.id))
+        done.sort(key=lambda n: (sign * (n.metric or 0.0), n.id))
+        # The best whose files are still there (a workspace removed by hand cannot be used).
+        exists = await asyncio.to_thread(
+            lambda: [Workspace(self._node_dir(n.id)).submission.is_file() for n in done])
+        usable = [n for n, ok in zip(done, exists, strict=True) if ok]
+        if not usable:
+            log.warning("no finished node has its submission any more; best/ left as it is",
+                        task_id=self.task.id)
+            return
+        best = usable[0]
         assert best.metric is not None and best.code is not None
         target = best_dir(self.rt.state_dir, self.task.id)
         recorded = await asyncio.to_thread(_best_node_id, target)

@@ -280,7 +280,8 @@ async def test_a_best_left_behind_by_a_crash_is_rebuilt_on_restart(
     import shutil
 
     server.code = _job(0.0)
-    config = _config(short_dir, server)
+    # One at a time: node 1 finishes first and holds the best (node 2 only ties it).
+    config = _config(short_dir, server, **{"search.parallel": 1})
     daemon = Daemon(config)
     await daemon.start()
     try:
@@ -303,3 +304,53 @@ async def test_a_best_left_behind_by_a_crash_is_rebuilt_on_restart(
     best = config.state_dir() / "tasks" / task["id"] / "best"
     assert json.loads((best / "node.json").read_text())["node_id"] == 1
     assert (best / "submission.csv").read_text().startswith("id")
+
+
+async def _finish_then_reopen(config: Config, breast_cancer: Path, steps: int) -> str:
+    """Run a task to its end, then put it back to running as a crash would have left it."""
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        async with Client(daemon.socket_path) as client:
+            task = await client.submit({"task_dir": str(breast_cancer), "steps": steps})
+            await wait_terminal(client, task["id"])
+    finally:
+        await daemon.stop()
+    store = await Store.open(config.state_dir() / "mlmaster.db")
+    try:
+        await store.update_task(task["id"], state=TaskState.RUNNING, best_node_id=None,
+                                best_metric=None, finished_at=None)
+    finally:
+        await store.close()
+    return str(task["id"])
+
+
+async def test_a_best_whose_files_are_gone_falls_back_to_the_next_one(
+    short_dir: Path, server: FakeOpenAI, breast_cancer: Path,
+) -> None:
+    import shutil
+
+    server.code = _job(0.0)
+    config = _config(short_dir, server, **{"search.parallel": 1})
+    task_id = await _finish_then_reopen(config, breast_cancer, steps=2)
+    root = config.state_dir() / "tasks" / task_id
+    shutil.rmtree(root / "best")
+    shutil.rmtree(root / "nodes" / "1")
+    final, _nodes = await restart_and_finish(config, task_id)
+    assert final["state"] == "finished" and final["best"]["node_id"] == 2
+
+
+async def test_a_task_that_cannot_resume_fails_with_the_reason(
+    short_dir: Path, server: FakeOpenAI, breast_cancer: Path, tmp_path: Path,
+) -> None:
+    import shutil
+
+    server.code = _job(0.0)
+    folder = tmp_path / "gone"
+    shutil.copytree(breast_cancer, folder)
+    config = _config(short_dir, server)
+    task_id = await _finish_then_reopen(config, folder, steps=1)
+    shutil.rmtree(folder)
+    final, _nodes = await restart_and_finish(config, task_id)
+    assert final["state"] == "failed"
+    assert final["error"].startswith("could not start or resume")
