@@ -16,7 +16,6 @@ from mlmaster_daemon.execution.runner import RunResult
 from mlmaster_daemon.execution.slots import is_cuda_oom
 from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.tasks.spec import TaskSpec
-from mlmaster_daemon.tasks.validation import validate_submission
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,9 @@ def evaluate(ws: Workspace, spec: TaskSpec, run: RunResult, timeout_s: float) ->
     metric, error = _read_metric(ws)
     if metric is None:
         return Evaluation(None, error)
+    # pandas and scikit-learn load here, in the worker thread, not at daemon start.
+    from mlmaster_daemon.tasks.validation import validate_submission
+
     invalid = validate_submission(spec, ws.submission)
     if invalid is not None:
         return Evaluation(None, f"submission invalid: {invalid}")

@@ -48,7 +48,6 @@ from mlmaster_daemon.search.policy import Pick, Policy
 from mlmaster_daemon.search.tokens import TiktokenCounter
 from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
 from mlmaster_daemon.tasks.competition import read_csv_header
-from mlmaster_daemon.tasks.preview import data_preview
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 log = get_logger("mlmaster.scheduler")
@@ -218,7 +217,7 @@ class TaskRunner:
         nodes = await self.rt.store.list_nodes(self.task.id)
         await self._restore(nodes)
         await self._repair_best(nodes)
-        self.preview = await asyncio.to_thread(data_preview, self.task.spec)
+        self.preview = await asyncio.to_thread(_data_preview, self.task.spec)
         self.profile = await asyncio.to_thread(task_profile, self.task.spec)
         if not nodes:
             await self._prefetch_lessons()
@@ -693,6 +692,13 @@ def job_limits(execution: ExecutionConfig) -> JobLimits:
                      max_processes=execution.max_processes,
                      max_file_size_mb=execution.max_file_size_mb,
                      max_workspace_mb=execution.max_workspace_mb)
+
+
+def _data_preview(spec: TaskSpec) -> str:
+    # pandas loads here, in a worker thread, not at daemon start.
+    from mlmaster_daemon.tasks.preview import data_preview
+
+    return data_preview(spec)
 
 
 def task_profile(spec: TaskSpec) -> TaskProfile:
