@@ -25,9 +25,7 @@ from mlmaster_daemon.execution.lease import ProcessIdentity
 from mlmaster_daemon.execution.runner import kill_identity
 from mlmaster_daemon.execution.sandbox import resolve_sandbox
 from mlmaster_daemon.execution.slots import GpuSampler, SlotPool
-from mlmaster_daemon.llm.coder import Coder
-from mlmaster_daemon.llm.endpoint import Endpoint, read_api_key
-from mlmaster_daemon.llm.llm_coder import LlmCoder
+from mlmaster_daemon.llm.coder import Coder, as_llm_coder
 from mlmaster_daemon.llm.offline import OfflineCoder
 from mlmaster_daemon.logs import get_logger, set_log_level
 from mlmaster_daemon.scheduler import Scheduler
@@ -48,6 +46,10 @@ def make_coder(config: Config) -> Coder:
     code = config.llm.code
     if code is None:
         return OfflineCoder(seed=config.coder.seed)
+    # The OpenAI client is loaded only when a model is configured.
+    from mlmaster_daemon.llm.endpoint import Endpoint, read_api_key
+    from mlmaster_daemon.llm.llm_coder import LlmCoder
+
     feedback = config.llm.feedback
     return LlmCoder(
         Endpoint("code", code, read_api_key(code, "llm.code")),
@@ -86,10 +88,11 @@ def describe_slot(slot: dict[str, Any]) -> str:
 
 async def check_endpoints(coder: Coder) -> list[str]:
     """Probe each configured endpoint once; the problems found (the daemon runs anyway)."""
-    if not isinstance(coder, LlmCoder):
+    llm = as_llm_coder(coder)
+    if llm is None:
         return []
     problems = []
-    for endpoint in coder.endpoints:
+    for endpoint in llm.endpoints:
         error = await endpoint.probe()
         if error is not None:
             problems.append(f"{endpoint.label}: {error}")
@@ -207,8 +210,9 @@ class Daemon:
             await self.sampler.stop()
         if self.probe is not None:
             await asyncio.to_thread(self.probe.close)
-        if isinstance(self.coder, LlmCoder):
-            await self.coder.close()
+        llm = as_llm_coder(self.coder)
+        if llm is not None:
+            await llm.close()
         if self.store is not None:
             await self.store.close()
         if not self.activated:
@@ -258,9 +262,9 @@ class Daemon:
             self.sampler.start()
         log.info("execution slots", mode=reason, slots=self.slots.capacity,
                  sandbox=await asyncio.to_thread(resolve_sandbox, execution.sandbox))
-        if isinstance(self.coder, LlmCoder) and not self.config.llm.hardware:
-            first = self.slots.snapshot()[0]
-            self.coder.hardware = describe_slot(first)
+        llm = as_llm_coder(self.coder)
+        if llm is not None and not self.config.llm.hardware:
+            llm.hardware = describe_slot(self.slots.snapshot()[0])
 
     def status_line(self) -> str:
         """systemd's STATUS=: what the daemon is doing, in a few words."""
@@ -275,8 +279,9 @@ class Daemon:
                 "gpus": self.sampler.snapshot() if self.sampler else []}
 
     def llm_status(self) -> list[dict[str, Any]]:
-        if isinstance(self.coder, LlmCoder):
-            return [e.status() for e in self.coder.endpoints]
+        llm = as_llm_coder(self.coder)
+        if llm is not None:
+            return [e.status() for e in llm.endpoints]
         return [{"role": "code", "coder": "offline"}]
 
     def request_stop(self) -> None:

@@ -30,9 +30,15 @@ from mlmaster_daemon.execution.lease import JobLimits, Lease, ProcessIdentity
 from mlmaster_daemon.execution.runner import RunResult, run_script
 from mlmaster_daemon.execution.slots import GpuSampler, SlotPool
 from mlmaster_daemon.execution.workspace import Workspace
-from mlmaster_daemon.llm.coder import Coder, CodeRequest, CodeResponse, MemoryItem
-from mlmaster_daemon.llm.endpoint import EndpointUnavailable
-from mlmaster_daemon.llm.llm_coder import LlmCoder, NoCodeInAnswer
+from mlmaster_daemon.llm.coder import (
+    Coder,
+    CodeRequest,
+    CodeResponse,
+    EndpointUnavailable,
+    MemoryItem,
+    NoCodeInAnswer,
+    as_llm_coder,
+)
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import NodeState, TaskState
 from mlmaster_daemon.policies import make_policy, restore_policy
@@ -506,8 +512,8 @@ class TaskRunner:
         """A phase closed on stagnation: with a model configured, it rewrites the
         deterministic L2 summary (the fallback kept when it cannot answer)."""
         log.info("phase closed on stagnation", phase=phase.phase, best=phase.best_metric)
-        coder = self.rt.coder
-        if not isinstance(coder, LlmCoder):
+        coder = as_llm_coder(self.rt.coder)
+        if coder is None:
             return
         text, calls = await coder.summarise(phase.text, self.task.spec)
         await self.rt.store.record_calls(self.task.id, node_id, calls, self.rt.clock())
@@ -574,8 +580,8 @@ class TaskRunner:
                      summary: str) -> tuple[Evaluation, str | None, str]:
         """The feedback model's view of the run, when one is configured. It may call a run
         buggy (e.g. leakage) but never sets the metric or its direction."""
-        coder = self.rt.coder
-        if not isinstance(coder, LlmCoder) or coder.feedback is None:
+        coder = as_llm_coder(self.rt.coder)
+        if coder is None or coder.feedback is None:
             return outcome, None, summary
         output = await asyncio.to_thread(ws.output_tail,
                                          self.rt.config.execution.output_tail_chars)

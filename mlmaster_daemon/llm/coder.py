@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
+from mlmaster_daemon.errors import MlmasterError
 from mlmaster_daemon.models import Operator
 from mlmaster_daemon.tasks.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from mlmaster_daemon.llm.llm_coder import LlmCoder
+
+
+class LlmError(MlmasterError):
+    """The model refused or could not answer usefully; the node fails with this reason."""
+
+    code = "llm_error"
+    status = 502
+
+
+class EndpointUnavailable(LlmError):
+    """The endpoint kept failing after retries; the task waits for it to come back."""
+
+    code = "llm_unavailable"
+    status = 503
+
+
+def as_llm_coder(coder: object) -> LlmCoder | None:
+    """`coder` when it is the model-backed coder (judge, summaries, endpoints), else None.
+    Asked without importing the OpenAI client: an offline daemon never loads it."""
+    module = sys.modules.get("mlmaster_daemon.llm.llm_coder")
+    if module is None or not isinstance(coder, module.LlmCoder):
+        return None
+    return cast("LlmCoder", coder)
 
 
 @dataclass(frozen=True)
@@ -73,3 +101,13 @@ class Coder(Protocol):
     async def wait_available(self) -> None:
         """Return when `generate` may be tried again after it reported its model down."""
         ...
+
+
+class NoCodeInAnswer(LlmError):
+    """No code after every retry; carries the calls so they are still accounted."""
+
+    code = "llm_no_code"
+
+    def __init__(self, message: str, calls: tuple[CallRecord, ...]):
+        super().__init__(message)
+        self.calls = calls

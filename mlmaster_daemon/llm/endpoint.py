@@ -22,8 +22,8 @@ import httpx2
 import openai
 
 from mlmaster_daemon.config import EndpointConfig
-from mlmaster_daemon.errors import ConfigError, MlmasterError
-from mlmaster_daemon.llm.coder import CallRecord
+from mlmaster_daemon.errors import ConfigError
+from mlmaster_daemon.llm.coder import CallRecord, EndpointUnavailable, LlmError
 from mlmaster_daemon.llm.limits import BreakerState, CircuitBreaker, TokenBucket
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.search.tokens import TiktokenCounter
@@ -32,20 +32,6 @@ log = get_logger("mlmaster.llm")
 _TRANSIENT = (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
               openai.RateLimitError, openai.APIResponseValidationError, httpx2.HTTPError,
               TimeoutError, OSError, ValueError, KeyError)
-
-
-class LlmError(MlmasterError):
-    """The model refused or could not answer usefully; the node fails with this reason."""
-
-    code = "llm_error"
-    status = 502
-
-
-class EndpointUnavailable(LlmError):
-    """The endpoint kept failing after retries; the task waits for it to come back."""
-
-    code = "llm_unavailable"
-    status = 503
 
 
 @dataclass(frozen=True)

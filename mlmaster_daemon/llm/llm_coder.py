@@ -7,8 +7,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mlmaster_daemon.config import LlmConfig
-from mlmaster_daemon.llm.coder import CallRecord, CodeRequest, CodeResponse
-from mlmaster_daemon.llm.endpoint import Endpoint, LlmError, Reply
+from mlmaster_daemon.llm.coder import (
+    CallRecord,
+    CodeRequest,
+    CodeResponse,
+    LlmError,
+    NoCodeInAnswer,
+)
+from mlmaster_daemon.llm.endpoint import Endpoint, Reply
 from mlmaster_daemon.llm.parse import (
     JUDGE_TOOL,
     NO_CODE_CORRECTION,
@@ -118,13 +124,3 @@ class LlmCoder:
             log.warning("summary unavailable", error=exc.message)
             return None, []
         return reply.content.strip() or None, [reply.record]
-
-
-class NoCodeInAnswer(LlmError):
-    """No code after every retry; carries the calls so they are still accounted."""
-
-    code = "llm_no_code"
-
-    def __init__(self, message: str, calls: tuple[CallRecord, ...]):
-        super().__init__(message)
-        self.calls = calls
