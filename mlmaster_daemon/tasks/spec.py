@@ -9,19 +9,31 @@ from typing import Any
 
 
 class Metric(StrEnum):
+    """The metrics a task may be scored with. With several target columns (`targets`),
+    ROC AUC and RMSLE are averaged over the columns (MLE-bench's column-wise variants)."""
+
     ACCURACY = "accuracy"
     ROC_AUC = "roc_auc"
     LOG_LOSS = "log_loss"
     RMSE = "rmse"
     MAE = "mae"
+    RMSLE = "rmsle"
+    # Quadratic weighted kappa on integer (ordinal) labels.
+    QWK = "qwk"
+    # Mean average precision at k over space-separated predicted labels (k: TaskSpec.map_k).
+    MAP_AT_K = "map@k"
+    # F1 of the positive (largest) label, and its micro / macro averages over all labels.
+    F1 = "f1"
+    F1_MICRO = "f1_micro"
+    F1_MACRO = "f1_macro"
 
     @property
     def lower_is_better(self) -> bool:
-        return self in (Metric.LOG_LOSS, Metric.RMSE, Metric.MAE)
+        return self in (Metric.LOG_LOSS, Metric.RMSE, Metric.MAE, Metric.RMSLE)
 
     @property
     def is_regression(self) -> bool:
-        return self in (Metric.RMSE, Metric.MAE)
+        return self in (Metric.RMSE, Metric.MAE, Metric.RMSLE)
 
     @property
     def needs_probabilities(self) -> bool:
@@ -44,6 +56,18 @@ class TaskSpec:
     train_file: str = "train.csv"
     test_file: str = "test.csv"
     sample_submission_file: str = "sample_submission.csv"
+    # Every column the metric scores when there are several (e.g. 6 toxicity labels); empty
+    # when `target` alone is scored.
+    targets: tuple[str, ...] = ()
+    # k of MAP@k.
+    map_k: int = 5
+    # The MLE-bench competition id this task is, when it is one the project knows.
+    competition_id: str | None = None
+
+    @property
+    def scored_columns(self) -> tuple[str, ...]:
+        """The submission columns the metric reads."""
+        return self.targets or (self.target,)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +83,9 @@ class TaskSpec:
             "train_file": self.train_file,
             "test_file": self.test_file,
             "sample_submission_file": self.sample_submission_file,
+            "targets": list(self.targets),
+            "map_k": self.map_k,
+            "competition_id": self.competition_id,
         }
 
     @classmethod
@@ -77,6 +104,9 @@ class TaskSpec:
             train_file=str(raw.get("train_file", "train.csv")),
             test_file=str(raw.get("test_file", "test.csv")),
             sample_submission_file=str(raw.get("sample_submission_file", "sample_submission.csv")),
+            targets=tuple(str(t) for t in raw.get("targets") or ()),
+            map_k=int(raw.get("map_k", 5)),
+            competition_id=raw.get("competition_id"),
         )
 
 
