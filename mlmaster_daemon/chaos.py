@@ -11,6 +11,8 @@ order shuffled by `--seed`, with random delays from the same seed:
 - `random`: 0.2-4 s after it answers;
 - `generating`, `running`, `evaluating`: as soon as the database shows a node in that state
   (a running node gets another 0-1.5 s), or after 8 s if none shows up;
+- `spawning`: as soon as the daemon has a child process for a node the database still shows
+  as ready (started, its pid not yet committed), or after 8 s;
 - `finished`: as soon as a node is newly done or buggy (its outcome just committed, the best
   submission maybe being copied), or after 8 s.
 
@@ -47,8 +49,8 @@ from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.errors import DaemonUnreachable
 from mlmaster_daemon.tasks.examples import EXAMPLES, build_example
 
-MOMENTS = ("start-up", "after-ready", "random", "generating", "running", "evaluating",
-           "finished")
+MOMENTS = ("start-up", "after-ready", "random", "generating", "spawning", "running",
+           "evaluating", "finished")
 FINISHED = ("done", "buggy", "failed")
 TERMINAL_TASK = ("finished", "cancelled", "failed")
 # A finished node's own outcome. visits and value are not here: backpropagation changes them.
@@ -248,13 +250,14 @@ def stray_processes(state_dir: Path, task_ids: Iterable[str], daemon_pid: int | 
         try:
             if proc.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
-            cmdline = " ".join(proc.info["cmdline"] or [])
-            if not (root in cmdline or _cwd(proc).startswith(root)
+            cmdline, cwd = " ".join(proc.info["cmdline"] or []), _cwd(proc)
+            if not (root in cmdline or cwd.startswith(root)
                     or any(t in _cgroup(proc.pid) for t in tasks)):
                 continue
             if daemon_pid is not None and daemon_pid in (p.pid for p in proc.parents()):
                 continue
-            strays.append(f"pid {proc.pid} ({cmdline[:120]})")
+            strays.append(f"pid {proc.pid} in {cwd.removeprefix(root + '/') or '?'} "
+                          f"({cmdline[:60]})")
         except psutil.Error:
             continue
     return strays
@@ -579,12 +582,33 @@ class ChaosRun:
                     last_check = time.monotonic()
                     await self._keep_busy(client)
                 states = read_states(conn, self.task_ids)
-                if any(s in targets and k not in before for k, s in states.items()):
+                if moment == "spawning":
+                    if self._spawning(states):
+                        return
+                elif any(s in targets and k not in before for k, s in states.items()):
                     await asyncio.sleep(extra)
                     return
                 await asyncio.sleep(POLL_S)
         finally:
             conn.close()
+
+    def _spawning(self, states: Mapping[NodeKey, str]) -> bool:
+        """Whether the daemon has a child process for a node the database still shows as
+        ready: its script was started but its pid is not committed yet."""
+        pid = self.daemon.pid
+        if pid is None:
+            return False
+        nodes = self.state_dir / "tasks"
+        try:
+            children = psutil.Process(pid).children()
+        except psutil.Error:
+            return False
+        for child in children:
+            parts = Path(_cwd(child)).parts[len(nodes.parts):]
+            if len(parts) == 3 and parts[1] == "nodes" and parts[2].isdigit() and \
+                    states.get((parts[0], int(parts[2]))) == "ready":
+                return True
+        return False
 
     async def _keep_busy(self, client: Client) -> bool:
         """Submit another task when all are done, so the kills land in work; True if it did."""
