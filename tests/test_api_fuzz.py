@@ -170,7 +170,7 @@ def in_bounds(name: str, schema: dict[str, Any]) -> st.SearchStrategy[Any]:
             options.append(st.floats(low, part.get("maximum"), allow_nan=False,
                                      exclude_min="exclusiveMinimum" in part))
         elif kind == "string":
-            options.append(st.text(st.characters(blacklist_characters="\x00"),
+            options.append(st.text(st.characters(codec="utf-8", exclude_characters="\x00"),
                                    min_size=part.get("minLength", 0),
                                    max_size=min(part.get("maxLength", 100), 100)))
         elif kind == "boolean":
@@ -451,7 +451,7 @@ SYSTEM_PATHS = ["/", "/proc", "/proc/self", "/proc/1/cwd", "/proc/self/root/etc"
     st.one_of(
         st.sampled_from(SYSTEM_PATHS),
         st.builds(lambda a, b: a.rstrip("/") + "/" + b, st.sampled_from(SYSTEM_PATHS),
-                  st.text(st.characters(blacklist_characters="\x00"), max_size=30)),
+                  st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30)),
     ),
     st.booleans(),
 )

@@ -257,8 +257,9 @@ def check_task_folder(task_dir: Path, peer: Peer, placement: Placement) -> None:
     """Refuse, before anything in it is read, a task folder that is misplaced or that holds
     something `load_task` would read and `peer` may not.
 
-    Raises `Forbidden` naming the first such path. A missing folder passes: `load_task`
-    reports it.
+    `task_dir` is absolute text without NUL bytes or lone surrogates (as SubmitRequest
+    ensures). Raises `Forbidden` naming the first such path, `InvalidTaskDir` when the daemon
+    itself cannot look a path up. A missing folder passes: `load_task` reports it.
     """
     folder = _locate_as(task_dir, peer)
     if folder is None:
@@ -331,6 +332,12 @@ def _locate_as(path: Path, peer: Peer) -> Path | None:
         return None
     except Unreachable as exc:
         raise _unreadable(exc.path, exc.path, exc.want, peer) from None
+    except PermissionError:
+        daemon_user = user_name(os.getuid())
+        raise InvalidTaskDir(
+            f"the daemon's user ({daemon_user}) cannot look up {path}: the daemon reads the task "
+            f"itself, so give {daemon_user} read access too (e.g. through a group it is in)"
+        ) from None
     except OSError as exc:
         raise InvalidTaskDir(f"cannot look up {path}: {exc.strerror or exc}") from None
     return resolved
