@@ -53,6 +53,7 @@ from mlmaster_daemon.search.memory import MemoryEntry
 from mlmaster_daemon.search.policy import Pick, Policy
 from mlmaster_daemon.search.tokens import TiktokenCounter
 from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
+from mlmaster_daemon.tasks import registry
 from mlmaster_daemon.tasks.competition import read_csv_header
 from mlmaster_daemon.tasks.spec import TaskSpec
 
@@ -710,11 +711,15 @@ def _data_preview(spec: TaskSpec) -> str:
 def task_profile(spec: TaskSpec) -> TaskProfile:
     """What L3 compares tasks by: modality, metric, task type and size."""
     train = spec.public_dir / spec.train_file
-    columns = read_csv_header(train)
-    with train.open("rb") as handle:
-        rows = max(sum(1 for _ in handle) - 1, 0)
-    features = len([c for c in columns if c not in (spec.target, spec.id_column)])
-    return TaskProfile.build("tabular", spec.metric.value, not spec.metric.is_regression,
+    known = registry.lookup(spec.competition_id or "")
+    modality = known.modality if known is not None else "tabular"
+    rows = features = 0
+    if spec.train_file.lower().endswith(".csv"):
+        columns = read_csv_header(train)
+        with train.open("rb") as handle:
+            rows = max(sum(1 for _ in handle) - 1, 0)
+        features = len([c for c in columns if c not in (spec.target, spec.id_column)])
+    return TaskProfile.build(modality, spec.metric.value, not spec.metric.is_regression,
                              rows, features)
 
 

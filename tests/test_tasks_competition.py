@@ -159,8 +159,8 @@ def test_missing_metric_says_how_to_give_one(tmp_path: Path) -> None:
 
 
 def test_unknown_metric_lists_the_known_ones(tmp_path: Path) -> None:
-    message = error_of(make_task(tmp_path / "comp", toml='metric = "f1"\n'))
-    assert "'f1'" in message
+    message = error_of(make_task(tmp_path / "comp", toml='metric = "f2"\n'))
+    assert "'f2'" in message
     for metric in Metric:
         assert metric.value in message
 

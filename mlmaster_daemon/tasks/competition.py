@@ -1,7 +1,11 @@
 """Resolve a competition folder into a validated `TaskSpec`.
 
 Accepts either the competition root (holding `prepared/public`, MLE-bench layout) or the
-public folder itself. Only CSV header lines are read here, so multi-GB folders load fast.
+public folder itself. Settings come from, lowest first: the entry of a known MLE-bench
+competition (tasks/data/mlebench.toml, by the folder's name), `task.toml` in the competition
+root, then the submit's overrides. Only CSV header lines are read here, so multi-GB folders
+load fast; training data that is not CSV (images, audio, JSON) is fine, the scripts see all of
+`public/`.
 """
 
 from __future__ import annotations
@@ -13,29 +17,39 @@ from pathlib import Path
 from typing import Any
 
 from mlmaster_daemon.errors import InvalidTaskDir
+from mlmaster_daemon.tasks import registry
 from mlmaster_daemon.tasks.spec import Metric, TaskOverrides, TaskSpec
 
 TRAIN_FILE = "train.csv"
 TEST_FILE = "test.csv"
+# Every name MLE-bench's prepared competitions use for the sample submission.
 SAMPLE_SUBMISSION_NAMES = (
     "sample_submission.csv",
     "sampleSubmission.csv",
     "sample_submission_null.csv",
+    "randomPredictions.csv",
+    "kaggle_sample_submission.csv",
 )
 TASK_TOML = "task.toml"
 TASK_TOML_TYPES: dict[str, type] = {
     "metric": str,
     "lower_is_better": bool,
     "target": str,
+    "targets": list,
     "id_column": str,
     "name": str,
+    "train_file": str,
+    "test_file": str,
+    "sample_submission": str,
+    "competition_id": str,
+    "map_k": int,
 }
 KNOWN_METRICS = ", ".join(m.value for m in Metric)
 
 
 @dataclass(frozen=True)
 class _Headers:
-    """Header lines of the public CSV files."""
+    """Header lines of the public CSV files ([] for a file that is absent or not CSV)."""
 
     public: Path
     sample_name: str
@@ -45,7 +59,8 @@ class _Headers:
 
 
 def load_task(task_dir: str | Path, overrides: TaskOverrides | None = None) -> TaskSpec:
-    """Load and check the competition at `task_dir`; non-None `overrides` win over task.toml.
+    """Load and check the competition at `task_dir`; non-None `overrides` win over task.toml,
+    which wins over the known competition's entry.
 
     Raises `InvalidTaskDir` whose message names the problem and how to fix it.
     """
@@ -60,29 +75,45 @@ def load_task(task_dir: str | Path, overrides: TaskOverrides | None = None) -> T
         )
     path = path.resolve()
     root, public = _locate(path)
-    sample_name = _check_required_files(public)
     private = root / "prepared" / "private"
-
-    settings = read_task_toml(root)
+    toml_settings = read_task_toml(root)
+    competition_id = str(toml_settings.get("competition_id") or root.name)
+    known = registry.lookup(competition_id)
+    settings = _known_settings(known)
+    settings.update(toml_settings)
     given = _override_values(overrides)
     if "metric" in given and "lower_is_better" not in given:
-        # task.toml's direction belongs to task.toml's metric, not to an overriding one
+        # the direction given with a metric belongs to that metric, not to an overriding one
         settings.pop("lower_is_better", None)
     settings.update(given)
+    if known is not None and known.unsupported and "id_column" not in toml_settings:
+        raise InvalidTaskDir(
+            f"MLE-bench competition {known.id} cannot be graded here yet: {known.unsupported}; "
+            f"describe it in {root / TASK_TOML} (id_column, target) to run it anyway"
+        )
     name = str(settings.get("name") or root.name or "task")
     metric = _resolve_metric(settings.get("metric"), name, root)
     lower_is_better = _resolve_direction(settings.get("lower_is_better"), metric, root)
 
+    if known is None:
+        _check_required_files(public, private, settings)
+    train_file = _data_file(public, settings.get("train_file"), TRAIN_FILE)
+    test_file = _data_file(public, settings.get("test_file"), TEST_FILE)
+    sample_name = _sample_submission(public, private, settings.get("sample_submission"))
     headers = _Headers(
         public=public,
         sample_name=sample_name,
-        train=read_csv_header(public / TRAIN_FILE),
-        test=read_csv_header(public / TEST_FILE),
+        train=_csv_header_or_none(public, train_file),
+        test=_csv_header_or_none(public, test_file),
         sample=read_csv_header(public / sample_name),
     )
     id_column = str(settings.get("id_column") or headers.sample[0])
-    target = _resolve_target(settings.get("target"), id_column, headers, root)
-    _check_columns(headers, id_column, target)
+    targets = tuple(str(t) for t in settings.get("targets") or ())
+    target = _resolve_target(settings.get("target") or settings.get("label")
+                             or (targets[0] if targets else None), id_column, headers, root)
+    if len(targets) <= 1:
+        targets = ()
+    _check_columns(headers, id_column, target, targets, strict=known is None)
 
     return TaskSpec(
         name=name,
@@ -94,9 +125,67 @@ def load_task(task_dir: str | Path, overrides: TaskOverrides | None = None) -> T
         lower_is_better=lower_is_better,
         target=target,
         id_column=id_column,
-        train_file=TRAIN_FILE,
-        test_file=TEST_FILE,
+        train_file=train_file,
+        test_file=test_file,
         sample_submission_file=sample_name,
+        targets=targets,
+        map_k=int(settings.get("map_k") or 5),
+        competition_id=known.id if known is not None else None,
+    )
+
+
+def _known_settings(known: registry.Competition | None) -> dict[str, Any]:
+    """A known competition's entry as task.toml settings."""
+    if known is None:
+        return {}
+    settings: dict[str, Any] = {"metric": known.metric.value, "id_column": known.id_column,
+                                "map_k": known.map_k}
+    if known.targets:
+        settings["targets"] = list(known.targets)
+    if known.label:
+        settings["label"] = known.label
+    for key, value in (("train_file", known.train_file), ("test_file", known.test_file),
+                       ("sample_submission", known.sample)):
+        if value is not None:
+            settings[key] = value
+    return settings
+
+
+def _data_file(public: Path, configured: Any, usual: str) -> str:
+    """The data file's name under public/: the configured one (which must exist), else the
+    usual name when present; "" when there is none."""
+    if configured is None:
+        return usual if (public / usual).is_file() else ""
+    name = str(configured)
+    if name and not (public / name).is_file():
+        raise InvalidTaskDir(f"{public / name} does not exist; fix the file name in task.toml "
+                             "or prepare the competition again")
+    return name
+
+
+def _csv_header_or_none(public: Path, name: str) -> list[str]:
+    if not name or not name.lower().endswith((".csv", ".tsv")):
+        return []
+    return read_csv_header(public / name)
+
+
+def _sample_submission(public: Path, private: Path, configured: Any) -> str:
+    """The sample submission, relative to public/. A few MLE-bench competitions keep it only in
+    private/ (the public copy is an archive); then the grader's copy is used from there."""
+    names = [str(configured)] if configured else list(SAMPLE_SUBMISSION_NAMES)
+    for name in names:
+        if (public / name).is_file():
+            return name
+    for name in names:
+        if (private / name).is_file():
+            return f"../private/{name}"
+    found = sorted(p.name for p in private.glob("*sample_submission*.csv")) \
+        if private.is_dir() else []
+    if found:
+        return f"../private/{found[0]}"
+    raise InvalidTaskDir(
+        f"{public} has no sample submission (looked for {' or '.join(names)}); add one showing "
+        "the expected format, or name it with `sample_submission = \"...\"` in task.toml"
     )
 
 
@@ -134,12 +223,21 @@ def read_task_toml(root: Path) -> dict[str, Any]:
             raise InvalidTaskDir(
                 f"{toml_path} has unknown key {key!r}: remove it (allowed keys: {allowed})"
             )
+        if expected is list and not (isinstance(value, list) and value
+                                     and all(isinstance(v, str) and v for v in value)):
+            raise InvalidTaskDir(f"{toml_path}: key {key!r} must be a list of column names, "
+                                 f'like ["a", "b"], got {value!r}')
+        if expected is int and (isinstance(value, bool) or not isinstance(value, int)
+                                or value < 1):
+            raise InvalidTaskDir(f"{toml_path}: key {key!r} must be a positive whole number, "
+                                 f"got {value!r}")
         if not isinstance(value, expected):
             kind = "true or false" if expected is bool else "a quoted string"
             raise InvalidTaskDir(
                 f"{toml_path}: key {key!r} must be {kind}, got {type(value).__name__} {value!r}"
             )
-        if isinstance(value, str) and not value.strip():
+        if isinstance(value, str) and not value.strip() and key not in ("train_file",
+                                                                        "test_file"):
             raise InvalidTaskDir(f"{toml_path}: key {key!r} must not be empty")
     return dict(raw)
 
@@ -149,7 +247,7 @@ def _locate(path: Path) -> tuple[Path, Path]:
     nested = path / "prepared" / "public"
     if nested.is_dir():
         return path, nested
-    if (path / TRAIN_FILE).is_file():
+    if (path / TRAIN_FILE).is_file() or any((path / n).is_file() for n in SAMPLE_SUBMISSION_NAMES):
         root = path.parent.parent if path.parent.name == "prepared" else path
         return root, path
     raise InvalidTaskDir(
@@ -159,19 +257,22 @@ def _locate(path: Path) -> tuple[Path, Path]:
     )
 
 
-def _check_required_files(public: Path) -> str:
-    """Name of the sample submission in `public`; raises naming every missing file."""
-    missing = [name for name in (TRAIN_FILE, TEST_FILE) if not (public / name).is_file()]
-    sample = next((n for n in SAMPLE_SUBMISSION_NAMES if (public / n).is_file()), "")
-    if not sample:
-        missing.append(" or ".join(SAMPLE_SUBMISSION_NAMES))
+def _check_required_files(public: Path, private: Path, settings: dict[str, Any]) -> None:
+    """An unknown competition needs its train and test tables (unless task.toml names others)
+    and a sample submission; raises naming every missing file."""
+    missing = [name for key, name in (("train_file", TRAIN_FILE), ("test_file", TEST_FILE))
+               if key not in settings and not (public / name).is_file()]
+    try:
+        _sample_submission(public, private, settings.get("sample_submission"))
+    except InvalidTaskDir:
+        missing.append(str(settings.get("sample_submission") or
+                           " or ".join(SAMPLE_SUBMISSION_NAMES)))
     if missing:
         raise InvalidTaskDir(
             f"{public} is missing required file(s): {'; '.join(missing)}; "
             "add them to that folder (train.csv with the target, test.csv without it, "
             "and a sample submission showing the expected format)"
         )
-    return sample
 
 
 def _override_values(overrides: TaskOverrides | None) -> dict[str, Any]:
@@ -219,7 +320,8 @@ def _resolve_target(value: Any, id_column: str, headers: _Headers, root: Path) -
     if value is not None:
         return str(value)
     others = [col for col in headers.sample if col != id_column]
-    if len(headers.sample) == 2 and len(others) == 1 and others[0] in headers.train:
+    if len(headers.sample) == 2 and len(others) == 1 and (
+            others[0] in headers.train or not headers.train):
         return others[0]
     candidates = [col for col in headers.train if col not in headers.test]
     hint = ""
@@ -232,21 +334,27 @@ def _resolve_target(value: Any, id_column: str, headers: _Headers, root: Path) -
     )
 
 
-def _check_columns(headers: _Headers, id_column: str, target: str) -> None:
+def _check_columns(headers: _Headers, id_column: str, target: str, targets: tuple[str, ...],
+                   strict: bool) -> None:
+    """The columns the task names must exist. A known competition's entry is trusted about
+    its training data (which may not be a table); its sample submission is still checked."""
     public = headers.public
     problems = []
-    if target not in headers.train:
-        problems.append(f"target {target!r} is not a column of {public / TRAIN_FILE}")
-    if id_column not in headers.test:
+    if strict and headers.train:
+        problems += [f"target {t!r} is not a column of {public / TRAIN_FILE}"
+                     for t in targets or (target,) if t not in headers.train]
+    if strict and headers.test and id_column not in headers.test:
         problems.append(f"id column {id_column!r} is not a column of {public / TEST_FILE}")
     if id_column not in headers.sample:
         problems.append(
             f"id column {id_column!r} is not a column of {public / headers.sample_name}"
         )
+    problems += [f"target {t!r} is not a column of {public / headers.sample_name}"
+                 for t in targets if t not in headers.sample]
     if problems:
         raise InvalidTaskDir(
-            "; ".join(problems) + "; fix `target`/`id_column` in task.toml (or the overrides) "
-            f"to name existing columns (train.csv has: {_listing(headers.train)})"
+            "; ".join(problems) + "; fix `target`/`targets`/`id_column` in task.toml (or the "
+            f"overrides) to name existing columns (train.csv has: {_listing(headers.train)})"
         )
 
 

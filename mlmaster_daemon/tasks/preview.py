@@ -78,7 +78,15 @@ def _read_head(path: Path) -> tuple[pd.DataFrame, int]:
     return frame, rows
 
 
+def _is_table(name: str) -> bool:
+    return name.lower().endswith(".csv")
+
+
 def _train_section(spec: TaskSpec) -> str:
+    if not _is_table(spec.train_file):
+        where = f" ({spec.train_file})" if spec.train_file else ""
+        return (f"No training table{where}: the training data are the files under input/ "
+                "listed above; read them as their format needs.")
     path = spec.public_dir / spec.train_file
     try:
         train, rows = _read_head(path)
@@ -118,11 +126,15 @@ def _target_summary(spec: TaskSpec, train: pd.DataFrame) -> str:
 
 def _test_section(spec: TaskSpec) -> str:
     lines = []
-    try:
-        test, rows = _read_head(spec.public_dir / spec.test_file)
-        lines.append(f"{spec.test_file}: {rows} rows x {test.shape[1]} columns")
-    except _READ_ERRORS as exc:
-        lines.append(f"Could not read {spec.test_file}: {exc}")
+    if not _is_table(spec.test_file):
+        lines.append("No test table: the test items are the ids of the sample submission, "
+                     "their data the files under input/.")
+    else:
+        try:
+            test, rows = _read_head(spec.public_dir / spec.test_file)
+            lines.append(f"{spec.test_file}: {rows} rows x {test.shape[1]} columns")
+        except _READ_ERRORS as exc:
+            lines.append(f"Could not read {spec.test_file}: {exc}")
     try:
         sample = pd.read_csv(spec.public_dir / spec.sample_submission_file, nrows=2)
         text = sample.to_csv(index=False, lineterminator="\n").rstrip("\n")

@@ -1,0 +1,173 @@
+"""Competitions as `mlebench prepare` lays them out: known ids, odd file names, data that is not
+a table, several scored columns, and the sample submission kept only in private/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlmaster_daemon.errors import InvalidTaskDir
+from mlmaster_daemon.tasks.competition import load_task
+from mlmaster_daemon.tasks.preview import data_preview
+from mlmaster_daemon.tasks.registry import competitions, split_ids
+from mlmaster_daemon.tasks.spec import Metric
+
+
+def prepare(data_dir: Path, competition: str, public: dict[str, str],
+            private: dict[str, str] | None = None) -> Path:
+    """<data_dir>/<competition>/prepared/{public,private} with the given files."""
+    root = data_dir / competition
+    for side, files in (("public", public), ("private", private or {})):
+        folder = root / "prepared" / side
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+    return root
+
+
+def test_the_registry_knows_the_lite_22_and_the_dev_7() -> None:
+    assert len(split_ids("lite")) == 22 and len(split_ids("dev")) == 7
+    assert "spaceship-titanic" in split_ids("dev")
+    assert competitions()["nomad2018-predict-transparent-conductors"].metric is Metric.RMSLE
+    with pytest.raises(ValueError, match="unknown split"):
+        split_ids("heavy")
+
+
+def test_a_known_competition_needs_no_task_toml(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "spaceship-titanic", {
+        "train.csv": "PassengerId,HomePlanet,Transported\n0001_01,Earth,True\n",
+        "test.csv": "PassengerId,HomePlanet\n0002_01,Mars\n",
+        "sample_submission.csv": "PassengerId,Transported\n0002_01,False\n",
+        "description.md": "# Spaceship Titanic\n",
+    })
+    spec = load_task(root)
+    assert (spec.metric, spec.lower_is_better) == (Metric.ACCURACY, False)
+    assert (spec.id_column, spec.target, spec.competition_id) == (
+        "PassengerId", "Transported", "spaceship-titanic")
+    assert spec.description == "# Spaceship Titanic\n"
+
+
+def test_the_public_folder_itself_resolves_to_the_known_competition(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "tabular-playground-series-dec-2021", {
+        "train.csv": "Id,Elevation,Cover_Type\n1,3000,2\n",
+        "test.csv": "Id,Elevation\n2,2900\n",
+        "sample_submission.csv": "Id,Cover_Type\n2,2\n",
+    })
+    spec = load_task(root / "prepared" / "public")
+    assert spec.competition_id == "tabular-playground-series-dec-2021"
+    assert spec.root == root and spec.target == "Cover_Type"
+
+
+def test_json_data_and_a_sampleSubmission_csv(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "random-acts-of-pizza", {
+        "train.json": '[{"request_id": "t3_a", "requester_received_pizza": true}]',
+        "test.json": '[{"request_id": "t3_b"}]',
+        "sampleSubmission.csv": "request_id,requester_received_pizza\nt3_b,0\n",
+    })
+    spec = load_task(root)
+    assert (spec.train_file, spec.test_file) == ("train.json", "test.json")
+    assert spec.sample_submission_file == "sampleSubmission.csv"
+    assert "No training table (train.json)" in data_preview(spec)
+
+
+def test_a_training_file_that_is_not_train_csv(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "new-york-city-taxi-fare-prediction", {
+        "labels.csv": "key,fare_amount,passenger_count\nk1,4.5,1\n",
+        "test.csv": "key,passenger_count\nk2,2\n",
+        "sample_submission.csv": "key,fare_amount\nk2,11.35\n",
+    })
+    spec = load_task(root)
+    assert (spec.train_file, spec.metric, spec.lower_is_better) == ("labels.csv", Metric.RMSE,
+                                                                    True)
+    assert "labels.csv: 1 rows" in data_preview(spec)
+
+
+def test_images_in_folders_and_no_test_table(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "aerial-cactus-identification", {
+        "train.csv": "id,has_cactus\na.jpg,1\n",
+        "train/a.jpg": "not really a jpeg",
+        "test/b.jpg": "not really a jpeg",
+        "sample_submission.csv": "id,has_cactus\nb.jpg,0.5\n",
+    })
+    spec = load_task(root)
+    assert spec.test_file == "" and spec.metric is Metric.ROC_AUC
+    assert "No test table" in data_preview(spec)
+
+
+def test_several_scored_columns(tmp_path: Path) -> None:
+    labels = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+    root = prepare(tmp_path, "jigsaw-toxic-comment-classification-challenge", {
+        "train.csv": f"id,comment_text,{','.join(labels)}\na,hi,{','.join('0' * 6)}\n",
+        "test.csv": "id,comment_text\nb,yo\n",
+        "sample_submission.csv": f"id,{','.join(labels)}\nb,{','.join(['0.5'] * 6)}\n",
+    })
+    spec = load_task(root)
+    assert spec.targets == tuple(labels) and spec.scored_columns == tuple(labels)
+    assert spec.target == "toxic"
+
+
+def test_a_sample_submission_kept_only_in_private(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "text-normalization-challenge-english-language", {
+        "en_train.csv": "sentence_id,token_id,class,before,after\n0,0,PLAIN,a,a\n",
+        "en_test_2.csv": "sentence_id,token_id,before\n1,0,b\n",
+        "en_sample_submission_2.csv.zip": "PK",
+    }, {"en_sample_submission_2.csv": "id,after\n1_0,b\n", "answers.csv": "id,after\n1_0,b\n"})
+    spec = load_task(root)
+    assert spec.sample_submission_file == "../private/en_sample_submission_2.csv"
+    assert (spec.public_dir / spec.sample_submission_file).is_file()
+
+
+def test_log_loss_over_class_columns_takes_the_label_from_the_entry(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "spooky-author-identification", {
+        "train.csv": "id,text,author\nid1,It was,EAP\n",
+        "test.csv": "id,text\nid2,The\n",
+        "sample_submission.csv": "id,EAP,HPL,MWS\nid2,0.4,0.3,0.3\n",
+    })
+    spec = load_task(root)
+    assert (spec.metric, spec.target, spec.targets) == (Metric.LOG_LOSS, "author", ())
+
+
+def test_an_unsupported_competition_says_why_and_what_to_do(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "detecting-insults-in-social-commentary", {
+        "train.csv": "Insult,Date,Comment\n1,2012,x\n",
+        "test.csv": "Date,Comment\n2012,y\n",
+        "sample_submission_null.csv": "Insult,Date,Comment\n0,2012,y\n",
+    })
+    with pytest.raises(InvalidTaskDir, match="no id column") as caught:
+        load_task(root)
+    assert "task.toml" in caught.value.message
+
+
+def test_task_toml_can_describe_an_unknown_competition_fully(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "my-comp", {
+        "data.csv": "rid,a,y1,y2\n1,0.1,1,2\n",
+        "sample_submission.csv": "rid,y1,y2\n9,0,0\n",
+    })
+    (root / "task.toml").write_text(
+        'metric = "rmsle"\nid_column = "rid"\ntargets = ["y1", "y2"]\n'
+        'train_file = "data.csv"\ntest_file = ""\n')
+    spec = load_task(root)
+    assert spec.targets == ("y1", "y2") and spec.train_file == "data.csv"
+    assert spec.test_file == "" and spec.competition_id is None
+
+
+def test_task_toml_targets_must_be_a_list_of_names(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "my-comp", {
+        "train.csv": "id,a,y\n1,0.1,1\n", "test.csv": "id,a\n2,0.2\n",
+        "sample_submission.csv": "id,y\n2,0\n",
+    })
+    (root / "task.toml").write_text('metric = "rmse"\ntargets = "y"\n')
+    with pytest.raises(InvalidTaskDir, match="list of column names"):
+        load_task(root)
+
+
+def test_a_scored_column_missing_from_the_sample_is_named(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "nomad2018-predict-transparent-conductors", {
+        "train.csv": "id,x,formation_energy_ev_natom,bandgap_energy_ev\n1,0,0.1,2\n",
+        "test.csv": "id,x\n2,0\n",
+        "sample_submission.csv": "id,formation_energy_ev_natom\n2,0.1\n",
+    })
+    with pytest.raises(InvalidTaskDir, match="'bandgap_energy_ev' is not a column"):
+        load_task(root)
