@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from mlmaster_daemon.errors import GradingError
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example
 from mlmaster_daemon.tasks.grading import answers_path, grade
-from mlmaster_daemon.tasks.spec import TaskSpec
+from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 from mlmaster_daemon.tasks.validation import validate_submission
 
 
@@ -146,3 +147,33 @@ def test_accuracy_task_graded_on_its_own_answers_scores_one(tmp_path: Path) -> N
     spec = load_task(tmp_path / "comp")
     assert grade(spec, private / "test.csv") == 1.0
     assert grade(spec, public / "sample_submission.csv") == pytest.approx(1 / 3)
+
+
+def test_a_file_that_is_not_csv_is_reported(roots: dict[str, Path], tmp_path: Path) -> None:
+    spec = load_task(roots["diabetes"])
+    path = tmp_path / "submission.parquet"
+    sample_of(spec).to_csv(path, index=False)
+    message = validate_submission(spec, path)
+    assert message is not None and "is not a .csv file" in message
+
+
+def test_negative_predictions_are_reported_for_rmsle(
+    roots: dict[str, Path], tmp_path: Path
+) -> None:
+    spec = dataclasses.replace(load_task(roots["diabetes"]), metric=Metric.RMSLE)
+    frame = sample_of(spec)
+    frame.loc[0, "progression"] = -3.0
+    message = check(spec, frame, tmp_path / "s.csv")
+    assert "must not be negative for rmsle" in message
+
+
+def test_fractional_grades_are_reported_for_qwk(roots: dict[str, Path], tmp_path: Path) -> None:
+    spec = dataclasses.replace(load_task(roots["diabetes"]), metric=Metric.QWK)
+    frame = sample_of(spec)
+    frame["progression"] = 2.0
+    frame.loc[3, "progression"] = 2.5
+    message = check(spec, frame, tmp_path / "s.csv")
+    assert "whole-number grades for qwk" in message and "2.5" in message
+    frame.loc[3, "progression"] = 3
+    frame.to_csv(tmp_path / "ok.csv", index=False)
+    assert validate_submission(spec, tmp_path / "ok.csv") is None

@@ -10,7 +10,7 @@ import pandas as pd
 
 from mlmaster_daemon.errors import InvalidTaskDir
 from mlmaster_daemon.tasks.metrics import normalise_labels
-from mlmaster_daemon.tasks.spec import TaskSpec
+from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 
 _EXAMPLES_SHOWN = 3
 _READ_ERRORS = (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError)
@@ -20,8 +20,9 @@ def validate_submission(spec: TaskSpec, submission_path: Path) -> str | None:
     """None when the submission can be scored, else one paragraph saying what is wrong.
 
     Compared with the sample submission: the file parses as CSV, has the same columns, row
-    count and ids (any order), no missing predictions, numbers where the metric needs them and
-    probabilities within [0, 1] for roc_auc and log_loss. Raises `InvalidTaskDir` only when the
+    count and ids (any order), no missing predictions, numbers where the metric needs them,
+    probabilities within [0, 1] for roc_auc and log_loss, no negatives for rmsle and whole
+    numbers for qwk (MLE-bench's graders refuse the same). Raises `InvalidTaskDir` only when the
     task's own sample submission cannot be read.
     """
     sample_path = spec.public_dir / spec.sample_submission_file
@@ -35,6 +36,8 @@ def validate_submission(spec: TaskSpec, submission_path: Path) -> str | None:
     )
     if not submission_path.is_file():
         return f"No submission file was written at {submission_path}. {expected}"
+    if submission_path.suffix.lower() != ".csv":
+        return f"The submission {submission_path.name} is not a .csv file. {expected}"
     try:
         submission = pd.read_csv(submission_path)
     except (OSError, *_READ_ERRORS) as exc:
@@ -94,7 +97,8 @@ def _value_problems(spec: TaskSpec, column: str, values: pd.Series) -> list[str]
     missing = int(values.isna().sum())
     if missing:
         return [f"column {column} has {missing} missing value(s)"]
-    if not (spec.metric.is_regression or spec.metric.needs_probabilities):
+    if not (spec.metric.is_regression or spec.metric.needs_probabilities
+            or spec.metric is Metric.QWK):
         return []
     numeric = pd.to_numeric(values, errors="coerce")
     non_numeric = values[numeric.isna()]
@@ -106,6 +110,13 @@ def _value_problems(spec: TaskSpec, column: str, values: pd.Series) -> list[str]
     array = numeric.to_numpy(dtype=np.float64)
     if not np.isfinite(array).all():
         return [f"column {column} has infinite values"]
+    if spec.metric is Metric.RMSLE and (array < 0).any():
+        return [f"column {column} must not be negative for rmsle (log(1 + x) of each value) "
+                f"but has {int((array < 0).sum())} negative value(s)"]
+    if spec.metric is Metric.QWK and not np.equal(np.round(array), array).all():
+        odd = array[np.round(array) != array]
+        return [f"column {column} must hold whole-number grades for qwk but has {len(odd)} "
+                f"other value(s) (e.g. {float(odd[0])!r})"]
     if spec.metric.needs_probabilities:
         outside = array[(array < 0.0) | (array > 1.0)]
         if len(outside):
