@@ -153,6 +153,62 @@ def evaluate(y_true, pred):
 def evaluate(y_true, pred):
     return float(metrics.mean_absolute_error(y_true, pred))
 """,
+    Metric.RMSLE: """\
+predict_unclipped = predict
+
+
+def predict(model, X_out):
+    # RMSLE rejects negative predictions, and 0 is nearer any non-negative answer in log space.
+    return np.clip(predict_unclipped(model, X_out), 0.0, None)
+
+
+def evaluate(y_true, pred):
+    error = np.log1p(np.clip(pred, 0.0, None)) - np.log1p(np.clip(y_true, 0.0, None))
+    return float(np.sqrt(np.mean(error**2)))
+""",
+    Metric.QWK: """\
+def evaluate(y_true, pred):
+    kappa = metrics.cohen_kappa_score(
+        y_true, pred.argmax(axis=1), weights="quadratic", labels=list(range(N_CLASSES))
+    )
+    # Kappa is undefined (NaN) when truth and prediction are one class; count that as chance.
+    return float(np.nan_to_num(kappa))
+""",
+    Metric.MAP_AT_K: """\
+MAP_K = globals().get("MAP_K", 5)
+
+
+def evaluate(y_true, pred):
+    # One true label per row: its precision at k is 1 / rank when ranked within the top k.
+    ranked = np.argsort(-pred, axis=1, kind="stable")[:, :MAP_K]
+    hits = ranked == np.asarray(y_true)[:, None]
+    return float(np.mean((hits / np.arange(1, ranked.shape[1] + 1)).sum(axis=1)))
+""",
+    Metric.F1: """\
+def evaluate(y_true, pred):
+    if N_CLASSES != 2:
+        return float(metrics.f1_score(y_true, pred.argmax(axis=1), average="macro"))
+    # Classes are sorted, so index 1 is the largest label: the positive class.
+    return float(metrics.f1_score(y_true, pred.argmax(axis=1), pos_label=1, zero_division=0))
+""",
+    Metric.F1_MICRO: """\
+def evaluate(y_true, pred):
+    present = np.unique(y_true)
+    return float(
+        metrics.f1_score(
+            y_true, pred.argmax(axis=1), labels=present, average="micro", zero_division=0
+        )
+    )
+""",
+    Metric.F1_MACRO: """\
+def evaluate(y_true, pred):
+    present = np.unique(y_true)
+    return float(
+        metrics.f1_score(
+            y_true, pred.argmax(axis=1), labels=present, average="macro", zero_division=0
+        )
+    )
+""",
 }
 EVALUATE: dict[Metric, str] = {metric: _FIT_PREDICT + code for metric, code in _METRIC_CODE.items()}
 

@@ -49,6 +49,12 @@ _METRIC_NAMES: Final = {
     Metric.LOG_LOSS: "log loss",
     Metric.RMSE: "RMSE",
     Metric.MAE: "MAE",
+    Metric.RMSLE: "RMSLE",
+    Metric.QWK: "quadratic weighted kappa",
+    Metric.MAP_AT_K: "MAP@k",
+    Metric.F1: "F1",
+    Metric.F1_MICRO: "micro-averaged F1",
+    Metric.F1_MACRO: "macro-averaged F1",
 }
 _LONE_PLACEHOLDER = re.compile(
     r"^[ \t]*\$(?:(?P<plain>[_a-z][_a-z0-9]*)|\{(?P<braced>[_a-z][_a-z0-9]*)\})[ \t]*$",

@@ -290,5 +290,12 @@ def _metric_text(metric: Metric) -> str:
         "(clipped to [1e-15, 1 - 1e-15] and normalised to sum to 1 per row)",
         Metric.RMSE: "root mean squared error",
         Metric.MAE: "mean absolute error",
+        Metric.RMSLE: "root mean squared logarithmic error (of log(1 + value); values >= 0)",
+        Metric.QWK: "quadratic weighted kappa between the predicted and true integer labels",
+        Metric.MAP_AT_K: "mean average precision at k of up to k space-separated labels per "
+        "row, best guess first",
+        Metric.F1: "the F1 score of the positive class (the largest label)",
+        Metric.F1_MICRO: "the F1 score micro-averaged over all labels",
+        Metric.F1_MACRO: "the unweighted mean of the per-label F1 scores",
     }
     return texts[metric]

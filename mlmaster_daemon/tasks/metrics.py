@@ -1,30 +1,26 @@
-"""Score a submission against answers with one of the supported metrics.
+"""Score a submission against answers with one of the supported metrics, as MLE-bench grades.
 
 Labels and ids are compared in a normalised text form (see `normalise_label`), so that
-`1`, `1.0` and `"1"` are the same label whichever way a CSV reader typed them.
+`1`, `1.0` and `"1"` are the same label whichever way a CSV reader typed them. scikit-learn
+is imported only by the metrics that use it, when they are first scored.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    mean_absolute_error,
-    roc_auc_score,
-    root_mean_squared_error,
-)
 
 from mlmaster_daemon.errors import GradingError
 from mlmaster_daemon.tasks.spec import Metric
 
 PROBABILITY_EPS = 1e-15
 _EXAMPLES_SHOWN = 5
+_F1_METRICS = (Metric.F1, Metric.F1_MICRO, Metric.F1_MACRO)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -69,36 +65,87 @@ def score(
     answers: pd.DataFrame,
     submission: pd.DataFrame,
     id_column: str,
-    target: str,
+    target: str | Sequence[str],
+    *,
+    k: int = 5,
 ) -> float:
     """Score `submission` against `answers` (columns `id_column` and `target`).
 
-    Rows are matched by id, in any order. For roc_auc and binary log_loss the positive class
-    is the largest answer label (numeric order when labels are numbers, else text order); a
-    2-column submission (id, prediction) holds its probability. Otherwise a submission may
-    hold one probability column per class, named by the class label. Raises `GradingError`
-    when ids or columns do not match or predictions are missing or non-numeric.
+    Rows are matched by id, in any order. `target` names the scored column, or several: with
+    several, log_loss reads them as one-hot class columns (answers 0/1 with a single 1 per row,
+    the submission a probability per column) and every other metric is the mean of its score
+    on each column (e.g. mean column-wise ROC AUC or RMSLE).
+
+    On one column: for roc_auc, binary log_loss and f1 the positive class is the largest
+    answer label (numeric order when labels are numbers, else text order). A roc_auc or
+    log_loss submission of one prediction column holds the positive class's probability,
+    otherwise it may hold one probability column per class, named by the class label. qwk
+    needs integer labels; rmsle values >= 0; roc_auc probabilities in [0, 1]. map@k reads
+    space-separated labels: the true one(s) per answer row, up to `k` ranked guesses per
+    submission row (later ones are ignored). f1_micro and f1_macro average over the labels
+    present in the answers. Raises `GradingError` saying what is wrong when ids or columns do
+    not match or values are missing or unusable.
     """
-    for column in (id_column, target):
+    columns = _target_columns(target)
+    if metric is Metric.MAP_AT_K and k < 1:
+        raise GradingError(f"map@k needs k >= 1, got k={k}")
+    for column in (id_column, *columns):
         if column not in answers.columns:
             raise GradingError(f"the answers have no column {column!r}")
     if id_column not in submission.columns:
         raise GradingError(f"the submission has no id column {id_column!r}")
     aligned = _align(answers, submission, id_column)
+    if len(columns) == 1:
+        return _score_column(metric, answers, aligned, id_column, columns[0], k, lone=True)
+    if metric is Metric.LOG_LOSS:
+        return _one_hot_log_loss(answers, aligned, id_column, columns)
+    per_column = [
+        _score_column(metric, answers, aligned, id_column, column, k, lone=False)
+        for column in columns
+    ]
+    return float(np.mean(per_column))
+
+
+def _target_columns(target: str | Sequence[str]) -> tuple[str, ...]:
+    columns = (target,) if isinstance(target, str) else tuple(target)
+    if not columns:
+        raise GradingError("no target column was given to score")
+    return columns
+
+
+def _score_column(
+    metric: Metric,
+    answers: pd.DataFrame,
+    aligned: pd.DataFrame,
+    id_column: str,
+    target: str,
+    k: int,
+    *,
+    lone: bool,
+) -> float:
+    """`metric` on one answers column; `lone` when it is the only one (class columns allowed)."""
     y_true = normalise_labels(answers[target])
     if "" in y_true:
         raise GradingError(f"the answers have missing values in {target!r}")
     if metric is Metric.ACCURACY:
-        return _accuracy(aligned, y_true, target)
+        return _accuracy(y_true, _labels(aligned, target))
+    if metric in _F1_METRICS:
+        return _f1(metric, y_true, _labels(aligned, target), target)
+    if metric is Metric.MAP_AT_K:
+        return _map_at_k(answers[target], _labels_column(aligned, target), k)
     if metric is Metric.ROC_AUC:
-        return _roc_auc(aligned, y_true, id_column, target)
+        return _roc_auc(aligned, y_true, id_column, target, lone)
     if metric is Metric.LOG_LOSS:
         return _log_loss(aligned, y_true, id_column)
     truth = _numbers(answers[target], f"answers column {target!r}")
     predicted = _numbers(_column(aligned, target), f"submission column {target!r}")
+    if metric is Metric.QWK:
+        return _qwk(truth, predicted, target)
+    if metric is Metric.RMSLE:
+        return _rmsle(truth, predicted, target)
     if metric is Metric.RMSE:
-        return float(root_mean_squared_error(truth, predicted))
-    return float(mean_absolute_error(truth, predicted))
+        return float(np.sqrt(np.mean((predicted - truth) ** 2)))
+    return float(np.mean(np.abs(predicted - truth)))
 
 
 def _text_label(text: str) -> str:
@@ -173,26 +220,112 @@ def _numbers(values: pd.Series, where: str) -> FloatArray:
     return array
 
 
-def _accuracy(aligned: pd.DataFrame, y_true: list[str], target: str) -> float:
-    predicted = normalise_labels(_column(aligned, target))
+def _labels_column(frame: pd.DataFrame, column: str) -> pd.Series:
+    """The submission's `column`; raises when it has missing predictions."""
+    values = _column(frame, column)
+    missing = int(values.isna().sum())
+    if missing:
+        raise GradingError(f"submission column {column!r} has {missing} missing prediction(s)")
+    return values
+
+
+def _labels(frame: pd.DataFrame, column: str) -> list[str]:
+    predicted = normalise_labels(_labels_column(frame, column))
     if "" in predicted:
-        raise GradingError(f"submission column {target!r} has missing predictions")
-    return float(accuracy_score(y_true, predicted))
+        raise GradingError(f"submission column {column!r} has missing predictions")
+    return predicted
 
 
-def _binary_classes(y_true: list[str], metric: str) -> tuple[str, str]:
+def _accuracy(y_true: list[str], predicted: list[str]) -> float:
+    return float(np.mean(np.asarray(y_true) == np.asarray(predicted)))
+
+
+def _f1(metric: Metric, y_true: list[str], predicted: list[str], target: str) -> float:
+    """F1 of the positive (largest) label, or the micro / macro F1 over the answers' labels."""
+    if metric is Metric.F1:
+        labels = [_binary_classes(y_true, f"f1 on answers column {target!r}")[1]]
+    else:
+        labels = sort_labels(y_true)
+    truth, guess = np.asarray(y_true), np.asarray(predicted)
+    # Per label: true positives, false positives, false negatives.
+    counts = np.array(
+        [
+            [
+                np.sum((truth == label) & (guess == label)),
+                np.sum((truth != label) & (guess == label)),
+                np.sum((truth == label) & (guess != label)),
+            ]
+            for label in labels
+        ],
+        dtype=np.float64,
+    )
+    if metric is Metric.F1_MICRO:
+        tp, fp, fn = counts.sum(axis=0)
+        return float(2 * tp / (2 * tp + fp + fn))
+    # Every label occurs in the answers, so 2 tp + fn > 0 and no denominator is 0.
+    per_label = 2 * counts[:, 0] / (2 * counts[:, 0] + counts[:, 1] + counts[:, 2])
+    return float(np.mean(per_label))
+
+
+def _tokens(value: Any) -> list[str]:
+    """The space-separated labels in one cell, each normalised."""
+    if isinstance(value, str):
+        return [_text_label(token) for token in value.split()]
+    return [normalise_label(value)]
+
+
+def _map_at_k(answer_values: pd.Series, predicted_values: pd.Series, k: int) -> float:
+    """Mean over rows of the average precision at k of each row's ranked guesses."""
+    precisions = [
+        _average_precision(set(_tokens(truth)), _tokens(guesses)[:k], k)
+        for truth, guesses in zip(answer_values, predicted_values, strict=True)
+    ]
+    return float(np.mean(precisions))
+
+
+def _average_precision(actual: set[str], ranked: list[str], k: int) -> float:
+    """Sum of precision at each rank holding a new true label, over min(|actual|, k)."""
+    hits = 0
+    total = 0.0
+    seen: set[str] = set()
+    for rank, label in enumerate(ranked, start=1):
+        # A repeated guess keeps its rank but cannot be a second hit.
+        if label in actual and label not in seen:
+            hits += 1
+            total += hits / rank
+        seen.add(label)
+    return total / min(len(actual), k)
+
+
+def _binary_classes(y_true: list[str], what: str) -> tuple[str, str]:
     classes = sort_labels(y_true)
     if len(classes) != 2:
         raise GradingError(
-            f"{metric} on a single probability column needs exactly 2 classes in the answers, "
+            f"{what} needs exactly 2 classes in the answers, "
             f"found {len(classes)}: {_examples(classes)}"
         )
     return classes[0], classes[1]
 
 
-def _roc_auc(aligned: pd.DataFrame, y_true: list[str], id_column: str, target: str) -> float:
-    _, positive = _binary_classes(y_true, "roc_auc")
-    if target in aligned.columns:
+def _probabilities(values: pd.Series, where: str) -> FloatArray:
+    """`_numbers`, also requiring each value to lie in [0, 1]."""
+    array = _numbers(values, where)
+    outside = array[(array < 0.0) | (array > 1.0)]
+    if len(outside):
+        raise GradingError(
+            f"{where} must hold probabilities in [0, 1] but has {len(outside)} value(s) "
+            f"outside, such as {float(outside[0])!r}"
+        )
+    return array
+
+
+def _roc_auc(
+    aligned: pd.DataFrame, y_true: list[str], id_column: str, target: str, lone: bool
+) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    _, positive = _binary_classes(y_true, f"roc_auc on answers column {target!r}")
+    if target in aligned.columns or not lone:
         column = target
     else:
         by_label = {normalise_label(c): c for c in aligned.columns if c != id_column}
@@ -202,9 +335,37 @@ def _roc_auc(aligned: pd.DataFrame, y_true: list[str], id_column: str, target: s
                 f"positive class {positive!r}"
             )
         column = by_label[positive]
-    scores = _numbers(aligned[column], f"submission column {column!r}")
+    scores = _probabilities(_column(aligned, column), f"submission column {column!r}")
     truth = np.array([label == positive for label in y_true], dtype=np.int64)
     return float(roc_auc_score(truth, scores))
+
+
+def _qwk(truth: FloatArray, predicted: FloatArray, target: str) -> float:
+    """Quadratic weighted kappa, weights by position among the labels either side uses."""
+    from sklearn.metrics import cohen_kappa_score
+
+    for values, who in ((truth, "answers"), (predicted, "submission")):
+        fractional = values[values != np.round(values)]
+        if len(fractional):
+            raise GradingError(
+                f"qwk needs integer labels but {who} column {target!r} has "
+                f"{len(fractional)} non-integer value(s), such as {float(fractional[0])!r}"
+            )
+    kappa = cohen_kappa_score(
+        truth.astype(np.int64), predicted.astype(np.int64), weights="quadratic"
+    )
+    return float(kappa)
+
+
+def _rmsle(truth: FloatArray, predicted: FloatArray, target: str) -> float:
+    for values, who in ((truth, "answers"), (predicted, "submission")):
+        negative = values[values < 0.0]
+        if len(negative):
+            raise GradingError(
+                f"rmsle needs values >= 0 but {who} column {target!r} has {len(negative)} "
+                f"negative value(s), such as {float(negative[0])!r}"
+            )
+    return float(np.sqrt(np.mean((np.log1p(predicted) - np.log1p(truth)) ** 2)))
 
 
 def _log_loss(aligned: pd.DataFrame, y_true: list[str], id_column: str) -> float:
@@ -212,7 +373,7 @@ def _log_loss(aligned: pd.DataFrame, y_true: list[str], id_column: str) -> float
     if not prediction_columns:
         raise GradingError("the submission has no prediction columns")
     if len(prediction_columns) == 1:
-        negative, positive = _binary_classes(y_true, "log_loss")
+        negative, positive = _binary_classes(y_true, "log_loss on a single probability column")
         column = prediction_columns[0]
         p_positive = _numbers(aligned[column], f"submission column {column!r}")
         probabilities = np.column_stack([1.0 - p_positive, p_positive])
@@ -237,3 +398,21 @@ def _multiclass_log_loss(probabilities: FloatArray, true_index: list[int]) -> fl
     normalised = clipped / clipped.sum(axis=1, keepdims=True)
     picked = normalised[np.arange(len(true_index)), true_index]
     return float(-np.mean(np.log(picked)))
+
+
+def _one_hot_log_loss(
+    answers: pd.DataFrame, aligned: pd.DataFrame, id_column: str, columns: tuple[str, ...]
+) -> float:
+    """Log loss with answers given as one-hot class columns and a probability column each."""
+    truth = np.column_stack([_numbers(answers[c], f"answers column {c!r}") for c in columns])
+    one_hot = np.isin(truth, (0.0, 1.0)).all(axis=1) & (truth.sum(axis=1) == 1.0)
+    if not one_hot.all():
+        row = int(np.argmin(one_hot))
+        raise GradingError(
+            "the answers' class columns must be one-hot (a single 1 per row, 0 elsewhere) but "
+            f"the row of id {normalise_label(answers[id_column].iloc[row])!r} is not"
+        )
+    probabilities = np.column_stack(
+        [_numbers(_column(aligned, c), f"submission column {c!r}") for c in columns]
+    )
+    return _multiclass_log_loss(probabilities, truth.argmax(axis=1).tolist())
