@@ -16,6 +16,7 @@ from aiohttp import web
 
 from mlmaster_daemon import __version__
 from mlmaster_daemon.api.app import Services, build_app
+from mlmaster_daemon.api.validation_server import address, start_validation_server
 from mlmaster_daemon.bus import EventBus
 from mlmaster_daemon.config import Config, reload_config
 from mlmaster_daemon.errors import ConfigError
@@ -72,8 +73,10 @@ async def reconcile_processes(store: Store) -> int:
             killed += 1
             log.warning("killed a node process left from before the restart",
                         task_id=node.task_id, node_id=node.id, pid=node.pid)
-        # Whatever escaped the process group (setsid) is still in the job's cgroup.
-        await asyncio.to_thread(kill_job_cgroups, f"{node.task_id}-{node.id}")
+    # Whatever escaped the process group (setsid) is still in the job's cgroup, and so is a
+    # job started just before the crash, before its pid reached the journal.
+    for task_id, node_id in await store.unfinished_with_code():
+        await asyncio.to_thread(kill_job_cgroups, f"{task_id}-{node_id}")
     return killed
 
 
@@ -133,6 +136,8 @@ class Daemon:
         self.store: Store | None = None
         self.scheduler: Scheduler | None = None
         self._runner: web.AppRunner | None = None
+        # MLE-bench's validation server on a loopback port, when [validation_server] port is set.
+        self._validation: web.AppRunner | None = None
         self.slots: SlotPool | None = None
         self.notifier = Notifier()
         self.heartbeat = Heartbeat()
@@ -180,6 +185,11 @@ class Daemon:
             site = web.UnixSite(self._runner, str(self.socket_path))
             await site.start()
             os.chmod(self.socket_path, 0o660)
+        validation = self.config.validation_server
+        if validation.port:
+            self._validation = await start_validation_server(
+                self.store, validation, self.state_dir / "validation-uploads", SHUTDOWN_GRACE_S)
+            log.info("validation server listening", url=address(validation))
         for problem in await check_endpoints(self.coder):
             # Reported, not fatal: tasks wait for the endpoint (see the circuit breaker).
             log.warning("llm endpoint unreachable at start", problem=problem)
@@ -206,6 +216,8 @@ class Daemon:
             self._watchdog.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._validation is not None:
+            await self._validation.cleanup()
         if self.sampler is not None:
             await self.sampler.stop()
         if self.probe is not None:

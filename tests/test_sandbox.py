@@ -138,6 +138,41 @@ def test_the_launcher_fails_clearly_when_set_up_or_exec_fails(tmp_path: Path) ->
     assert done.returncode == launch.EXIT_NOT_FOUND
 
 
+def test_a_job_dies_with_the_daemon_that_started_it(tmp_path: Path) -> None:
+    # A stand-in daemon starts a job through the launcher, then is SIGKILLed before it could
+    # write anything down: the job must not outlive it.
+    parent = textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        from mlmaster_daemon.execution.sandbox import LaunchOptions
+        argv = LaunchOptions(parent_pid=os.getpid()).argv(sys.executable)
+        job = subprocess.Popen([*argv, "sleep", "60"], start_new_session=True)
+        open({str(tmp_path / "job")!r}, "w").write(str(job.pid))
+        time.sleep(60)
+    """)
+    daemon = subprocess.Popen([sys.executable, "-c", parent])
+    pid_file = tmp_path / "job"
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    job = psutil.Process(int(pid_file.read_text()))
+    while "sleep" not in " ".join(job.cmdline()):  # the launcher has exec'd the command
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    daemon.kill()
+    daemon.wait()
+    gone, _alive = psutil.wait_procs([job], timeout=10)
+    assert gone, "the job outlived its daemon"
+
+
+def test_a_job_whose_daemon_died_before_it_started_refuses_to_run() -> None:
+    stranger = LaunchOptions(parent_pid=1 if os.getppid() != 1 else 2)
+    done = subprocess.run([*stranger.argv(sys.executable), "true"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == launch.EXIT_SETUP_FAILED
+    assert "that started this job is gone" in done.stderr
+
+
 def _fake_v2(tmp_path: Path) -> tuple[str, Path]:
     own = tmp_path / "cg2" / "system.slice" / "mlmaster.service"
     own.mkdir(parents=True)

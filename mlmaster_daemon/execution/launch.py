@@ -42,12 +42,14 @@ class Options:
         self.file_size_mb = 0
         self.max_processes = 0
         self.address_space_mb = 0
+        self.parent_pid = 0
 
 
 def parse_options(args: Sequence[str]) -> Options:
     """`--cgroup-procs PATH` (repeatable: one per v1 hierarchy), `--cpus 0,1,...`,
     `--file-size-mb N` (RLIMIT_FSIZE), `--max-processes N` (RLIMIT_NPROC headroom over the
-    user's current tasks, non-root only), `--address-space-mb N` (RLIMIT_AS)."""
+    user's current tasks, non-root only), `--address-space-mb N` (RLIMIT_AS), `--parent-pid N`
+    (the daemon: the job is killed when it dies)."""
     # Hand-parsed: importing argparse would double the launcher's start-up time.
     options = Options()
     if len(args) % 2:
@@ -57,7 +59,8 @@ def parse_options(args: Sequence[str]) -> Options:
             options.cgroup_procs.append(value)
         elif name == "--cpus":
             options.cpus = [int(c) for c in value.split(",") if c.strip()]
-        elif name in ("--file-size-mb", "--max-processes", "--address-space-mb"):
+        elif name in ("--file-size-mb", "--max-processes", "--address-space-mb",
+                      "--parent-pid"):
             setattr(options, name[2:].replace("-", "_"), int(value))
         else:
             raise ValueError(f"unknown option {name!r}")
@@ -80,6 +83,22 @@ def join_cgroup(procs_files: Sequence[str]) -> None:
     for path in procs_files:
         with open(path, "w") as f:
             f.write(str(os.getpid()))
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process (and the command it becomes: the setting survives exec) when the
+    daemon dies. If the daemon died before this ran, we were already handed to another parent:
+    refuse to start, or the job would run unseen after a crash."""
+    import ctypes  # only here: the launcher's start-up time matters
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:
+        raise ValueError(f"the daemon (pid {parent_pid}) that started this job is gone")
 
 
 def set_affinity(cpus: Sequence[int]) -> None:
@@ -135,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, command = split_argv(sys.argv[1:] if argv is None else argv)
         options = parse_options(args)
         join_cgroup(options.cgroup_procs)
+        if options.parent_pid:
+            die_with_parent(options.parent_pid)
         if options.cpus:
             set_affinity(options.cpus)
         set_limits(options.file_size_mb, options.max_processes, options.address_space_mb)

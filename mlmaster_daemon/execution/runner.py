@@ -319,6 +319,7 @@ def _launch_options(lease: Lease | None, limits: JobLimits, cgroup: JobCgroup) -
         max_processes=0 if cgroup.limits_processes else limits.max_processes,
         # Never for a GPU job: CUDA reserves far more address space than it uses.
         address_space_mb=limits.memory_mb if cpu_only and not cgroup.limits_memory else 0,
+        parent_pid=os.getpid(),
     )
 
 

@@ -85,6 +85,9 @@ class LaunchOptions:
     file_size_mb: int = 0
     max_processes: int = 0
     address_space_mb: int = 0
+    # The daemon's pid: the job dies with it (a crash between spawn and the journal entry
+    # would otherwise leave a job nobody knows of).
+    parent_pid: int = 0
 
     def argv(self, python: str) -> list[str]:
         """The launcher's command line, up to and including the `--` before the job's."""
@@ -95,7 +98,8 @@ class LaunchOptions:
             args += ["--cpus", ",".join(str(c) for c in self.cpus)]
         for flag, value in (("--file-size-mb", self.file_size_mb),
                             ("--max-processes", self.max_processes),
-                            ("--address-space-mb", self.address_space_mb)):
+                            ("--address-space-mb", self.address_space_mb),
+                            ("--parent-pid", self.parent_pid)):
             if value > 0:
                 args += [flag, str(value)]
         return [*args, "--"]

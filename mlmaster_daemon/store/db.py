@@ -280,6 +280,16 @@ class Store:
             rows = await cur.fetchall()
         return [_node(r) for r in rows]
 
+    async def unfinished_with_code(self) -> list[tuple[str, int]]:
+        """(task id, node id) of nodes whose script may have been started: code written, no
+        outcome yet, with or without a pid in the journal."""
+        async with self._reader.execute(
+            "SELECT task_id, id FROM nodes WHERE state IN (?, ?, ?) AND code IS NOT NULL",
+            (NodeState.READY.value, NodeState.RUNNING.value, NodeState.EVALUATING.value),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(str(r[0]), int(r[1])) for r in rows]
+
     async def interrupt_unfinished(self, reason: str, now: float) -> tuple[int, int]:
         """After a restart: nodes whose code was already written go back to `ready` (their paid
         answer is run, not asked again); nodes still being generated fail. Returns
