@@ -142,6 +142,16 @@ class TaskRunner:
             await self._save_active()
 
     async def run(self) -> None:
+        """Search until the task ends; a cancel that lands while it is still starting up
+        cancels it too."""
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            if not self.cancel_requested:
+                raise
+            await self._set_state(TaskState.CANCELLED)
+
+    async def _run(self) -> None:
         task = self.task
         started = task.started_at or self.rt.clock()
         # The time budget counts active time only: what earlier runs used is carried over.
@@ -817,6 +827,12 @@ class Scheduler:
             runner.cancel_requested = True
             handle.cancel()
             await asyncio.gather(handle, return_exceptions=True)
+            if not (await self.rt.store.get_task(task_id)).state.terminal:
+                # Cancelled before its runner even began: nothing else will record it.
+                await self.rt.store.update_task(task_id, state=TaskState.CANCELLED,
+                                                finished_at=self.rt.clock())
+                self.rt.bus.publish(TaskStateChanged(task_id=task_id,
+                                                     state=TaskState.CANCELLED.value))
         return await self.rt.store.get_task(task_id)
 
     def reconfigure(self, config: Config) -> None:

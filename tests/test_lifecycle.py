@@ -354,3 +354,23 @@ async def test_a_task_that_cannot_resume_fails_with_the_reason(
     final, _nodes = await restart_and_finish(config, task_id)
     assert final["state"] == "failed"
     assert final["error"].startswith("could not start or resume")
+
+
+async def test_a_cancel_right_after_the_submit_is_not_lost(
+    short_dir: Path, server: FakeOpenAI, breast_cancer: Path,
+) -> None:
+    config = _config(short_dir, server)
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        async with Client(daemon.socket_path) as client:
+            for _ in range(3):
+                task = await client.submit({"task_dir": str(breast_cancer), "steps": 5})
+                cancelled = await client.cancel(task["id"])
+                assert cancelled["state"] == "cancelled"
+                await asyncio.sleep(0.3)
+                assert (await client.task(task["id"]))["state"] == "cancelled"
+    finally:
+        await daemon.stop()
+    stored, _nodes = await _stored(config, task["id"])
+    assert stored.state is TaskState.CANCELLED
