@@ -6,16 +6,25 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlmaster_daemon import __version__
 from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.config import load_config, resolve_socket_path
 from mlmaster_daemon.errors import MlmasterError
 from mlmaster_daemon.watch import TERMINAL, follow, format_metric
+
+if TYPE_CHECKING:
+    from mlmaster_daemon.tasks.report import CompetitionReport
+    from mlmaster_daemon.tasks.spec import TaskSpec
+
+T = TypeVar("T")
+# The daemon's task ids: "t" and 11 hex digits.
+TASK_ID = re.compile(r"t[0-9a-f]{11}")
 
 
 def _print(line: str) -> None:
@@ -30,8 +39,8 @@ def _socket(args: argparse.Namespace) -> Path:
     return resolve_socket_path(os.environ.get("MLMASTER_SOCKET", ""))
 
 
-def _client_call(args: argparse.Namespace, fn: Callable[[Client], Awaitable[int]]) -> int:
-    async def go() -> int:
+def _client_call(args: argparse.Namespace, fn: Callable[[Client], Awaitable[T]]) -> T:
+    async def go() -> T:
         async with Client(_socket(args)) as client:
             return await fn(client)
 
@@ -60,7 +69,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from mlmaster_daemon.logs import configure_logging
 
     overrides = {"daemon.socket": args.socket, "daemon.state_dir": args.state_dir,
-                 "daemon.log_level": args.log_level}
+                 "daemon.log_level": args.log_level,
+                 "validation_server.port": args.validate_port}
     config = load_config(args.config, overrides=overrides)
     configure_logging(config.daemon.log_level)
     # SIGHUP reads the same file, environment and flags again.
@@ -69,8 +79,34 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit_dir(args: argparse.Namespace) -> Path:
+    """The folder to submit: the positional TASK_DIR, or DATA_DIR/ID from --competition."""
+    if args.competition is None:
+        if args.data_dir is not None:
+            raise MlmasterError("--data-dir goes with --competition ID: "
+                                "mlmaster submit --competition ID --data-dir DIR")
+        if args.task_dir is None:
+            raise MlmasterError("give the competition folder (mlmaster submit TASK_DIR) or "
+                                "an MLE-bench competition (--competition ID --data-dir DIR)")
+        return Path(args.task_dir).expanduser()
+    if args.task_dir is not None:
+        raise MlmasterError(f"give either TASK_DIR ({args.task_dir}) or --competition "
+                            f"{args.competition}, not both")
+    if args.data_dir is None:
+        raise MlmasterError("--competition needs --data-dir, the folder `mlebench prepare "
+                            "--data-dir` filled (it holds one folder per competition id)")
+    folder: Path = Path(args.data_dir).expanduser() / str(args.competition)
+    if not (folder / "prepared" / "public").is_dir():
+        raise MlmasterError(
+            f"competition {args.competition} is not prepared in {args.data_dir}: "
+            f"{folder / 'prepared' / 'public'} does not exist; run "
+            f"`mlebench prepare -c {args.competition} --data-dir {args.data_dir}` "
+            "or check the id and --data-dir")
+    return folder
+
+
 def _submit_body(args: argparse.Namespace) -> dict[str, Any]:
-    body: dict[str, Any] = {"task_dir": str(Path(args.task_dir).expanduser().resolve())}
+    body: dict[str, Any] = {"task_dir": str(_submit_dir(args).resolve())}
     for key in ("name", "steps", "time_limit_s", "node_timeout_s", "policy", "metric", "target",
                 "id_column", "lower_is_better", "max_tokens", "max_cost"):
         value = getattr(args, key)
@@ -148,6 +184,86 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return _client_call(args, go)
 
 
+def _daemon_task_spec(task: dict[str, Any]) -> TaskSpec:
+    """The daemon task's competition, loaded with the metric the task was searched with."""
+    from mlmaster_daemon.tasks.competition import load_task
+    from mlmaster_daemon.tasks.spec import TaskOverrides
+
+    overrides = TaskOverrides(metric=task.get("metric"),
+                              lower_is_better=task.get("lower_is_better"))
+    try:
+        return load_task(task["task_dir"], overrides)
+    except MlmasterError as exc:
+        raise MlmasterError(f"task {task['id']}: {exc.message}") from None
+
+
+def _best_submission(task: dict[str, Any]) -> Path | None:
+    best = task.get("best")
+    return Path(best["submission_path"]) if best else None
+
+
+def _grade_daemon_task(task: dict[str, Any], spec: TaskSpec, submission: Path | None,
+                       leaderboard: Path | None) -> CompetitionReport:
+    from mlmaster_daemon.tasks.grading import grade_report
+
+    try:
+        return grade_report(spec, submission, leaderboard=leaderboard)
+    except MlmasterError as exc:
+        raise MlmasterError(f"task {task['id']}: {exc.message}") from None
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from mlmaster_daemon.tasks.competition import load_task
+    from mlmaster_daemon.tasks.grading import grade_report
+
+    given = Path(args.task).expanduser()
+    submission = Path(args.submission).expanduser() if args.submission else None
+    leaderboard = Path(args.leaderboard).expanduser() if args.leaderboard else None
+    if TASK_ID.fullmatch(args.task) and not given.exists():
+        task = _client_call(args, lambda client: client.task(args.task))
+        spec = _daemon_task_spec(task)
+        report = _grade_daemon_task(task, spec, submission or _best_submission(task),
+                                    leaderboard)
+    else:
+        if submission is None:
+            raise MlmasterError(
+                f"give the submission to grade: mlmaster grade {args.task} SUBMISSION.csv "
+                "(or pass a daemon task id, e.g. t0123456789a, to grade its best submission)")
+        spec = load_task(given)
+        report = grade_report(spec, submission, leaderboard=leaderboard, search=[given])
+    if not report.submission_exists:
+        print(f"mlmaster: note: no CSV submission at {report.submission_path or '(none)'}; "
+              "graded as a run without a submission", file=sys.stderr)
+    _print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mlmaster_daemon.tasks.grading import competition_id
+    from mlmaster_daemon.tasks.report import aggregate, in_split, write_aggregate
+
+    tasks = _client_call(args, lambda client: client.tasks())
+    reports = []
+    for task in tasks:
+        if task["state"] != "finished":
+            continue
+        try:
+            spec = _daemon_task_spec(task)
+        except MlmasterError:
+            # A task outside the split may have lost its folder without spoiling the report.
+            if not in_split(Path(task["task_dir"]).name, args.split):
+                continue
+            raise
+        if not in_split(competition_id(spec), args.split):
+            continue
+        reports.append(_grade_daemon_task(task, spec, _best_submission(task), None))
+    summary = aggregate(reports)
+    path = write_aggregate(summary, Path(args.output_dir).expanduser())
+    _print(json.dumps(summary, indent=2))
+    print(f"mlmaster: wrote {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_example(args: argparse.Namespace) -> int:
     from mlmaster_daemon.tasks.examples import EXAMPLES, build_example
 
@@ -195,10 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="where the database and task folders live")
     p.add_argument("--config", help="TOML config file (see configs/default.toml)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--validate-port", type=int, metavar="PORT",
+                   help="port of the MLE-bench-style validation server "
+                        "(config validation_server.port)")
     p.set_defaults(fn=cmd_daemon)
 
     p = with_socket(sub.add_parser("submit", help="submit a competition folder"))
-    p.add_argument("task_dir", help="competition folder (DIR/prepared/public or public/ itself)")
+    p.add_argument("task_dir", nargs="?",
+                   help="competition folder (DIR/prepared/public or public/ itself)")
+    p.add_argument("--competition", metavar="ID",
+                   help="an MLE-bench competition id, prepared under --data-dir")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="MLE-bench data folder (`mlebench prepare --data-dir`) holding ID/")
     p.add_argument("--name")
     p.add_argument("--steps", type=int, help="nodes to expand")
     p.add_argument("--time-limit", dest="time_limit_s", type=float, help="seconds for the task")
@@ -236,6 +360,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_socket(sub.add_parser("cancel", help="cancel a task"))
     p.add_argument("task_id")
     p.set_defaults(fn=cmd_cancel)
+
+    p = with_socket(sub.add_parser(
+        "grade", help="grade a submission on the hidden answers and rank it like `mlebench grade`"))
+    p.add_argument("task", metavar="TASK_DIR|TASK_ID",
+                   help="competition folder, or a daemon task id to grade its best submission")
+    p.add_argument("submission", nargs="?", metavar="SUBMISSION",
+                   help="submission CSV (required with a folder; default for a task: its best)")
+    p.add_argument("--leaderboard", help="leaderboard.csv to rank on "
+                   "(default: found beside or inside prepared/)")
+    p.set_defaults(fn=cmd_grade)
+
+    p = with_socket(sub.add_parser(
+        "report", help="grade every finished task's best submission into an MLE-bench report"))
+    p.add_argument("--split", choices=["lite"],
+                   help="only competitions of this MLE-bench split (lite: the 22 of Lite)")
+    p.add_argument("--output-dir", default=".",
+                   help="where <timestamp>_grading_report.json is written (default: .)")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("example", help="build a bundled example competition ('list' lists them)")
     p.add_argument("name")
