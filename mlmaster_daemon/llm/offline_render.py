@@ -113,6 +113,7 @@ def _constants(recipe: Recipe, task: TaskSpec, models: tuple[str, ...]) -> str:
         f"TARGET = {task.target!r}\n"
         f"ID_COL = {task.id_column!r}\n"
         f"METRIC = {task.metric.value!r}\n"
+        f"MAP_K = {task.map_k!r}\n"
         f"SEED = {recipe.seed!r}\n"
         f"MODELS = {models!r}\n"
         f"N_FOLDS = {max(recipe.cv_folds, 0)!r}\n"
