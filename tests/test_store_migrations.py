@@ -95,3 +95,27 @@ async def test_after_a_restart_paid_code_is_requeued_and_the_rest_fails(
         assert states == {1: NodeState.DONE, 2: NodeState.FAILED, 3: NodeState.READY}
     finally:
         await store.close()
+
+
+async def test_a_writer_cancelled_mid_transaction_leaves_the_store_usable(
+    tmp_path: Path, breast_cancer: Path
+) -> None:
+    import asyncio
+
+    store = await Store.open(tmp_path / "db.sqlite")
+    try:
+        await store.insert_task(TaskRecord(
+            id="t1", name="bc", task_dir=str(breast_cancer), spec=load_task(breast_cancer),
+            policy="mcts", steps=3, time_limit_s=60, node_timeout_s=30,
+            state=TaskState.RUNNING, created_at=1.0))
+        for delay in (0, 0.0001, 0.001, 0.01):
+            for _ in range(20):
+                writer = asyncio.create_task(store.add_lessons("t1", [("x", "{}", 1.0)], 0.0))
+                await asyncio.sleep(delay)
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+                # The next transaction must not find the connection inside the last one.
+                await store.add_lessons("t1", [("y", "{}", 1.0)], 0.0)
+        assert any(text == "y" for text, _profile, _score in await store.list_lessons())
+    finally:
+        await store.close()

@@ -86,13 +86,16 @@ class Store:
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
+                await self._writer.execute("BEGIN IMMEDIATE")
                 yield self._writer
             except BaseException:
-                await self._writer.rollback()
+                # Also when cancelled while waiting for BEGIN, which then still runs on the
+                # connection's thread: the rollback queues behind it, so the connection is
+                # never left inside a transaction. Shielded: a second cancel cannot skip it.
+                await asyncio.shield(self._writer.rollback())
                 raise
-            await self._writer.commit()
+            await asyncio.shield(self._writer.commit())
 
     async def insert_task(self, task: TaskRecord) -> None:
         async with self._transaction() as db:
