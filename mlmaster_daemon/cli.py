@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlmaster_daemon import __version__
 from mlmaster_daemon.api.client import Client
+from mlmaster_daemon.api.schemas import is_task_id
 from mlmaster_daemon.config import load_config, resolve_socket_path
 from mlmaster_daemon.errors import MlmasterError
 from mlmaster_daemon.watch import TERMINAL, follow, format_metric
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from mlmaster_daemon.tasks.spec import TaskSpec
 
 T = TypeVar("T")
-# The daemon's task ids: "t" and 11 hex digits.
-TASK_ID = re.compile(r"t[0-9a-f]{11}")
 
 
 def _print(line: str) -> None:
@@ -219,7 +217,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     given = Path(args.task).expanduser()
     submission = Path(args.submission).expanduser() if args.submission else None
     leaderboard = Path(args.leaderboard).expanduser() if args.leaderboard else None
-    if TASK_ID.fullmatch(args.task) and not given.exists():
+    if is_task_id(args.task) and not given.exists():
         task = _client_call(args, lambda client: client.task(args.task))
         spec = _daemon_task_spec(task)
         report = _grade_daemon_task(task, spec, submission or _best_submission(task),

@@ -271,11 +271,9 @@ class TaskRunner:
     async def _repair_best(self, nodes: list[NodeRecord]) -> None:
         """best/ is derived from the finished nodes: a crash between a node's outcome and the
         copy of its files can leave it behind, so each start puts it right."""
-        done = [n for n in nodes if n.state is NodeState.DONE and n.metric is not None]
+        done = self._ranked(nodes)
         if not done:
             return
-        sign = 1.0 if self.task.spec.lower_is_better else -1.0
-        done.sort(key=lambda n: (sign * (n.metric or 0.0), n.id))
         # The best whose files are still there (a workspace removed by hand cannot be used).
         exists = await asyncio.to_thread(
             lambda: [Workspace(self._node_dir(n.id)).submission.is_file() for n in done])
@@ -630,12 +628,15 @@ class TaskRunner:
         k = self.rt.config.search.keep_top_k
         if k <= 1:
             return
-        nodes = [n for n in await self.rt.store.list_nodes(self.task.id)
-                 if n.state is NodeState.DONE and n.metric is not None]
-        sign = 1.0 if self.task.spec.lower_is_better else -1.0
-        nodes.sort(key=lambda n: (sign * (n.metric or 0.0), n.id))
+        nodes = self._ranked(await self.rt.store.list_nodes(self.task.id))
         root = task_root(self.rt.state_dir, self.task.id)
         await asyncio.to_thread(_copy_top, root, [n.id for n in nodes[:k]])
+
+    def _ranked(self, nodes: list[NodeRecord]) -> list[NodeRecord]:
+        """The working nodes, best first (the earlier of equal metrics first)."""
+        sign = 1.0 if self.task.spec.lower_is_better else -1.0
+        done = [n for n in nodes if n.state is NodeState.DONE and n.metric is not None]
+        return sorted(done, key=lambda n: (sign * (n.metric or 0.0), n.id))
 
     def _node_dir(self, node_id: int) -> Path:
         return node_dir(self.rt.state_dir, self.task.id, node_id)
@@ -818,21 +819,17 @@ class Scheduler:
         if task.state.terminal:
             raise TaskNotCancellable(f"task {task_id} is already {task.state.value}")
         entry = self.runners.get(task_id)
-        if entry is None:
-            await self.rt.store.update_task(task_id, state=TaskState.CANCELLED,
-                                         finished_at=self.rt.clock())
-            self.rt.bus.publish(TaskStateChanged(task_id=task_id, state=TaskState.CANCELLED.value))
-        else:
+        if entry is not None:
             runner, handle = entry
             runner.cancel_requested = True
             handle.cancel()
             await asyncio.gather(handle, return_exceptions=True)
-            if not (await self.rt.store.get_task(task_id)).state.terminal:
-                # Cancelled before its runner even began: nothing else will record it.
-                await self.rt.store.update_task(task_id, state=TaskState.CANCELLED,
-                                                finished_at=self.rt.clock())
-                self.rt.bus.publish(TaskStateChanged(task_id=task_id,
-                                                     state=TaskState.CANCELLED.value))
+        if not (await self.rt.store.get_task(task_id)).state.terminal:
+            # Queued, or cancelled before its runner even began: nothing else records it.
+            await self.rt.store.update_task(task_id, state=TaskState.CANCELLED,
+                                            finished_at=self.rt.clock())
+            self.rt.bus.publish(TaskStateChanged(task_id=task_id,
+                                                 state=TaskState.CANCELLED.value))
         return await self.rt.store.get_task(task_id)
 
     def reconfigure(self, config: Config) -> None:

@@ -10,33 +10,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mlmaster_daemon.tasks import registry
 from mlmaster_daemon.tasks.medals import Thresholds
 
-# experiments/splits/low.txt in MLE-bench: the "Lite" split.
-LITE_COMPETITION_IDS = frozenset({
-    "aerial-cactus-identification",
-    "aptos2019-blindness-detection",
-    "denoising-dirty-documents",
-    "detecting-insults-in-social-commentary",
-    "dog-breed-identification",
-    "dogs-vs-cats-redux-kernels-edition",
-    "histopathologic-cancer-detection",
-    "jigsaw-toxic-comment-classification-challenge",
-    "leaf-classification",
-    "mlsp-2013-birds",
-    "new-york-city-taxi-fare-prediction",
-    "nomad2018-predict-transparent-conductors",
-    "plant-pathology-2020-fgvc7",
-    "random-acts-of-pizza",
-    "ranzcr-clip-catheter-line-classification",
-    "siim-isic-melanoma-classification",
-    "spooky-author-identification",
-    "tabular-playground-series-dec-2021",
-    "tabular-playground-series-may-2022",
-    "text-normalization-challenge-english-language",
-    "text-normalization-challenge-russian-language",
-    "the-icml-2013-whale-challenge-right-whale-redux",
-})
+# experiments/splits/low.txt in MLE-bench: the "Lite" split, from the known competitions.
+LITE_COMPETITION_IDS = frozenset(registry.split_ids("lite"))
 SPLITS: dict[str, frozenset[str]] = {"lite": LITE_COMPETITION_IDS}
 
 SCORE_DECIMALS = 5
