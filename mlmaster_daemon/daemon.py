@@ -156,7 +156,10 @@ class Daemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         passed = listen_sockets()
         self.activated = bool(passed)
-        if not self.activated:
+        if self.activated:
+            # systemd made the socket with the unit's SocketMode/SocketGroup; serve it as is.
+            self.socket_path = Path(passed[0].getsockname())
+        else:
             _prepare_socket_path(self.socket_path)
         # Migrations and recovery may take a while on a big database: tell systemd.
         self.notifier.extend_timeout(120)
@@ -170,15 +173,14 @@ class Daemon:
         requeued, interrupted = await self.store.interrupt_unfinished(
             "interrupted: the daemon stopped while this node was being generated", time.time())
         self.scheduler = Scheduler(self.store, self.bus, self.coder, self.config, self.state_dir,
-                                   slots=self.slots, sampler=self.sampler)
+                                   slots=self.slots, sampler=self.sampler,
+                                   socket_path=self.socket_path)
         self.services = Services(self.store, self.bus, self.scheduler, self.config,
                                  self.state_dir, time.time(), self.llm_status, self.slots_status)
         self._runner = web.AppRunner(build_app(self.services), handle_signals=False,
                                      shutdown_timeout=SHUTDOWN_GRACE_S)
         await self._runner.setup()
         if self.activated:
-            # systemd made the socket with the unit's SocketMode/SocketGroup; serve it as is.
-            self.socket_path = Path(passed[0].getsockname())
             site: web.BaseSite = web.SockSite(self._runner, passed[0])
             await site.start()
         else:

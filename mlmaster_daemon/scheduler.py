@@ -90,6 +90,8 @@ class Runtime:
     state_dir: Path
     clock: Clock = time.time
     sampler: GpuSampler | None = None
+    # The API socket (jobs must never reach it), when the daemon serves one.
+    socket_path: Path | None = None
 
 
 class TaskRunner:
@@ -511,11 +513,12 @@ class TaskRunner:
 
     def _hidden_paths(self) -> tuple[Path, ...]:
         """What a job must not see: the daemon's state (database, other nodes and tasks; its
-        own workspace is bound back in) and any API key file."""
+        own workspace is bound back in), any API key file and the API socket."""
         llm = self.rt.config.llm
         keys = [Path(e.api_key_file).expanduser() for e in (llm.code, llm.feedback)
                 if e is not None and e.api_key_file]
-        return (self.rt.state_dir, *keys)
+        sockets = [self.rt.socket_path] if self.rt.socket_path is not None else []
+        return (self.rt.state_dir, *keys, *sockets)
 
     async def _summarise_phase(self, node_id: int, phase: L2Summary) -> None:
         """A phase closed on stagnation: with a model configured, it rewrites the
@@ -755,9 +758,10 @@ class Scheduler:
 
     def __init__(self, store: Store, bus: EventBus, coder: Coder, config: Config,
                  state_dir: Path, clock: Clock = time.time, slots: SlotPool | None = None,
-                 sampler: GpuSampler | None = None):
+                 sampler: GpuSampler | None = None, socket_path: Path | None = None):
         pool = slots or SlotPool([], config.execution.max_concurrent_nodes, 1)
-        self.rt = Runtime(store, bus, coder, config, pool, state_dir, clock, sampler)
+        self.rt = Runtime(store, bus, coder, config, pool, state_dir, clock, sampler,
+                          socket_path)
         self.runners: dict[str, tuple[TaskRunner, asyncio.Task[None]]] = {}
         self._stopping = False
         self._pumps: set[asyncio.Task[None]] = set()
