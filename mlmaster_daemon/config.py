@@ -53,6 +53,9 @@ class DaemonConfig(_Section):
     # On SIGTERM, running nodes get this long to finish before they are stopped (and re-run
     # after the restart).
     stop_grace_s: float = Field(default=30.0, ge=0)
+    # Seconds between backups of the database taken while the daemon runs (SQLite's online
+    # backup), besides the one at every start; 0: only at start.
+    backup_interval_s: float = Field(default=3600.0, ge=0)
 
     _lists = field_validator("allowed_uids", "allowed_groups", "admin_groups", "allowed_roots",
                              mode="before")(_comma_list)
@@ -338,7 +341,7 @@ def load_config(
 LIVE_KEYS = frozenset({
     "daemon.log_level", "daemon.max_running_tasks", "daemon.allowed_uids",
     "daemon.allowed_groups", "daemon.admin_groups", "daemon.allowed_roots",
-    "daemon.stop_grace_s",
+    "daemon.stop_grace_s", "daemon.backup_interval_s",
     "search.policy", "search.steps", "search.time_limit_s", "search.parallel",
     "execution.node_timeout_s", "execution.kill_grace_s", "execution.output_tail_chars",
     "execution.memory_limit_mb", "execution.max_processes", "execution.max_file_size_mb",
