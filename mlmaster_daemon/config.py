@@ -56,6 +56,10 @@ class DaemonConfig(_Section):
     # Seconds between backups of the database taken while the daemon runs (SQLite's online
     # backup), besides the one at every start; 0: only at start.
     backup_interval_s: float = Field(default=3600.0, ge=0)
+    # When the daemon cannot write its state (disk full, read-only), the task pauses and is
+    # retried after this many seconds, doubling up to fault_retry_max_s.
+    fault_retry_s: float = Field(default=5.0, gt=0)
+    fault_retry_max_s: float = Field(default=300.0, gt=0)
 
     _lists = field_validator("allowed_uids", "allowed_groups", "admin_groups", "allowed_roots",
                              mode="before")(_comma_list)
@@ -341,7 +345,8 @@ def load_config(
 LIVE_KEYS = frozenset({
     "daemon.log_level", "daemon.max_running_tasks", "daemon.allowed_uids",
     "daemon.allowed_groups", "daemon.admin_groups", "daemon.allowed_roots",
-    "daemon.stop_grace_s", "daemon.backup_interval_s",
+    "daemon.stop_grace_s", "daemon.backup_interval_s", "daemon.fault_retry_s",
+    "daemon.fault_retry_max_s",
     "search.policy", "search.steps", "search.time_limit_s", "search.parallel",
     "execution.node_timeout_s", "execution.kill_grace_s", "execution.output_tail_chars",
     "execution.memory_limit_mb", "execution.max_processes", "execution.max_file_size_mb",

@@ -10,12 +10,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
+from mlmaster_daemon import untrusted
 from mlmaster_daemon.execution.runner import RunResult
 from mlmaster_daemon.execution.slots import is_cuda_oom
 from mlmaster_daemon.execution.workspace import Workspace
+from mlmaster_daemon.redact import redact
 from mlmaster_daemon.tasks.spec import TaskSpec
+
+# What is read of a job's files: every read is bounded (a job may write a 3 GiB stderr).
+STDERR_TAIL_BYTES = 64 * 1024
+MAX_METRICS_BYTES = 64 * 1024
+SUBMISSION = "submission/submission.csv"
 
 
 @dataclass(frozen=True)
@@ -29,58 +35,70 @@ class Evaluation:
 
 
 def _last_error_line(ws: Workspace) -> str:
-    if not ws.stderr.exists():
-        return ""
-    lines = [ln for ln in ws.stderr.read_text(errors="replace").splitlines() if ln.strip()]
+    tail = untrusted.text_tail(ws.root, ws.stderr.name, STDERR_TAIL_BYTES)
+    lines = [ln for ln in tail.splitlines() if ln.strip()]
     return lines[-1].strip()[:500] if lines else ""
 
 
-def _tail(path: Path, limit: int = 20000) -> str:
-    text = path.read_text(errors="replace")
-    return text[-limit:]
-
-
 def _read_metric(ws: Workspace) -> tuple[float | None, str | None]:
-    if not ws.metrics.exists():
-        return None, "metrics.json missing: the script must write {\"validation_metric\": <float>}"
     try:
-        raw = json.loads(ws.metrics.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = untrusted.read_bounded(ws.root, ws.metrics.name, MAX_METRICS_BYTES)
+    except FileNotFoundError:
+        return None, "metrics.json missing: the script must write {\"validation_metric\": <float>}"
+    except untrusted.UnsafeFile as exc:
+        return None, f"metrics.json must be a small regular file ({exc.strerror})"
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         return None, f"metrics.json is not valid JSON: {exc}"
     value = raw.get("validation_metric") if isinstance(raw, dict) else None
     # bool is an int subclass; an integer metric is accepted and converted.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return None, f"metrics.json has no numeric 'validation_metric' (got {value!r})"
+        return None, redact(f"metrics.json has no numeric 'validation_metric' (got {value!r:.200})")
     if not math.isfinite(value):
         return None, f"validation_metric is not finite ({value})"
     return float(value), None
 
 
 def evaluate(ws: Workspace, spec: TaskSpec, run: RunResult, timeout_s: float) -> Evaluation:
+    """Judge the run in `ws`; every file of the job is read bounded and without following
+    links, and no error text carries a known secret."""
+    outcome = _evaluate(ws, spec, run, timeout_s)
+    return Evaluation(outcome.metric, redact(outcome.error) if outcome.error else None)
+
+
+def _evaluate(ws: Workspace, spec: TaskSpec, run: RunResult, timeout_s: float) -> Evaluation:
     if run.timed_out:
         return Evaluation(None, run.reason or f"killed after its {timeout_s:.0f} s time limit")
     if run.reason:
         # A limit (memory, processes, file size, disk) stopped or failed the job.
         last = _last_error_line(ws)
         return Evaluation(None, f"{run.reason}" + (f"; last error: {last}" if last else ""))
-    if run.exit_code != 0 and ws.stderr.exists() and is_cuda_oom(_tail(ws.stderr)):
+    if run.exit_code != 0 and is_cuda_oom(
+            untrusted.text_tail(ws.root, ws.stderr.name, STDERR_TAIL_BYTES)):
         return Evaluation(None, "CUDA out of memory: the script needs less GPU memory "
                                 f"(smaller batches or model); {_last_error_line(ws)}")
     if run.exit_code != 0:
         last = _last_error_line(ws)
         detail = f": {last}" if last else ""
-        return Evaluation(None, f"script exited with code {run.exit_code}{detail}")
-    for output in (ws.metrics, ws.submission):
-        # A script could point its outputs at a host file; the daemon never follows that.
-        if output.is_symlink():
-            return Evaluation(None, f"{output.name} must be a regular file, not a symlink")
+        return Evaluation(None, f"script {run.ending}{detail}")
     metric, error = _read_metric(ws)
     if metric is None:
         return Evaluation(None, error)
     # pandas and scikit-learn load here, in the worker thread, not at daemon start.
-    from mlmaster_daemon.tasks.validation import validate_submission
+    from mlmaster_daemon.tasks.validation import submission_size_limit, validate_submission_file
 
-    invalid = validate_submission(spec, ws.submission)
+    try:
+        with untrusted.open_file(ws.root, SUBMISSION) as handle:
+            invalid = validate_submission_file(spec, handle, ws.submission,
+                                               submission_size_limit(spec))
+    except FileNotFoundError:
+        invalid = validate_submission_file(spec, None, ws.submission, 0)
+    except untrusted.UnsafeFile as exc:
+        # A script could point its outputs at a host file; the daemon never follows that.
+        return Evaluation(None, "submission.csv must be a regular file, not a symlink"
+                                + ("" if exc.filename and str(exc.filename).endswith(".csv")
+                                   else f" ({exc.strerror})"))
     if invalid is not None:
         return Evaluation(None, f"submission invalid: {invalid}")
     return Evaluation(metric, None)

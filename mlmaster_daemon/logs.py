@@ -7,7 +7,9 @@ import sys
 from typing import Any, TextIO
 
 import structlog
-from structlog.typing import FilteringBoundLogger
+from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
+
+from mlmaster_daemon.redact import redact_value
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -18,6 +20,11 @@ _LEVELS = {
 
 
 _stream: list[TextIO] = []
+
+
+def _redact_secrets(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+    """No API key reaches a log line, whatever a message quotes."""
+    return {key: redact_value(value) for key, value in event.items()}
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
@@ -34,6 +41,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         processors=[
             *shared,
             structlog.processors.dict_tracebacks,
+            _redact_secrets,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -44,7 +52,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processor=structlog.processors.JSONRenderer(),
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, _redact_secrets],
         )
     )
     root = logging.getLogger()

@@ -54,7 +54,7 @@ from mlmaster_daemon.search.policy import Pick, Policy
 from mlmaster_daemon.search.tokens import TiktokenCounter
 from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
 from mlmaster_daemon.tasks import registry
-from mlmaster_daemon.tasks.competition import read_csv_header
+from mlmaster_daemon.tasks.competition import count_rows, read_csv_header
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 log = get_logger("mlmaster.scheduler")
@@ -730,8 +730,7 @@ def task_profile(spec: TaskSpec) -> TaskProfile:
     rows = features = 0
     if spec.train_file.lower().endswith(".csv"):
         columns = read_csv_header(train)
-        with train.open("rb") as handle:
-            rows = max(sum(1 for _ in handle) - 1, 0)
+        rows = count_rows(train)
         features = len([c for c in columns if c not in (spec.target, spec.id_column)])
     return TaskProfile.build(modality, spec.metric.value, not spec.metric.is_regression,
                              rows, features)

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlmaster_daemon import untrusted
 from mlmaster_daemon.execution.cgroups import JobCgroup, create_job_cgroup
 from mlmaster_daemon.execution.gpu import process_start_time, read_boot_id
 from mlmaster_daemon.execution.lease import JobLimits, Lease, ProcessIdentity
@@ -70,6 +71,35 @@ class RunResult:
     duration_s: float
     pid: int
     reason: str | None = None
+    # The signal that ended the script, when one did (read from -N, or 128 + N in the sandbox).
+    signal: int | None = None
+
+    @property
+    def ending(self) -> str:
+        """How the script ended, in words: "killed by SIGKILL", "exited with code 2"."""
+        if self.signal is not None:
+            return f"killed by {signal_name(self.signal)}"
+        return f"exited with code {self.exit_code}"
+
+
+def signal_name(number: int) -> str:
+    """SIGKILL for 9; "signal N" for a number with no name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def ending_signal(code: int | None, sandboxed: bool) -> int | None:
+    """The signal behind an exit status: -N from a direct child, 128 + N from bubblewrap
+    (which reports its child's death that way)."""
+    if code is None:
+        return None
+    if code < 0:
+        return -code
+    if sandboxed and 128 < code < 128 + signal.NSIG:
+        return code - 128
+    return None
 
 
 def child_env(parent: Mapping[str, str], threads: int = 1) -> dict[str, str]:
@@ -201,12 +231,7 @@ def _killed_by(code: int | None, sig: signal.Signals, sandboxed: bool) -> bool:
 
 
 def _stderr_tail(ws: Workspace) -> str:
-    try:
-        with ws.stderr.open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - _STDERR_TAIL))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
+    return untrusted.text_tail(ws.root, ws.stderr.name, _STDERR_TAIL)
 
 
 @dataclass
@@ -232,15 +257,21 @@ class _Job:
         self.next_disk_check = time.monotonic() + max(POLL_S, 20 * walked)
         return reason
 
-    async def supervise(self, timeout_s: float) -> tuple[bool, str | None]:
-        """Wait for the exit, polling the limits. (timed out, reason it was stopped)."""
+    async def supervise(self, deadline: float, timeout_s: float,
+                        clock: Callable[[], float]) -> tuple[bool, str | None]:
+        """Wait for the exit, polling the limits, until `deadline` on `clock`. (timed out,
+        reason it was stopped)."""
         waiter = asyncio.ensure_future(self.proc.wait())
-        deadline = time.monotonic() + timeout_s
         polls = self.cgroup.version != "none" or self.limits.max_workspace_mb > 0
         try:
             while True:
-                remaining = deadline - time.monotonic()
+                remaining = deadline - clock()
                 if remaining <= 0:
+                    if await asyncio.to_thread(self.has_exited):
+                        # It ended while the daemon could not look (stopped by SIGSTOP, a
+                        # stalled loop): an exit is not a timeout.
+                        await waiter
+                        return False, None
                     await self.stop()
                     return True, f"killed after its {_seconds(timeout_s)} s time limit"
                 await asyncio.wait({waiter}, timeout=min(POLL_S, remaining))
@@ -252,6 +283,23 @@ class _Job:
                     return False, reason
         finally:
             waiter.cancel()
+
+    def has_exited(self) -> bool:
+        """Whether the script has ended, even if the event loop has not heard of it yet."""
+        if self.proc.returncode is not None:
+            return True
+        try:
+            pidfd = os.pidfd_open(self.proc.pid)
+        except ProcessLookupError:
+            return True  # already reaped by the child watcher
+        except OSError:
+            return False  # no pidfd here: only the loop can tell
+        try:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            return bool(poller.poll(0))
+        finally:
+            os.close(pidfd)
 
     def _term(self) -> None:
         pgid = self.proc.pid
@@ -336,6 +384,7 @@ async def run_script(
     public_dir: Path | None = None,
     job_id: str = "job",
     hidden_paths: Sequence[Path] = (),
+    clock: Callable[[], float] = time.monotonic,
 ) -> RunResult:
     """Run `python solution.py` in `ws` under `lease`, `limits` and `sandbox` ("auto",
     "bwrap" or "none"); never leaves a process of the job behind.
@@ -344,7 +393,8 @@ async def run_script(
     boot id), before anything else; if it raises, the job is stopped and the error propagates.
     `public_dir` is the task's data, read-only at `input/` in the sandbox; `hidden_paths` are
     made invisible in it. Cancellation stops the job the same way as a timeout, then re-raises.
-    Raises SandboxUnavailable when sandbox="bwrap" cannot be honoured.
+    `clock` measures the time limit (monotonic seconds). Raises SandboxUnavailable when
+    sandbox="bwrap" cannot be honoured.
     """
     limits = limits or JobLimits()
     mode = await asyncio.to_thread(resolve_sandbox, sandbox)
@@ -363,8 +413,8 @@ async def run_script(
                                  keep=interpreter_paths(python or sys.executable))
         argv = [*options.argv(sys.executable), *wrapper, python or sys.executable,
                 ws.script.name]
-        started = time.monotonic()
-        with ws.stdout.open("wb") as out, ws.stderr.open("wb") as err:
+        started = clock()
+        with ws.create_file(ws.stdout.name) as out, ws.create_file(ws.stderr.name) as err:
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=ws.root, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
                 env=job_env(lease, limits, sandboxed), start_new_session=True,
@@ -373,7 +423,7 @@ async def run_script(
         try:
             if on_start is not None:
                 await on_start(_identity(proc.pid))
-            timed_out, reason = await job.supervise(timeout_s)
+            timed_out, reason = await job.supervise(started + timeout_s, timeout_s, clock)
         except BaseException:
             await _stop_shielded(job)
             raise
@@ -385,9 +435,10 @@ async def run_script(
         return RunResult(
             exit_code=None if stopped else proc.returncode,
             timed_out=timed_out,
-            duration_s=time.monotonic() - started,
+            duration_s=clock() - started,
             pid=proc.pid,
             reason=reason,
+            signal=None if stopped else ending_signal(proc.returncode, sandboxed),
         )
     finally:
         await _remove(cgroup)

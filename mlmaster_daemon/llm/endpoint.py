@@ -26,9 +26,11 @@ from mlmaster_daemon.errors import ConfigError
 from mlmaster_daemon.llm.coder import CallRecord, EndpointUnavailable, LlmError
 from mlmaster_daemon.llm.limits import BreakerState, CircuitBreaker, TokenBucket
 from mlmaster_daemon.logs import get_logger
+from mlmaster_daemon.redact import redact, redact_value, register_secret
 from mlmaster_daemon.search.tokens import TiktokenCounter
 
 log = get_logger("mlmaster.llm")
+MAX_KEY_CHARS = 4096
 _TRANSIENT = (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
               openai.RateLimitError, openai.APIResponseValidationError, httpx2.HTTPError,
               TimeoutError, OSError, ValueError, KeyError)
@@ -44,6 +46,13 @@ class Reply:
 
 def read_api_key(cfg: EndpointConfig, where: str) -> str | None:
     """The key from the environment variable or file the config names (None when neither)."""
+    key = _read_key(cfg, where)
+    # From now on the key is cut from every prompt, database row, API answer and log line.
+    register_secret(key)
+    return key
+
+
+def _read_key(cfg: EndpointConfig, where: str) -> str | None:
     if cfg.api_key_env:
         value = os.environ.get(cfg.api_key_env)
         if not value:
@@ -53,7 +62,9 @@ def read_api_key(cfg: EndpointConfig, where: str) -> str | None:
     if cfg.api_key_file:
         path = Path(cfg.api_key_file).expanduser()
         try:
-            return path.read_text().strip()
+            # A key is a line; a "key file" of megabytes is a mistake, read no more than that.
+            with path.open(encoding="utf-8", errors="replace") as handle:
+                return handle.read(MAX_KEY_CHARS).strip()
         except OSError as exc:
             raise ConfigError(f"{where}.api_key_file {path} cannot be read: "
                               f"{exc.strerror}") from None
@@ -102,6 +113,9 @@ class Endpoint:
 
     async def chat(self, messages: list[dict[str, str]], *, tools: list[dict[str, Any]] | None
                    = None, max_tokens: int | None = None) -> Reply:
+        # Whatever a prompt was built from, no key the daemon holds leaves in it.
+        messages = redact_value(messages)
+
         async def call() -> tuple[str, str, str | None, Any]:
             extra: dict[str, Any] = {}
             if tools:
@@ -134,6 +148,8 @@ class Endpoint:
         return await self._call(call, prompt_text)
 
     async def complete(self, prompt: str, max_tokens: int | None = None) -> Reply:
+        prompt = redact(prompt)
+
         async def call() -> tuple[str, str, str | None, Any]:
             stream = await self.client.completions.create(
                 model=self.cfg.model, prompt=prompt, temperature=self.cfg.temperature,

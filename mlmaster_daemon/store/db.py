@@ -19,6 +19,7 @@ import aiosqlite
 from mlmaster_daemon.errors import NodeNotFound, TaskNotFound
 from mlmaster_daemon.llm.coder import CallRecord
 from mlmaster_daemon.models import NodeState, Operator, TaskState
+from mlmaster_daemon.redact import redact, redact_value
 from mlmaster_daemon.store.migrations import migrate
 from mlmaster_daemon.store.records import NodeRecord, TaskRecord
 from mlmaster_daemon.tasks.spec import TaskSpec
@@ -98,31 +99,40 @@ class Store:
             await asyncio.shield(self._writer.commit())
 
     async def insert_task(self, task: TaskRecord) -> None:
+        """Store a new task; its description goes apart from the row (see `get_task`)."""
+        spec = task.spec.to_dict()
+        description = redact(spec.pop("description"))
         async with self._transaction() as db:
             await db.execute(
                 f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 20)})",
                 (
-                    task.id, task.name, task.task_dir, json.dumps(task.spec.to_dict()),
+                    task.id, task.name, task.task_dir, json.dumps(spec),
                     task.policy, task.steps, task.time_limit_s, task.node_timeout_s,
                     task.state.value, task.error, task.best_node_id, task.best_metric,
                     task.created_at, task.started_at, task.finished_at, task.max_tokens,
                     task.max_cost, task.submitter_uid, task.submitter, task.active_s,
                 ),
             )
+            await db.execute("INSERT INTO task_texts (task_id, description) VALUES (?, ?)",
+                             (task.id, description))
 
     async def update_task(self, task_id: str, **fields: Any) -> None:
         await self._update("tasks", _TASK_UPDATABLE, "id = ?", (task_id,), fields)
 
     async def get_task(self, task_id: str) -> TaskRecord:
+        """The task with its description (which listings leave out)."""
         async with self._reader.execute(
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
+            f"SELECT {_TASK_COLUMNS}, (SELECT description FROM task_texts WHERE task_id = id)"
+            " FROM tasks WHERE id = ?", (task_id,)
         ) as cur:
             row = await cur.fetchone()
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}; `mlmaster ls` lists the tasks")
-        return _task(row)
+        return _task(row, description=row[-1] or "")
 
     async def list_tasks(self, states: Iterable[TaskState] | None = None) -> list[TaskRecord]:
+        """The tasks, oldest first; their specs leave the description out (`get_task` has
+        it), so a listing costs the same whatever the descriptions hold."""
         query = f"SELECT {_TASK_COLUMNS} FROM tasks"
         params: tuple[str, ...] = ()
         if states is not None:
@@ -327,7 +337,8 @@ async def _insert_calls(db: aiosqlite.Connection, task_id: str, node_id: int | N
         " completion_tokens, reasoning_tokens, latency_s, cost, attempts, content, reasoning,"
         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(task_id, node_id, c.role, c.model, c.endpoint, c.prompt_tokens, c.completion_tokens,
-          c.reasoning_tokens, c.latency_s, c.cost, c.attempts, c.content, c.reasoning, now)
+          c.reasoning_tokens, c.latency_s, c.cost, c.attempts, redact(c.content),
+          redact(c.reasoning), now)
          for c in calls],
     )
 
@@ -341,14 +352,18 @@ async def _update_row(
         raise ValueError(f"cannot update {table} columns {sorted(unknown)}")
     if not fields:
         return
-    values = [v.value if isinstance(v, TaskState | NodeState) else v for v in fields.values()]
+    # No key the daemon holds is ever written: errors and summaries quote what jobs printed.
+    values = [v.value if isinstance(v, TaskState | NodeState) else redact_value(v)
+              for v in fields.values()]
     assignments = ", ".join(f"{name} = ?" for name in fields)
     await db.execute(f"UPDATE {table} SET {assignments} WHERE {where}", (*values, *key))
 
 
-def _task(row: Any) -> TaskRecord:
+def _task(row: Any, description: str = "") -> TaskRecord:
+    spec = json.loads(row[3])
+    spec["description"] = description
     return TaskRecord(
-        id=row[0], name=row[1], task_dir=row[2], spec=TaskSpec.from_dict(json.loads(row[3])),
+        id=row[0], name=row[1], task_dir=row[2], spec=TaskSpec.from_dict(spec),
         policy=row[4], steps=row[5], time_limit_s=row[6], node_timeout_s=row[7],
         state=TaskState(row[8]), error=row[9], best_node_id=row[10], best_metric=row[11],
         created_at=row[12], started_at=row[13], finished_at=row[14], max_tokens=row[15],

@@ -11,6 +11,7 @@ load fast; training data that is not CSV (images, audio, JSON) is fine, the scri
 from __future__ import annotations
 
 import csv
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,10 @@ SAMPLE_SUBMISSION_NAMES = (
     "kaggle_sample_submission.csv",
 )
 TASK_TOML = "task.toml"
+# Bounds on what is read of a user's files at submit: a header line, and the description.
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_DESCRIPTION_BYTES = 256 * 1024
+MAX_TASK_TOML_BYTES = 64 * 1024
 TASK_TOML_TYPES: dict[str, type] = {
     "metric": str,
     "lower_is_better": bool,
@@ -190,11 +195,25 @@ def _sample_submission(public: Path, private: Path, configured: Any) -> str:
 
 
 def read_csv_header(path: Path) -> list[str]:
-    """The column names on the first line of the CSV at `path` (reads only that line)."""
+    """The column names on the first line of the CSV at `path`. Reads at most
+    MAX_HEADER_BYTES: a file whose first line is longer (a 2 GB file without a line break)
+    is refused, never read whole."""
     try:
-        with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
-            header = next(csv.reader(handle), None)
-    except (OSError, csv.Error) as exc:
+        with path.open("rb") as handle:
+            head = handle.read(MAX_HEADER_BYTES + 1)
+    except OSError as exc:
+        raise InvalidTaskDir(
+            f"cannot read the header of {path}: {exc}; fix or replace the file"
+        ) from exc
+    end = head.find(b"\n")
+    if end < 0 and len(head) > MAX_HEADER_BYTES:
+        raise InvalidTaskDir(
+            f"the first line of {path} is longer than {MAX_HEADER_BYTES // 1024} KiB: a CSV must "
+            "start with a header line of column names; fix or replace the file")
+    line = (head if end < 0 else head[:end]).decode("utf-8-sig", errors="replace")
+    try:
+        header = next(csv.reader([line]), None)
+    except csv.Error as exc:
         raise InvalidTaskDir(
             f"cannot read the header of {path}: {exc}; fix or replace the file"
         ) from exc
@@ -211,7 +230,12 @@ def read_task_toml(root: Path) -> dict[str, Any]:
     if not toml_path.is_file():
         return {}
     try:
-        raw = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+        with toml_path.open("rb") as handle:
+            data = handle.read(MAX_TASK_TOML_BYTES + 1)
+        if len(data) > MAX_TASK_TOML_BYTES:
+            raise InvalidTaskDir(f"{toml_path} is larger than {MAX_TASK_TOML_BYTES // 1024} KiB; "
+                                 "a task.toml holds a few settings: fix it")
+        raw = tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise InvalidTaskDir(f"{toml_path} is not valid TOML ({exc}); fix the syntax") from exc
     except (OSError, UnicodeDecodeError) as exc:
@@ -364,13 +388,34 @@ def _listing(columns: list[str], limit: int = 30) -> str:
     return ", ".join(columns[:limit]) + more
 
 
+def count_rows(path: Path) -> int:
+    """Data rows of a CSV by counting line breaks (quoted line breaks count too), read in
+    chunks: memory stays small whatever the file holds."""
+    lines = 0
+    last = b"\n"
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return max(lines + (0 if last == b"\n" else 1) - 1, 0)
+
+
 def _read_description(public: Path, name: str, target: str, metric: Metric) -> str:
+    """description.md, cut at MAX_DESCRIPTION_BYTES (prompts use far less; a huge file is
+    stored and sent nowhere whole)."""
     path = public / "description.md"
     if path.is_file():
         try:
-            return path.read_text(encoding="utf-8", errors="replace")
+            with path.open("rb") as handle:
+                raw = handle.read(MAX_DESCRIPTION_BYTES + 1)
+                size = os.fstat(handle.fileno()).st_size
         except OSError as exc:
             raise InvalidTaskDir(f"cannot read {path}: {exc}") from exc
+        text = raw[:MAX_DESCRIPTION_BYTES].decode("utf-8", errors="replace")
+        if len(raw) > MAX_DESCRIPTION_BYTES:
+            text += (f"\n\n[description cut at {MAX_DESCRIPTION_BYTES // 1024} KiB of "
+                     f"{size / 1024 / 1024:.1f} MiB; the whole text is input/description.md]")
+        return text
     direction = "lower" if metric.lower_is_better else "higher"
     return (
         f"Competition {name}: predict `{target}` for each row of test.csv from the features "

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
 
+from mlmaster_daemon.tasks.competition import count_rows
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 TRUNCATION_MARKER = "\n... [preview truncated]"
 MAX_ROWS_READ = 20_000
+MAX_BYTES_READ = 64 * 1024 * 1024
 MAX_FILES = 30
 MAX_COLUMNS = 40
 MAX_CLASSES = 20
@@ -60,21 +63,19 @@ def _files_section(public: Path) -> str:
     return "\n".join(lines)
 
 
-def _count_rows(path: Path) -> int:
-    """Data rows of a CSV by counting line breaks (quoted line breaks count too)."""
-    lines = 0
-    last = b"\n"
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            lines += chunk.count(b"\n")
-            last = chunk[-1:]
-    return lines + (0 if last == b"\n" else 1) - 1
-
-
 def _read_head(path: Path) -> tuple[pd.DataFrame, int]:
-    """Up to MAX_ROWS_READ rows of the CSV and its total row count."""
-    frame = pd.read_csv(path, nrows=MAX_ROWS_READ)
-    rows = len(frame) if len(frame) < MAX_ROWS_READ else _count_rows(path)
+    """Up to MAX_ROWS_READ rows of the CSV (from at most its first MAX_BYTES_READ bytes, so
+    one endless line cannot fill memory) and its total row count."""
+    with path.open("rb") as handle:
+        head = handle.read(MAX_BYTES_READ + 1)
+    whole = len(head) <= MAX_BYTES_READ
+    if not whole:
+        # Parse only whole lines; the rest is counted, not read.
+        head = head[: head.rfind(b"\n") + 1]
+        if not head:
+            raise ValueError(f"its first line is longer than {MAX_BYTES_READ // 2**20} MiB")
+    frame = pd.read_csv(io.BytesIO(head), nrows=MAX_ROWS_READ)
+    rows = len(frame) if whole and len(frame) < MAX_ROWS_READ else count_rows(path)
     return frame, rows
 
 

@@ -96,7 +96,7 @@ class TaskSpec:
             root=Path(raw["root"]),
             public_dir=Path(raw["public_dir"]),
             private_dir=Path(private) if private else None,
-            description=str(raw["description"]),
+            description=str(raw.get("description", "")),
             metric=Metric(raw["metric"]),
             lower_is_better=bool(raw["lower_is_better"]),
             target=str(raw["target"]),

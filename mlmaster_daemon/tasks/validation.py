@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,9 @@ from mlmaster_daemon.tasks.metrics import normalise_labels
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 
 _EXAMPLES_SHOWN = 3
+MIB = 1024 * 1024
+MIN_SUBMISSION_LIMIT = 64 * MIB
+SUBMISSION_SIZE_FACTOR = 20
 _READ_ERRORS = (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError)
 
 
@@ -25,6 +30,27 @@ def validate_submission(spec: TaskSpec, submission_path: Path) -> str | None:
     numbers for qwk (MLE-bench's graders refuse the same). Raises `InvalidTaskDir` only when the
     task's own sample submission cannot be read.
     """
+    if not submission_path.is_file():
+        return validate_submission_file(spec, None, submission_path, 0)
+    with submission_path.open("rb") as handle:
+        return validate_submission_file(spec, handle, submission_path,
+                                        submission_size_limit(spec))
+
+
+def submission_size_limit(spec: TaskSpec) -> int:
+    """The most bytes a submission may hold: far more than the sample submission's size (a
+    prediction is rarely 20 times longer than the sample's), so reading it stays bounded."""
+    try:
+        sample = (spec.public_dir / spec.sample_submission_file).stat().st_size
+    except OSError:
+        sample = 0
+    return max(MIN_SUBMISSION_LIMIT, SUBMISSION_SIZE_FACTOR * sample)
+
+
+def validate_submission_file(spec: TaskSpec, handle: BinaryIO | None, shown: Path,
+                             max_bytes: int) -> str | None:
+    """`validate_submission` on an open file (None: no file was written); `shown` names it in
+    the messages, and a file over `max_bytes` is refused without being parsed."""
     sample_path = spec.public_dir / spec.sample_submission_file
     try:
         sample = pd.read_csv(sample_path)
@@ -34,21 +60,25 @@ def validate_submission(spec: TaskSpec, submission_path: Path) -> str | None:
         f"Expected a CSV with header `{','.join(map(str, sample.columns))}` and {len(sample)} "
         f"rows, one per id in {spec.test_file}, in the format of {spec.sample_submission_file}."
     )
-    if not submission_path.is_file():
-        return f"No submission file was written at {submission_path}. {expected}"
-    if submission_path.suffix.lower() != ".csv":
-        return f"The submission {submission_path.name} is not a .csv file. {expected}"
+    if handle is None:
+        return f"No submission file was written at {shown}. {expected}"
+    if shown.suffix.lower() != ".csv":
+        return f"The submission {shown.name} is not a .csv file. {expected}"
+    size = os.fstat(handle.fileno()).st_size
+    if size > max_bytes:
+        return (f"The submission at {shown} is {size / MIB:.1f} MiB, too large to be a "
+                f"prediction for this test set (at most {max_bytes / MIB:.1f} MiB). {expected}")
     try:
-        submission = pd.read_csv(submission_path)
+        submission = pd.read_csv(handle)
     except (OSError, *_READ_ERRORS) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return (
-            f"The submission at {submission_path} could not be parsed as CSV ({reason}). {expected}"
+            f"The submission at {shown} could not be parsed as CSV ({reason}). {expected}"
         )
     problems = _problems(spec, sample, submission)
     if not problems:
         return None
-    return f"The submission at {submission_path} is invalid: {'; '.join(problems)}. {expected}"
+    return f"The submission at {shown} is invalid: {'; '.join(problems)}. {expected}"
 
 
 def _problems(spec: TaskSpec, sample: pd.DataFrame, submission: pd.DataFrame) -> list[str]:
