@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -72,8 +73,15 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=overrides)
     configure_logging(config.daemon.log_level)
     # SIGHUP reads the same file, environment and flags again.
-    asyncio.run(Daemon(config, reread=lambda: load_config(args.config,
-                                                          overrides=overrides)).serve())
+    daemon = Daemon(config, reread=lambda: load_config(args.config, overrides=overrides),
+                    accept_lost_work=args.accept_lost_work)
+    try:
+        asyncio.run(daemon.serve())
+    except sqlite3.Error as exc:
+        # The start-up checks name the usual causes; this is for what they cannot foresee.
+        raise MlmasterError(
+            f"database {daemon.db}: {exc}; check that the disk is not full and that the "
+            f"daemon's user may write {daemon.state_dir}") from None
     return 0
 
 
@@ -312,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-port", type=int, metavar="PORT",
                    help="port of the MLE-bench-style validation server "
                         "(config validation_server.port)")
+    p.add_argument("--accept-lost-work", action="store_true",
+                   help="start even if the task folders prove commits the database lost (a "
+                        "lost or cut-short mlmaster.db-wal): what it does not know is moved "
+                        "to STATE_DIR/lost/<time>/")
     p.set_defaults(fn=cmd_daemon)
 
     p = with_socket(sub.add_parser("submit", help="submit a competition folder"))

@@ -1,4 +1,5 @@
-"""Composition root and lifecycle: migrate -> recover -> listen -> run until SIGTERM/SIGINT."""
+"""Composition root and lifecycle: lock the state dir -> check it -> migrate -> recover -> listen
+-> run until SIGTERM/SIGINT, backing the database up on a schedule."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,16 @@ from mlmaster_daemon.scheduler import Scheduler
 from mlmaster_daemon.search.tokens import TiktokenCounter
 from mlmaster_daemon.store import Store
 from mlmaster_daemon.store.backup import check_integrity, make_backup
+from mlmaster_daemon.store.lock import StateDirLock
+from mlmaster_daemon.store.lost import guard_committed_work
+from mlmaster_daemon.store.writable import check_writable
 from mlmaster_daemon.systemd import Heartbeat, Notifier, listen_sockets, run_watchdog
 
 log = get_logger("mlmaster.daemon")
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 SHUTDOWN_GRACE_S = 5.0
+Sleep = Callable[[float], Awaitable[None]]
 
 
 def make_coder(config: Config) -> Coder:
@@ -123,11 +128,16 @@ def _prepare_socket_path(path: Path) -> None:
 
 
 class Daemon:
-    """`reread` gives the config anew (file, environment, flags) for a SIGHUP reload."""
+    """`reread` gives the config anew (file, environment, flags) for a SIGHUP reload;
+    `accept_lost_work` starts even when the task folders prove commits the database lost (they
+    are moved aside); `sleep` waits between scheduled backups (tests pass their own)."""
 
     def __init__(self, config: Config, coder: Coder | None = None,
-                 reread: Callable[[], Config] | None = None):
+                 reread: Callable[[], Config] | None = None, accept_lost_work: bool = False,
+                 sleep: Sleep = asyncio.sleep):
         self.config = config
+        self.accept_lost_work = accept_lost_work
+        self._sleep = sleep
         self.reread = reread
         self.coder = coder or make_coder(config)
         self.state_dir = config.state_dir()
@@ -149,11 +159,35 @@ class Daemon:
         # Set when systemd passed the listening socket (mlmaster.socket): it is systemd's.
         self.activated = False
         self._stop = asyncio.Event()
+        self._lock: StateDirLock | None = None
+        # (device, inode) of the socket this daemon bound: the only one stop() may remove.
+        self._socket_made: tuple[int, int] | None = None
+        self._backups: asyncio.Task[None] | None = None
+        self._backup_job: asyncio.Future[Path] | None = None
+
+    @property
+    def db(self) -> Path:
+        return self.state_dir / "mlmaster.db"
 
     async def start(self) -> None:
         """Open and migrate the store, recover from the last run, and listen. On return the
         daemon is ready to take requests."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything else: a second daemon on this state dir would kill the first one's
+        # jobs as stale and drive the same tasks.
+        self._lock = await asyncio.to_thread(StateDirLock.acquire, self.state_dir)
+        # Checks and recovery may take a while on a big database: tell systemd.
+        self.notifier.extend_timeout(120)
+        db = self.db
+        await asyncio.to_thread(check_writable, self.state_dir, db)
+        # Read-only checks: a refused database is left as it was found.
+        await asyncio.to_thread(check_integrity, db)
+        aside = await asyncio.to_thread(guard_committed_work, self.state_dir, db,
+                                        self.accept_lost_work, time.time())
+        if aside is not None:
+            log.warning("started with lost work (--accept-lost-work): what the database does "
+                        "not know was moved aside", folder=str(aside.folder),
+                        moved=[str(p) for p in aside.moved],
+                        gaps=[g.description for g in aside.gaps[:20]])
         passed = listen_sockets()
         self.activated = bool(passed)
         if self.activated:
@@ -161,12 +195,8 @@ class Daemon:
             self.socket_path = Path(passed[0].getsockname())
         else:
             _prepare_socket_path(self.socket_path)
-        # Migrations and recovery may take a while on a big database: tell systemd.
-        self.notifier.extend_timeout(120)
         # Load the tokenizer now: a missing encoding should stop the start, not a task.
         await asyncio.to_thread(TiktokenCounter(self.config.memory.encoding).load)
-        db = self.state_dir / "mlmaster.db"
-        await asyncio.to_thread(check_integrity, db)
         self.store = await Store.open(db)
         killed = await reconcile_processes(self.store)
         await self._open_slots()
@@ -186,6 +216,8 @@ class Daemon:
         else:
             site = web.UnixSite(self._runner, str(self.socket_path))
             await site.start()
+            made = os.lstat(self.socket_path)
+            self._socket_made = (made.st_dev, made.st_ino)
             os.chmod(self.socket_path, 0o660)
         validation = self.config.validation_server
         if validation.port:
@@ -199,9 +231,10 @@ class Daemon:
         self._watchdog = asyncio.create_task(run_watchdog(
             self.notifier, self.heartbeat, self.status_line))
         self.notifier.ready(self.status_line())
-        # A good database at every start is kept, so a corrupt one has somewhere to go back to.
-        backup = await asyncio.to_thread(make_backup, db)
-        log.info("database backed up", backup=str(backup))
+        # A good database at every start is kept, so a corrupt one has somewhere to go back to;
+        # then one every backup_interval_s.
+        await self.backup()
+        self._schedule_backups()
         log.info("daemon ready", coder=type(self.coder).__name__, version=__version__,
                  socket=str(self.socket_path), socket_activated=self.activated,
                  state_dir=str(self.state_dir), nodes_requeued=requeued,
@@ -212,6 +245,10 @@ class Daemon:
         (their tasks resume on the next start), close the API and the store."""
         log.info("daemon stopping", grace_s=self.config.daemon.stop_grace_s)
         self.notifier.stopping()
+        backups, self._backups = self._backups, None
+        if backups is not None:
+            backups.cancel()
+            await asyncio.gather(backups, return_exceptions=True)
         if self.scheduler is not None:
             await self.scheduler.stop(self.config.daemon.stop_grace_s)
         if self._watchdog is not None:
@@ -227,12 +264,59 @@ class Daemon:
         llm = as_llm_coder(self.coder)
         if llm is not None:
             await llm.close()
+        if self._backup_job is not None:
+            # A backup under way finishes first: it reads the database being closed.
+            await asyncio.wait([self._backup_job])
         if self.store is not None:
             await self.store.close()
-        if not self.activated:
-            with contextlib.suppress(FileNotFoundError):
-                self.socket_path.unlink()
+        self._remove_socket()
+        if self._lock is not None:
+            self._lock.release()
         log.info("daemon stopped")
+
+    def _remove_socket(self) -> None:
+        """Remove the socket only if it is the one this daemon bound: not systemd's, and not
+        that of another daemon that refused this one's start."""
+        if self._socket_made is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            now = os.lstat(self.socket_path)
+            if (now.st_dev, now.st_ino) == self._socket_made:
+                self.socket_path.unlink()
+        self._socket_made = None
+
+    async def backup(self) -> Path | None:
+        """Back the database up now (SQLite's online backup, off the event loop), one at a
+        time; a failure is logged, not raised: the daemon goes on without that copy."""
+        while self._backup_job is not None and not self._backup_job.done():
+            await asyncio.wait([self._backup_job])
+        job = asyncio.ensure_future(asyncio.to_thread(make_backup, self.db))
+        job.add_done_callback(self._backup_done)
+        self._backup_job = job
+        # A cancelled caller (stop, a reload) leaves the copy to finish; stop() waits for it.
+        await asyncio.wait([job])
+        return None if job.cancelled() or job.exception() else job.result()
+
+    def _backup_done(self, job: asyncio.Future[Path]) -> None:
+        if job.cancelled():
+            return
+        error = job.exception()
+        if error is None:
+            log.info("database backed up", backup=str(job.result()))
+        else:
+            log.error("database backup failed; the daemon goes on and tries again at the next "
+                      "one", db=str(self.db), error=f"{type(error).__name__}: {error}")
+
+    def _schedule_backups(self) -> None:
+        """(Re)start the periodic backups with the current `backup_interval_s`."""
+        if self._backups is not None:
+            self._backups.cancel()
+        self._backups = asyncio.create_task(self._run_backups(), name="backups")
+
+    async def _run_backups(self) -> None:
+        while (interval := self.config.daemon.backup_interval_s) > 0:
+            await self._sleep(interval)
+            await self.backup()
 
     def reload(self) -> list[str]:
         """SIGHUP: re-read the config and take what can change live (log level, concurrency,
@@ -251,7 +335,11 @@ class Daemon:
         merged, applied, refused = reload_config(self.config, fresh)
         if merged.daemon.log_level != self.config.daemon.log_level:
             set_log_level(merged.daemon.log_level)
+        interval_changed = (merged.daemon.backup_interval_s
+                            != self.config.daemon.backup_interval_s)
         self.config = merged
+        if interval_changed and self._backups is not None:
+            self._schedule_backups()
         if self.services is not None:
             self.services.config = merged
         if self.scheduler is not None:
