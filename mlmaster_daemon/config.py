@@ -114,11 +114,19 @@ class ExecutionConfig(_Section):
     slots_per_gpu: int = Field(default=1, ge=1)
     # "auto": bwrap when bubblewrap is installed, else none.
     sandbox: Literal["auto", "bwrap", "none"] = "auto"
-    # Per-job limits (0: none). Memory is enforced with a cgroup where possible.
-    memory_limit_mb: int = Field(default=0, ge=0)
+    # Per-job limits: a number of MiB, 0 for none, or "auto" for a share of this machine (see
+    # execution/limits.py). Memory is enforced with a cgroup where possible.
+    memory_limit_mb: int | Literal["auto"] = "auto"
     max_processes: int = Field(default=512, ge=0)
-    max_file_size_mb: int = Field(default=10240, ge=0)
-    max_workspace_mb: int = Field(default=0, ge=0)
+    max_file_size_mb: int | Literal["auto"] = "auto"
+    max_workspace_mb: int | Literal["auto"] = "auto"
+
+    @field_validator("memory_limit_mb", "max_file_size_mb", "max_workspace_mb")
+    @classmethod
+    def _size_or_auto(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError('must be a number of MiB (0: no limit) or "auto"')
+        return value
     # What to do with a node's process found alive at start-up: kill it (and re-run the node).
     reconcile: Literal["kill"] = "kill"
     # Seconds between GPU samples.

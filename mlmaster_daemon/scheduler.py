@@ -11,25 +11,36 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psutil
 import structlog
 
+from mlmaster_daemon import untrusted
 from mlmaster_daemon.bus import BestImproved, EventBus, NodeStateChanged, TaskStateChanged
-from mlmaster_daemon.config import Config, ExecutionConfig
+from mlmaster_daemon.config import Config
 from mlmaster_daemon.errors import DaemonStopping, TaskNotCancellable
-from mlmaster_daemon.evaluation import Evaluation, evaluate
-from mlmaster_daemon.execution.lease import JobLimits, Lease, ProcessIdentity
+from mlmaster_daemon.evaluation import SUBMISSION, Evaluation, evaluate
+from mlmaster_daemon.execution.lease import Lease, ProcessIdentity
+from mlmaster_daemon.execution.limits import Machine, job_limits
 from mlmaster_daemon.execution.runner import RunResult, run_script
 from mlmaster_daemon.execution.slots import GpuSampler, SlotPool
 from mlmaster_daemon.execution.workspace import Workspace
+from mlmaster_daemon.faults import (
+    StorageFault,
+    backoff_s,
+    describe,
+    is_storage_fault,
+    probe_storage,
+)
 from mlmaster_daemon.llm.coder import (
     Coder,
     CodeRequest,
@@ -58,6 +69,9 @@ from mlmaster_daemon.tasks.competition import count_rows, read_csv_header
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 log = get_logger("mlmaster.scheduler")
+# A node's files kept in best/ and top/ passed evaluation; these bounds only stop a file that
+# grew after it (a job that outlived its run) from being copied without end.
+MAX_KEPT_SUBMISSION_BYTES = 8 * 1024**3
 Clock = Callable[[], float]
 
 
@@ -92,6 +106,8 @@ class Runtime:
     sampler: GpuSampler | None = None
     # The API socket (jobs must never reach it), when the daemon serves one.
     socket_path: Path | None = None
+    # How the scheduler waits out a back-off (tests pass one they drive).
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 class TaskRunner:
@@ -141,7 +157,14 @@ class TaskRunner:
         """Until cancelled: save the active time now and then, so a crash loses little of it."""
         while True:
             await asyncio.sleep(every_s)
-            await self._save_active()
+            try:
+                await self._save_active()
+            except Exception as exc:
+                if not is_storage_fault(exc):
+                    raise
+                # The next node's own write meets the same fault and pauses the task.
+                log.warning("could not save the active time", task_id=self.task.id,
+                            error=str(exc))
 
     async def run(self) -> None:
         """Search until the task ends; a cancel that lands while it is still starting up
@@ -154,16 +177,24 @@ class TaskRunner:
             await self._set_state(TaskState.CANCELLED)
 
     async def _run(self) -> None:
-        task = self.task
+        # Listings leave the description out; the prompts need it.
+        task = self.task = await self.rt.store.get_task(self.task.id)
         started = task.started_at or self.rt.clock()
         # The time budget counts active time only: what earlier runs used is carried over.
         self.deadline = self.rt.clock() + task.time_limit_s - task.active_s
-        await self.rt.store.update_task(task.id, state=TaskState.RUNNING, started_at=started)
+        # After a fault paused this task, its nodes may still show the states they had then.
+        await self.rt.store.interrupt_unfinished(
+            "interrupted: the task paused while this node was being generated",
+            self.rt.clock(), task_id=task.id, crashed=False)
+        await self.rt.store.update_task(task.id, state=TaskState.RUNNING, started_at=started,
+                                        error=None)
         self.rt.bus.publish(TaskStateChanged(task_id=task.id, state=TaskState.RUNNING.value))
         log.info("task started", task_id=task.id, name=task.name, steps=task.steps)
         try:
             nodes = await self._prepare()
         except Exception as exc:
+            if is_storage_fault(exc):
+                raise StorageFault(describe(exc)) from exc
             # Failing the task, rather than raising, keeps the scheduler from relaunching it
             # forever.
             log.exception("task could not start", task_id=task.id)
@@ -214,6 +245,11 @@ class TaskRunner:
             for pending in inflight:
                 pending.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
+            if is_storage_fault(exc):
+                # Not the task's fault: it pauses and the scheduler resumes it from its last
+                # commit once writes work again.
+                await self._pause_on_fault(exc)
+                raise StorageFault(describe(exc)) from exc
             log.exception("task failed", task_id=task.id)
             await self._set_state(TaskState.FAILED, f"internal error: {exc}")
             return
@@ -227,9 +263,32 @@ class TaskRunner:
         error = None if self.best_metric is not None else "no working solution was found"
         if self.budget_note and error is None:
             error = self.budget_note
+        await self._settle_unfinished()
         await self._keep_top_k()
         await self._promote_lessons()
         await self._set_state(TaskState.FINISHED, error)
+
+    async def _pause_on_fault(self, exc: BaseException) -> None:
+        """Say in the task's state why it stopped, when the store can still take that."""
+        reason = describe(exc)
+        log.error("task paused: the daemon cannot write its state", task_id=self.task.id,
+                  error=reason)
+        with contextlib.suppress(Exception):
+            await self.rt.store.update_task(self.task.id, state=TaskState.PAUSED, error=reason)
+        self.rt.bus.publish(TaskStateChanged(task_id=self.task.id,
+                                             state=TaskState.PAUSED.value, error=reason))
+
+    async def _settle_unfinished(self) -> None:
+        """A task never ends with nodes that still look alive: any the search lost track of
+        (their outcome could not be written) are failed, saying so."""
+        for node in await self.rt.store.list_nodes(self.task.id):
+            if not node.state.terminal:
+                log.error("node left unfinished at the end of its task", task_id=self.task.id,
+                          node_id=node.id, state=node.state.value)
+                await self.rt.store.update_node(
+                    self.task.id, node.id, state=NodeState.FAILED,
+                    error=f"lost while {node.state.value}: its outcome was never recorded",
+                    finished_at=self.rt.clock())
 
     async def _prepare(self) -> list[NodeRecord]:
         """Everything before the search loop: the saved tree, best/, data preview, lessons."""
@@ -278,7 +337,7 @@ class TaskRunner:
             return
         # The best whose files are still there (a workspace removed by hand cannot be used).
         exists = await asyncio.to_thread(
-            lambda: [Workspace(self._node_dir(n.id)).submission.is_file() for n in done])
+            lambda: [_has_submission(self._node_dir(n.id)) for n in done])
         usable = [n for n, ok in zip(done, exists, strict=True) if ok]
         if not usable:
             log.warning("no finished node has its submission any more; best/ left as it is",
@@ -345,6 +404,13 @@ class TaskRunner:
         error: object = None,
     ) -> None:
         total, done = await self.rt.store.node_counts(self.task.id)
+        if state.terminal:
+            # What the disk proves was committed: a start that finds the database behind
+            # it (a lost or truncated WAL) refuses instead of rebuilding from less.
+            await asyncio.to_thread(
+                _write_committed, task_root(self.rt.state_dir, self.task.id),
+                {"node_id": node_id, "state": state.value,
+                 "metric": metric if isinstance(metric, float) else None, "finished": done})
         self.rt.bus.publish(NodeStateChanged(
             task_id=self.task.id, node_id=node_id,
             parent_id=pick.parent_ids[0] if pick.parent_ids else None,
@@ -394,18 +460,27 @@ class TaskRunner:
                         "being generated", interrupted=True))
                 raise
             except Exception as exc:
+                if is_storage_fault(exc):
+                    raise  # the task pauses; this node resumes with it
                 log.exception("expansion failed")
-                await self._fail(node_id, pick, f"{type(exc).__name__}: {exc}")
+                await self._fail(node_id, pick, f"{type(exc).__name__}: {exc}",
+                                 quiet=False)
 
     async def _fail(self, node_id: int, pick: Pick, reason: str,
-                    interrupted: bool = False) -> None:
+                    interrupted: bool = False, quiet: bool = True) -> None:
+        """Fail the node. `quiet` (on a cancel): a write that fails is left to the restart,
+        which settles the node; otherwise a storage fault propagates and pauses the task."""
         # A failed node leaves the search tree, so its slot opens again; it counts as a step
         # unless a daemon stop interrupted it before it had code.
         self.inflight.pop(node_id, None)
         self.policy.abort(node_id, pick)
-        with contextlib.suppress(Exception):
+        try:
             await self._node_state(node_id, pick, NodeState.FAILED, error=reason,
                                    finished_at=self.rt.clock(), interrupted=interrupted)
+        except Exception as exc:
+            if quiet or not is_storage_fault(exc):
+                return
+            raise
 
     async def _generate_code(self, node_id: int, pick: Pick) -> CodeResponse:
         task = self.task
@@ -492,13 +567,16 @@ class TaskRunner:
             log.info("node running", operator=pick.operator.value, summary=summary,
                      slot=lease.slot_id)
 
+        machine = await asyncio.to_thread(Machine.read, self.rt.state_dir,
+                                          self.rt.slots.capacity)
+        limits = job_limits(execution, machine)
         job_pids: set[int] = set()
         watcher = asyncio.create_task(_collect_descendants(job_pids)) \
             if lease.gpu_uuid and self.rt.sampler else None
         try:
             result = await run_script(
                 ws, timeout, execution.kill_grace_s, execution.python or None, started,
-                lease=lease, limits=job_limits(execution), sandbox=execution.sandbox,
+                lease=lease, limits=limits, sandbox=execution.sandbox,
                 public_dir=task.spec.public_dir, job_id=f"{task.id}-{node_id}",
                 hidden_paths=self._hidden_paths(),
             )
@@ -633,7 +711,7 @@ class TaskRunner:
             return
         nodes = self._ranked(await self.rt.store.list_nodes(self.task.id))
         root = task_root(self.rt.state_dir, self.task.id)
-        await asyncio.to_thread(_copy_top, root, [n.id for n in nodes[:k]])
+        await asyncio.to_thread(_copy_top, root, [(n.id, n.code or "") for n in nodes[:k]])
 
     def _ranked(self, nodes: list[NodeRecord]) -> list[NodeRecord]:
         """The working nodes, best first (the earlier of equal metrics first)."""
@@ -682,6 +760,28 @@ class _Held(Exception):
     """A node with code meets a draining daemon before it runs: it stays ready for later."""
 
 
+def _has_submission(root: Path) -> bool:
+    """Whether the workspace at `root` still holds its submission as a regular file."""
+    try:
+        untrusted.size_of(root, SUBMISSION)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _write_committed(root: Path, record: dict[str, object]) -> None:
+    """Replace `root/committed.json` with `record`, atomically (each writer its own temp)."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".committed-{record['node_id']}.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, root / "committed.json")
+
+
+def _copy_submission(ws: Workspace, target: Path) -> None:
+    """The node's submission, copied from the file checked at evaluation (never a link)."""
+    untrusted.copy_out(ws.root, SUBMISSION, target, MAX_KEPT_SUBMISSION_BYTES)
+
+
 def _copy_best(ws: Workspace, target: Path, node_id: int, metric: float, code: str) -> None:
     """Replace `target` with the new best's files; the swap is a rename, so a reader sees either
     the old best or the new one, whole."""
@@ -689,7 +789,7 @@ def _copy_best(ws: Workspace, target: Path, node_id: int, metric: float, code: s
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     (staging / "solution.py").write_text(code)
-    shutil.copyfile(ws.submission, staging / "submission.csv")
+    _copy_submission(ws, staging / "submission.csv")
     (staging / "node.json").write_text(json.dumps({"node_id": node_id, "metric": metric}))
     old = target.with_name("best.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -706,13 +806,6 @@ async def _collect_descendants(pids: set[int], interval_s: float = 1.0) -> None:
             with contextlib.suppress(psutil.Error):
                 pids.update(c.pid for c in psutil.Process(pid).children(recursive=True))
         await asyncio.sleep(interval_s)
-
-
-def job_limits(execution: ExecutionConfig) -> JobLimits:
-    return JobLimits(memory_mb=execution.memory_limit_mb,
-                     max_processes=execution.max_processes,
-                     max_file_size_mb=execution.max_file_size_mb,
-                     max_workspace_mb=execution.max_workspace_mb)
 
 
 def _data_preview(spec: TaskSpec) -> str:
@@ -741,15 +834,25 @@ def _write_text(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def _copy_top(root: Path, node_ids: list[int]) -> None:
+def _copy_top(root: Path, nodes: list[tuple[int, str]]) -> None:
+    """top/<rank>-node<id>/ with each (node id, code)'s submission and script, best first; a
+    node whose submission is no longer a safe file is left out."""
     top = root / "top"
     shutil.rmtree(top, ignore_errors=True)
-    for rank, node_id in enumerate(node_ids, start=1):
+    rank = 0
+    for node_id, code in nodes:
         ws = Workspace(root / "nodes" / str(node_id))
-        target = top / f"{rank}-node{node_id}"
+        target = top / f"{rank + 1}-node{node_id}"
         target.mkdir(parents=True)
-        shutil.copyfile(ws.submission, target / "submission.csv")
-        shutil.copyfile(ws.script, target / "solution.py")
+        try:
+            _copy_submission(ws, target / "submission.csv")
+        except (FileNotFoundError, untrusted.UnsafeFile) as exc:
+            log.warning("a top node's submission cannot be kept", node_id=node_id,
+                        error=str(exc))
+            shutil.rmtree(target)
+            continue
+        (target / "solution.py").write_text(code)
+        rank += 1
 
 
 class Scheduler:
@@ -762,6 +865,9 @@ class Scheduler:
         self.rt = Runtime(store, bus, coder, config, pool, state_dir, clock, sampler,
                           socket_path)
         self.runners: dict[str, tuple[TaskRunner, asyncio.Task[None]]] = {}
+        # Tasks whose runner stopped on an error, waiting out a back-off before they are
+        # launched again: task id -> (failed launches in a row, the error).
+        self.backing_off: dict[str, tuple[int, str]] = {}
         self._stopping = False
         self._pumps: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -790,7 +896,7 @@ class Scheduler:
         for task in waiting:
             if len(self.runners) >= self.rt.config.daemon.max_running_tasks:
                 break
-            if task.id not in self.runners:
+            if task.id not in self.runners and task.id not in self.backing_off:
                 self._launch(task)
 
     def _launch(self, task: TaskRecord) -> None:
@@ -798,15 +904,47 @@ class Scheduler:
         with structlog.contextvars.bound_contextvars(task_id=task.id):
             handle = asyncio.create_task(runner.run(), name=f"task-{task.id}")
         self.runners[task.id] = (runner, handle)
-        handle.add_done_callback(lambda _h: self._on_done(task.id))
+        handle.add_done_callback(lambda h: self._on_done(task.id, h))
 
-    def _on_done(self, task_id: str) -> None:
+    def _on_done(self, task_id: str, handle: asyncio.Task[None]) -> None:
         self.runners.pop(task_id, None)
-        if not self._stopping:
-            # Keep a reference: the loop holds tasks only weakly.
-            pump = asyncio.get_running_loop().create_task(self.pump())
-            self._pumps.add(pump)
-            pump.add_done_callback(self._pumps.discard)
+        error = None if handle.cancelled() else handle.exception()
+        if self._stopping:
+            return
+        if error is None:
+            self.backing_off.pop(task_id, None)
+            self._spawn(self.pump())
+            return
+        # Never relaunched at once: the cause (a full disk) is most likely still there.
+        attempt = self.backing_off.get(task_id, (0, ""))[0] + 1
+        reason = describe(error) if is_storage_fault(error) else f"{type(error).__name__}: {error}"
+        self.backing_off[task_id] = (attempt, reason)
+        self._spawn(self._relaunch_later(task_id, attempt, reason))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        # Keep a reference: the loop holds tasks only weakly.
+        pump = asyncio.get_running_loop().create_task(coro)
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
+
+    async def _relaunch_later(self, task_id: str, attempt: int, reason: str) -> None:
+        """After a back-off, and once a write to the state dir works, launch the task again;
+        it resumes from its last commit."""
+        daemon = self.rt.config.daemon
+        while True:
+            delay = backoff_s(attempt, daemon.fault_retry_s, daemon.fault_retry_max_s)
+            log.error("task stopped on an error; trying again after a pause", task_id=task_id,
+                      error=reason, attempt=attempt, retry_in_s=delay)
+            await self.rt.sleep(delay)
+            problem = await asyncio.to_thread(probe_storage, self.rt.state_dir)
+            if problem is None:
+                break
+            attempt += 1
+            reason = f"cannot write the daemon's state: {problem}"
+            self.backing_off[task_id] = (attempt, reason)
+        del self.backing_off[task_id]
+        log.info("resuming the task", task_id=task_id, attempt=attempt)
+        await self.pump()
 
     async def submit(self, task: TaskRecord) -> None:
         if self._stopping:
@@ -842,9 +980,7 @@ class Scheduler:
         for runner, _handle in self.runners.values():
             runner.run_slots.total_tokens = config.search.parallel
         if not self._stopping:
-            pump = asyncio.get_running_loop().create_task(self.pump())
-            self._pumps.add(pump)
-            pump.add_done_callback(self._pumps.discard)
+            self._spawn(self.pump())
 
     async def stop(self, grace_s: float = 0.0) -> None:
         """Stop every runner; their tasks stay `running` in the store and resume on restart.
@@ -864,5 +1000,10 @@ class Scheduler:
         for handle in handles:
             handle.cancel()
         await asyncio.gather(*handles, return_exceptions=True)
+        # Relaunches waiting out a back-off end here; the next start resumes those tasks.
+        pending_pumps = list(self._pumps)
+        for pump in pending_pumps:
+            pump.cancel()
+        await asyncio.gather(*pending_pumps, return_exceptions=True)
         if self._ticker is not None:
             self._ticker.cancel()

@@ -18,12 +18,18 @@ import aiosqlite
 
 from mlmaster_daemon.errors import NodeNotFound, TaskNotFound
 from mlmaster_daemon.llm.coder import CallRecord
+from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import NodeState, Operator, TaskState
 from mlmaster_daemon.redact import redact, redact_value
 from mlmaster_daemon.store.migrations import migrate
 from mlmaster_daemon.store.records import NodeRecord, TaskRecord
 from mlmaster_daemon.tasks.spec import TaskSpec
 
+log = get_logger("mlmaster.store")
+MAX_CRASHES = 2
+CRASHED_TOO_OFTEN = (
+    f"the daemon stopped abnormally {MAX_CRASHES} times while this node ran (killed, out of "
+    "memory, a power cut); it may be what brings the daemon down, so it is not run again")
 _TASK_COLUMNS = (
     "id, name, task_dir, spec, policy, steps, time_limit_s, node_timeout_s, state, error,"
     " best_node_id, best_metric, created_at, started_at, finished_at, max_tokens, max_cost,"
@@ -303,24 +309,48 @@ class Store:
             rows = await cur.fetchall()
         return [(str(r[0]), int(r[1])) for r in rows]
 
-    async def interrupt_unfinished(self, reason: str, now: float) -> tuple[int, int]:
-        """After a restart: nodes whose code was already written go back to `ready` (their paid
-        answer is run, not asked again); nodes still being generated fail. Returns
-        (requeued, failed)."""
+    async def interrupt_unfinished(self, reason: str, now: float, *, task_id: str | None = None,
+                                   crashed: bool = True) -> tuple[int, int]:
+        """After a restart (`crashed`), or before a task that stopped on a fault resumes
+        (`task_id`, not `crashed`): nodes whose code was already written go back to `ready`
+        (their paid answer is run, not asked again); nodes still being generated fail.
+
+        A restart counts a crash against each node that was running or being judged; a node
+        at MAX_CRASHES fails instead of running again (it may be what kills the daemon).
+        Returns (requeued, failed)."""
         with_code = (NodeState.READY.value, NodeState.RUNNING.value, NodeState.EVALUATING.value)
         before_code = (NodeState.PENDING.value, NodeState.GENERATING.value)
+        during_run = (NodeState.RUNNING.value, NodeState.EVALUATING.value)
+        scope, key = ("", ()) if task_id is None else (" AND task_id = ?", (task_id,))
         async with self._transaction() as db:
+            crashed_out = 0
+            if crashed:
+                async with db.execute(
+                    f"SELECT task_id, id, crashes + 1 FROM nodes WHERE state IN (?, ?){scope}",
+                    (*during_run, *key)) as cur:
+                    for row in await cur.fetchall():
+                        log.warning("a node was running when the daemon stopped abnormally",
+                                    task_id=row[0], node_id=row[1], crashes=row[2],
+                                    failed_now=row[2] >= MAX_CRASHES)
+                await db.execute("UPDATE nodes SET crashes = crashes + 1 "
+                                 f"WHERE state IN (?, ?){scope}", (*during_run, *key))
+                failed_crash = await db.execute(
+                    "UPDATE nodes SET state = ?, error = ?, finished_at = ? "
+                    f"WHERE state IN (?, ?) AND crashes >= ?{scope}",
+                    (NodeState.FAILED.value, CRASHED_TOO_OFTEN, now, *during_run, MAX_CRASHES,
+                     *key))
+                crashed_out = failed_crash.rowcount
             requeued = await db.execute(
                 "UPDATE nodes SET state = ?, pid = NULL, started_at = NULL "
-                "WHERE state IN (?, ?, ?) AND code IS NOT NULL",
-                (NodeState.READY.value, *with_code),
+                f"WHERE state IN (?, ?, ?) AND code IS NOT NULL{scope}",
+                (NodeState.READY.value, *with_code, *key),
             )
             failed = await db.execute(
                 "UPDATE nodes SET state = ?, error = ?, finished_at = ?, interrupted = 1 "
-                "WHERE state IN (?, ?) OR (state IN (?, ?, ?) AND code IS NULL)",
-                (NodeState.FAILED.value, reason, now, *before_code, *with_code),
+                f"WHERE (state IN (?, ?) OR (state IN (?, ?, ?) AND code IS NULL)){scope}",
+                (NodeState.FAILED.value, reason, now, *before_code, *with_code, *key),
             )
-            return requeued.rowcount, failed.rowcount
+            return requeued.rowcount, failed.rowcount + crashed_out
 
     async def _update(
         self, table: str, allowed: frozenset[str], where: str, key: tuple[Any, ...],
