@@ -20,7 +20,6 @@ import json
 import math
 import os
 import sqlite3
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mlmaster_daemon.api.schemas import is_node_id, is_task_id
+from mlmaster_daemon.untrusted import read_bounded
 
 COMMITTED_NAME = "committed.json"
 BEST_NAME = "best"
@@ -205,15 +205,9 @@ def _read_task(root: Path, task_fd: int) -> TaskFiles:
     with _open_dir("nodes", task_fd) as nodes_fd:
         if nodes_fd is not None:
             node_ids = frozenset(int(n) for n in _subdirs(nodes_fd) if is_node_id(n) and int(n))
-    outcomes = []
-    committed = _committed(_read_json(COMMITTED_NAME, task_fd), root / COMMITTED_NAME)
-    if committed is not None:
-        outcomes.append(committed)
-    with _open_dir(BEST_NAME, task_fd) as best_fd:
-        best = _best(_read_json("node.json", best_fd), root / BEST_NAME) if best_fd else None
-    if best is not None:
-        outcomes.append(best)
-    return TaskFiles(root.name, root, node_ids, tuple(outcomes))
+    proofs = (_committed(_read_json(root, COMMITTED_NAME), root / COMMITTED_NAME),
+              _best(_read_json(root, f"{BEST_NAME}/node.json"), root / BEST_NAME))
+    return TaskFiles(root.name, root, node_ids, tuple(p for p in proofs if p is not None))
 
 
 def _committed(raw: Any, source: Path) -> Outcome | None:
@@ -268,24 +262,11 @@ def _open_dir(name: str, dir_fd: int) -> Iterator[int | None]:
         os.close(fd)
 
 
-def _read_json(name: str, dir_fd: int | None) -> Any:
+def _read_json(root: Path, relative: str) -> Any:
     """A small regular file's JSON, or None (missing, a link, not a file, too big, not JSON)."""
-    if dir_fd is None:
-        return None
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=dir_fd)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = os.read(fd, MAX_PROOF_BYTES + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_PROOF_BYTES:
+        data = read_bounded(root, relative, MAX_PROOF_BYTES)
+    except (OSError, ValueError):
         return None
     try:
         return json.loads(data)
