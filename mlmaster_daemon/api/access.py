@@ -1,10 +1,13 @@
 """Who may use the API, and what the daemon will read on a peer's behalf.
 
 The kernel vouches for the process at the other end of the Unix socket (SO_PEERCRED); the
-daemon admits root, its own user and the users and groups [daemon] lists. It reads a task
-folder for a peer only when the folder lies under an allowed root, outside its own state
-directory, and the peer could read it too, judged from the mode bits as the kernel judges them
-(POSIX ACLs are not consulted: a folder shared only through an ACL is refused).
+daemon admits root, its own user and the users and groups [daemon] lists, but never one of its
+own jobs: generated code runs as the daemon's user, so the user alone cannot tell it from the
+CLI (see `job_process_reason`). It reads a task folder for a peer only when the folder lies under
+an allowed root, outside its own state directory, and the peer could read it too, judged from
+the mode bits as the kernel judges them (POSIX ACLs are not consulted: a folder shared only
+through an ACL is refused). The same holds for everything a job will see in the task's public
+folder, links followed.
 
 Everything here that touches the filesystem or the user database blocks: run it in a thread.
 """
@@ -15,6 +18,7 @@ import errno
 import grp
 import os
 import pwd
+import signal
 import socket
 import stat
 import struct
@@ -24,6 +28,7 @@ from pathlib import Path
 
 from mlmaster_daemon.config import DaemonConfig
 from mlmaster_daemon.errors import Forbidden, InvalidTaskDir
+from mlmaster_daemon.execution.cgroups import DAEMON_LEAF, GROUP_DIR
 from mlmaster_daemon.tasks.competition import (
     SAMPLE_SUBMISSION_NAMES,
     TASK_TOML,
@@ -39,6 +44,14 @@ DESCRIPTION_FILE = "description.md"
 MAX_SYMLINKS = 40
 PROC = Path("/proc")
 _CRED = struct.Struct("3i")
+# SO_PEERPIDFD (Linux 6.5): a pidfd for the very process that connected. Python names it
+# only from 3.13 on.
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
+# How far up the parent chain a peer is followed looking for the daemon.
+MAX_ANCESTORS = 1024
+# Bounds on the walk through a task's public folder (see check_public_folder).
+MAX_PUBLIC_ENTRIES = 5_000_000
+MAX_PUBLIC_DEPTH = 40
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,152 @@ def connect_refusal(peer: Peer, daemon: DaemonConfig) -> Forbidden:
     else:
         how = f"ask an admin to add your uid {peer.uid} to [daemon] allowed_uids"
     return Forbidden(f"{peer} may not use this daemon: {how}")
+
+
+class JobProcess(Forbidden):
+    """One of the daemon's jobs (generated code) used the API: it may not, whoever runs it."""
+
+    code = "job_process"
+
+
+def job_refusal(pid: int, reason: str) -> JobProcess:
+    """The 403 for a peer `job_process_reason` found to be a job, with that reason."""
+    return JobProcess(
+        f"generated code may not use the daemon's API: the process that connected (pid {pid}) "
+        f"{reason}; use the API from a shell or program of your own, not from a node's script")
+
+
+def peer_job_reason(sock: socket.socket, pid: int, uid: int) -> str | None:
+    """`job_process_reason` for the peer (`pid`, `uid`) of the Unix socket `sock`, the
+    process pinned by a pidfd where the kernel gives one (SO_PEERPIDFD, Linux 6.5)."""
+    try:
+        pidfd: int | None = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError:
+        pidfd = None
+    try:
+        return job_process_reason(pid, uid, pidfd)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def job_process_reason(pid: int, uid: int, pidfd: int | None = None,
+                       daemon_pid: int | None = None) -> str | None:
+    """Why the process `pid` of user `uid`, which connected to the daemon (`daemon_pid`, by
+    default this process), is one of its jobs, or must be taken for one; None if it is not.
+
+    A job is a process that runs in a pid namespace nested in the daemon's (bubblewrap gives
+    every job its own), that descends from the daemon through a child the daemon started in
+    a session of its own (the runner starts every job so; anything else it starts, such as
+    the bubblewrap probe, stays in its session), or that is in a job cgroup (under the
+    `mlmaster` folder of the daemon's own cgroup). A job that left all three (an unsandboxed
+    job that double-forked out of the daemon's tree while cgroups are unusable) goes unseen.
+
+    pid 0 is what the kernel reports for a peer in a pid namespace the daemon cannot see; no
+    job is there (a job's namespace is the daemon's or nested in it), so it is not one. A peer
+    that could be a job (it runs as the daemon's user, or the daemon is root) but cannot be
+    checked is taken for one: its /proc entry is gone (it exited after connecting, handing
+    the connection on) or unreadable, or `pidfd` (SO_PEERPIDFD's, which pins the very process
+    that connected) says it exited during the check, so what was read may describe a
+    process that took over its pid. Without a pidfd that last race stays open. Reads /proc:
+    blocking."""
+    if pid <= 0:
+        return None
+    me = os.getpid() if daemon_pid is None else daemon_pid
+    try:
+        reason = _job_evidence(pid, me)
+        if pidfd is not None:
+            _signal_pidfd(pidfd)
+    except OSError:
+        if os.getuid() in (uid, 0):
+            return "has exited or is hidden in /proc, so the daemon cannot tell it from a job"
+        return None
+    return reason
+
+
+def _signal_pidfd(pidfd: int) -> None:
+    """Raise ProcessLookupError if the pidfd's process has exited."""
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except PermissionError:
+        pass  # alive, only not ours to signal
+
+
+def _job_evidence(pid: int, me: int) -> str | None:
+    """What makes `pid` a job of the daemon `me`, or None; OSError when `pid` cannot be read."""
+    if _namespace_depth(pid) > _namespace_depth(me):
+        return "runs in a pid namespace of its own, as a sandboxed job does"
+    cgroup = job_cgroup(_read_proc(pid, "cgroup"), _read_proc(me, "cgroup"))
+    if cgroup is not None:
+        return f"is in the job cgroup {cgroup}"
+    ancestor = _job_ancestor(pid, me)
+    if ancestor is not None:
+        return f"descends from the daemon through the job it started as pid {ancestor}"
+    return None
+
+
+def _read_proc(pid: int, name: str) -> str:
+    return (PROC / str(pid) / name).read_text()
+
+
+def _namespace_depth(pid: int) -> int:
+    """How many pid namespaces, counted from /proc's own, hold `pid` (NSpid in its status:
+    world-readable, unlike /proc/<pid>/ns/pid); OSError when it cannot be told."""
+    for line in _read_proc(pid, "status").splitlines():
+        if line.startswith("NSpid:"):
+            return len(line.split()) - 1
+    raise OSError(errno.ENOTSUP, f"no NSpid in /proc/{pid}/status (Linux before 4.1)")
+
+
+def job_cgroup(peer: str, own: str) -> str | None:
+    """The job cgroup the peer's /proc/<pid>/cgroup text `peer` puts it in, judged from the
+    daemon's own text `own` (jobs live in <own cgroup>/mlmaster/<job>, per hierarchy; on v2
+    the daemon itself may have moved down into <own cgroup>/daemon), or None."""
+    theirs = _cgroup_paths(peer)
+    for controllers, path in _cgroup_paths(own).items():
+        base = path
+        if controllers == "" and path.endswith(f"/{DAEMON_LEAF}"):
+            base = path[:-len(DAEMON_LEAF) - 1]
+        prefix = f"{base.rstrip('/')}/{GROUP_DIR}/"
+        if theirs.get(controllers, "").startswith(prefix):
+            return theirs[controllers]
+    return None
+
+
+def _cgroup_paths(text: str) -> dict[str, str]:
+    """controllers ("" for v2) -> cgroup path, from a /proc/<pid>/cgroup text."""
+    paths = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            paths[parts[1]] = parts[2]
+    return paths
+
+
+def _job_ancestor(pid: int, me: int) -> int | None:
+    """The child of `me` that `pid` descends from (or is), if that child leads a session of
+    its own, as every job does; None otherwise. OSError when `pid` itself cannot be read."""
+    child: tuple[int, int] | None = None  # (pid, session) of the last process climbed
+    current = pid
+    for _ in range(MAX_ANCESTORS):
+        if current == me:
+            return child[0] if child is not None and child[0] == child[1] else None
+        if current <= 1:
+            return None
+        try:
+            ppid, session = _parent_and_session(current)
+        except OSError:
+            if current == pid:
+                raise
+            return None  # an ancestor exited while we climbed: the chain is broken
+        child, current = (current, session), ppid
+    return None
+
+
+def _parent_and_session(pid: int) -> tuple[int, int]:
+    # The command name in parentheses may hold spaces and parentheses: split after the last.
+    fields = _read_proc(pid, "stat").rpartition(")")[2].split()
+    return int(fields[1]), int(fields[3])
 
 
 def may_cancel(peer: Peer, submitter_uid: int | None, daemon: DaemonConfig,
@@ -284,6 +443,88 @@ def check_task_spec(spec: TaskSpec, peer: Peer, placement: Placement) -> None:
         paths += [spec.private_dir, *(spec.private_dir / name for name in ANSWER_FILE_NAMES)]
     for path in paths:
         _check_path(path, peer, placement)
+    check_public_folder(public, peer, placement, spec.private_dir)
+
+
+def check_public_folder(public: Path, peer: Peer, placement: Placement,
+                        private: Path | None = None, *, max_entries: int = MAX_PUBLIC_ENTRIES,
+                        max_depth: int = MAX_PUBLIC_DEPTH) -> None:
+    """Refuse a public folder that shows a job anything `peer` could not read: every file
+    and folder under `public`, symlinks followed (into folders too, each folder once), must
+    be a regular file or folder that `peer` may read, lie under an allowed root and outside
+    the state dir (`placement`), and not be or lie in the hidden answers folder `private`.
+    A dangling link must point into an allowed place too (something may appear there later).
+
+    Raises `Forbidden` naming the first such path (as a job names it, and where it leads),
+    `InvalidTaskDir` when the folder holds more than `max_entries` entries or nests deeper
+    than `max_depth` folders, or the daemon cannot list a folder."""
+    top = _locate_as(public, peer)
+    if top is None:
+        return
+    hidden = Path(os.path.realpath(private)) if private is not None else None
+    pending = [(public, top, 0)]
+    seen = {top}
+    count = 0
+    while pending:
+        shown, real, depth = pending.pop()
+        for entry in _entries(real):
+            count += 1
+            if count > max_entries:
+                raise InvalidTaskDir(
+                    f"{public} holds more than {max_entries} files and folders (links "
+                    "followed); the daemon checks every one a job can see, so split the data "
+                    "or pack it into archives")
+            given, inside = shown / entry.name, real / entry.name
+            target, info = _entry_target(entry, inside, given, peer, placement)
+            if target is None:
+                continue
+            if hidden is not None and target.is_relative_to(hidden):
+                raise Forbidden(
+                    f"{_shown(given, target)} is the task's hidden answers folder or lies in "
+                    "it, where jobs would read it; keep private/ outside the public folder")
+            if stat.S_ISDIR(info.st_mode):
+                _check_access(given, target, info, peer)
+                if target in seen:
+                    continue
+                if depth + 1 > max_depth:
+                    raise InvalidTaskDir(
+                        f"{given} nests more than {max_depth} folders deep in {public} (links "
+                        "followed); flatten the data, or remove a link that loops")
+                seen.add(target)
+                pending.append((given, target, depth + 1))
+            elif stat.S_ISREG(info.st_mode):
+                _check_access(given, target, info, peer)
+            else:
+                raise Forbidden(
+                    f"{_shown(given, target)} is not a regular file or folder; a task's public "
+                    "folder may hold only those (and links to them): remove it, submit again")
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as listing:
+            return sorted(listing, key=lambda entry: entry.name)
+    except OSError as exc:
+        raise InvalidTaskDir(f"cannot list {folder}: {exc.strerror or exc}") from None
+
+
+def _entry_target(entry: os.DirEntry[str], inside: Path, given: Path, peer: Peer,
+                  placement: Placement) -> tuple[Path | None, os.stat_result]:
+    """Where a public folder's entry leads and what is there; (None, its lstat) for a
+    dangling link, after checking where it points."""
+    info = entry.stat(follow_symlinks=False)
+    if not stat.S_ISLNK(info.st_mode):
+        return inside, info
+    target = _locate_as(inside, peer)
+    if target is None:
+        placement.check(Path(os.path.realpath(inside)), given)
+        return None, info
+    placement.check(target, given)
+    return target, os.stat(target)
+
+
+def _shown(given: Path, resolved: Path) -> str:
+    return str(given) if given == resolved else f"{given} (that is, {resolved})"
 
 
 def _read_by_load_task(folder: Path, peer: Peer) -> list[Path]:

@@ -30,9 +30,11 @@ from mlmaster_daemon.api.access import (
     check_task_spec,
     connect_refusal,
     identify,
+    job_refusal,
     may_cancel,
     may_connect,
     peer_credentials,
+    peer_job_reason,
 )
 from mlmaster_daemon.api.openapi import openapi_json
 from mlmaster_daemon.api.schemas import SubmitRequest, is_node_id, is_task_id
@@ -102,7 +104,8 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
 
 @web.middleware
 async def admit_peer(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Let through only the peers [daemon] admits; store the peer for the handlers."""
+    """Let through only the peers [daemon] admits, and none of the daemon's own jobs (403
+    `job_process`); store the peer for the handlers."""
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None or sock.family != socket.AF_UNIX:
@@ -115,6 +118,11 @@ async def admit_peer(request: web.Request, handler: Any) -> web.StreamResponse:
         log.warning("peer refused", uid=uid, gid=gid, pid=pid, user=peer.name,
                     method=request.method, path=request.path)
         raise await asyncio.to_thread(connect_refusal, peer, daemon)
+    job = await asyncio.to_thread(peer_job_reason, sock, pid, uid)
+    if job is not None:
+        log.warning("job process refused", pid=pid, uid=uid, reason=job,
+                    method=request.method, path=request.path)
+        raise job_refusal(pid, job)
     _PEER.set(peer)
     response: web.StreamResponse = await handler(request)
     return response
