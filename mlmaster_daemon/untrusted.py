@@ -128,9 +128,9 @@ def text_excerpt(root: Path, relative: str | PurePath, limit: int) -> str:
             head, cut, tail = head_and_tail(handle, limit)
     except (FileNotFoundError, UnsafeFile, NotADirectoryError):
         return ""
-    text = head.decode(errors="replace")
+    text = _decode(head)
     if cut:
-        text += f"\n... [{cut} bytes cut] ...\n" + tail.decode(errors="replace")
+        text += f"\n... [{cut} bytes cut] ...\n" + _decode(tail)
     return redact(text)
 
 
@@ -143,7 +143,12 @@ def text_tail(root: Path, relative: str | PurePath, limit: int) -> str:
             data = os.pread(fd, limit, max(size - limit, 0))
     except (FileNotFoundError, UnsafeFile, NotADirectoryError):
         return ""
-    return redact(data.decode(errors="replace"))
+    return redact(_decode(data))
+
+
+def _decode(data: bytes) -> str:
+    # NUL bytes (a sparse file's holes) carry nothing and upset prompts and JSON consumers.
+    return data.replace(b"\0", b"").decode(errors="replace")
 
 
 def copy_out(root: Path, relative: str | PurePath, target: Path, max_bytes: int) -> None:
