@@ -28,6 +28,7 @@ from mlmaster_daemon.api.access import (
     Peer,
     Placement,
     Unreachable,
+    check_public_folder,
     check_task_folder,
     identify,
     permits,
@@ -35,7 +36,7 @@ from mlmaster_daemon.api.access import (
 )
 from mlmaster_daemon.api.client import ApiError, Client
 from mlmaster_daemon.daemon import Daemon
-from mlmaster_daemon.errors import Forbidden
+from mlmaster_daemon.errors import Forbidden, InvalidTaskDir
 
 NOBODY = 65534
 # A uid with no passwd entry; its groups are only its primary gid.
@@ -175,6 +176,21 @@ def test_a_file_load_task_would_read_is_checked_before_it_is_read(
     with pytest.raises(Forbidden) as err:
         check_task_folder(task, _stranger(), placement)
     assert str(answers) in err.value.message
+
+
+def test_the_public_folder_walk_is_bounded_in_entries_and_depth(open_dir: Path) -> None:
+    public = open_dir / "public"
+    (public / "a" / "b" / "c").mkdir(parents=True)
+    for i in range(5):
+        (public / f"f{i}.csv").write_text("x\n")
+    # A link back up is walked once, not forever.
+    (public / "a" / "up").symlink_to(public)
+    placement = Placement(roots=(Path("/"),), state_dir=open_dir / "state")
+    check_public_folder(public, _stranger(), placement)
+    with pytest.raises(InvalidTaskDir, match="more than 6 files and folders"):
+        check_public_folder(public, _stranger(), placement, max_entries=6)
+    with pytest.raises(InvalidTaskDir, match=r"a/b/c nests more than 2 folders deep"):
+        check_public_folder(public, _stranger(), placement, max_depth=2)
 
 
 def test_placement_refuses_outside_the_roots_and_inside_the_state_dir(tmp_path: Path) -> None:
@@ -333,6 +349,89 @@ async def test_a_folder_the_peer_cannot_read_is_403_naming_it(
         assert str(sample) in body["error"]["message"]
         async with Client(daemon.socket_path) as client:
             assert await client.tasks() == []
+
+
+@needs_root
+async def test_a_public_link_to_what_the_submitter_cannot_read_is_403_naming_it(
+    short_dir: Path, breast_cancer: Path
+) -> None:
+    task = _open_copy(breast_cancer, short_dir / "task")
+    public = task / "prepared" / "public"
+    theirs = short_dir / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.csv").write_text("a\n")
+    (theirs / "secret.csv").write_text("b\n")
+    (theirs / "secret.csv").chmod(0o600)
+    planted = {public / "extra.csv": Path("/etc/shadow"), public / "more": theirs}
+    async with running(short_dir, allowed_uids=[NOBODY]) as daemon:
+        for link, target in planted.items():
+            link.symlink_to(target)
+            status, body = await call_as(NOBODY, NOBODY, daemon, "POST", "/v1/tasks",
+                                         {"task_dir": str(task), "steps": 1})
+            assert (status, body["error"]["code"]) == (403, "forbidden")
+            shown = link if target.is_file() else link / "secret.csv"
+            assert f"cannot read {shown} (that is, " in body["error"]["message"]
+            link.unlink()
+        async with Client(daemon.socket_path) as client:
+            assert await client.tasks() == []
+
+
+@needs_root
+async def test_a_public_folder_whose_links_the_submitter_can_read_is_accepted(
+    short_dir: Path, breast_cancer: Path
+) -> None:
+    task = _open_copy(breast_cancer, short_dir / "task")
+    public = task / "prepared" / "public"
+    shared = short_dir / "shared"
+    (shared / "images").mkdir(parents=True)
+    (shared / "images" / "0.png").write_bytes(b"png")
+    (public / "images").symlink_to(shared / "images")
+    (public / "train_copy.csv").symlink_to("train.csv")
+    (public / "gone.csv").symlink_to(short_dir / "not-there-yet.csv")
+    async with running(short_dir, allowed_uids=[NOBODY]) as daemon, \
+            Client(daemon.socket_path) as client:
+        status, task_view = await call_as(NOBODY, NOBODY, daemon, "POST", "/v1/tasks",
+                                          {"task_dir": str(task), "steps": 1})
+        assert status == 201, task_view
+        await _cancel_quietly(client, task_view["id"])
+
+
+async def test_a_public_folder_showing_the_state_dir_or_a_fifo_is_refused(
+    short_dir: Path, breast_cancer: Path
+) -> None:
+    task = _open_copy(breast_cancer, short_dir / "task")
+    public = task / "prepared" / "public"
+    async with running(short_dir) as daemon, Client(daemon.socket_path) as client:
+        (public / "db").symlink_to(daemon.state_dir / "mlmaster.db")
+        os.mkfifo(public / "pipe")
+        for planted, why in ((public / "db", "state directory"),
+                             (public / "pipe", "not a regular file or folder")):
+            with pytest.raises(ApiError) as err:
+                await client.submit({"task_dir": str(task), "steps": 1})
+            assert (err.value.status, err.value.code) == (403, "forbidden")
+            assert str(planted) in err.value.message and why in err.value.message
+            planted.unlink()
+        assert await client.tasks() == []
+
+
+async def test_hidden_answers_inside_the_public_folder_are_refused(
+    short_dir: Path, breast_cancer: Path
+) -> None:
+    # A flat task folder (train.csv at its top) is its own public folder: its
+    # prepared/private would be in a job's input/.
+    flat = short_dir / "flat"
+    shutil.copytree(breast_cancer / "prepared" / "public", flat)
+    shutil.copy(breast_cancer / "task.toml", flat)
+    shutil.copytree(breast_cancer / "prepared" / "private", flat / "prepared" / "private")
+    async with running(short_dir) as daemon, Client(daemon.socket_path) as client:
+        with pytest.raises(ApiError) as err:
+            await client.submit({"task_dir": str(flat), "steps": 1})
+        assert (err.value.status, err.value.code) == (403, "forbidden")
+        assert f"{flat / 'prepared' / 'private'} is the task's hidden answers folder" in \
+            err.value.message
+        shutil.rmtree(flat / "prepared")
+        task = await client.submit({"task_dir": str(flat), "steps": 1})
+        await _cancel_quietly(client, task["id"])
 
 
 @needs_root
