@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from mlmaster_daemon import __version__
+from mlmaster_daemon import __version__, untrusted
 from mlmaster_daemon.api.access import (
     Peer,
     Placement,
@@ -42,6 +42,7 @@ from mlmaster_daemon.bus import Event, EventBus
 from mlmaster_daemon.config import Config
 from mlmaster_daemon.errors import Forbidden, InvalidRequest, MlmasterError
 from mlmaster_daemon.execution.workspace import Workspace
+from mlmaster_daemon.faults import describe, is_storage_fault
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import TaskState
 from mlmaster_daemon.policies import check_policy
@@ -72,6 +73,9 @@ SERVICES = web.AppKey("services", Services)
 # storage, whose typed keys need aiohttp 3.14: the handler runs in the middleware's context.
 _PEER: ContextVar[Peer] = ContextVar("mlmaster_peer")
 MAX_BODY_BYTES = 64 * 1024
+# A listing shows at most this many tasks, the newest.
+MAX_LISTED = 500
+MAX_MEMORY_CHARS = 64 * 1024
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -96,7 +100,14 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
         elif exc.status == 413:
             message += f"; request bodies are limited to {MAX_BODY_BYTES // 1024} KiB"
         return web.json_response(error_body(code, message), status=exc.status)
-    except Exception:
+    except Exception as exc:
+        if is_storage_fault(exc):
+            log.error("request failed: the daemon cannot write its state", path=request.path,
+                      error=str(exc))
+            return web.json_response(error_body(
+                "storage_fault", f"{describe(exc)}; free space or fix the disk under the "
+                "daemon's state directory, then try again (nothing committed is lost)"),
+                status=503)
         log.exception("request failed", method=request.method, path=request.path)
         return web.json_response(
             error_body("internal", "internal error; the daemon's log has the details"), status=500)
@@ -168,6 +179,11 @@ def _describe(err: ValidationError) -> str:
 
 async def task_view(services: Services, task: TaskRecord) -> dict[str, Any]:
     total, done = await services.store.node_counts(task.id)
+    state, error = task.state.value, task.error
+    fault = services.scheduler.backing_off.get(task.id)
+    if fault is not None and not task.state.terminal:
+        # Paused on a fault the store may not even be able to record (a full disk).
+        state, error = TaskState.PAUSED.value, fault[1]
     best = None
     if task.best_node_id is not None and task.best_metric is not None:
         best = {
@@ -180,8 +196,8 @@ async def task_view(services: Services, task: TaskRecord) -> dict[str, Any]:
     return {
         "id": task.id,
         "name": task.name,
-        "state": task.state.value,
-        "error": task.error,
+        "state": state,
+        "error": error,
         "task_dir": task.task_dir,
         "policy": task.policy,
         "metric": task.spec.metric.value,
@@ -269,9 +285,15 @@ async def submit_task(request: web.Request) -> web.Response:
 
 
 async def list_tasks(request: web.Request) -> web.Response:
+    """The newest `limit` tasks (default and most: MAX_LISTED), oldest first."""
     services = request.app[SERVICES]
-    tasks = await services.store.list_tasks()
-    return web.json_response({"tasks": [await task_view(services, t) for t in tasks]})
+    raw = request.query.get("limit", str(MAX_LISTED))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LISTED:
+        raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LISTED}, got "
+                             f"{raw[:40]!r}")
+    tasks, total = await services.store.list_recent_tasks(int(raw))
+    return web.json_response({"tasks": [await task_view(services, t) for t in tasks],
+                              "total": total})
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -311,9 +333,9 @@ async def get_node(request: web.Request) -> web.Response:
     node = await services.store.get_node(task.id, int(raw_id))
     ws = Workspace(node_dir(services.state_dir, task.id, node.id))
     output = await asyncio.to_thread(ws.output_tail, services.config.execution.output_tail_chars)
-    memory_file = ws.root / "memory.md"
-    memory = await asyncio.to_thread(
-        lambda: memory_file.read_text() if memory_file.exists() else None)
+    # The workspace is the job's: memory.md is read bounded and never through a link.
+    memory = await asyncio.to_thread(untrusted.text_excerpt, ws.root, "memory.md",
+                                     MAX_MEMORY_CHARS)
     return web.json_response({
         **node.public(),
         "task_id": task.id,

@@ -78,8 +78,12 @@ _PATHS: dict[str, Any] = {
             "responses": _responses(("201", "the task, queued", "Task"), "400", "413"),
         },
         "get": {
-            "operationId": "listTasks", "summary": "Every task, oldest first",
-            "responses": _responses(("200", "the tasks", "TaskList")),
+            "operationId": "listTasks",
+            "summary": "The newest tasks (at most `limit`, 500 by default and at most), "
+                       "oldest first; `total` counts them all",
+            "parameters": [{"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
+            "responses": _responses(("200", "the tasks", "TaskList"), "400"),
         },
     },
     "/v1/tasks/{task_id}": {"get": {
@@ -161,8 +165,9 @@ def _components() -> dict[str, Any]:
         "SubmitRequest": submit,
         "Task": {"type": "object", "required": list(_TASK_PROPERTIES),
                  "properties": _TASK_PROPERTIES},
-        "TaskList": {"type": "object", "required": ["tasks"],
-                     "properties": {"tasks": {"type": "array", "items": _ref("Task")}}},
+        "TaskList": {"type": "object", "required": ["tasks", "total"],
+                     "properties": {"tasks": {"type": "array", "items": _ref("Task")},
+                                    "total": {"type": "integer"}}},
         "Node": {"type": "object", "required": ["id", "status"],
                  "properties": {"id": {"type": "integer"}, "parent_id": {
                      "type": ["integer", "null"]}, "status": {"type": "string"},

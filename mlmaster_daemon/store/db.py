@@ -148,6 +148,18 @@ class Store:
             rows = await cur.fetchall()
         return [_task(r) for r in rows]
 
+    async def list_recent_tasks(self, limit: int) -> tuple[list[TaskRecord], int]:
+        """The newest `limit` tasks, oldest first, without descriptions; and how many tasks
+        there are in all."""
+        async with self._reader.execute(
+            f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY created_at DESC, id DESC LIMIT ?",
+            (limit,)
+        ) as cur:
+            rows = await cur.fetchall()
+        async with self._reader.execute("SELECT COUNT(*) FROM tasks") as cur:
+            count = await cur.fetchone()
+        return [_task(r) for r in list(rows)[::-1]], int(count[0]) if count else 0
+
     async def insert_node(self, node: NodeRecord) -> None:
         async with self._transaction() as db:
             await db.execute(
