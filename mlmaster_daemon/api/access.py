@@ -207,7 +207,8 @@ def _signal_pidfd(pidfd: int) -> None:
 def _job_evidence(pid: int, me: int) -> str | None:
     """What makes `pid` a job of the daemon `me`, or None; OSError when `pid` cannot be read."""
     if _namespace_depth(pid) > _namespace_depth(me):
-        return "runs in a pid namespace of its own, as a sandboxed job does"
+        return ("runs in a pid namespace nested in the daemon's, as a sandboxed job does (a "
+                "client in a container needs the daemon's, e.g. `docker run --pid=host`)")
     cgroup = job_cgroup(_read_proc(pid, "cgroup"), _read_proc(me, "cgroup"))
     if cgroup is not None:
         return f"is in the job cgroup {cgroup}"
@@ -475,7 +476,10 @@ def check_public_folder(public: Path, peer: Peer, placement: Placement,
                     "followed); the daemon checks every one a job can see, so split the data "
                     "or pack it into archives")
             given, inside = shown / entry.name, real / entry.name
-            target, info = _entry_target(entry, inside, given, peer, placement)
+            try:
+                target, info = _entry_target(entry, inside, given, peer, placement)
+            except FileNotFoundError:
+                continue  # removed while we walked: a job will not see it either
             if target is None:
                 continue
             if hidden is not None and target.is_relative_to(hidden):

@@ -191,7 +191,8 @@ def system_view(root: Path = Path("/")) -> list[str]:
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in ETC_ENTRIES):
             args += _show(etc / name, f"/etc/{name}")
     for secret in ETC_SECRETS:
-        if (etc / secret).is_dir() and not (etc / secret).is_symlink():
+        # Only where no link leads elsewhere: the links are made again, not followed.
+        if (etc / secret).is_dir() and (etc / secret).resolve() == etc.resolve() / secret:
             args += ["--tmpfs", f"/etc/{secret}"]
     if (root / "sys").is_dir():
         args += ["--ro-bind", str(root / "sys"), "/sys"]
