@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -217,6 +218,34 @@ def test_a_readable_file_is_bound_read_only_at_its_own_path(tmp_path: Path) -> N
     args = bwrap_argv(tmp_path / "ws", readable=[sample])
     assert (str(sample), str(sample)) in _pairs(args, "--ro-bind")
     assert (str(sample.parent), str(sample.parent)) not in _pairs(args, "--ro-bind")
+
+
+@needs_bwrap
+def test_a_readable_sample_beside_the_answers_is_all_a_job_sees_of_private(
+    var_tmp_path: Path,
+) -> None:
+    # Some MLE-bench tasks keep their sample submission only in private/ (the task names it
+    # ../private/<name> from the public folder).
+    public = _task(var_tmp_path / "task")
+    sample = public.parent / "private" / "sample_submission.csv"
+    sample.write_text("id,y\n100,0\n")
+    ws = Workspace.create(var_tmp_path / "ws", public, "")
+    probe = textwrap.dedent("""
+        import json
+        seen = {}
+        for name in ("sample_submission.csv", "test.csv"):
+            try:
+                seen[name] = open("input/../private/" + name).read()
+            except OSError as exc:
+                seen[name] = type(exc).__name__
+        print(json.dumps(seen))
+    """)
+    argv = bwrap_argv(ws.root, public_dir=public, readable=[sample],
+                      keep=interpreter_paths(sys.executable))
+    done = subprocess.run([*argv, sys.executable, "-c", probe], capture_output=True,
+                          text=True, check=True, timeout=60)
+    assert json.loads(done.stdout) == {"sample_submission.csv": "id,y\n100,0\n",
+                                       "test.csv": "FileNotFoundError"}
 
 
 def test_the_interpreter_is_kept_but_not_the_project_and_home_is_tmp() -> None:
