@@ -274,3 +274,39 @@ async def test_a_stagnating_phase_is_summarised_by_the_model(
     # The fake model answers every request with plan + code, so only its answer (never the
     # deterministic fallback) holds a code fence.
     assert l2 and "```python" in l2[0]["text"], "the model's summary replaced the fallback"
+
+
+async def test_a_script_that_links_its_log_to_the_key_file_leaks_nothing(
+    short_dir: Path, server: FakeOpenAI, breast_cancer: Path, tmp_path: Path,
+    logs: io.StringIO,
+) -> None:
+    # The worst case: no sandbox to hide the key file, a script that plants a link to it in
+    # place of its own log and fails, so the debug prompts quote "its output".
+    key_file = tmp_path / "secrets" / "api_key"
+    key_file.parent.mkdir()
+    key_file.write_text(KEY + "\n")
+    server.code = (f"import os\nos.remove('stdout.log')\nos.symlink({str(key_file)!r}, "
+                   "'stdout.log')\nprint('see my stdout', flush=True)\nraise SystemExit(1)\n")
+    config = _config(short_dir, server)
+    endpoint = {**config.llm.code.model_dump(), "api_key_env": "",  # type: ignore[union-attr]
+                "api_key_file": str(key_file)}
+    config = daemon_config(short_dir / "state", short_dir / "api.sock", extra={
+        "llm.code": endpoint, "execution.sandbox": "none", "search.num_drafts": 1})
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        async with Client(daemon.socket_path) as client:
+            task = await wait_terminal(client, (await client.submit(
+                {"task_dir": str(breast_cancer), "steps": 3}))["id"])
+            shown = [await client.node(task["id"], n["id"])
+                     for n in await client.nodes(task["id"])]
+    finally:
+        await daemon.stop()
+    prompts = json.dumps(server.requests)
+    # The probe, then a draft and the debugs that quote its failed run.
+    assert len(server.requests) >= 4 and "exited with code 1" in prompts
+    assert KEY not in prompts
+    assert all(KEY not in json.dumps(node) for node in shown)
+    assert KEY not in logs.getvalue()
+    assert KEY.encode() not in (short_dir / "state" / "mlmaster.db").read_bytes()
+    assert key_file.read_text() == KEY + "\n"
