@@ -578,7 +578,7 @@ class TaskRunner:
                 ws, timeout, execution.kill_grace_s, execution.python or None, started,
                 lease=lease, limits=limits, sandbox=execution.sandbox,
                 public_dir=task.spec.public_dir, job_id=f"{task.id}-{node_id}",
-                hidden_paths=self._hidden_paths(),
+                hidden_paths=self._hidden_paths(), readable_paths=self._readable_paths(),
             )
         finally:
             if watcher is not None:
@@ -591,12 +591,24 @@ class TaskRunner:
 
     def _hidden_paths(self) -> tuple[Path, ...]:
         """What a job must not see: the daemon's state (database, other nodes and tasks; its
-        own workspace is bound back in), any API key file and the API socket."""
+        own workspace is bound back in), any API key file, the API socket and the task's
+        hidden answers (the sandbox shows none of these anyway; this holds if one lies inside
+        what it shows)."""
         llm = self.rt.config.llm
         keys = [Path(e.api_key_file).expanduser() for e in (llm.code, llm.feedback)
                 if e is not None and e.api_key_file]
         sockets = [self.rt.socket_path] if self.rt.socket_path is not None else []
-        return (self.rt.state_dir, *keys, *sockets)
+        private = [self.task.spec.private_dir] if self.task.spec.private_dir else []
+        return (self.rt.state_dir, *keys, *sockets, *private)
+
+    def _readable_paths(self) -> tuple[Path, ...]:
+        """The sample submission when a competition keeps it only beside its hidden answers
+        (`../private/<name>`): the one file of that folder a job may read."""
+        spec = self.task.spec
+        sample = (spec.public_dir / spec.sample_submission_file).resolve()
+        if sample.is_relative_to(spec.public_dir.resolve()):
+            return ()
+        return (sample,)
 
     async def _summarise_phase(self, node_id: int, phase: L2Summary) -> None:
         """A phase closed on stagnation: with a model configured, it rewrites the

@@ -264,3 +264,33 @@ def test_an_interpreter_reached_through_a_link_is_named_by_that_link(tmp_path: P
     args = bwrap_argv(tmp_path / "ws", keep=[link])
     assert (str(real), str(real)) in _pairs(args, "--ro-bind")
     assert (str(real), str(link)) in _pairs(args, "--symlink")
+
+
+@needs_bwrap
+async def test_a_task_whose_sample_lies_beside_its_answers_still_runs_in_the_sandbox(
+    var_tmp_path: Path, short_dir: Path, breast_cancer: Path,
+) -> None:
+    # Some MLE-bench competitions keep their sample submission only in private/; the daemon
+    # names it ../private/<name> and the job must read it, but nothing else of private/.
+    from conftest import daemon_config, wait_terminal
+
+    from mlmaster_daemon.api.client import Client
+    from mlmaster_daemon.daemon import Daemon
+
+    task = var_tmp_path / "beside"
+    shutil.copytree(breast_cancer, task)
+    public, private = task / "prepared" / "public", task / "prepared" / "private"
+    shutil.move(public / "sample_submission.csv", private / "sample_submission.csv")
+    config = daemon_config(short_dir / "state", short_dir / "api.sock",
+                           extra={"execution.sandbox": "bwrap"})
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        async with Client(daemon.socket_path) as client:
+            created = await client.submit({"task_dir": str(task), "steps": 1})
+            final = await wait_terminal(client, created["id"])
+            nodes = await client.nodes(created["id"])
+    finally:
+        await daemon.stop()
+    assert final["state"] == "finished", nodes
+    assert nodes[0]["status"] == "done", nodes[0]["error"]

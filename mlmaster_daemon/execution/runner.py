@@ -385,6 +385,7 @@ async def run_script(
     job_id: str = "job",
     hidden_paths: Sequence[Path] = (),
     clock: Callable[[], float] = time.monotonic,
+    readable_paths: Sequence[Path] = (),
 ) -> RunResult:
     """Run `python solution.py` in `ws` under `lease`, `limits` and `sandbox` ("auto",
     "bwrap" or "none"); never leaves a process of the job behind.
@@ -392,9 +393,11 @@ async def run_script(
     `on_start` is awaited right after the spawn with the child's identity (pid, start time,
     boot id), before anything else; if it raises, the job is stopped and the error propagates.
     `public_dir` is the task's data, read-only at `input/` in the sandbox; `hidden_paths` are
-    made invisible in it. Cancellation stops the job the same way as a timeout, then re-raises.
-    `clock` measures the time limit (monotonic seconds). Raises SandboxUnavailable when
-    sandbox="bwrap" cannot be honoured.
+    made invisible in it, and `readable_paths` (single files outside the public folder, such
+    as a sample submission kept only beside the hidden answers) visible read-only.
+    Cancellation stops the job the same way as a timeout, then re-raises. `clock` measures
+    the time limit (monotonic seconds). Raises SandboxUnavailable when sandbox="bwrap"
+    cannot be honoured.
     """
     limits = limits or JobLimits()
     mode = await asyncio.to_thread(resolve_sandbox, sandbox)
@@ -410,7 +413,8 @@ async def run_script(
             gpu = lease is not None and lease.gpu_uuid is not None
             wrapper = bwrap_argv(ws.root, public_dir=public_dir, gpu=gpu, hidden=hidden_paths,
                                  bwrap=shutil.which("bwrap") or "bwrap",
-                                 keep=interpreter_paths(python or sys.executable))
+                                 keep=interpreter_paths(python or sys.executable),
+                                 readable=readable_paths)
         argv = [*options.argv(sys.executable), *wrapper, python or sys.executable,
                 ws.script.name]
         started = clock()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,7 @@ TRUNCATION_MARKER = "\n... [preview truncated]"
 MAX_ROWS_READ = 20_000
 MAX_BYTES_READ = 64 * 1024 * 1024
 MAX_FILES = 30
+MAX_COUNTED = 100_000
 MAX_COLUMNS = 40
 MAX_CLASSES = 20
 _READ_ERRORS = (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError)
@@ -50,16 +52,27 @@ def _human_size(size: int) -> str:
     return f"{value:.1f} GB"
 
 
+def _count(folder: Path) -> str:
+    """How many entries `folder` holds, counted up to MAX_COUNTED (a folder of millions of
+    images is not walked to the end for a preview)."""
+    found = sum(1 for _ in itertools.islice(folder.iterdir(), MAX_COUNTED + 1))
+    return f"{MAX_COUNTED}+" if found > MAX_COUNTED else str(found)
+
+
 def _files_section(public: Path) -> str:
-    entries = sorted(public.iterdir(), key=lambda p: p.name)
+    entries = sorted(itertools.islice(public.iterdir(), MAX_COUNTED + 1), key=lambda p: p.name)
     lines = [f"Files in {public}:"]
     for entry in entries[:MAX_FILES]:
-        if entry.is_dir():
-            lines.append(f"  {entry.name}/ (folder, {sum(1 for _ in entry.iterdir())} entries)")
-        else:
-            lines.append(f"  {entry.name} ({_human_size(entry.stat().st_size)})")
+        try:
+            if entry.is_dir():
+                lines.append(f"  {entry.name}/ (folder, {_count(entry)} entries)")
+            else:
+                lines.append(f"  {entry.name} ({_human_size(entry.stat().st_size)})")
+        except OSError as exc:
+            lines.append(f"  {entry.name} (unreadable: {exc.strerror})")
     if len(entries) > MAX_FILES:
-        lines.append(f"  ... and {len(entries) - MAX_FILES} more")
+        more = f"{MAX_COUNTED}+" if len(entries) > MAX_COUNTED else str(len(entries))
+        lines.append(f"  ... and {more} in all")
     return "\n".join(lines)
 
 
