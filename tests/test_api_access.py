@@ -21,20 +21,19 @@ import pytest
 from conftest import daemon_config
 from structlog.testing import capture_logs
 
-from mlmaster_daemon.api.access import (
+from mlmaster_daemon.api.access import Peer, identify
+from mlmaster_daemon.api.client import ApiError, Client
+from mlmaster_daemon.api.folders import (
     READ,
     SEARCH,
     WRITE,
-    Peer,
     Placement,
     Unreachable,
     check_public_folder,
     check_task_folder,
-    identify,
     permits,
     reach,
 )
-from mlmaster_daemon.api.client import ApiError, Client
 from mlmaster_daemon.daemon import Daemon
 from mlmaster_daemon.errors import Forbidden, InvalidTaskDir
 

@@ -23,9 +23,10 @@ from conftest import wait_terminal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlmaster_daemon.api.access import Peer, Placement, check_task_folder
+from mlmaster_daemon.api.access import Peer
 from mlmaster_daemon.api.app import Services, build_app
 from mlmaster_daemon.api.client import Client
+from mlmaster_daemon.api.folders import Placement, check_task_folder
 from mlmaster_daemon.api.schemas import SubmitRequest
 from mlmaster_daemon.daemon import Daemon
 from mlmaster_daemon.errors import Forbidden, InvalidTaskDir

@@ -29,8 +29,8 @@ from conftest import wait_terminal
 from openai_server import FakeOpenAI
 from structlog.testing import capture_logs
 
-from mlmaster_daemon.api.access import job_cgroup, job_process_reason
 from mlmaster_daemon.api.client import Client
+from mlmaster_daemon.api.job_peers import job_cgroup, job_process_reason
 from mlmaster_daemon.daemon import Daemon
 from mlmaster_daemon.errors import DaemonUnreachable
 from mlmaster_daemon.execution.cgroups import create_job_cgroup

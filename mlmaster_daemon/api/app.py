@@ -2,7 +2,7 @@
 
 Errors are `{"error": {"code": str, "message": str}}` with a 4xx status; nothing a client sends
 can take the daemon down. Only the peers [daemon] admits get past the first middleware (see
-access.py); the routes are described by GET /v1/openapi.json (see openapi.py).
+access.py, job_peers.py); the routes are described by GET /v1/openapi.json (see openapi.py).
 """
 
 from __future__ import annotations
@@ -24,18 +24,15 @@ from pydantic import ValidationError
 from mlmaster_daemon import __version__, untrusted
 from mlmaster_daemon.api.access import (
     Peer,
-    Placement,
     cancel_refusal,
-    check_task_folder,
-    check_task_spec,
     connect_refusal,
     identify,
-    job_refusal,
     may_cancel,
     may_connect,
     peer_credentials,
-    peer_job_reason,
 )
+from mlmaster_daemon.api.folders import Placement, check_task_folder, check_task_spec
+from mlmaster_daemon.api.job_peers import job_refusal, peer_job_reason
 from mlmaster_daemon.api.openapi import openapi_json
 from mlmaster_daemon.api.schemas import SubmitRequest, is_node_id, is_task_id
 from mlmaster_daemon.bus import Event, EventBus

@@ -36,7 +36,7 @@ def _responses(ok: tuple[str, str, str], *codes: str) -> dict[str, Any]:
     status, description, schema = ok
     media = NDJSON if schema == "EventLine" else JSON
     responses: dict[str, Any] = {status: _reply(description, schema, media)}
-    for code in (*codes, "403", "405", "500"):
+    for code in (*codes, "403", "405", "500", "503"):
         responses[code] = {"$ref": f"#/components/responses/{code}"}
     return responses
 
@@ -191,13 +191,17 @@ def _components() -> dict[str, Any]:
         "400": _error("the request is malformed: a bad id, body or field (invalid_request), "
                       "or a task folder that cannot be loaded (invalid_task_dir)"),
         "403": _error("forbidden: the peer may not use the daemon, may not read the task "
-                      "folder, the folder is outside allowed_roots or inside the state "
-                      "directory, or the peer may not cancel this task"),
+                      "folder (or something a job would see in its public folder), the folder "
+                      "is outside allowed_roots or inside the state directory, or the peer may "
+                      "not cancel this task; job_process: the peer is one of the daemon's "
+                      "jobs (generated code), which may never use the API"),
         "404": _error("no such task or node (task_not_found, node_not_found)"),
         "405": _error("the method is not allowed on this path (method_not_allowed)"),
         "409": _error("the task is already finished, cancelled or failed"),
         "413": _error("the body is larger than 64 KiB (body_too_large)"),
         "500": _error("a bug in the daemon (internal); its log has the details"),
+        "503": _error("the daemon is stopping (daemon_stopping) or cannot write its state "
+                      "(storage_fault: a full or read-only disk); try again later"),
     }
     return {"schemas": schemas, "responses": responses}
 
