@@ -445,9 +445,10 @@ class TaskRunner:
                 log.info("node kept ready for the restart")
             except asyncio.CancelledError:
                 if has_code and not self.cancel_requested:
-                    # The daemon is stopping: the paid-for code stays ready for the restart.
+                    # The daemon is stopping: the paid-for code stays ready for the restart
+                    # (unless the node's outcome was committed just before the stop).
                     with contextlib.suppress(Exception):
-                        await asyncio.shield(self.rt.store.update_node(
+                        await asyncio.shield(self.rt.store.update_unfinished_node(
                             self.task.id, node_id, state=NodeState.READY, pid=None,
                             started_at=None))
                     raise
@@ -470,13 +471,19 @@ class TaskRunner:
                     interrupted: bool = False, quiet: bool = True) -> None:
         """Fail the node. `quiet` (on a cancel): a write that fails is left to the restart,
         which settles the node; otherwise a storage fault propagates and pauses the task."""
+        if node_id not in self.inflight:
+            # Its outcome is already in the search (and committed or being committed): a
+            # cancel or an error after that point must not turn it into a failure.
+            return
         # A failed node leaves the search tree, so its slot opens again; it counts as a step
         # unless a daemon stop interrupted it before it had code.
         self.inflight.pop(node_id, None)
         self.policy.abort(node_id, pick)
         try:
-            await self._node_state(node_id, pick, NodeState.FAILED, error=reason,
-                                   finished_at=self.rt.clock(), interrupted=interrupted)
+            fields = {"state": NodeState.FAILED, "error": reason,
+                      "finished_at": self.rt.clock(), "interrupted": interrupted}
+            if await self.rt.store.update_unfinished_node(self.task.id, node_id, **fields):
+                await self._publish_node(node_id, pick, NodeState.FAILED, error=reason)
         except Exception as exc:
             if quiet or not is_storage_fault(exc):
                 return

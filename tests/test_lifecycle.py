@@ -374,3 +374,30 @@ async def test_a_cancel_right_after_the_submit_is_not_lost(
         await daemon.stop()
     stored, _nodes = await _stored(config, task["id"])
     assert stored.state is TaskState.CANCELLED
+
+
+async def test_a_stop_right_after_a_nodes_outcome_keeps_that_outcome(
+    config: Config, breast_cancer: Path,
+) -> None:
+    # The stop lands while the runner is still busy with a node whose outcome was just
+    # committed (copying best/): the node must stay done, not go back to ready and run again.
+    from mlmaster_daemon.bus import NodeStateChanged
+
+    daemon = Daemon(config)
+    await daemon.start()
+    assert daemon.scheduler is not None and daemon.store is not None
+    async with daemon.bus.subscribe(lambda e: isinstance(e, NodeStateChanged)) as events:
+        async with Client(daemon.socket_path) as client:
+            task = await client.submit({"task_dir": str(breast_cancer), "steps": 4})
+        async with asyncio.timeout(120):
+            while True:
+                event = await events.get()
+                if isinstance(event, NodeStateChanged) and event.state in ("done", "buggy"):
+                    break
+        await daemon.stop()
+    store = await Store.open(config.state_dir() / "mlmaster.db")
+    try:
+        node = await store.get_node(task["id"], event.node_id)
+    finally:
+        await store.close()
+    assert node.state.value == event.state

@@ -178,6 +178,21 @@ class Store:
         await self._update("nodes", _NODE_UPDATABLE, "task_id = ? AND id = ?", (task_id, node_id),
                            fields)
 
+    async def update_unfinished_node(self, task_id: str, node_id: int, **fields: Any) -> bool:
+        """`update_node`, but only while the node has no outcome (done, buggy, failed): a stop
+        or cancel that lands just after an outcome was committed must not undo it. Whether the
+        node was changed."""
+        terminal = tuple(s.value for s in NodeState if s.terminal)
+        async with self._transaction() as db:
+            async with db.execute("SELECT state FROM nodes WHERE task_id = ? AND id = ?",
+                                  (task_id, node_id)) as cur:
+                row = await cur.fetchone()
+            if row is None or row[0] in terminal:
+                return False
+            await _update_row(db, "nodes", _NODE_UPDATABLE, "task_id = ? AND id = ?",
+                              (task_id, node_id), fields)
+            return True
+
     async def finish_node(
         self,
         task_id: str,
