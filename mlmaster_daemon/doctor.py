@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from mlmaster_daemon.config import Config
 from mlmaster_daemon.errors import MlmasterError
+from mlmaster_daemon.execution.limits import Machine, job_limits
 from mlmaster_daemon.llm.llm_coder import LlmCoder
 from mlmaster_daemon.search.tokens import TiktokenCounter
 
@@ -36,6 +37,24 @@ def _tokenizer(config: Config) -> Check:
     except MlmasterError as exc:
         return Check("tokenizer", False, exc.message)
     return Check("tokenizer", True, f"{config.memory.encoding} loaded offline")
+
+
+def _job_limits(config: Config) -> Check:
+    """What each node's script may use here, with "auto" limits worked out for this machine
+    (CPU slots; a GPU machine has one slot per GPU share instead)."""
+    execution = config.execution
+    probe = config.state_dir()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    limits = job_limits(execution, Machine.read(probe, execution.max_concurrent_nodes))
+
+    def mib(value: int) -> str:
+        return "no limit" if value == 0 else f"{value} MiB"
+
+    return Check("job limits", True,
+                 f"memory {mib(limits.memory_mb)}, one file {mib(limits.max_file_size_mb)}, "
+                 f"workspace {mib(limits.max_workspace_mb)}, {limits.max_processes or 'any'} "
+                 f"processes (per node, {execution.max_concurrent_nodes} CPU slots)")
 
 
 def _gpu() -> Check:
@@ -78,6 +97,6 @@ async def _endpoints(config: Config, make_coder: Callable[[Config], object]) -> 
 
 
 def run_doctor(config: Config, make_coder: Callable[[Config], object]) -> list[Check]:
-    checks = [_state_dir(config), _tokenizer(config), _gpu()]
+    checks = [_state_dir(config), _tokenizer(config), _job_limits(config), _gpu()]
     checks.extend(asyncio.run(_endpoints(config, make_coder)))
     return checks
