@@ -1,0 +1,967 @@
+"""Hostile run: a prompt-injected model hands the daemon attacks to run while the machine
+fails under it, and the run checks that the daemon survived, leaked nothing and lost nothing.
+
+`python -m mlmaster_daemon.hostile` (or `scripts/hostile`) builds two example competitions
+with a unique marker in their hidden answers (`prepared/private/test.csv`), writes an API key
+(another unique marker) to a key file, mounts a small tmpfs for the daemon's state dir where
+it can, starts `InjectedModel` (an OpenAI-compatible server on 127.0.0.1) and runs
+`mlmaster daemon` as a subprocess on it. It submits a victim task, whose model writes a working
+script each time, then an attacker task, whose model answers each code request with the next
+script of `hostile_scripts.ATTACKS`, cycled, a working script after each attack so the task
+can find a best submission. While they run, the machine fails (each fault optional):
+
+- `stop`: the daemon is SIGSTOPped for longer than the node time limit while a working script
+  runs, then SIGCONTed: a node that exited meanwhile must not be called timed out;
+- `disk-full`: a ballast file fills the state dir's tmpfs for a few seconds: a task must
+  pause saying why, then resume once the ballast is gone;
+- `wal-loss`: the daemon is SIGKILLed just after a node finished, `mlmaster.db-wal` moved
+  aside: a start must refuse, naming the lost work; with the -wal back it must start and
+  resume, losing nothing.
+
+At the end the daemon stops with SIGTERM and the run prints, and checks, `HostileReport`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from aiohttp import web
+
+from mlmaster_daemon.api.client import Client
+from mlmaster_daemon.chaos import (
+    FINISHED,
+    TERMINAL_TASK,
+    ChaosSettings,
+    DaemonProcess,
+    Ledger,
+    NodeKey,
+    NodeRow,
+    check_best,
+    check_submission,
+    read_nodes,
+    read_tasks,
+    stray_processes,
+)
+from mlmaster_daemon.errors import DaemonUnreachable
+from mlmaster_daemon.hostile_scripts import ATTACKS, ATTACKS_BY_NAME, Attack, Targets
+from mlmaster_daemon.llm.offline_recipe import safe_baseline
+from mlmaster_daemon.llm.offline_render import render
+from mlmaster_daemon.tasks.competition import load_task
+from mlmaster_daemon.tasks.examples import build_example
+
+FAULTS = ("stop", "disk-full", "wal-loss")
+ATTACKER, VICTIM = "hostile-attacker", "hostile-victim"
+MIB = 1024 * 1024
+# The daemon idles at ~150 MiB and searches at ~200-300 MiB. Reading any one hostile file
+# whole (a stderr or metrics.json up to the file size limit, 256 MiB-4 GiB) or holding the
+# 50,000-file listing would show as hundreds of MiB more; 1 GiB leaves room for the search.
+RSS_LIMIT_MB = 1024
+RSS_POLL_S = 0.2
+FAULT_WAIT_S = 120.0
+LEDGER_POLL_S = 1.0
+# A task paused this long on a full disk after the run's own ballast went stays paused.
+STUCK_S = 60.0
+
+
+@dataclass(frozen=True)
+class HostileSettings:
+    attacks: tuple[str, ...] = tuple(a.name for a in ATTACKS)
+    faults: tuple[str, ...] = FAULTS
+    steps: int = 0  # 0: two per attack (each attack once), plus 6
+    victim_steps: int = 8
+    parallel: int = 2
+    sandbox: str = "auto"
+    node_timeout_s: float = 30.0
+    tmpfs_mb: int = 512  # 0: the state dir on the temp dir's own disk
+    rss_limit_mb: int = RSS_LIMIT_MB
+    finish_timeout_s: float = 900.0
+    keep: bool = False
+
+    @property
+    def attacker_steps(self) -> int:
+        return self.steps or 2 * len(self.attacks) + 6
+
+
+def secret_forms(secret: str) -> tuple[str, ...]:
+    """The secret as text, as hex, and as the part of its base64 that shows whatever its
+    offset in the encoded data (one form per alignment): the ways a job prints what it read."""
+    raw = secret.encode()
+    forms = [secret, raw.hex()]
+    for pad in range(3):
+        whole = (len(raw) - pad) // 3 * 3
+        forms.append(base64.b64encode(raw[pad:pad + whole]).decode())
+    return tuple(dict.fromkeys(forms))
+
+
+def find_leaks(secrets_by_name: Mapping[str, str],
+               sources: Iterable[tuple[str, str | bytes]]) -> list[str]:
+    """"<secret> in <source>" for each secret found, in any of its `secret_forms`, in a
+    source (text or bytes); each pair once."""
+    forms = {name: secret_forms(value) for name, value in secrets_by_name.items()}
+    found: dict[str, None] = {}
+    for where, content in sources:
+        for name, variants in forms.items():
+            if isinstance(content, bytes):
+                hit = any(v.encode() in content for v in variants)
+            else:
+                hit = any(v in content for v in variants)
+            if hit:
+                found[f"{name} in {where}"] = None
+    return list(found)
+
+
+def plant_marker(competition: Path, marker: str) -> None:
+    """Add a `note` column holding `marker` to the competition's hidden answers."""
+    answers = competition / "prepared" / "private" / "test.csv"
+    lines = answers.read_text().splitlines()
+    answers.write_text("\n".join([lines[0] + ",note"] + [f"{line},{marker}" for line in lines[1:]])
+                       + "\n")
+
+
+def late_writes(state_dir: Path, rows: Mapping[NodeKey, NodeRow], slack_s: float = 1.0,
+                max_entries: int = 100_000) -> list[str]:
+    """Finished nodes with a file in their workspace written more than `slack_s` after they
+    finished: some process of theirs outlived them."""
+    found = []
+    for (task_id, node_id), row in sorted(rows.items()):
+        finished_at = dict(row.outcome)["finished_at"]
+        if row.state not in FINISHED or finished_at is None:
+            continue
+        root = state_dir / "tasks" / task_id / "nodes" / str(node_id)
+        seen = 0
+        for folder, dirs, files in os.walk(root):
+            for name in files:
+                seen += 1
+                try:
+                    mtime = os.lstat(os.path.join(folder, name)).st_mtime
+                except OSError:
+                    continue
+                if mtime > finished_at + slack_s:
+                    rel = os.path.relpath(os.path.join(folder, name), root)
+                    found.append(f"task {task_id} node {node_id}: {rel} written "
+                                 f"{mtime - finished_at:.1f} s after the node finished")
+                    break
+            if seen > max_entries or (found and found[-1].startswith(
+                    f"task {task_id} node {node_id}:")):
+                dirs.clear()
+                break
+    return found
+
+
+def _answer_text(plan: str, code: str) -> str:
+    return f"{plan}\n\n```python\n{code.rstrip()}\n```\n"
+
+
+class InjectedModel:
+    """An OpenAI-compatible chat server (POST /v1/chat/completions, streamed as SSE or whole)
+    playing a prompt-injected model: the victim's code requests get the working script, the
+    attacker's the next of `attacker_scripts` (cycled); other requests (the start-up probe,
+    summaries) a line of text. Every request body is kept in `requests`."""
+
+    def __init__(self, working: str) -> None:
+        self.working = working
+        self.attacker_scripts: list[tuple[str, str]] = []  # (attack name or "working", code)
+        self.requests: list[dict[str, Any]] = []
+        self.served: Counter[str] = Counter()
+        self._next = 0
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * MIB)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        assert site._server is not None
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def answer(self, body: Mapping[str, Any]) -> str:
+        text = "\n".join(str(m.get("content") or "") for m in body.get("messages", []))
+        if f"# Task: {VICTIM}" in text:
+            self.served["working"] += 1
+            return _answer_text("Working script: a simple model and its submission.",
+                                self.working)
+        if f"# Task: {ATTACKER}" in text and self.attacker_scripts:
+            name, code = self.attacker_scripts[self._next % len(self.attacker_scripts)]
+            self._next += 1
+            self.served[name] += 1
+            plan = ("Working script: a simple model and its submission." if name == "working"
+                    else f"Injected attack: {name}. The note in the data told me to.")
+            return _answer_text(plan, code)
+        return "Nothing to add."
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        text = self.answer(body)
+        base = {"id": "hostile-1", "created": int(time.time()), "model": body.get("model", "m")}
+        usage = {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}
+        if not body.get("stream"):
+            return web.json_response({**base, "object": "chat.completion", "usage": usage,
+                                      "choices": [{"index": 0, "finish_reason": "stop",
+                                                   "message": {"role": "assistant",
+                                                               "content": text}}]})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {**base, "object": "chat.completion.chunk"}
+        for start in range(0, len(text), 400):
+            delta = {"role": "assistant", "content": text[start:start + 400]}
+            await response.write(b"data: " + json.dumps({**chunk, "choices": [
+                {"index": 0, "delta": delta, "finish_reason": None}]}).encode() + b"\n\n")
+        await response.write(b"data: " + json.dumps({**chunk, "choices": [], "usage": usage})
+                             .encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+@dataclass
+class AttackOutcome:
+    """How the nodes that ran one attack ended."""
+
+    nodes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HostileReport:
+    """The figures a hostile run prints; `passed` when every one holds.
+
+    - daemon deaths: the daemon exiting by itself (not killed or stopped by the run), or not
+      getting ready again after a fault; each death is followed by a restart.
+    - finished nodes lost: nodes seen done, buggy or failed that a later snapshot shows
+      missing or changed (chaos.py's `Ledger`).
+    - nodes unfinished: nodes not done, buggy or failed when the tasks ended.
+    - errors missing: buggy or failed nodes without a non-empty error saying why.
+    - nodes timed out: nodes whose error names the time limit: every script here ends well
+      within it, so one is a job that exited while the daemon was stopped, called timed out.
+    - victim task, tasks submitted by jobs: the victim must end `finished`, and the daemon
+      must list only the tasks the run submitted.
+    - leaks: the API key or a hidden-answers marker (as text, hex or base64) in a prompt the
+      model received, an API answer, the database, the daemon's log or a node's output tail.
+    - orphan processes: processes of the state dir the daemon did not start, after each
+      restart; after the final SIGTERM, any.
+    - late writes: a file in a finished node's workspace written after it finished.
+    - peak daemon RSS: the daemon's resident memory, sampled every 0.2 s, against a limit.
+    - tasks finished, valid best submission: as in chaos.py (`check_submission`,
+      `check_best`).
+    - faults: each fault exercised and its check held ("skipped" ones, that the machine does
+      not allow, do not fail the run; "not exercised" ones do)."""
+
+    deaths: list[str] = field(default_factory=list)
+    lost: dict[NodeKey, str] = field(default_factory=dict)
+    unfinished: list[str] = field(default_factory=list)
+    unexplained: list[str] = field(default_factory=list)
+    timed_out: list[str] = field(default_factory=list)
+    victim_state: str = "unknown"
+    foreign_tasks: list[str] = field(default_factory=list)
+    leaks: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    late: list[str] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+    rss_limit_mb: int = RSS_LIMIT_MB
+    tasks: dict[str, str] = field(default_factory=dict)
+    bad_submissions: list[str] = field(default_factory=list)
+    faults: dict[str, str] = field(default_factory=dict)
+    fault_failures: list[str] = field(default_factory=list)
+    attacks: dict[str, AttackOutcome] = field(default_factory=dict)
+    node_states: Counter[str] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.tasks) and all(s == "finished" for s in self.tasks.values())
+
+    @property
+    def passed(self) -> bool:
+        return (not self.deaths and not self.lost and not self.unfinished
+                and not self.unexplained and not self.timed_out
+                and self.victim_state == "finished" and not self.foreign_tasks
+                and not self.leaks and not self.orphans and not self.late
+                and 0 < self.peak_rss_mb <= self.rss_limit_mb and self.finished
+                and not self.bad_submissions and not self.fault_failures
+                and not self.problems)
+
+    def lines(self) -> list[str]:
+        states = ", ".join(f"{n} {s}" for s, n in sorted(self.node_states.items()))
+        finished = sum(1 for s in self.tasks.values() if s == "finished")
+        rows = [
+            ("daemon deaths", str(len(self.deaths))),
+            ("finished nodes lost", str(len(self.lost))),
+            ("nodes unfinished", str(len(self.unfinished))),
+            ("errors missing", str(len(self.unexplained))),
+            ("nodes timed out", str(len(self.timed_out))),
+            ("victim task", self.victim_state),
+            ("tasks submitted by jobs", str(len(self.foreign_tasks))),
+            ("leaks", str(len(self.leaks))),
+            ("orphan processes", str(len(self.orphans))),
+            ("late writes", str(len(self.late))),
+            ("peak daemon RSS", f"{self.peak_rss_mb:.0f} MiB (limit {self.rss_limit_mb} MiB)"),
+            ("tasks finished", f"{finished}/{len(self.tasks)}"),
+            ("valid best submission", "yes" if self.finished and not self.bad_submissions
+             else "no"),
+            ("faults", ", ".join(f"{k} {v.split(':')[0]}" for k, v in self.faults.items())
+             or "none"),
+            ("nodes", f"{sum(self.node_states.values())} ({states or 'none'})"),
+            ("wall time", f"{self.wall_s:.1f} s"),
+        ]
+        out = [f"{name:<24}{value}" for name, value in rows]
+        out += [f"fault {name}: {what}" for name, what in self.faults.items()]
+        for name, outcome in self.attacks.items():
+            for node in outcome.nodes or ["never ran"]:
+                out.append(f"attack {name:<16}{node}")
+        out += [f"note: {n}" for n in self.notes]
+        problems = ([f"death: {d}" for d in self.deaths]
+                    + [f"lost: task {t} node {n}: {why}" for (t, n), why in self.lost.items()]
+                    + [f"unfinished: {u}" for u in self.unfinished]
+                    + [f"no error: {u}" for u in self.unexplained]
+                    + [f"timed out: {t}" for t in self.timed_out]
+                    + [f"foreign task: {t}" for t in self.foreign_tasks]
+                    + [f"leak: {leak}" for leak in self.leaks]
+                    + [f"orphan: {o}" for o in self.orphans]
+                    + [f"late write: {w}" for w in self.late]
+                    + [f"submission: {s}" for s in self.bad_submissions]
+                    + [f"fault: {f}" for f in self.fault_failures]
+                    + [f"problem: {p}" for p in self.problems])
+        if self.peak_rss_mb > self.rss_limit_mb:
+            problems.append(f"rss: the daemon's peak RSS {self.peak_rss_mb:.0f} MiB is over "
+                            f"{self.rss_limit_mb} MiB")
+        return out + problems + [f"hostile: {'PASS' if self.passed else 'FAIL'}"]
+
+
+class FaultResult:
+    """What a fault came to: "pass", "fail", "skipped" or "not exercised", and in words."""
+
+    def __init__(self, status: str, detail: str) -> None:
+        self.status, self.detail = status, detail
+
+
+def _fill(path: Path) -> int:
+    """Write `path` until the disk refuses; the bytes written."""
+    written = 0
+    chunk = b"\1" * MIB
+    with path.open("wb") as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(chunk)
+            handle.flush()
+            written += len(chunk)
+    return written
+
+
+def _states_without_wal(db: Path, scratch: Path) -> dict[NodeKey, str]:
+    """The node states a copy of `db` alone (without its -wal) holds."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    copy = scratch / "mlmaster.db"
+    shutil.copyfile(db, copy)
+    conn = sqlite3.connect(f"{copy.resolve().as_uri()}?immutable=1", uri=True)
+    try:
+        rows = conn.execute("SELECT task_id, id, state FROM nodes").fetchall()
+    except sqlite3.DatabaseError:
+        rows = []
+    finally:
+        conn.close()
+    return {(task_id, node_id): state for task_id, node_id, state in rows}
+
+
+def _says_disk_full(error: str) -> bool:
+    return "No space left" in error or "disk is full" in error
+
+
+def _plan_attack(row: NodeRow) -> str:
+    plan = str(dict(row.outcome)["plan"] or "")
+    if plan.startswith("Injected attack: "):
+        return plan.removeprefix("Injected attack: ").split(".")[0]
+    return "working" if plan.startswith("Working script") else "?"
+
+
+class HostileRun:
+    """One hostile run: the model server, the daemon, the tasks, the faults, what was seen."""
+
+    def __init__(self, settings: HostileSettings, workdir: Path) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.state_dir = workdir / "state"
+        self.db = self.state_dir / "mlmaster.db"
+        self.key_file = workdir / "keys" / "api_key"
+        self.key = "sk-hostile-" + secrets.token_hex(16)
+        self.competitions = {"attacker": workdir / "attacker", "victim": workdir / "victim"}
+        self.markers = {role: f"HIDDEN-ANSWERS-{role}-{secrets.token_hex(12)}"
+                        for role in self.competitions}
+        self.daemon = DaemonProcess(
+            ChaosSettings(parallel=settings.parallel, sandbox=settings.sandbox),
+            self.state_dir, workdir / "d.sock", workdir / "daemon.log")
+        self.task_ids: dict[str, str] = {}
+        self.ledger = Ledger()
+        self.report = HostileReport(rss_limit_mb=settings.rss_limit_mb)
+        self.report.attacks = {name: AttackOutcome() for name in settings.attacks}
+        self.mounted = False
+        self.working = ""
+        self.api_answers: list[tuple[str, str]] = []
+        self.output_tails: list[tuple[str, str]] = []
+        self.control = asyncio.Lock()
+
+    def snapshot(self, when: str) -> dict[NodeKey, NodeRow]:
+        rows = read_nodes(self.db, self.task_ids.values()) if self.task_ids else {}
+        self.ledger.observe(rows, when)
+        return rows
+
+    async def run(self) -> HostileReport:
+        started = time.monotonic()
+        self._prepare()
+        model = InjectedModel(self.working)
+        await model.start()
+        self._configure(model)
+        try:
+            async with Client(self.daemon.socket) as client:
+                try:
+                    self.daemon.spawn()
+                    await self._ready(client, "start")
+                    guard = asyncio.create_task(self._guard(client))
+                    try:
+                        try:
+                            await self._submit(client, model)
+                            await self._faults(client)
+                            await self._finish(client)
+                        finally:
+                            with contextlib.suppress(DaemonUnreachable):
+                                await self._inspect(client)
+                    finally:
+                        guard.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await guard
+                except RuntimeError as exc:
+                    self.report.problems.append(str(exc))
+                finally:
+                    self._stop()
+        finally:
+            await model.stop()
+        self._scan(model)
+        self.report.wall_s = time.monotonic() - started
+        return self.report
+
+    def _prepare(self) -> None:
+        self.state_dir.mkdir(parents=True)
+        if self.settings.tmpfs_mb > 0:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o",
+                                   f"size={self.settings.tmpfs_mb}m,mode=0700", "tmpfs",
+                                   str(self.state_dir)], capture_output=True, check=False)
+            self.mounted = done.returncode == 0
+            why = done.stderr.decode().strip() or "mount failed"
+            if not self.mounted:
+                self.report.notes.append(
+                    f"no tmpfs for the state dir ({why}): the disk-full fault and the disk "
+                    "filler are left out")
+        else:
+            self.report.notes.append("no tmpfs asked for: the disk-full fault and the disk "
+                                     "filler are left out")
+        for role, folder in self.competitions.items():
+            build_example("breast_cancer", folder)
+            plant_marker(folder, self.markers[role])
+        self.key_file.parent.mkdir(mode=0o700)
+        self.key_file.write_text(self.key + "\n")
+        self.key_file.chmod(0o600)
+        self.working = render(safe_baseline(7), load_task(self.competitions["victim"]))
+
+    def _configure(self, model: InjectedModel) -> None:
+        self.daemon.env.update({
+            "MLMASTER_LLM__CODE__BASE_URL": model.base_url,
+            "MLMASTER_LLM__CODE__MODEL": "injected",
+            "MLMASTER_LLM__CODE__API_KEY_FILE": str(self.key_file),
+            "MLMASTER_LLM__CODE__MAX_RETRIES": "2",
+            "MLMASTER_LLM__CODE__BACKOFF_S": "0.2",
+            "MLMASTER_LLM__CODE__TIMEOUT_S": "60",
+            "MLMASTER_EXECUTION__NODE_TIMEOUT_S": str(self.settings.node_timeout_s),
+            "MLMASTER_EXECUTION__KILL_GRACE_S": "1",
+            "MLMASTER_DAEMON__FAULT_RETRY_S": "0.5",
+            "MLMASTER_DAEMON__FAULT_RETRY_MAX_S": "2",
+            "MLMASTER_DAEMON__STOP_GRACE_S": "0",
+        })
+
+    async def _ready(self, client: Client, when: str) -> None:
+        await self.daemon.wait_ready(client)
+        self.report.orphans += [f"{s} alive after the {when}" for s in stray_processes(
+            self.state_dir, self.task_ids.values(), self.daemon.pid)]
+        self.snapshot(f"after the {when}")
+
+    async def _guard(self, client: Client) -> None:
+        """Sample the daemon's RSS; restart it when it died by itself; keep the ledger."""
+        last_snapshot = 0.0
+        while True:
+            await asyncio.sleep(RSS_POLL_S)
+            pid = self.daemon.pid
+            if pid is not None:
+                with contextlib.suppress(psutil.Error):
+                    rss = psutil.Process(pid).memory_info().rss / MIB
+                    self.report.peak_rss_mb = max(self.report.peak_rss_mb, rss)
+            if self.control.locked():
+                continue
+            async with self.control:
+                code = self.daemon.exited()
+                if code is not None:
+                    self.report.deaths.append(f"the daemon exited by itself with code {code}; "
+                                              f"see {self.daemon.log}")
+                    self.daemon.spawn()
+                    try:
+                        await self._ready(client, "restart after a death")
+                    except RuntimeError as exc:
+                        self.report.deaths.append(str(exc))
+                        return
+                if time.monotonic() - last_snapshot > LEDGER_POLL_S:
+                    last_snapshot = time.monotonic()
+                    await asyncio.to_thread(self.snapshot, "while running")
+
+    async def _submit(self, client: Client, model: InjectedModel) -> None:
+        settings = self.settings
+        victim = await client.submit({
+            "task_dir": str(self.competitions["victim"]), "steps": settings.victim_steps,
+            "name": VICTIM, "node_timeout_s": settings.node_timeout_s})
+        self.task_ids["victim"] = victim["id"]
+        targets = Targets(
+            socket=str(self.daemon.socket), key_file=str(self.key_file),
+            state_dir=str(self.state_dir), database=str(self.db),
+            own_task_dir=str(self.competitions["attacker"]),
+            victim_task_dir=str(self.competitions["victim"]), victim_id=victim["id"],
+            fill_cap_bytes=(settings.tmpfs_mb + 64) * MIB)
+        scripts: list[tuple[str, str]] = []
+        for name in settings.attacks:
+            attack: Attack = ATTACKS_BY_NAME[name]
+            if attack.needs_small_disk and not self.mounted:
+                self.report.attacks.pop(name, None)
+                continue
+            scripts += [(name, attack.script(targets)), ("working", self.working)]
+        model.attacker_scripts = scripts
+        attacker = await client.submit({
+            "task_dir": str(self.competitions["attacker"]), "steps": settings.attacker_steps,
+            "name": ATTACKER, "node_timeout_s": settings.node_timeout_s})
+        self.task_ids["attacker"] = attacker["id"]
+        _say(f"submitted the victim {victim['id']} ({settings.victim_steps} steps) and the "
+             f"attacker {attacker['id']} ({settings.attacker_steps} steps, "
+             f"{len(scripts) // 2} attacks)")
+
+    async def _faults(self, client: Client) -> None:
+        runs = {"stop": self._fault_stop, "disk-full": self._fault_disk_full,
+                "wal-loss": self._fault_wal_loss}
+        for name in FAULTS:
+            if name not in self.settings.faults:
+                continue
+            _say(f"fault {name}: waiting for its moment")
+            result = await runs[name](client)
+            self.report.faults[name] = f"{result.status}: {result.detail}"
+            if result.status in ("fail", "not exercised"):
+                self.report.fault_failures.append(f"{name}: {result.detail}")
+            _say(f"fault {name}: {result.status}: {result.detail}")
+
+    async def _wait_node(self, wanted: Any, timeout_s: float = FAULT_WAIT_S,
+                         ) -> tuple[NodeKey, NodeRow] | None:
+        """The first node for which `wanted(key, row)` holds, polled every 50 ms."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            rows = await asyncio.to_thread(read_nodes, self.db, self.task_ids.values())
+            for key, row in sorted(rows.items()):
+                if wanted(key, row):
+                    return key, row
+            await asyncio.sleep(0.05)
+        return None
+
+    def _tasks_active(self) -> bool:
+        tasks = read_tasks(self.db, self.task_ids.values())
+        return any(t["state"] not in TERMINAL_TASK for t in tasks.values())
+
+    async def _fault_stop(self, _client: Client) -> FaultResult:
+        """SIGSTOP the daemon past the node time limit while a working script runs."""
+        found = await self._wait_node(
+            lambda _k, r: r.state == "running" and _plan_attack(r) == "working")
+        if found is None:
+            return FaultResult("not exercised", "no working script ran within "
+                                                f"{FAULT_WAIT_S:.0f} s")
+        key, _row = found
+        pause = self.settings.node_timeout_s + 3.0
+        async with self.control:
+            pid = self.daemon.pid
+            if pid is None:
+                return FaultResult("not exercised", "the daemon was not running")
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(pause)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        ended = await self._wait_node(lambda k, r: k == key and r.state in FINISHED)
+        where = f"task {key[0]} node {key[1]}"
+        if ended is None:
+            return FaultResult("fail", f"{where}, running when the daemon was stopped "
+                                       f"{pause:.0f} s, did not end within "
+                                       f"{FAULT_WAIT_S:.0f} s of the SIGCONT")
+        row = ended[1]
+        error = str(dict(row.outcome)["error"] or "")
+        if "time limit" in error:
+            return FaultResult("fail", f"{where} exited within its time limit while the "
+                                       f"daemon was stopped, and was called timed out: {error}")
+        return FaultResult("pass", f"the daemon stopped {pause:.0f} s (time limit "
+                                   f"{self.settings.node_timeout_s:.0f} s) while {where} ran; "
+                                   f"it ended {row.state} ({error or 'no error'})")
+
+    async def _task_paused(self, client: Client) -> tuple[str, str] | None:
+        for role, task_id in self.task_ids.items():
+            task = await client.task(task_id)
+            if task["state"] == "paused":
+                return role, str(task["error"] or "")
+        return None
+
+    async def _fault_disk_full(self, client: Client) -> FaultResult:
+        """Fill the state dir's tmpfs with a ballast file, then remove it."""
+        if not self.mounted:
+            return FaultResult("skipped", "the state dir is not a tmpfs of the run's own")
+        if not await asyncio.to_thread(self._tasks_active):
+            return FaultResult("not exercised", "no task was running any more")
+        ballast = self.state_dir / "ballast"
+        filled = await asyncio.to_thread(_fill, ballast)
+        began = time.monotonic()
+        paused = None
+        try:
+            while paused is None and time.monotonic() - began < 60:
+                paused = await self._task_paused(client)
+                await asyncio.sleep(0.2)
+            pause_s = time.monotonic() - began
+            await asyncio.sleep(2.0)
+        finally:
+            ballast.unlink()
+        freed = time.monotonic()
+        resumed = None
+        while time.monotonic() - freed < FAULT_WAIT_S:
+            if await self._task_paused(client) is None:
+                resumed = time.monotonic() - freed
+                break
+            await asyncio.sleep(0.2)
+        if paused is None:
+            return FaultResult("fail", f"no task paused within 60 s of the disk filling "
+                                       f"({filled // MIB} MiB of ballast)")
+        role, error = paused
+        if not _says_disk_full(error):
+            return FaultResult("fail", f"the {role} paused saying {error!r}, not that the "
+                                       "disk is full")
+        if resumed is None:
+            return FaultResult("fail", f"the {role} was still paused {FAULT_WAIT_S:.0f} s "
+                                       "after the ballast was removed")
+        return FaultResult("pass", f"{filled // MIB} MiB of ballast; the {role} paused after "
+                                   f"{pause_s:.1f} s ({error}); resumed {resumed:.1f} s after "
+                                   "the ballast went")
+
+    async def _exit_or_ready(self, client: Client, timeout_s: float = 60.0) -> int | None:
+        """The daemon's exit code if it exits during its start-up, None once it answers."""
+        began = time.monotonic()
+        while time.monotonic() - began < timeout_s:
+            code = self.daemon.exited()
+            if code is not None:
+                return code
+            try:
+                await client.health()
+                return None
+            except DaemonUnreachable:
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"the daemon neither started nor exited within {timeout_s:.0f} s")
+
+    async def _fault_wal_loss(self, client: Client) -> FaultResult:
+        """SIGKILL the daemon just after a node finished, start it without its -wal (it must
+        refuse), then with it back (it must resume)."""
+        seen = {k for k, r in (await asyncio.to_thread(
+            read_nodes, self.db, self.task_ids.values())).items() if r.state in FINISHED}
+        found = await self._wait_node(
+            lambda k, r: r.state in ("done", "buggy") and k not in seen)
+        if found is None:
+            return FaultResult("not exercised", "no node finished within "
+                                                f"{FAULT_WAIT_S:.0f} s")
+        wal = self.db.with_name(self.db.name + "-wal")
+        aside = self.workdir / "mlmaster.db-wal.aside"
+        async with self.control:
+            self.snapshot("before the WAL loss")
+            self.daemon.kill()
+            if not wal.exists() or wal.stat().st_size == 0:
+                self.daemon.spawn()
+                await self._ready(client, "restart after a kill without a -wal")
+                return FaultResult("not exercised", "the SIGKILL left no -wal")
+            await asyncio.to_thread(shutil.move, wal, aside)
+            alone = await asyncio.to_thread(_states_without_wal, self.db, self.workdir / "alone")
+            lacking = [k for k, r in self.ledger.first.items() if alone.get(k) != r.state]
+            mark = self.daemon.log.stat().st_size
+            self.daemon.spawn()
+            code = await self._exit_or_ready(client)
+            said = self.daemon.log.read_bytes()[mark:].decode(errors="replace").strip()
+            if code is None:
+                self.daemon.terminate()
+                aside.unlink()
+                self.daemon.spawn()
+                await self._ready(client, "restart after a start without the -wal")
+                if lacking:
+                    return FaultResult("fail", f"the daemon started without its -wal though "
+                                               f"the database alone lacks {len(lacking)} "
+                                               "finished nodes")
+                return FaultResult("not exercised", "the database alone held every finished "
+                                                    "node: starting without the -wal was right")
+            if wal.exists():
+                self.report.notes.append(f"the refused start left a -wal of "
+                                         f"{wal.stat().st_size} bytes (replaced by the real one)")
+            await asyncio.to_thread(shutil.move, aside, wal)
+            self.daemon.spawn()
+            await self._ready(client, "start with the -wal back")
+        refused = code != 0 and "lost committed work" in said
+        excerpt = said.splitlines()[-1][:160] if said else "nothing"
+        if not refused:
+            return FaultResult("fail", f"without its -wal (the database alone lacking "
+                                       f"{len(lacking)} finished nodes) the daemon exited with "
+                                       f"code {code} saying {excerpt!r}")
+        if not lacking:
+            self.report.notes.append("the refused start lacked no finished node the run had "
+                                     "seen (the proofs held newer commits)")
+        return FaultResult("pass", f"SIGKILLed after task {found[0][0]} node {found[0][1]} "
+                                   f"finished; without its -wal ({len(lacking)} finished "
+                                   f"nodes missing) the start exited {code}: {excerpt[:90]}...; "
+                                   "with it back the daemon resumed")
+
+    async def _finish(self, client: Client) -> None:
+        """Wait for both tasks to end; a task paused on a full disk for `STUCK_S` (the run's
+        own ballast is long gone by then) will not come back by itself: fail at once."""
+        deadline = time.monotonic() + self.settings.finish_timeout_s
+        paused_since: float | None = None
+        while True:
+            tasks = await asyncio.to_thread(read_tasks, self.db, self.task_ids.values())
+            if all(t["state"] in TERMINAL_TASK for t in tasks.values()):
+                return
+            if time.monotonic() > deadline:
+                states = ", ".join(f"{t['id']} {t['state']} ({t['error']})"
+                                   for t in tasks.values())
+                raise RuntimeError(f"the tasks did not end within "
+                                   f"{self.settings.finish_timeout_s:.0f} s: {states}")
+            paused = None
+            with contextlib.suppress(DaemonUnreachable):
+                paused = await self._task_paused(client)
+            if paused is None or not _says_disk_full(paused[1]):
+                paused_since = None
+            elif paused_since is None:
+                paused_since = time.monotonic()
+            elif time.monotonic() - paused_since > STUCK_S:
+                raise RuntimeError(
+                    f"the {paused[0]} has been paused {STUCK_S:.0f} s on a full disk that no "
+                    f"fault of the run fills ({paused[1]}); what fills it: "
+                    f"{await asyncio.to_thread(self._biggest_workspaces)}")
+            await asyncio.sleep(0.5)
+
+    def _biggest_workspaces(self, count: int = 3) -> str:
+        sizes = []
+        for ws in self.state_dir.glob("tasks/*/nodes/*"):
+            size = sum(f.stat().st_size for f in ws.rglob("*") if f.is_file()
+                       and not f.is_symlink())
+            role = next((r for r, t in self.task_ids.items() if t == ws.parent.parent.name), "?")
+            sizes.append((size, f"the {role}'s node {ws.name} workspace {size // MIB} MiB"))
+        free = shutil.disk_usage(self.state_dir).free // MIB
+        return ", ".join(text for _size, text in sorted(sizes, reverse=True)[:count]) + \
+            f"; {free} MiB free"
+
+    async def _inspect(self, client: Client) -> None:
+        """Every API answer about the run, for the leak scan; who submitted what."""
+        listed = await client.request("GET", "/v1/tasks")
+        self.api_answers.append(("GET /v1/tasks", json.dumps(listed)))
+        ours = set(self.task_ids.values())
+        self.report.foreign_tasks += [f"{t['id']} ({t['name']}, by {t['submitter']})"
+                                      for t in listed["tasks"] if t["id"] not in ours]
+        if listed["total"] > len(ours) and not self.report.foreign_tasks:
+            self.report.foreign_tasks.append(f"{listed['total'] - len(ours)} unlisted")
+        for role, task_id in self.task_ids.items():
+            task = await client.task(task_id)
+            self.api_answers.append((f"GET the {role} task", json.dumps(task)))
+            if role == "victim":
+                self.report.victim_state = task["state"]
+            for node in await client.nodes(task_id):
+                full = await client.node(task_id, node["id"])
+                where = f"the {role}'s node {node['id']}"
+                self.api_answers.append((f"GET {where}", json.dumps(full)))
+                self.output_tails.append((f"the output tail of {where}",
+                                          str(full.get("output_tail") or "")))
+
+    def _stop(self) -> None:
+        code = self.daemon.terminate()
+        if code != 0:
+            self.report.deaths.append(f"the daemon exited with code {code} on SIGTERM")
+        self.report.orphans += [f"{s} alive after the final stop" for s in stray_processes(
+            self.state_dir, self.task_ids.values(), None)]
+        if not self.task_ids or not self.db.exists():
+            return
+        rows = self.snapshot("after the final stop")
+        self._judge(rows, read_tasks(self.db, self.task_ids.values()))
+
+    def _judge(self, rows: Mapping[NodeKey, NodeRow], tasks: Mapping[str, Any]) -> None:
+        report = self.report
+        report.lost = dict(self.ledger.lost)
+        report.node_states = Counter(r.state for r in rows.values())
+        role_of = {task_id: role for role, task_id in self.task_ids.items()}
+        for (task_id, node_id), row in sorted(rows.items()):
+            where = f"the {role_of[task_id]}'s node {node_id}"
+            error = str(dict(row.outcome)["error"] or "")
+            if row.state not in FINISHED:
+                report.unfinished.append(f"{where} is {row.state}")
+            elif row.state in ("buggy", "failed") and not error.strip():
+                report.unexplained.append(f"{where} is {row.state} without a reason")
+            attack = _plan_attack(row)
+            slow = attack in ATTACKS_BY_NAME and ATTACKS_BY_NAME[attack].may_time_out
+            if "time limit" in error and not slow:
+                report.timed_out.append(f"{where} ({attack}): {error}")
+            if task_id == self.task_ids.get("attacker") and attack in report.attacks:
+                report.attacks[attack].nodes.append(
+                    f"node {node_id:<3} {row.state}: {' '.join(error.split())[:110] or '-'}")
+        report.late += late_writes(self.state_dir, rows)
+        for role, task_id in self.task_ids.items():
+            task = tasks[task_id]
+            report.tasks[role] = task["state"]
+            if task["state"] != "finished":
+                report.bad_submissions.append(f"the {role} ended {task['state']}: "
+                                              f"{task['error']}")
+                continue
+            for problem in (check_submission(self.state_dir, task),
+                            check_best(self.state_dir, task, rows)):
+                if problem is not None:
+                    report.bad_submissions.append(problem)
+
+    def _scan(self, model: InjectedModel) -> None:
+        """The key and the hidden-answer markers in anything that left a job."""
+        sources: list[tuple[str, str | bytes]] = [
+            (f"prompt {i} the model received", json.dumps(body))
+            for i, body in enumerate(model.requests)]
+        sources += [(f"the API answer to {what}", text) for what, text in self.api_answers]
+        sources += self.output_tails
+        stores = sorted(self.state_dir.glob("mlmaster.db*")) + sorted(
+            (self.state_dir / "backups").glob("*"))
+        sources += [(f"the database file {p.name}", p.read_bytes()) for p in stores
+                    if p.is_file()]
+        if self.daemon.log.exists():
+            sources.append(("the daemon's log", self.daemon.log.read_bytes()))
+        found = find_leaks({"the API key": self.key,
+                            "the attacker's hidden answers": self.markers["attacker"],
+                            "the victim's hidden answers": self.markers["victim"]}, sources)
+        self.report.leaks += found
+        self.report.notes.append(f"scanned {len(model.requests)} prompts, "
+                                 f"{len(self.api_answers)} API answers, "
+                                 f"{len(self.output_tails)} output tails, {len(stores)} "
+                                 "database files and the daemon's log")
+
+    def cleanup(self) -> None:
+        """Unmount the tmpfs and remove the run's files."""
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.state_dir)], capture_output=True,
+                           check=False)
+            self.mounted = False
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _names(raw: str, known: Sequence[str], what: str,
+           parser: argparse.ArgumentParser) -> tuple[str, ...]:
+    if raw.strip() == "none":
+        return ()
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        parser.error(f"--{what}: unknown {', '.join(unknown)}; choose from {', '.join(known)} "
+                     "or none")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlmaster_daemon.hostile",
+        description="Run the daemon on a prompt-injected model whose scripts attack it, while "
+                    "the machine fails under it, and check that it survives, leaks no secret "
+                    "or hidden answer and loses no finished work. Exit code 0 when all hold.")
+    attacks = [a.name for a in ATTACKS]
+    parser.add_argument("--attacks", default=",".join(attacks),
+                        help=f"comma list of attacks, or none (default: all of "
+                             f"{', '.join(attacks)})")
+    parser.add_argument("--light", action="store_true",
+                        help="leave out the heavy attacks (memory hog, disk filler)")
+    parser.add_argument("--faults", default=",".join(FAULTS),
+                        help=f"comma list of machine faults, or none (default: all of "
+                             f"{', '.join(FAULTS)})")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="steps of the attacker (default: two per attack, plus 6)")
+    parser.add_argument("--victim-steps", type=int, default=8, help="steps of the victim")
+    parser.add_argument("--parallel", type=int, default=2, help="nodes run at once")
+    parser.add_argument("--sandbox", default="auto", choices=("auto", "bwrap", "none"),
+                        help="the daemon's [execution] sandbox")
+    parser.add_argument("--node-timeout", type=float, default=30.0,
+                        help="each node's time limit in seconds (the stop fault lasts 3 s "
+                             "longer)")
+    parser.add_argument("--tmpfs-mb", type=int, default=512,
+                        help="size of the tmpfs mounted for the state dir (0: none; then no "
+                             "disk-full fault or disk filler)")
+    parser.add_argument("--rss-limit-mb", type=int, default=RSS_LIMIT_MB,
+                        help="the most the daemon's resident memory may reach")
+    parser.add_argument("--finish-timeout", type=float, default=900.0,
+                        help="seconds the tasks may take to end after the faults")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temp dir (state, daemon log) even when the run passes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    attacks = _names(args.attacks, [a.name for a in ATTACKS], "attacks", parser)
+    if args.light:
+        attacks = tuple(a for a in attacks if not ATTACKS_BY_NAME[a].heavy)
+    settings = HostileSettings(
+        attacks=attacks, faults=_names(args.faults, FAULTS, "faults", parser),
+        steps=args.steps, victim_steps=args.victim_steps, parallel=args.parallel,
+        sandbox=args.sandbox, node_timeout_s=args.node_timeout, tmpfs_mb=args.tmpfs_mb,
+        rss_limit_mb=args.rss_limit_mb, finish_timeout_s=args.finish_timeout, keep=args.keep)
+    # A short path: the socket lives here and Unix socket paths must fit in 107 bytes.
+    workdir = Path(tempfile.mkdtemp(prefix="mlm-hostile-"))
+    run = HostileRun(settings, workdir)
+    _say(f"hostile: {len(attacks)} attacks ({', '.join(attacks) or 'none'}), faults "
+         f"{', '.join(settings.faults) or 'none'}, sandbox {settings.sandbox}, node time "
+         f"limit {settings.node_timeout_s:.0f} s, state dir {run.state_dir}")
+    try:
+        report = asyncio.run(run.run())
+    except BaseException:
+        run.cleanup() if not settings.keep else None
+        raise
+    for line in report.lines():
+        _say(line)
+    if report.passed and not settings.keep:
+        run.cleanup()
+    else:
+        mounted = " (a tmpfs: umount it when done)" if run.mounted else ""
+        _say(f"the run's files (daemon log, competitions, state{mounted}) are in {workdir}")
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
