@@ -16,7 +16,10 @@ can find a best submission. While they run, the machine fails (each fault option
   pause saying why, then resume once the ballast is gone;
 - `wal-loss`: the daemon is SIGKILLed just after a node finished, `mlmaster.db-wal` moved
   aside: a start must refuse, naming the lost work; with the -wal back it must start and
-  resume, losing nothing.
+  resume, losing nothing;
+- `crash`: the daemon is SIGKILLed while the `trap` attack runs with its links planted where
+  the daemon writes, and started again: the node runs again, and nothing is written through
+  the links (the key file and both task folders are unchanged at the end).
 
 At the end the daemon stops with SIGTERM and the run prints, and checks, `HostileReport`.
 """
@@ -27,6 +30,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -67,7 +71,7 @@ from mlmaster_daemon.llm.offline_render import render
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example
 
-FAULTS = ("stop", "disk-full", "wal-loss")
+FAULTS = ("stop", "disk-full", "wal-loss", "crash")
 ATTACKER, VICTIM = "hostile-attacker", "hostile-victim"
 MIB = 1024 * 1024
 # The daemon idles at ~150 MiB and searches at ~200-300 MiB. Reading any one hostile file
@@ -79,6 +83,7 @@ FAULT_WAIT_S = 120.0
 LEDGER_POLL_S = 1.0
 # A task paused this long on a full disk after the run's own ballast went stays paused.
 STUCK_S = 60.0
+STATE_FAULT = "cannot write the daemon's state"
 
 
 @dataclass(frozen=True)
@@ -268,6 +273,7 @@ class HostileReport:
     - orphan processes: processes of the state dir the daemon did not start, after each
       restart; after the final SIGTERM, any.
     - late writes: a file in a finished node's workspace written after it finished.
+    - files changed outside: the key file or a file of either task folder changed.
     - peak daemon RSS: the daemon's resident memory, sampled every 0.2 s, against a limit.
     - tasks finished, valid best submission: as in chaos.py (`check_submission`,
       `check_best`).
@@ -284,6 +290,7 @@ class HostileReport:
     leaks: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     late: list[str] = field(default_factory=list)
+    outside: list[str] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     rss_limit_mb: int = RSS_LIMIT_MB
     tasks: dict[str, str] = field(default_factory=dict)
@@ -306,6 +313,7 @@ class HostileReport:
                 and not self.unexplained and not self.timed_out
                 and self.victim_state == "finished" and not self.foreign_tasks
                 and not self.leaks and not self.orphans and not self.late
+                and not self.outside
                 and 0 < self.peak_rss_mb <= self.rss_limit_mb and self.finished
                 and not self.bad_submissions and not self.fault_failures
                 and not self.problems)
@@ -324,6 +332,7 @@ class HostileReport:
             ("leaks", str(len(self.leaks))),
             ("orphan processes", str(len(self.orphans))),
             ("late writes", str(len(self.late))),
+            ("files changed outside", str(len(self.outside))),
             ("peak daemon RSS", f"{self.peak_rss_mb:.0f} MiB (limit {self.rss_limit_mb} MiB)"),
             ("tasks finished", f"{finished}/{len(self.tasks)}"),
             ("valid best submission", "yes" if self.finished and not self.bad_submissions
@@ -348,6 +357,7 @@ class HostileReport:
                     + [f"leak: {leak}" for leak in self.leaks]
                     + [f"orphan: {o}" for o in self.orphans]
                     + [f"late write: {w}" for w in self.late]
+                    + [f"changed outside: {o}" for o in self.outside]
                     + [f"submission: {s}" for s in self.bad_submissions]
                     + [f"fault: {f}" for f in self.fault_failures]
                     + [f"problem: {p}" for p in self.problems])
@@ -391,6 +401,23 @@ def _states_without_wal(db: Path, scratch: Path) -> dict[NodeKey, str]:
     return {(task_id, node_id): state for task_id, node_id, state in rows}
 
 
+def file_digests(paths: Iterable[Path]) -> dict[str, str]:
+    """The SHA-256 of every file at or under `paths`, by path."""
+    found = {}
+    for path in paths:
+        for file in [path] if path.is_file() else sorted(path.rglob("*")):
+            if file.is_file():
+                found[str(file)] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return found
+
+
+def changed_files(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
+    """Files of `before` that are gone or different in `after`, and files new in `after`."""
+    changed = [f"{p} {'changed' if p in after else 'removed'}" for p, digest in before.items()
+               if after.get(p) != digest]
+    return changed + [f"{p} added" for p in after if p not in before]
+
+
 def _says_disk_full(error: str) -> bool:
     return "No space left" in error or "disk is full" in error
 
@@ -426,6 +453,8 @@ class HostileRun:
         self.working = ""
         self.api_answers: list[tuple[str, str]] = []
         self.output_tails: list[tuple[str, str]] = []
+        self.outside: dict[str, str] = {}
+        self.said: dict[NodeKey, str] = {}
         self.control = asyncio.Lock()
 
     def snapshot(self, when: str) -> dict[NodeKey, NodeRow]:
@@ -489,6 +518,7 @@ class HostileRun:
         self.key_file.write_text(self.key + "\n")
         self.key_file.chmod(0o600)
         self.working = render(safe_baseline(7), load_task(self.competitions["victim"]))
+        self.outside = file_digests([self.key_file, *self.competitions.values()])
 
     def _configure(self, model: InjectedModel) -> None:
         self.daemon.env.update({
@@ -568,7 +598,7 @@ class HostileRun:
 
     async def _faults(self, client: Client) -> None:
         runs = {"stop": self._fault_stop, "disk-full": self._fault_disk_full,
-                "wal-loss": self._fault_wal_loss}
+                "wal-loss": self._fault_wal_loss, "crash": self._fault_crash}
         for name in FAULTS:
             if name not in self.settings.faults:
                 continue
@@ -670,6 +700,9 @@ class HostileRun:
         if resumed is None:
             return FaultResult("fail", f"the {role} was still paused {FAULT_WAIT_S:.0f} s "
                                        "after the ballast was removed")
+        if error.count(STATE_FAULT) > 1:
+            return FaultResult("fail", f"the {role} paused and resumed, but its reason says "
+                                       f"{STATE_FAULT!r} twice: {error!r}")
         return FaultResult("pass", f"{filled // MIB} MiB of ballast; the {role} paused after "
                                    f"{pause_s:.1f} s ({error}); resumed {resumed:.1f} s after "
                                    "the ballast went")
@@ -745,6 +778,33 @@ class HostileRun:
                                    f"nodes missing) the start exited {code}: {excerpt[:90]}...; "
                                    "with it back the daemon resumed")
 
+    async def _fault_crash(self, client: Client) -> FaultResult:
+        """SIGKILL the daemon while the trap runs, its links planted; start it again."""
+        if "trap" not in self.report.attacks:
+            return FaultResult("skipped", "the trap attack is not in the run")
+        found = await self._wait_node(
+            lambda _k, r: r.state == "running" and _plan_attack(r) == "trap",
+            timeout_s=3 * FAULT_WAIT_S)
+        if found is None:
+            return FaultResult("not exercised", "the trap did not run within "
+                                                f"{3 * FAULT_WAIT_S:.0f} s")
+        key = found[0]
+        where = f"task {key[0]} node {key[1]}"
+        # The trap plants its links within a second of starting.
+        await asyncio.sleep(2.0)
+        async with self.control:
+            self.snapshot("before the crash")
+            self.daemon.kill()
+            self.daemon.spawn()
+            await self._ready(client, "restart after the crash")
+        ended = await self._wait_node(lambda k, r: k == key and r.state in FINISHED)
+        if ended is None:
+            return FaultResult("fail", f"{where}, the trap, did not end within "
+                                       f"{FAULT_WAIT_S:.0f} s of the restart")
+        error = str(dict(ended[1].outcome)["error"] or "")
+        return FaultResult("pass", f"SIGKILLed while {where} (the trap) ran; after the "
+                                   f"restart it ended {ended[1].state} ({error or 'no error'})")
+
     async def _finish(self, client: Client) -> None:
         """Wait for both tasks to end; a task paused on a full disk for `STUCK_S` (the run's
         own ballast is long gone by then) will not come back by itself: fail at once."""
@@ -802,8 +862,11 @@ class HostileRun:
                 full = await client.node(task_id, node["id"])
                 where = f"the {role}'s node {node['id']}"
                 self.api_answers.append((f"GET {where}", json.dumps(full)))
-                self.output_tails.append((f"the output tail of {where}",
-                                          str(full.get("output_tail") or "")))
+                tail = str(full.get("output_tail") or "")
+                self.output_tails.append((f"the output tail of {where}", tail))
+                said = [line for line in tail.splitlines() if line.startswith("HOSTILE ")]
+                if said:
+                    self.said[(task_id, node["id"])] = said[-1].split(":", 1)[-1].strip()
 
     def _stop(self) -> None:
         code = self.daemon.terminate()
@@ -833,9 +896,13 @@ class HostileRun:
             if "time limit" in error and not slow:
                 report.timed_out.append(f"{where} ({attack}): {error}")
             if task_id == self.task_ids.get("attacker") and attack in report.attacks:
+                said = self.said.get((task_id, node_id))
                 report.attacks[attack].nodes.append(
-                    f"node {node_id:<3} {row.state}: {' '.join(error.split())[:110] or '-'}")
+                    f"node {node_id:<3} {row.state}: {' '.join(error.split())[:110] or '-'}"
+                    + (f" | it said: {said[:110]}" if said else ""))
         report.late += late_writes(self.state_dir, rows)
+        report.outside += changed_files(self.outside, file_digests(
+            [self.key_file, *self.competitions.values()]))
         for role, task_id in self.task_ids.items():
             task = tasks[task_id]
             report.tasks[role] = task["state"]

@@ -326,10 +326,32 @@ print("HOSTILE file-swarm: 50000 files")
 raise SystemExit(12)
 ''')
 
+TRAP = Attack("trap", "plant links to the key file, the victim's hidden answers and its best "
+              "submission wherever the daemon writes when it lays the workspace out again "
+              "(solution.py and its .tmp, the logs, metrics.json, memory.md, submission/, "
+              "working/), then wait for a daemon restart to run it again", '''
+import os, shutil, time
+victim = os.path.join(T["victim_task_dir"], "prepared", "private")
+best = os.path.join(T["state_dir"], "tasks", T["victim_id"], "best")
+plan = {"solution.py": T["key_file"], "solution.py.tmp": T["key_file"],
+        "stdout.log": os.path.join(victim, "test.csv"), "stderr.log": T["key_file"],
+        "metrics.json": os.path.join(victim, "test.csv"), "memory.md": T["key_file"],
+        "submission": best, "working": victim}
+for name, target in plan.items():
+    if os.path.isdir(name) and not os.path.islink(name):
+        shutil.rmtree(name)
+    elif os.path.lexists(name):
+        os.remove(name)
+    os.symlink(target, name)
+print(f"HOSTILE trap: {len(plan)} links planted; waiting to be run again", flush=True)
+time.sleep(12)
+raise SystemExit(13)
+''')
+
 # The heavy ones last: a disk filler that the daemon does not recover from stalls the attacker
 # task, and every attack after it would never run.
 ATTACKS: tuple[Attack, ...] = (
     SPARSE_STDERR, LOGS_TO_SECRETS, READ_SECRETS, API, FORK_BOMB, FIFO_LOGS, SUBMISSION_LINK,
-    HUGE_METRICS, KILL_PARENT, ESCAPEE, FILE_SWARM, MEMORY_HOG, DISK_FILLER,
+    HUGE_METRICS, KILL_PARENT, ESCAPEE, FILE_SWARM, TRAP, MEMORY_HOG, DISK_FILLER,
 )
 ATTACKS_BY_NAME = {attack.name: attack for attack in ATTACKS}
