@@ -74,10 +74,10 @@ from mlmaster_daemon.tasks.examples import build_example
 FAULTS = ("stop", "disk-full", "wal-loss", "crash")
 ATTACKER, VICTIM = "hostile-attacker", "hostile-victim"
 MIB = 1024 * 1024
-# The daemon idles at ~150 MiB and searches at ~200-300 MiB. Reading any one hostile file
-# whole (a stderr or metrics.json up to the file size limit, 256 MiB-4 GiB) or holding the
-# 50,000-file listing would show as hundreds of MiB more; 1 GiB leaves room for the search.
-RSS_LIMIT_MB = 1024
+# The daemon needs ~165 MiB through a whole hostile run. The smallest file size limit a job
+# gets is 256 MiB, so reading any one hostile file (a stderr or metrics.json at that limit)
+# whole would take it past 165 + 256 MiB; 400 MiB leaves the daemon 2.4 times its need.
+RSS_LIMIT_MB = 400
 RSS_POLL_S = 0.2
 FAULT_WAIT_S = 120.0
 LEDGER_POLL_S = 1.0
@@ -178,8 +178,9 @@ def _answer_text(plan: str, code: str) -> str:
 class InjectedModel:
     """An OpenAI-compatible chat server (POST /v1/chat/completions, streamed as SSE or whole)
     playing a prompt-injected model: the victim's code requests get the working script, the
-    attacker's the next of `attacker_scripts` (cycled); other requests (the start-up probe,
-    summaries) a line of text. Every request body is kept in `requests`."""
+    attacker's the next of `attacker_scripts` (cycled; the working script while there are
+    none); other requests (the start-up probe, summaries) a line of text. Every request body
+    is kept in `requests`."""
 
     def __init__(self, working: str) -> None:
         self.working = working
@@ -214,7 +215,11 @@ class InjectedModel:
             self.served["working"] += 1
             return _answer_text("Working script: a simple model and its submission.",
                                 self.working)
-        if f"# Task: {ATTACKER}" in text and self.attacker_scripts:
+        if f"# Task: {ATTACKER}" in text and not self.attacker_scripts:
+            self.served["working"] += 1
+            return _answer_text("Working script: a simple model and its submission.",
+                                self.working)
+        if f"# Task: {ATTACKER}" in text:
             name, code = self.attacker_scripts[self._next % len(self.attacker_scripts)]
             self._next += 1
             self.served[name] += 1
@@ -274,7 +279,8 @@ class HostileReport:
       restart; after the final SIGTERM, any.
     - late writes: a file in a finished node's workspace written after it finished.
     - files changed outside: the key file or a file of either task folder changed.
-    - peak daemon RSS: the daemon's resident memory, sampled every 0.2 s, against a limit.
+    - peak daemon RSS: the most resident memory of any daemon process of the run (its
+      high-water mark, read every 0.2 s), against `RSS_LIMIT_MB`.
     - tasks finished, valid best submission: as in chaos.py (`check_submission`,
       `check_best`).
     - faults: each fault exercised and its check held ("skipped" ones, that the machine does
@@ -418,6 +424,22 @@ def changed_files(before: Mapping[str, str], after: Mapping[str, str]) -> list[s
     return changed + [f"{p} added" for p in after if p not in before]
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's resident memory in MiB: the kernel's high-water mark (VmHWM), which no
+    spike between two samples escapes, or the current RSS where that is not shown; 0 when
+    the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return float(psutil.Process(pid).memory_info().rss / MIB)
+    except psutil.Error:
+        return 0.0
+
+
 def _says_disk_full(error: str) -> bool:
     return "No space left" in error or "disk is full" in error
 
@@ -541,16 +563,17 @@ class HostileRun:
             self.state_dir, self.task_ids.values(), self.daemon.pid)]
         self.snapshot(f"after the {when}")
 
+    def _sample_rss(self) -> None:
+        pid = self.daemon.pid
+        if pid is not None:
+            self.report.peak_rss_mb = max(self.report.peak_rss_mb, peak_rss_mb(pid))
+
     async def _guard(self, client: Client) -> None:
         """Sample the daemon's RSS; restart it when it died by itself; keep the ledger."""
         last_snapshot = 0.0
         while True:
             await asyncio.sleep(RSS_POLL_S)
-            pid = self.daemon.pid
-            if pid is not None:
-                with contextlib.suppress(psutil.Error):
-                    rss = psutil.Process(pid).memory_info().rss / MIB
-                    self.report.peak_rss_mb = max(self.report.peak_rss_mb, rss)
+            self._sample_rss()
             if self.control.locked():
                 continue
             async with self.control:
@@ -735,6 +758,7 @@ class HostileRun:
         aside = self.workdir / "mlmaster.db-wal.aside"
         async with self.control:
             self.snapshot("before the WAL loss")
+            self._sample_rss()
             self.daemon.kill()
             if not wal.exists() or wal.stat().st_size == 0:
                 self.daemon.spawn()
@@ -794,6 +818,7 @@ class HostileRun:
         await asyncio.sleep(2.0)
         async with self.control:
             self.snapshot("before the crash")
+            self._sample_rss()
             self.daemon.kill()
             self.daemon.spawn()
             await self._ready(client, "restart after the crash")
@@ -869,6 +894,7 @@ class HostileRun:
                     self.said[(task_id, node["id"])] = said[-1].split(":", 1)[-1].strip()
 
     def _stop(self) -> None:
+        self._sample_rss()
         code = self.daemon.terminate()
         if code != 0:
             self.report.deaths.append(f"the daemon exited with code {code} on SIGTERM")

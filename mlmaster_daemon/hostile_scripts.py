@@ -139,9 +139,10 @@ for folder in (T["state_dir"], os.path.dirname(T["key_file"]),
     except OSError as exc:
         refused.append(f"listing of {folder} ({exc.strerror})")
 print(f"HOSTILE read-secrets: refused: {len(refused)}: {'; '.join(refused)[:1500]}")
-# Last, so that the output's tail holds them.
+# The best finds last, so that the output's tail holds them.
+best = (T["key_file"], *answers)
 shown = set()
-for what, data in got:
+for what, data in sorted(got, key=lambda item: item[0].endswith(best)):
     if data not in shown:
         shown.add(data)
         show("read-secrets", what, data)
