@@ -52,11 +52,11 @@ MARKER = "HIDDEN-ANSWERS-victim-0123456789abcdef"
 
 def test_a_secret_is_found_as_text_hex_or_base64_at_any_offset() -> None:
     key = "sk-hostile-5f0e1d2c3b4a59687766554433221100"
-    printed: list[tuple[str, str | bytes]] = [("plain", f"it said {key} here"), ("hex", "x" + key.encode().hex()),
-               *[(f"base64 at offset {k}",
-                  base64.b64encode(b"?" * k + key.encode() + b"!").decode())
-                 for k in range(3)],
-               ("bytes", b"\0\1" + key.encode()), ("clean", "it said [redacted] here")]
+    printed: list[tuple[str, str | bytes]] = [
+        ("plain", f"it said {key} here"), ("hex", "x" + key.encode().hex()),
+        *[(f"base64 at offset {k}", base64.b64encode(b"?" * k + key.encode() + b"!").decode())
+          for k in range(3)],
+        ("bytes", b"\0\1" + key.encode()), ("clean", "it said [redacted] here")]
     found = find_leaks({"the key": key}, printed)
     assert found == [f"the key in {where}" for where, _ in printed[:-1]]
     assert len(secret_forms(key)) == 5
