@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -49,7 +50,7 @@ from typing import Any
 import psutil
 from aiohttp import web
 
-from mlmaster_daemon.api.client import Client
+from mlmaster_daemon.api.client import ApiError, Client
 from mlmaster_daemon.chaos import (
     FINISHED,
     TERMINAL_TASK,
@@ -99,6 +100,9 @@ class HostileSettings:
     rss_limit_mb: int = RSS_LIMIT_MB
     finish_timeout_s: float = 900.0
     keep: bool = False
+    clean: bool = False
+    # Run the daemon without root's file override, as the systemd unit's own user runs it.
+    drop_dac: bool = True
 
     @property
     def attacker_steps(self) -> int:
@@ -273,6 +277,7 @@ class HostileReport:
       within it, so one is a job that exited while the daemon was stopped, called timed out.
     - victim task, tasks submitted by jobs: the victim must end `finished`, and the daemon
       must list only the tasks the run submitted.
+    - API errors: an answer of the API about the run's tasks and nodes that is an error.
     - leaks: the API key or a hidden-answers marker (as text, hex or base64) in a prompt the
       model received, an API answer, the database, the daemon's log or a node's output tail.
     - orphan processes: processes of the state dir the daemon did not start, after each
@@ -293,6 +298,7 @@ class HostileReport:
     timed_out: list[str] = field(default_factory=list)
     victim_state: str = "unknown"
     foreign_tasks: list[str] = field(default_factory=list)
+    api_errors: list[str] = field(default_factory=list)
     leaks: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     late: list[str] = field(default_factory=list)
@@ -318,6 +324,7 @@ class HostileReport:
         return (not self.deaths and not self.lost and not self.unfinished
                 and not self.unexplained and not self.timed_out
                 and self.victim_state == "finished" and not self.foreign_tasks
+                and not self.api_errors
                 and not self.leaks and not self.orphans and not self.late
                 and not self.outside
                 and 0 < self.peak_rss_mb <= self.rss_limit_mb and self.finished
@@ -335,6 +342,7 @@ class HostileReport:
             ("nodes timed out", str(len(self.timed_out))),
             ("victim task", self.victim_state),
             ("tasks submitted by jobs", str(len(self.foreign_tasks))),
+            ("API errors", str(len(self.api_errors))),
             ("leaks", str(len(self.leaks))),
             ("orphan processes", str(len(self.orphans))),
             ("late writes", str(len(self.late))),
@@ -360,6 +368,7 @@ class HostileReport:
                     + [f"no error: {u}" for u in self.unexplained]
                     + [f"timed out: {t}" for t in self.timed_out]
                     + [f"foreign task: {t}" for t in self.foreign_tasks]
+                    + [f"API error: {e}" for e in self.api_errors]
                     + [f"leak: {leak}" for leak in self.leaks]
                     + [f"orphan: {o}" for o in self.orphans]
                     + [f"late write: {w}" for w in self.late]
@@ -422,6 +431,23 @@ def changed_files(before: Mapping[str, str], after: Mapping[str, str]) -> list[s
     changed = [f"{p} {'changed' if p in after else 'removed'}" for p, digest in before.items()
                if after.get(p) != digest]
     return changed + [f"{p} added" for p in after if p not in before]
+
+
+PR_CAPBSET_DROP = 24
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
+
+
+def drop_file_override() -> str | None:
+    """Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from this process's bounding set: the
+    programs it starts from now on (the daemon) are held to files' modes as an ordinary user
+    is, while this process keeps its own rights. None when done, else why not."""
+    if os.geteuid() != 0:
+        return "not root: the daemon has no file override to drop"
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            return f"prctl(PR_CAPBSET_DROP) failed: {os.strerror(ctypes.get_errno())}"
+    return None
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -541,6 +567,14 @@ class HostileRun:
         self.key_file.chmod(0o600)
         self.working = render(safe_baseline(7), load_task(self.competitions["victim"]))
         self.outside = file_digests([self.key_file, *self.competitions.values()])
+        if self.settings.drop_dac:
+            kept = drop_file_override()
+            if kept is not None:
+                self.report.notes.append(f"the daemon keeps root's file override ({kept})")
+        else:
+            self.report.notes.append("the daemon runs with root's file override: a job cannot "
+                                     "lock it out of its files, as it could a daemon run by "
+                                     "an ordinary user")
 
     def _configure(self, model: InjectedModel) -> None:
         self.daemon.env.update({
@@ -884,8 +918,14 @@ class HostileRun:
             if role == "victim":
                 self.report.victim_state = task["state"]
             for node in await client.nodes(task_id):
-                full = await client.node(task_id, node["id"])
                 where = f"the {role}'s node {node['id']}"
+                try:
+                    full = await client.node(task_id, node["id"])
+                except ApiError as exc:
+                    self.report.api_errors.append(f"GET {where} ({node['status']}: "
+                                                  f"{node['error']}) answered {exc.status} "
+                                                  f"{exc.code}: {exc.message}")
+                    continue
                 self.api_answers.append((f"GET {where}", json.dumps(full)))
                 tail = str(full.get("output_tail") or "")
                 self.output_tails.append((f"the output tail of {where}", tail))
@@ -1015,12 +1055,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tmpfs-mb", type=int, default=512,
                         help="size of the tmpfs mounted for the state dir (0: none; then no "
                              "disk-full fault or disk filler)")
+    parser.add_argument("--keep-file-override", action="store_true",
+                        help="run the daemon as root with root's file override; by default "
+                             "it runs without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, held "
+                             "to files' modes as the systemd unit's own user is")
     parser.add_argument("--rss-limit-mb", type=int, default=RSS_LIMIT_MB,
                         help="the most the daemon's resident memory may reach")
     parser.add_argument("--finish-timeout", type=float, default=900.0,
                         help="seconds the tasks may take to end after the faults")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temp dir (state, daemon log) even when the run passes")
+    files = parser.add_mutually_exclusive_group()
+    files.add_argument("--keep", action="store_true",
+                       help="keep the temp dir (state, daemon log) even when the run passes")
+    files.add_argument("--clean", action="store_true",
+                       help="remove the temp dir (and unmount its tmpfs) even when the run "
+                            "fails")
     return parser
 
 
@@ -1034,7 +1082,8 @@ def main(argv: list[str] | None = None) -> int:
         attacks=attacks, faults=_names(args.faults, FAULTS, "faults", parser),
         steps=args.steps, victim_steps=args.victim_steps, parallel=args.parallel,
         sandbox=args.sandbox, node_timeout_s=args.node_timeout, tmpfs_mb=args.tmpfs_mb,
-        rss_limit_mb=args.rss_limit_mb, finish_timeout_s=args.finish_timeout, keep=args.keep)
+        rss_limit_mb=args.rss_limit_mb, finish_timeout_s=args.finish_timeout, keep=args.keep,
+        clean=args.clean, drop_dac=not args.keep_file_override)
     # A short path: the socket lives here and Unix socket paths must fit in 107 bytes.
     workdir = Path(tempfile.mkdtemp(prefix="mlm-hostile-"))
     run = HostileRun(settings, workdir)
@@ -1044,15 +1093,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = asyncio.run(run.run())
     except BaseException:
-        run.cleanup() if not settings.keep else None
+        if not settings.keep:
+            run.cleanup()
         raise
     for line in report.lines():
         _say(line)
-    if report.passed and not settings.keep:
+    if settings.clean or (report.passed and not settings.keep):
         run.cleanup()
     else:
-        mounted = " (a tmpfs: umount it when done)" if run.mounted else ""
-        _say(f"the run's files (daemon log, competitions, state{mounted}) are in {workdir}")
+        mounted = f"; the state dir is a tmpfs: `umount {run.state_dir}` when done" \
+            if run.mounted else ""
+        _say(f"the run's files (daemon log, competitions, state) are in {workdir}{mounted}")
     return 0 if report.passed else 1
 
 

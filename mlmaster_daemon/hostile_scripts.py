@@ -349,10 +349,25 @@ time.sleep(12)
 raise SystemExit(13)
 ''')
 
+LOCKOUT = Attack("lockout", "lock the daemon out: a plausible submission and metric, then "
+                 "the logs, metrics.json, the submission and its folder, and at last the "
+                 "workspace itself made mode 000 (a daemon without root's file override, as "
+                 "the systemd unit's own user, cannot open them)", '''
+import json, os, shutil
+os.makedirs("submission", exist_ok=True)
+sample = [n for n in os.listdir("input") if "sample_submission" in n][0]
+shutil.copyfile(os.path.join("input", sample), "submission/submission.csv")
+json.dump({"validation_metric": 0.5}, open("metrics.json", "w"))
+print("HOSTILE lockout: every output, then the workspace, made mode 000", flush=True)
+for name in ("stdout.log", "stderr.log", "metrics.json", "submission/submission.csv",
+             "submission", "."):
+    os.chmod(name, 0)
+''')
+
 # The heavy ones last: a disk filler that the daemon does not recover from stalls the attacker
 # task, and every attack after it would never run.
 ATTACKS: tuple[Attack, ...] = (
     SPARSE_STDERR, LOGS_TO_SECRETS, READ_SECRETS, API, FORK_BOMB, FIFO_LOGS, SUBMISSION_LINK,
-    HUGE_METRICS, KILL_PARENT, ESCAPEE, FILE_SWARM, TRAP, MEMORY_HOG, DISK_FILLER,
+    HUGE_METRICS, KILL_PARENT, ESCAPEE, FILE_SWARM, TRAP, LOCKOUT, MEMORY_HOG, DISK_FILLER,
 )
 ATTACKS_BY_NAME = {attack.name: attack for attack in ATTACKS}

@@ -224,10 +224,11 @@ async def test_the_read_secrets_attack_prints_the_key_and_the_answers_when_nothi
 
 
 def _run_hostile(*args: str, timeout_s: float) -> tuple[int, dict[str, str], list[str]]:
-    """Run the hostile module; (exit code, figures by label, every output line)."""
+    """Run the hostile module, leaving nothing behind; (exit code, figures by label, every
+    output line)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLMASTER_")}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "mlmaster_daemon.hostile", *args],
+    done = subprocess.run([sys.executable, "-m", "mlmaster_daemon.hostile", "--clean", *args],
                           capture_output=True, text=True, timeout=timeout_s, env=env,
                           check=False)
     lines = (done.stdout + done.stderr).splitlines()
@@ -291,10 +292,14 @@ def test_without_a_sandbox_a_job_reading_the_hidden_answers_is_caught_and_the_ap
     assert figures["victim task"] == "finished" and figures["tasks submitted by jobs"] == "0"
 
 
+# Each has a test of its own below: they meet daemon bugs still open.
+KNOWN_BUGS = ("disk-filler", "lockout")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_every_attack_and_the_stop_wal_loss_and_crash_faults_leak_and_lose_nothing() -> None:
-    attacks = ",".join(a.name for a in ATTACKS if a.name != "disk-filler")
+    attacks = ",".join(a.name for a in ATTACKS if a.name not in KNOWN_BUGS)
     code, figures, lines = _run_hostile("--attacks", attacks, "--faults", "stop,wal-loss,crash",
                                         timeout_s=860)
     _assert_clean(code, figures, lines)
@@ -338,4 +343,19 @@ def test_a_job_that_fills_the_disk_does_not_stall_the_daemon() -> None:
                       "a job that fills the state dir's disk leaves every task paused for "
                       "ever: the 'auto' file and workspace limits are at least 256 MiB and "
                       "1 GiB whatever the free space, and nothing frees what the job wrote")
+    _assert_clean(code, figures, lines)
+
+
+def test_a_job_that_locks_the_daemon_out_of_its_workspace_is_told_apart_and_shown() -> None:
+    # The daemon runs without root's file override, as the systemd unit's own user does.
+    code, figures, lines = _run_hostile("--attacks", "lockout", "--faults", "none",
+                                        "--steps", "2", "--victim-steps", "1",
+                                        "--tmpfs-mb", "0", timeout_s=120)
+    if any("keeps root's file override" in line for line in lines):
+        pytest.skip("the daemon cannot be run without root's file override here")
+    _unless_known_bug(lines, "answered 500 internal",
+                      "a node whose script made its workspace mode 000 cannot be shown: "
+                      "GET /v1/tasks/<id>/nodes/<n> answers 500 (Workspace.output_tail lets "
+                      "PermissionError out of untrusted.open_beneath), and the node fails "
+                      "with a bare PermissionError from evaluate() instead of being buggy")
     _assert_clean(code, figures, lines)
