@@ -349,6 +349,25 @@ time.sleep(12)
 raise SystemExit(13)
 ''')
 
+SOCKET_LOGS = Attack("socket-logs", "stdout.log, stderr.log, metrics.json, memory.md and the "
+                     "submission made Unix sockets (opening one fails with ENXIO, not as a "
+                     "link or a FIFO does)", '''
+import os, socket
+os.makedirs("submission", exist_ok=True)
+held = []
+for name in ("stdout.log", "stderr.log", "metrics.json", "memory.md",
+             "submission/submission.csv"):
+    try:
+        os.remove(name)
+    except OSError:
+        pass
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(name)
+    held.append(server)
+print("HOSTILE socket-logs: five sockets in place", flush=True)
+raise SystemExit(14)
+''')
+
 LOCKOUT = Attack("lockout", "lock the daemon out: a plausible submission and metric, then "
                  "the logs, metrics.json, the submission and its folder, and at last the "
                  "workspace itself made mode 000 (a daemon without root's file override, as "
@@ -368,6 +387,7 @@ for name in ("stdout.log", "stderr.log", "metrics.json", "submission/submission.
 # task, and every attack after it would never run.
 ATTACKS: tuple[Attack, ...] = (
     SPARSE_STDERR, LOGS_TO_SECRETS, READ_SECRETS, API, FORK_BOMB, FIFO_LOGS, SUBMISSION_LINK,
-    HUGE_METRICS, KILL_PARENT, ESCAPEE, FILE_SWARM, TRAP, LOCKOUT, MEMORY_HOG, DISK_FILLER,
+    HUGE_METRICS, KILL_PARENT, ESCAPEE, FILE_SWARM, TRAP, SOCKET_LOGS, LOCKOUT, MEMORY_HOG,
+    DISK_FILLER,
 )
 ATTACKS_BY_NAME = {attack.name: attack for attack in ATTACKS}
