@@ -72,6 +72,10 @@ log = get_logger("mlmaster.scheduler")
 # A node's files kept in best/ and top/ passed evaluation; these bounds only stop a file that
 # grew after it (a job that outlived its run) from being copied without end.
 MAX_KEPT_SUBMISSION_BYTES = 8 * 1024**3
+# A run stopped for writing too much leaves only these behind (see execution/runner.py).
+DISK_LIMIT_REASONS = ("workspace larger than", "file size limit exceeded")
+KEPT_AFTER_DISK_LIMIT = frozenset({"memory.md", "solution.py", "stdout.log", "stderr.log",
+                                   "input"})
 Clock = Callable[[], float]
 
 
@@ -529,6 +533,9 @@ class TaskRunner:
         await self._node_state(node_id, pick, NodeState.EVALUATING, exit_code=result.exit_code,
                                gpu_peak_mb=gpu[0], gpu_seconds=gpu[1])
         outcome = await asyncio.to_thread(evaluate, ws, task.spec, result, timeout)
+        if result.reason is not None and result.reason.startswith(DISK_LIMIT_REASONS):
+            # It wrote too much: what it wrote goes (its logs and code are kept).
+            await asyncio.to_thread(ws.clear, KEPT_AFTER_DISK_LIMIT)
         outcome, analysis, summary = await self._judge(node_id, ws, response.code, outcome,
                                                        response.summary)
         parent_metric = (self.policy.tree[pick.parent_id].metric if pick.parent_ids else None)
@@ -779,6 +786,11 @@ class _Held(Exception):
     """A node with code meets a draining daemon before it runs: it stays ready for later."""
 
 
+def _clear_if_present(ws: Workspace) -> None:
+    if ws.root.is_dir():
+        ws.clear()
+
+
 def _has_submission(root: Path) -> bool:
     """Whether the workspace at `root` still holds its submission as a regular file."""
     try:
@@ -936,9 +948,27 @@ class Scheduler:
             return
         # Never relaunched at once: the cause (a full disk) is most likely still there.
         attempt = self.backing_off.get(task_id, (0, ""))[0] + 1
-        reason = describe(error) if is_storage_fault(error) else f"{type(error).__name__}: {error}"
+        if isinstance(error, StorageFault):
+            reason = error.message
+        elif is_storage_fault(error):
+            reason = describe(error)
+        else:
+            reason = f"{type(error).__name__}: {error}"
         self.backing_off[task_id] = (attempt, reason)
         self._spawn(self._relaunch_later(task_id, attempt, reason))
+
+    async def _reclaim(self, task_id: str) -> None:
+        """Empty the workspaces of the task's unfinished nodes: their runs start afresh when it
+        resumes, and what a stopped job wrote (perhaps what filled the disk) goes now."""
+        for node in await self.rt.store.list_nodes(task_id):
+            if node.state.terminal:
+                continue
+            ws = Workspace(node_dir(self.rt.state_dir, task_id, node.id))
+            try:
+                await asyncio.to_thread(_clear_if_present, ws)
+            except OSError as exc:
+                log.warning("could not empty a stopped node's workspace", task_id=task_id,
+                            node_id=node.id, error=str(exc))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         # Keep a reference: the loop holds tasks only weakly.
@@ -955,6 +985,7 @@ class Scheduler:
             log.error("task stopped on an error; trying again after a pause", task_id=task_id,
                       error=reason, attempt=attempt, retry_in_s=delay)
             await self.rt.sleep(delay)
+            await self._reclaim(task_id)
             problem = await asyncio.to_thread(probe_storage, self.rt.state_dir)
             if problem is None:
                 break

@@ -44,28 +44,38 @@ def open_beneath(root: Path, relative: str | PurePath) -> int:
     """A read-only descriptor of the regular file `root/relative`, opened without following
     any link below `root` (the caller's own directory, trusted as given).
 
-    Raises FileNotFoundError when it is absent, `UnsafeFile` when a component is a link or
-    the file is not a regular one."""
+    Raises FileNotFoundError when it is absent, `UnsafeFile` when a component is a link, the
+    file is not a regular one, or it cannot be opened at all (a socket, a mode the job set to
+    lock the daemon out): whatever a job left there is its own failure, never the daemon's."""
     parts = _parts(relative)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    shown = str(root / relative)
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise UnsafeFile(exc.errno, f"its folder cannot be opened ({exc.strerror})",
+                         shown) from None
     try:
         for part in parts[:-1]:
             try:
                 inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise UnsafeFile(exc.errno, f"{part}/ is a link or not a folder",
-                                     str(root / relative)) from None
+            except FileNotFoundError:
                 raise
+            except OSError as exc:
+                why = ("a link or not a folder" if exc.errno in (errno.ELOOP, errno.ENOTDIR)
+                       else f"cannot be opened ({exc.strerror})")
+                raise UnsafeFile(exc.errno, f"{part}/ is {why}", shown) from None
             os.close(fd)
             fd = inner
         try:
             found = os.open(parts[-1], _FILE_FLAGS, dir_fd=fd)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafeFile(exc.errno, "a symbolic link, not a regular file",
-                                 str(root / relative)) from None
+        except FileNotFoundError:
             raise
+        except OSError as exc:
+            why = ("a symbolic link, not a regular file" if exc.errno == errno.ELOOP
+                   else f"not a file that can be opened ({exc.strerror})")
+            raise UnsafeFile(exc.errno, why, shown) from None
     finally:
         os.close(fd)
     if not stat.S_ISREG(os.fstat(found).st_mode):
@@ -126,7 +136,7 @@ def text_excerpt(root: Path, relative: str | PurePath, limit: int) -> str:
     try:
         with open_file(root, relative) as handle:
             head, cut, tail = head_and_tail(handle, limit)
-    except (FileNotFoundError, UnsafeFile, NotADirectoryError):
+    except OSError:
         return ""
     text = _decode(head)
     if cut:
@@ -141,7 +151,7 @@ def text_tail(root: Path, relative: str | PurePath, limit: int) -> str:
             fd = handle.fileno()
             size = os.fstat(fd).st_size
             data = os.pread(fd, limit, max(size - limit, 0))
-    except (FileNotFoundError, UnsafeFile, NotADirectoryError):
+    except OSError:
         return ""
     return redact(_decode(data))
 

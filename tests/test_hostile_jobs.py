@@ -215,8 +215,10 @@ def test_job_limits_default_to_a_share_of_the_machine() -> None:
     limits = job_limits(execution, Machine(memory_mb=32768, free_disk_mb=100_000, slots=2))
     assert 0 < limits.memory_mb < 32768 // 2
     assert 0 < limits.max_file_size_mb <= 4096 and limits.max_workspace_mb > 0
+    # A nearly full disk gives small shares, never a floor above what is free.
     small = job_limits(execution, Machine(memory_mb=2048, free_disk_mb=1000, slots=4))
-    assert small.memory_mb == 256 and small.max_file_size_mb == 256
+    assert small.memory_mb == 256
+    assert (small.max_file_size_mb, small.max_workspace_mb) == (62, 125)
     given = load_config(None, environ={"MLMASTER_EXECUTION__MEMORY_LIMIT_MB": "0"}).execution
     assert job_limits(given, Machine(4096, 1000, 1)).memory_mb == 0
 
@@ -270,3 +272,40 @@ def test_doctor_says_what_the_automatic_limits_come_to_here(tmp_path: Path) -> N
     line = next(c for c in run_doctor(config, make_coder) if c.name == "job limits")
     assert line.ok and "no limit" not in line.detail
     assert line.detail.startswith("memory ") and "MiB" in line.detail
+
+
+async def test_logs_replaced_by_sockets_are_judged_not_raised(tmp_path: Path,
+                                                              spec: TaskSpec) -> None:
+    ws, result = await _run(tmp_path, spec, """
+        import os, socket
+        held = []
+        for name in ("stdout.log", "stderr.log", "metrics.json"):
+            os.remove(name) if os.path.exists(name) else None
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(name)
+            held.append(server)
+    """)
+    outcome = evaluate(ws, spec, result, 60)
+    assert outcome.buggy and outcome.error is not None
+    assert outcome.error.startswith("metrics.json must be a small regular file")
+    assert ws.output_tail(1000) == ""
+
+
+def test_laying_a_workspace_out_again_removes_what_the_last_run_left(tmp_path: Path,
+                                                                     spec: TaskSpec) -> None:
+    ws = Workspace.create(tmp_path / "ws", spec.public_dir, "print(1)\n")
+    (ws.root / "memory.md").write_text("the daemon's own")
+    deep = ws.root / "working"
+    for level in range(200):
+        deep = deep / f"d{level}"
+    deep.mkdir(parents=True)
+    (deep / "big.bin").write_bytes(b"1" * 1024)
+    (ws.root / "fill-1.bin").write_bytes(b"1" * 1024)
+    locked = ws.root / "submission" / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    again = Workspace.create(ws.root, spec.public_dir, "print(2)\n")
+    assert sorted(p.name for p in again.root.iterdir()) == [
+        "input", "memory.md", "solution.py", "submission", "working"]
+    assert not any(again.root.joinpath("working").iterdir())
+    assert (again.root / "memory.md").read_text() == "the daemon's own"

@@ -6,9 +6,12 @@ writes without end must meet a file or workspace limit before the disk is full.
 
 - memory: the machine's memory less a reserve for the daemon and the system, shared by the
   slots that can run at once;
-- one file: a quarter of the free space on the state dir's filesystem per slot, between 256 MiB
-  and 4 GiB;
-- a workspace: half of the free space per slot, between 1 GiB and 64 GiB.
+- one file: a quarter of the free space on the state dir's filesystem per slot, at most 4 GiB;
+- a workspace: half of the free space per slot, at most 64 GiB.
+
+The disk shares are never raised to a floor: on a nearly full disk a job gets a small
+workspace (and fails saying so) rather than the room to fill the disk, which would pause every
+task. A share is measured when the job starts, so jobs that start later share what is left.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ MIB = 1024 * 1024
 # Kept back from jobs for the daemon, the page cache and the system.
 RESERVE_MIN_MB = 1024
 RESERVE_SHARE = 0.10
-FILE_MB_RANGE = (256, 4096)
-WORKSPACE_MB_RANGE = (1024, 65536)
+# A few MiB always: a limit of 0 would mean "none".
+FILE_MB_RANGE = (4, 4096)
+WORKSPACE_MB_RANGE = (8, 65536)
 
 
 @dataclass(frozen=True)

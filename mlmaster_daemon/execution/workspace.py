@@ -2,8 +2,9 @@
 
 `input` is a symlink to the public folder, bound read-only in the sandbox. Everything else in
 the workspace is the job's to change: the daemon reads it back only through `untrusted`
-(bounded, no links followed) and, when it lays the workspace out again for a re-run, removes
-whatever links the last run planted instead of writing through them.
+(bounded, no links followed), and when it lays the workspace out again for a re-run it first
+removes all the last run left (links it planted included, never followed; folders it locked
+with mode 000 opened up again), keeping only what the daemon itself wrote before the run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import BinaryIO
 from mlmaster_daemon import untrusted
 
 SCRIPT_NAME = "solution.py"
+# What the daemon writes into a node's folder before its run: kept when it is laid out again.
+DAEMON_FILES = frozenset({"memory.md"})
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -46,24 +49,30 @@ class Workspace:
 
     @classmethod
     def create(cls, root: Path, public_dir: Path, code: str) -> Workspace:
-        """Lay out a fresh workspace for one run of `code` (an old one is replaced)."""
+        """Lay out a fresh workspace for one run of `code`: what an earlier run left is
+        removed first (see `clear`)."""
         ws = cls(root)
         root.mkdir(parents=True, exist_ok=True)
+        ws.clear()
         for sub in ("working", "submission"):
-            _real_folder(root / sub)
-        for stale in (ws.submission, ws.metrics, ws.stdout, ws.stderr, ws.script):
-            # Unlinks a link itself, never what it points to.
-            stale.unlink(missing_ok=True)
-        link = root / "input"
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        os.symlink(public_dir.resolve(), link, target_is_directory=True)
+            (root / sub).mkdir()
+        os.symlink(public_dir.resolve(), root / "input", target_is_directory=True)
         tmp = ws.script.with_suffix(".py.tmp")
         tmp.unlink(missing_ok=True)
         with ws.create_file(tmp.name) as handle:
             handle.write(code.encode())
         os.replace(tmp, ws.script)
         return ws
+
+    def clear(self, keep: frozenset[str] = DAEMON_FILES) -> None:
+        """Remove everything a run left in the workspace but the `keep` names (what the daemon
+        wrote itself): links are removed, never followed; folders a job made unreadable are
+        opened up first (the daemon owns them). Blocking; may take a while for many files."""
+        os.chmod(self.root, 0o755)
+        with os.scandir(self.root) as entries:
+            names = [entry.name for entry in entries if entry.name not in keep]
+        for name in names:
+            remove_tree(self.root / name)
 
     def create_file(self, name: str) -> BinaryIO:
         """A new, empty file `name` at the workspace's top, for the daemon to write: never
@@ -89,13 +98,22 @@ def trim(text: str, limit: int) -> str:
     return f"{text[:half]}\n... [{len(text) - 2 * half} characters cut] ...\n{text[-half:]}"
 
 
-def _real_folder(path: Path) -> None:
-    """Make `path` a real folder: a link or file a job left in its place is removed first."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        path.mkdir()
-        return
-    if not stat.S_ISDIR(info.st_mode):
-        path.unlink()
-        path.mkdir()
+def remove_tree(path: Path) -> None:
+    """Remove `path` and all below it without following a link, making locked folders
+    writable on the way; iterative, so a job's 10,000-deep folders cannot exhaust the stack."""
+    pending: list[tuple[str, bool]] = [(str(path), False)]
+    while pending:
+        current, emptied = pending.pop()
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(info.st_mode):
+            os.unlink(current)
+        elif emptied:
+            os.rmdir(current)
+        else:
+            os.chmod(current, 0o700)
+            pending.append((current, True))
+            with os.scandir(current) as entries:
+                pending.extend((entry.path, False) for entry in entries)
