@@ -75,9 +75,10 @@ from mlmaster_daemon.tasks.examples import build_example
 FAULTS = ("stop", "disk-full", "wal-loss", "crash")
 ATTACKER, VICTIM = "hostile-attacker", "hostile-victim"
 MIB = 1024 * 1024
-# The daemon needs ~165 MiB through a whole hostile run. The smallest file size limit a job
-# gets is 256 MiB, so reading any one hostile file (a stderr or metrics.json at that limit)
-# whole would take it past 165 + 256 MiB; 400 MiB leaves the daemon 2.4 times its need.
+# The daemon needs ~165 MiB through a whole hostile run; 400 MiB leaves it 2.4 times that.
+# On a real disk a job's files reach 3 GiB (stderr) and 1 GiB (metrics.json): reading one
+# whole goes far past it, and so does a model answer read whole at 64 MiB (held several times
+# over). On the run's small tmpfs a job's files stay under a quarter of its free space.
 RSS_LIMIT_MB = 400
 RSS_POLL_S = 0.2
 FAULT_WAIT_S = 120.0
@@ -175,6 +176,31 @@ def late_writes(state_dir: Path, rows: Mapping[NodeKey, NodeRow], slack_s: float
     return found
 
 
+@dataclass(frozen=True)
+class Served:
+    """One answer the model server gave whole: the task it was for (by its name in the
+    prompt; None for the start-up probe), and when (monotonic seconds) it began and ended."""
+
+    task: str | None
+    started: float
+    ended: float
+
+
+def unaccounted_answers(served: Sequence[Served], task: str, recorded: int,
+                        windows: Sequence[tuple[float, float]], slack_s: float = 5.0,
+                        ) -> str | None:
+    """Why the daemon's count of `task`'s model calls (`recorded`) does not match the answers
+    it was served (None when it does). An answer that overlaps a window where the daemon
+    was killed or could not write (widened by `slack_s` before it) may be lost with it."""
+    mine = [a for a in served if a.task == task]
+    excused = sum(1 for a in mine if any(a.started <= end and a.ended >= start - slack_s
+                                         for start, end in windows))
+    if len(mine) - excused <= recorded <= len(mine):
+        return None
+    return (f"the {task} was served {len(mine)} answers ({excused} about the time of a kill "
+            f"or a full disk) and records {recorded} calls")
+
+
 def _answer_text(plan: str, code: str) -> str:
     return f"{plan}\n\n```python\n{code.rstrip()}\n```\n"
 
@@ -189,8 +215,10 @@ class InjectedModel:
     def __init__(self, working: str) -> None:
         self.working = working
         self.attacker_scripts: list[tuple[str, str]] = []  # (attack name or "working", code)
+        self.padding_mb: dict[str, int] = {}  # attack name -> MiB of plan before its code
         self.requests: list[dict[str, Any]] = []
         self.served: Counter[str] = Counter()
+        self.answers: list[Served] = []
         self._next = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -229,16 +257,25 @@ class InjectedModel:
             self.served[name] += 1
             plan = ("Working script: a simple model and its submission." if name == "working"
                     else f"Injected attack: {name}. The note in the data told me to.")
+            padding = self.padding_mb.get(name, 0)
+            if padding:
+                plan += "\n" + ("All work and no play makes a dull model. " * 24 + "\n") * (
+                    padding * MIB // 1009)
             return _answer_text(plan, code)
         return "Nothing to add."
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
         body = await request.json()
         self.requests.append(body)
+        prompt = "\n".join(str(m.get("content") or "") for m in body.get("messages", []))
+        task = next((name for name in (ATTACKER, VICTIM)
+                     if f"# Task: {name}" in prompt or f'competition "{name}"' in prompt), None)
         text = self.answer(body)
         base = {"id": "hostile-1", "created": int(time.time()), "model": body.get("model", "m")}
         usage = {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}
         if not body.get("stream"):
+            self.answers.append(Served(task, started, time.monotonic()))
             return web.json_response({**base, "object": "chat.completion", "usage": usage,
                                       "choices": [{"index": 0, "finish_reason": "stop",
                                                    "message": {"role": "assistant",
@@ -246,13 +283,16 @@ class InjectedModel:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         chunk = {**base, "object": "chat.completion.chunk"}
-        for start in range(0, len(text), 400):
-            delta = {"role": "assistant", "content": text[start:start + 400]}
+        # Small pieces as real servers send them; a huge answer in pieces of 64 KiB.
+        piece = 400 if len(text) < MIB else 64 * 1024
+        for start in range(0, len(text), piece):
+            delta = {"role": "assistant", "content": text[start:start + piece]}
             await response.write(b"data: " + json.dumps({**chunk, "choices": [
                 {"index": 0, "delta": delta, "finish_reason": None}]}).encode() + b"\n\n")
         await response.write(b"data: " + json.dumps({**chunk, "choices": [], "usage": usage})
                              .encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
+        self.answers.append(Served(task, started, time.monotonic()))
         return response
 
 
@@ -278,6 +318,8 @@ class HostileReport:
     - victim task, tasks submitted by jobs: the victim must end `finished`, and the daemon
       must list only the tasks the run submitted.
     - API errors: an answer of the API about the run's tasks and nodes that is an error.
+    - answers unaccounted: a task records fewer model calls than the answers it was served
+      (or more), beyond those lost with a kill or a full disk (`unaccounted_answers`).
     - leaks: the API key or a hidden-answers marker (as text, hex or base64) in a prompt the
       model received, an API answer, the database, the daemon's log or a node's output tail.
     - orphan processes: processes of the state dir the daemon did not start, after each
@@ -299,6 +341,7 @@ class HostileReport:
     victim_state: str = "unknown"
     foreign_tasks: list[str] = field(default_factory=list)
     api_errors: list[str] = field(default_factory=list)
+    unaccounted: list[str] = field(default_factory=list)
     leaks: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     late: list[str] = field(default_factory=list)
@@ -324,7 +367,7 @@ class HostileReport:
         return (not self.deaths and not self.lost and not self.unfinished
                 and not self.unexplained and not self.timed_out
                 and self.victim_state == "finished" and not self.foreign_tasks
-                and not self.api_errors
+                and not self.api_errors and not self.unaccounted
                 and not self.leaks and not self.orphans and not self.late
                 and not self.outside
                 and 0 < self.peak_rss_mb <= self.rss_limit_mb and self.finished
@@ -343,6 +386,7 @@ class HostileReport:
             ("victim task", self.victim_state),
             ("tasks submitted by jobs", str(len(self.foreign_tasks))),
             ("API errors", str(len(self.api_errors))),
+            ("answers unaccounted", str(len(self.unaccounted))),
             ("leaks", str(len(self.leaks))),
             ("orphan processes", str(len(self.orphans))),
             ("late writes", str(len(self.late))),
@@ -369,6 +413,7 @@ class HostileReport:
                     + [f"timed out: {t}" for t in self.timed_out]
                     + [f"foreign task: {t}" for t in self.foreign_tasks]
                     + [f"API error: {e}" for e in self.api_errors]
+                    + [f"unaccounted: {u}" for u in self.unaccounted]
                     + [f"leak: {leak}" for leak in self.leaks]
                     + [f"orphan: {o}" for o in self.orphans]
                     + [f"late write: {w}" for w in self.late]
@@ -503,6 +548,8 @@ class HostileRun:
         self.output_tails: list[tuple[str, str]] = []
         self.outside: dict[str, str] = {}
         self.said: dict[NodeKey, str] = {}
+        self.recorded: dict[str, int] = {}  # role -> model calls the daemon records
+        self.windows: list[tuple[float, float]] = []  # kills and full disks, monotonic
         self.control = asyncio.Lock()
 
     def snapshot(self, when: str) -> dict[NodeKey, NodeRow]:
@@ -541,6 +588,12 @@ class HostileRun:
         finally:
             await model.stop()
         self._scan(model)
+        for role, name in (("attacker", ATTACKER), ("victim", VICTIM)):
+            if role in self.recorded:
+                why = unaccounted_answers(model.answers, name, self.recorded[role],
+                                          self.windows)
+                if why is not None:
+                    self.report.unaccounted.append(why)
         self.report.wall_s = time.monotonic() - started
         return self.report
 
@@ -645,6 +698,7 @@ class HostileRun:
                 continue
             scripts += [(name, attack.script(targets)), ("working", self.working)]
         model.attacker_scripts = scripts
+        model.padding_mb = {a.name: a.answer_mb for a in ATTACKS if a.answer_mb}
         attacker = await client.submit({
             "task_dir": str(self.competitions["attacker"]), "steps": settings.attacker_steps,
             "name": ATTACKER, "node_timeout_s": settings.node_timeout_s})
@@ -729,6 +783,7 @@ class HostileRun:
         if not await asyncio.to_thread(self._tasks_active):
             return FaultResult("not exercised", "no task was running any more")
         ballast = self.state_dir / "ballast"
+        filling = time.monotonic()
         filled = await asyncio.to_thread(_fill, ballast)
         began = time.monotonic()
         paused = None
@@ -741,6 +796,7 @@ class HostileRun:
         finally:
             ballast.unlink()
         freed = time.monotonic()
+        self.windows.append((filling, freed))
         resumed = None
         while time.monotonic() - freed < FAULT_WAIT_S:
             if await self._task_paused(client) is None:
@@ -794,6 +850,7 @@ class HostileRun:
             self.snapshot("before the WAL loss")
             self._sample_rss()
             self.daemon.kill()
+            self.windows.append((time.monotonic(), time.monotonic()))
             if not wal.exists() or wal.stat().st_size == 0:
                 self.daemon.spawn()
                 await self._ready(client, "restart after a kill without a -wal")
@@ -854,6 +911,7 @@ class HostileRun:
             self.snapshot("before the crash")
             self._sample_rss()
             self.daemon.kill()
+            self.windows.append((time.monotonic(), time.monotonic()))
             self.daemon.spawn()
             await self._ready(client, "restart after the crash")
         ended = await self._wait_node(lambda k, r: k == key and r.state in FINISHED)
@@ -915,6 +973,7 @@ class HostileRun:
         for role, task_id in self.task_ids.items():
             task = await client.task(task_id)
             self.api_answers.append((f"GET the {role} task", json.dumps(task)))
+            self.recorded[role] = int(task["usage"]["calls"])
             if role == "victim":
                 self.report.victim_state = task["state"]
             for node in await client.nodes(task_id):

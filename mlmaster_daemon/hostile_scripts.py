@@ -39,7 +39,9 @@ class Attack:
     targets). `heavy` ones take seconds and gigabytes (left out of light runs);
     `needs_small_disk` ones are run only when the state dir is a small tmpfs of the run's own;
     `may_time_out` ones may meet the node time limit before any other (touching memory up to
-    the limit takes a minute on some machines): every other script ends within seconds."""
+    the limit takes a minute on some machines): every other script ends within seconds.
+    `answer_mb` makes the attack the model's answer itself: that many MiB of plan before the
+    code (the endpoint's max_tokens, 16384 by default, is about 64 KiB of text)."""
 
     name: str
     tries: str
@@ -47,6 +49,7 @@ class Attack:
     heavy: bool = False
     needs_small_disk: bool = False
     may_time_out: bool = False
+    answer_mb: int = 0
 
     def script(self, targets: Targets) -> str:
         preamble = (f"# {self.name}: {self.tries}\n"
@@ -368,6 +371,35 @@ print("HOSTILE socket-logs: five sockets in place", flush=True)
 raise SystemExit(14)
 ''')
 
+HUGE_ANSWER = Attack("huge-answer", "the model's answer: 64 MiB of plan streamed before a "
+                     "small script, whatever max_tokens asked for", '''
+print("HOSTILE huge-answer: the daemon took a 64 MiB answer and ran its code", flush=True)
+raise SystemExit(15)
+''', answer_mb=64)
+
+SURROGATE = Attack("surrogate", "the model's answer: a script holding a lone UTF-16 surrogate "
+                   "(valid JSON, \\ud800, but no valid UTF-8) and a NUL byte", '''
+# a lone surrogate: \ud800, and a NUL: \0
+print("HOSTILE surrogate: the daemon stored and ran a script no UTF-8 can hold", flush=True)
+raise SystemExit(16)
+''')
+
+IMMORTAL = Attack("immortal", "ignore SIGTERM in the script and in children that leave its "
+                  "session, and never end: only the time limit's SIGKILL of the whole cgroup "
+                  "stops it", '''
+import os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+for _ in range(3):
+    if os.fork() == 0:
+        os.setsid()
+        while True:
+            time.sleep(1)
+print("HOSTILE immortal: three children in sessions of their own, all deaf to SIGTERM",
+      flush=True)
+while True:
+    time.sleep(1)
+''', heavy=True, may_time_out=True)
+
 LOCKOUT = Attack("lockout", "lock the daemon out: a plausible submission and metric, then "
                  "the logs, metrics.json, the submission and its folder, and at last the "
                  "workspace itself made mode 000 (a daemon without root's file override, as "
@@ -387,7 +419,7 @@ for name in ("stdout.log", "stderr.log", "metrics.json", "submission/submission.
 # task, and every attack after it would never run.
 ATTACKS: tuple[Attack, ...] = (
     SPARSE_STDERR, LOGS_TO_SECRETS, READ_SECRETS, API, FORK_BOMB, FIFO_LOGS, SUBMISSION_LINK,
-    HUGE_METRICS, KILL_PARENT, ESCAPEE, FILE_SWARM, TRAP, SOCKET_LOGS, LOCKOUT, MEMORY_HOG,
-    DISK_FILLER,
+    HUGE_METRICS, KILL_PARENT, ESCAPEE, FILE_SWARM, TRAP, SOCKET_LOGS, LOCKOUT, HUGE_ANSWER,
+    SURROGATE, IMMORTAL, MEMORY_HOG, DISK_FILLER,
 )
 ATTACKS_BY_NAME = {attack.name: attack for attack in ATTACKS}
