@@ -947,11 +947,13 @@ class HostileRun:
                 raise RuntimeError(
                     f"the {paused[0]} has been paused {STUCK_S:.0f} s on a full disk that no "
                     f"fault of the run fills ({paused[1]}); what fills it: "
-                    f"{await asyncio.to_thread(self._biggest_workspaces)}")
+                    f"{await asyncio.to_thread(self._what_fills)}")
             await asyncio.sleep(0.5)
 
-    def _biggest_workspaces(self, count: int = 3) -> str:
-        sizes = []
+    def _what_fills(self, count: int = 3) -> str:
+        """The biggest node workspaces and the database's files, and the space left."""
+        sizes = [(p.stat().st_size, f"{p.name} {p.stat().st_size // MIB} MiB")
+                 for p in self.state_dir.glob("mlmaster.db*") if p.is_file()]
         for ws in self.state_dir.glob("tasks/*/nodes/*"):
             size = sum(f.stat().st_size for f in ws.rglob("*") if f.is_file()
                        and not f.is_symlink())

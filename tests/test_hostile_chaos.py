@@ -293,18 +293,21 @@ def test_without_a_sandbox_a_job_reading_the_hidden_answers_is_caught_and_the_ap
 
 
 # Each has a test of its own below: they meet daemon bugs still open.
-KNOWN_BUGS = ("disk-filler", "lockout", "socket-logs")
+KNOWN_BUGS = ("huge-answer", "surrogate")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_every_attack_and_the_stop_wal_loss_and_crash_faults_leak_and_lose_nothing() -> None:
+def test_every_attack_and_every_fault_leak_nothing_kill_nothing_and_lose_nothing() -> None:
     attacks = ",".join(a.name for a in ATTACKS if a.name not in KNOWN_BUGS)
-    code, figures, lines = _run_hostile("--attacks", attacks, "--faults", "stop,wal-loss,crash",
-                                        timeout_s=860)
+    code, figures, lines = _run_hostile("--attacks", attacks, timeout_s=860)
     _assert_clean(code, figures, lines)
     output = "\n".join(lines)
-    assert figures["faults"] == "stop pass, wal-loss pass, crash pass", output
+    if any("no tmpfs" in line for line in lines):
+        assert figures["faults"] == "stop pass, disk-full skipped, wal-loss pass, crash pass"
+    else:
+        assert figures["faults"] == "stop pass, disk-full pass, wal-loss pass, crash pass", \
+            output
     assert any("process limit reached" in line for line in _attack_lines(lines, "fork-bomb"))
     assert all("must be a regular file" in line
                for line in _attack_lines(lines, "submission-link")), output
@@ -317,45 +320,47 @@ def _unless_known_bug(lines: list[str], symptom: str, bug: str) -> None:
         pytest.xfail(f"daemon bug: {bug}")
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_a_full_disk_pauses_a_task_saying_why_once_and_it_resumes_once_space_returns() -> None:
-    code, figures, lines = _run_hostile("--attacks", "none", "--faults", "disk-full",
-                                        "--steps", "8", "--victim-steps", "4", timeout_s=560)
-    if any("no tmpfs" in line for line in lines):
-        pytest.skip("no tmpfs can be mounted here")
-    _unless_known_bug(lines, "says \"cannot write the daemon's state\" twice",
-                      "a task paused on a storage fault gives the reason \"cannot write the "
-                      "daemon's state: cannot write the daemon's state: ...\" (Scheduler."
-                      "_on_done describes a StorageFault the runner already described)")
-    _assert_clean(code, figures, lines)
-    assert figures["faults"] == "disk-full pass", "\n".join(lines)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_a_job_that_fills_the_disk_does_not_stall_the_daemon() -> None:
-    code, figures, lines = _run_hostile("--attacks", "disk-filler", "--faults", "none",
-                                        "--victim-steps", "4", timeout_s=560)
-    if any("no tmpfs" in line for line in lines):
-        pytest.skip("no tmpfs can be mounted here")
-    _unless_known_bug(lines, "on a full disk that no fault of the run fills",
-                      "a job that fills the state dir's disk leaves every task paused for "
-                      "ever: the 'auto' file and workspace limits are at least 256 MiB and "
-                      "1 GiB whatever the free space, and nothing frees what the job wrote")
-    _assert_clean(code, figures, lines)
-
-
 def test_a_job_that_makes_its_outputs_unopenable_is_still_shown_and_judged() -> None:
     # The daemon runs without root's file override, as the systemd unit's own user does.
     code, figures, lines = _run_hostile("--attacks", "socket-logs,lockout", "--faults", "none",
                                         "--steps", "4", "--victim-steps", "1",
                                         "--tmpfs-mb", "0", timeout_s=120)
-    _unless_known_bug(lines, "answered 500 internal",
-                      "a node whose script left Unix sockets in place of its logs, or made "
-                      "its workspace mode 000 (for a daemon run by an ordinary user), cannot "
-                      "be shown: GET /v1/tasks/<id>/nodes/<n> answers 500 because "
-                      "untrusted.open_beneath lets ENXIO and EACCES out as plain OSErrors, "
-                      "and evaluate() fails the node with that bare OSError instead of "
-                      "calling it buggy")
+    _assert_clean(code, figures, lines)
+    for name in ("socket-logs", "lockout"):
+        assert all(" buggy: " in line for line in _attack_lines(lines, name)), "\n".join(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_job_that_fills_the_disk_does_not_stall_the_daemon() -> None:
+    code, figures, lines = _run_hostile("--attacks", "disk-filler", "--faults", "disk-full",
+                                        "--victim-steps", "4", timeout_s=560)
+    if any("no tmpfs" in line for line in lines):
+        pytest.skip("no tmpfs can be mounted here")
+    _assert_clean(code, figures, lines)
+    assert figures["faults"] == "disk-full pass", "\n".join(lines)
+
+
+def test_a_model_answer_far_beyond_max_tokens_is_not_held_whole() -> None:
+    code, figures, lines = _run_hostile("--attacks", "huge-answer", "--faults", "none",
+                                        "--steps", "2", "--victim-steps", "1",
+                                        "--tmpfs-mb", "0", timeout_s=120)
+    _unless_known_bug(lines, "rss: the daemon's peak RSS",
+                      "the model's answer is read and stored whole however long it is: a "
+                      "64 MiB answer (max_tokens asks for ~64 KiB) takes the daemon from "
+                      "~165 to ~550 MiB and adds ~190 MB to the database (the plan in nodes."
+                      "plan and llm_calls.content), so a few such answers fill a small state "
+                      "disk and every task stays paused (Endpoint.chat appends every delta)")
+    _assert_clean(code, figures, lines)
+
+
+def test_a_model_answer_no_utf8_can_hold_is_accounted_and_judged() -> None:
+    code, figures, lines = _run_hostile("--attacks", "surrogate", "--faults", "none",
+                                        "--steps", "2", "--victim-steps", "1",
+                                        "--tmpfs-mb", "0", timeout_s=120)
+    _unless_known_bug(lines, "unaccounted: the hostile-attacker was served",
+                      "an answer holding a lone surrogate (valid JSON \\ud800) fails its node "
+                      "with a bare UnicodeEncodeError when the store writes it, and the call "
+                      "is never recorded: the task's usage, and so its token and cost caps, "
+                      "miss it")
     _assert_clean(code, figures, lines)
