@@ -66,7 +66,13 @@ from mlmaster_daemon.chaos import (
     stray_processes,
 )
 from mlmaster_daemon.errors import DaemonUnreachable
-from mlmaster_daemon.hostile_scripts import ATTACKS, ATTACKS_BY_NAME, Attack, Targets
+from mlmaster_daemon.hostile_scripts import (
+    ATTACKS,
+    ATTACKS_BY_NAME,
+    ECHOED_KEY,
+    Attack,
+    Targets,
+)
 from mlmaster_daemon.llm.offline_recipe import safe_baseline
 from mlmaster_daemon.llm.offline_render import render
 from mlmaster_daemon.tasks.competition import load_task
@@ -241,7 +247,9 @@ class InjectedModel:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def answer(self, body: Mapping[str, Any]) -> str:
+    def answer(self, body: Mapping[str, Any], key: str = "") -> str:
+        """The answer to one request; `key` is the API key the request came with, which an
+        `echo_key` attack repeats."""
         text = "\n".join(str(m.get("content") or "") for m in body.get("messages", []))
         if f"# Task: {VICTIM}" in text:
             self.served["working"] += 1
@@ -257,6 +265,9 @@ class InjectedModel:
             self.served[name] += 1
             plan = ("Working script: a simple model and its submission." if name == "working"
                     else f"Injected attack: {name}. The note in the data told me to.")
+            if name != "working" and ATTACKS_BY_NAME[name].echo_key:
+                code = code.replace(ECHOED_KEY, key)
+                plan += f" My key is {key}."
             padding = self.padding_mb.get(name, 0)
             if padding:
                 plan += "\n" + ("All work and no play makes a dull model. " * 24 + "\n") * (
@@ -271,7 +282,8 @@ class InjectedModel:
         prompt = "\n".join(str(m.get("content") or "") for m in body.get("messages", []))
         task = next((name for name in (ATTACKER, VICTIM)
                      if f"# Task: {name}" in prompt or f'competition "{name}"' in prompt), None)
-        text = self.answer(body)
+        text = self.answer(body, request.headers.get("Authorization", "").removeprefix(
+            "Bearer "))
         base = {"id": "hostile-1", "created": int(time.time()), "model": body.get("model", "m")}
         usage = {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}
         if not body.get("stream"):
@@ -320,6 +332,8 @@ class HostileReport:
     - API errors: an answer of the API about the run's tasks and nodes that is an error.
     - answers unaccounted: a task records fewer model calls than the answers it was served
       (or more), beyond those lost with a kill or a full disk (`unaccounted_answers`).
+    - internal errors: unexpected exceptions the daemon logged with their traceback (what a
+      job or a model wrote reached code that did not expect it), `logged_exceptions`.
     - leaks: the API key or a hidden-answers marker (as text, hex or base64) in a prompt the
       model received, an API answer, the database, the daemon's log or a node's output tail.
     - orphan processes: processes of the state dir the daemon did not start, after each
@@ -342,6 +356,7 @@ class HostileReport:
     foreign_tasks: list[str] = field(default_factory=list)
     api_errors: list[str] = field(default_factory=list)
     unaccounted: list[str] = field(default_factory=list)
+    internal_errors: list[str] = field(default_factory=list)
     leaks: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     late: list[str] = field(default_factory=list)
@@ -367,7 +382,7 @@ class HostileReport:
         return (not self.deaths and not self.lost and not self.unfinished
                 and not self.unexplained and not self.timed_out
                 and self.victim_state == "finished" and not self.foreign_tasks
-                and not self.api_errors and not self.unaccounted
+                and not self.api_errors and not self.unaccounted and not self.internal_errors
                 and not self.leaks and not self.orphans and not self.late
                 and not self.outside
                 and 0 < self.peak_rss_mb <= self.rss_limit_mb and self.finished
@@ -387,6 +402,7 @@ class HostileReport:
             ("tasks submitted by jobs", str(len(self.foreign_tasks))),
             ("API errors", str(len(self.api_errors))),
             ("answers unaccounted", str(len(self.unaccounted))),
+            ("internal errors", str(len(self.internal_errors))),
             ("leaks", str(len(self.leaks))),
             ("orphan processes", str(len(self.orphans))),
             ("late writes", str(len(self.late))),
@@ -414,6 +430,7 @@ class HostileReport:
                     + [f"foreign task: {t}" for t in self.foreign_tasks]
                     + [f"API error: {e}" for e in self.api_errors]
                     + [f"unaccounted: {u}" for u in self.unaccounted]
+                    + [f"internal error: {e}" for e in self.internal_errors]
                     + [f"leak: {leak}" for leak in self.leaks]
                     + [f"orphan: {o}" for o in self.orphans]
                     + [f"late write: {w}" for w in self.late]
@@ -509,6 +526,28 @@ def peak_rss_mb(pid: int) -> float:
         return float(psutil.Process(pid).memory_info().rss / MIB)
     except psutil.Error:
         return 0.0
+
+
+def logged_exceptions(log: bytes) -> list[str]:
+    """The unexpected exceptions a daemon log shows: its JSON lines that carry a traceback
+    (`log.exception`), as "event: Type: message"."""
+    found = []
+    for raw in log.splitlines():
+        if b'"exception"' not in raw:
+            continue
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict) or not entry.get("exception"):
+            continue
+        first = entry["exception"][0] if isinstance(entry["exception"], list) else {}
+        what = (f"{first.get('exc_type', '?')}: {str(first.get('exc_value', ''))[:120]}"
+                if isinstance(first, dict) else str(entry["exception"])[:120])
+        where = ", ".join(f"{k} {entry[k]}" for k in ("task_id", "node_id", "path")
+                          if k in entry)
+        found.append(f"{entry.get('event', '?')} ({where}): {what}")
+    return found
 
 
 def _says_disk_full(error: str) -> bool:
@@ -1054,7 +1093,9 @@ class HostileRun:
         sources += [(f"the database file {p.name}", p.read_bytes()) for p in stores
                     if p.is_file()]
         if self.daemon.log.exists():
-            sources.append(("the daemon's log", self.daemon.log.read_bytes()))
+            log = self.daemon.log.read_bytes()
+            sources.append(("the daemon's log", log))
+            self.report.internal_errors += logged_exceptions(log)
         found = find_leaks({"the API key": self.key,
                             "the attacker's hidden answers": self.markers["attacker"],
                             "the victim's hidden answers": self.markers["victim"]}, sources)

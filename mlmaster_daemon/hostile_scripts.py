@@ -41,7 +41,8 @@ class Attack:
     `may_time_out` ones may meet the node time limit before any other (touching memory up to
     the limit takes a minute on some machines): every other script ends within seconds.
     `answer_mb` makes the attack the model's answer itself: that many MiB of plan before the
-    code (the endpoint's max_tokens, 16384 by default, is about 64 KiB of text)."""
+    code (the endpoint's max_tokens, 16384 by default, is about 64 KiB of text). In a body,
+    `ECHOED_KEY` stands for the API key the model's server was sent (`echo_key` ones)."""
 
     name: str
     tries: str
@@ -50,6 +51,7 @@ class Attack:
     needs_small_disk: bool = False
     may_time_out: bool = False
     answer_mb: int = 0
+    echo_key: bool = False
 
     def script(self, targets: Targets) -> str:
         preamble = (f"# {self.name}: {self.tries}\n"
@@ -283,6 +285,24 @@ with open("metrics.json", "wb") as handle:
 print(f"HOSTILE huge-metrics: metrics.json is {size} bytes")
 ''')
 
+_HUGE_METRIC = '''
+import os, shutil
+os.makedirs("submission", exist_ok=True)
+sample = [n for n in os.listdir("input") if "sample_submission" in n][0]
+shutil.copyfile(os.path.join("input", sample), "submission/submission.csv")
+with open("metrics.json", "w") as handle:
+    handle.write('{"validation_metric": 1' + "0" * (DIGITS - 1) + "}")
+print("HOSTILE metric: a metric of DIGITS digits", flush=True)
+'''
+
+METRIC_OVERFLOW = Attack("metric-overflow", "a plausible submission and a validation metric "
+                         "no float can hold: an integer of 400 digits",
+                         _HUGE_METRIC.replace("DIGITS", "400"))
+
+METRIC_DIGITS = Attack("metric-digits", "a plausible submission and a validation metric of "
+                       "5000 digits, past Python's limit for reading an int",
+                       _HUGE_METRIC.replace("DIGITS", "5000"))
+
 KILL_PARENT = Attack("kill-parent", "SIGKILL what started it, and every process whose "
                      "command line names the daemon's socket", '''
 import os, signal
@@ -384,6 +404,20 @@ print("HOSTILE surrogate: the daemon stored and ran a script no UTF-8 can hold",
 raise SystemExit(16)
 ''')
 
+ECHOED_KEY = "@@the-key-the-server-was-sent@@"
+
+ECHO_KEY = Attack("echo-key", "the model's answer echoes the API key it was sent, in its plan "
+                  "and in the script, which prints it and writes it to memory.md, metrics.json "
+                  "and stderr (as a model that repeats its context might)", f'''
+import json, sys
+# The model saw this in its request: {ECHOED_KEY}
+key = "{ECHOED_KEY}"
+print(f"HOSTILE echo-key: the key is {{key}}", flush=True)
+open("memory.md", "w").write(key)
+json.dump({{"validation_metric": key}}, open("metrics.json", "w"))
+sys.exit(f"failing with the key {{key}}")
+''', echo_key=True)
+
 IMMORTAL = Attack("immortal", "ignore SIGTERM in the script and in children that leave its "
                   "session, and never end: only the time limit's SIGKILL of the whole cgroup "
                   "stops it", '''
@@ -419,7 +453,7 @@ for name in ("stdout.log", "stderr.log", "metrics.json", "submission/submission.
 # task, and every attack after it would never run.
 ATTACKS: tuple[Attack, ...] = (
     SPARSE_STDERR, LOGS_TO_SECRETS, READ_SECRETS, API, FORK_BOMB, FIFO_LOGS, SUBMISSION_LINK,
-    HUGE_METRICS, KILL_PARENT, ESCAPEE, FILE_SWARM, TRAP, SOCKET_LOGS, LOCKOUT, HUGE_ANSWER,
-    SURROGATE, IMMORTAL, MEMORY_HOG, DISK_FILLER,
+    HUGE_METRICS, METRIC_OVERFLOW, METRIC_DIGITS, KILL_PARENT, ESCAPEE, FILE_SWARM, TRAP,
+    SOCKET_LOGS, LOCKOUT, HUGE_ANSWER, SURROGATE, ECHO_KEY, IMMORTAL, MEMORY_HOG, DISK_FILLER,
 )
 ATTACKS_BY_NAME = {attack.name: attack for attack in ATTACKS}
