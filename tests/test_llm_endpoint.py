@@ -116,3 +116,18 @@ async def test_probe_reports_an_unreachable_endpoint() -> None:
     cfg = EndpointConfig(base_url="http://127.0.0.1:9/v1", model="m", connect_timeout_s=1)
     error = await Endpoint("code", cfg, None).probe()
     assert error is not None and "Connect" in error
+
+
+async def test_an_answer_far_beyond_max_tokens_is_cut_not_held_whole(server: FakeOpenAI) -> None:
+    server.plan = "blah " * 200_000  # a megabyte streamed for an answer of at most 100 tokens
+    reply = await _endpoint(server, max_tokens=100).chat(MESSAGES)
+    assert len(reply.content) == 100 * 16
+    assert reply.content.startswith("blah blah")
+
+
+async def test_an_answer_no_utf8_can_hold_is_made_valid_and_kept(server: FakeOpenAI) -> None:
+    server.code = 'print("\ud800")\n'
+    reply = await _endpoint(server).chat(MESSAGES)
+    assert 'print("?")' in reply.content
+    reply.content.encode("utf-8")
+    reply.record.content.encode("utf-8")

@@ -31,6 +31,8 @@ from mlmaster_daemon.search.tokens import TiktokenCounter
 
 log = get_logger("mlmaster.llm")
 MAX_KEY_CHARS = 4096
+# Characters kept of an answer per token of max_tokens (tokens average ~4 characters).
+CHARS_PER_TOKEN_CAP = 16
 _TRANSIENT = (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
               openai.RateLimitError, openai.APIResponseValidationError, httpx2.HTTPError,
               TimeoutError, OSError, ValueError, KeyError)
@@ -127,22 +129,26 @@ class Endpoint:
                 temperature=self.cfg.temperature, max_tokens=max_tokens or self.cfg.max_tokens,
                 stream=True, stream_options={"include_usage": True}, **extra,
             )
-            content: list[str] = []
-            reasoning: list[str] = []
-            arguments: list[str] = []
+            content = _Bounded(self._answer_cap(max_tokens))
+            reasoning = _Bounded(content.cap)
+            arguments = _Bounded(content.cap)
             usage: Any = None
             async for chunk in stream:
                 if chunk.usage is not None:
                     usage = chunk.usage
                 for choice in chunk.choices:
                     delta = choice.delta
-                    content.append(delta.content or "")
+                    content.add(delta.content or "")
                     extra_fields = delta.model_extra or {}
-                    reasoning.append(str(extra_fields.get("reasoning_content") or ""))
+                    reasoning.add(str(extra_fields.get("reasoning_content") or ""))
                     for tool_call in delta.tool_calls or []:
                         if tool_call.function and tool_call.function.arguments:
-                            arguments.append(tool_call.function.arguments)
-            return "".join(content), "".join(reasoning), "".join(arguments) or None, usage
+                            arguments.add(tool_call.function.arguments)
+                if content.full or reasoning.full or arguments.full:
+                    self._cut(content.cap)
+                    await stream.close()  # the rest is never read: drop the connection
+                    break
+            return content.text(), reasoning.text(), arguments.text() or None, usage
 
         prompt_text = "\n".join(m.get("content", "") for m in messages)
         return await self._call(call, prompt_text)
@@ -156,15 +162,29 @@ class Endpoint:
                 max_tokens=max_tokens or self.cfg.max_tokens, stream=True,
                 stream_options={"include_usage": True},
             )
-            parts: list[str] = []
+            parts = _Bounded(self._answer_cap(max_tokens))
             usage: Any = None
             async for chunk in stream:
                 if chunk.usage is not None:
                     usage = chunk.usage
-                parts.extend(choice.text or "" for choice in chunk.choices)
-            return "".join(parts), "", None, usage
+                for choice in chunk.choices:
+                    parts.add(choice.text or "")
+                if parts.full:
+                    self._cut(parts.cap)
+                    await stream.close()
+                    break
+            return parts.text(), "", None, usage
 
         return await self._call(call, prompt)
+
+    def _answer_cap(self, max_tokens: int | None) -> int:
+        # A token is a few characters; an answer many times longer than max_tokens allows is
+        # not a model at work, and is not held (or stored) whole.
+        return (max_tokens or self.cfg.max_tokens) * CHARS_PER_TOKEN_CAP
+
+    def _cut(self, cap: int) -> None:
+        log.warning("llm answer cut: far longer than max_tokens allows", role=self.role,
+                    endpoint=self.cfg.base_url, kept_chars=cap)
 
     async def _call(self, make: Callable[[], Awaitable[tuple[str, str, str | None, Any]]],
                     prompt_text: str) -> Reply:
@@ -260,3 +280,26 @@ def _message(exc: openai.APIStatusError) -> str:
         if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])[:300]
     return str(exc.message)[:300]
+
+
+class _Bounded:
+    """Text streamed in pieces, kept up to `cap` characters, as valid UTF-8 (a lone surrogate,
+    which no UTF-8 file or database can hold, becomes "?")."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._parts: list[str] = []
+        self._size = 0
+
+    @property
+    def full(self) -> bool:
+        return self._size >= self.cap
+
+    def add(self, piece: str) -> None:
+        if piece and not self.full:
+            piece = piece[: self.cap - self._size]
+            self._parts.append(piece)
+            self._size += len(piece)
+
+    def text(self) -> str:
+        return "".join(self._parts).encode("utf-8", "replace").decode("utf-8")
