@@ -184,7 +184,8 @@ def late_writes(state_dir: Path, rows: Mapping[NodeKey, NodeRow], slack_s: float
 
 @dataclass(frozen=True)
 class Served:
-    """One answer the model server gave whole: the task it was for (by its name in the
+    """One answer the model server began to give (whole, or until the daemon stopped
+    reading: either way the model was paid for it): the task it was for (by its name in the
     prompt; None for the start-up probe), and when (monotonic seconds) it began and ended."""
 
     task: str | None
@@ -294,6 +295,14 @@ class InjectedModel:
                                                                "content": text}}]})
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        try:
+            await self._stream(response, base, text, usage)
+        finally:
+            self.answers.append(Served(task, started, time.monotonic()))
+        return response
+
+    async def _stream(self, response: web.StreamResponse, base: Mapping[str, Any], text: str,
+                      usage: Mapping[str, int]) -> None:
         chunk = {**base, "object": "chat.completion.chunk"}
         # Small pieces as real servers send them; a huge answer in pieces of 64 KiB.
         piece = 400 if len(text) < MIB else 64 * 1024
@@ -304,8 +313,6 @@ class InjectedModel:
         await response.write(b"data: " + json.dumps({**chunk, "choices": [], "usage": usage})
                              .encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
-        self.answers.append(Served(task, started, time.monotonic()))
-        return response
 
 
 @dataclass

@@ -31,20 +31,24 @@ from mlmaster_daemon.hostile import (
     VICTIM,
     HostileReport,
     InjectedModel,
+    Served,
     changed_files,
     file_digests,
     find_leaks,
     late_writes,
+    logged_exceptions,
     peak_rss_mb,
     plant_marker,
     secret_forms,
+    unaccounted_answers,
 )
 from mlmaster_daemon.hostile_scripts import ATTACKS, ATTACKS_BY_NAME, Targets
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example
 
 LABELS = ("daemon deaths", "finished nodes lost", "nodes unfinished", "errors missing",
-          "nodes timed out", "victim task", "tasks submitted by jobs", "leaks",
+          "nodes timed out", "victim task", "tasks submitted by jobs", "API errors",
+          "answers unaccounted", "internal errors", "leaks",
           "orphan processes", "late writes", "files changed outside", "peak daemon RSS",
           "tasks finished", "valid best submission", "faults", "nodes", "wall time")
 MARKER = "HIDDEN-ANSWERS-victim-0123456789abcdef"
@@ -105,6 +109,32 @@ def test_a_file_changed_removed_or_added_under_a_watched_folder_is_reported(
         f"{tmp_path}/a/four added", f"{tmp_path}/a/one changed", f"{tmp_path}/a/two removed"]
 
 
+def test_an_answer_the_daemon_does_not_record_is_unaccounted_unless_a_kill_explains_it(
+) -> None:
+    served = [Served(ATTACKER, 10.0, 11.0), Served(ATTACKER, 20.0, 21.0),
+              Served(VICTIM, 20.0, 21.0), Served(None, 0.0, 0.1)]
+    assert unaccounted_answers(served, ATTACKER, 2, []) is None
+    assert unaccounted_answers(served, ATTACKER, 1, []) == (
+        f"the {ATTACKER} was served 2 answers (0 about the time of a kill or a full disk) and "
+        "records 1 calls")
+    # Killed 3 s after the second answer ended: it may have died with the daemon.
+    assert unaccounted_answers(served, ATTACKER, 1, [(24.0, 24.0)]) is None
+    assert unaccounted_answers(served, ATTACKER, 1, [(40.0, 40.0)]) is not None
+    # More calls than answers is wrong too (one answer counted twice).
+    assert unaccounted_answers(served, VICTIM, 2, []) is not None
+
+
+def test_a_traceback_in_the_daemons_log_is_an_internal_error() -> None:
+    log = b"\n".join([
+        b'{"event": "node finished", "level": "info"}',
+        b'{"event": "expansion failed", "task_id": "t1", "node_id": 3, "level": "error", '
+        b'"exception": [{"exc_type": "OverflowError", "exc_value": "int too large"}]}',
+        b'not json at all "exception"',
+        b'{"event": "task paused", "exception": null}'])
+    assert logged_exceptions(log) == [
+        "expansion failed (task_id t1, node_id 3): OverflowError: int too large"]
+
+
 def _passing() -> HostileReport:
     return HostileReport(victim_state="finished", peak_rss_mb=160.0,
                          tasks={"victim": "finished", "attacker": "finished"})
@@ -118,6 +148,9 @@ def _passing() -> HostileReport:
     lambda r: r.timed_out.append("node 4: killed after its 30 s time limit"),
     lambda r: setattr(r, "victim_state", "cancelled"),
     lambda r: r.foreign_tasks.append("t9 (by-a-job)"),
+    lambda r: r.api_errors.append("GET node 3 answered 500"),
+    lambda r: r.unaccounted.append("served 4 answers and records 3 calls"),
+    lambda r: r.internal_errors.append("expansion failed: OverflowError"),
     lambda r: r.leaks.append("the API key in the daemon's log"),
     lambda r: r.orphans.append("pid 7"),
     lambda r: r.late.append("escapee.log"),
@@ -126,8 +159,9 @@ def _passing() -> HostileReport:
     lambda r: r.tasks.update({"attacker": "paused"}),
     lambda r: r.bad_submissions.append("no best submission"),
     lambda r: r.fault_failures.append("wal-loss: started without its -wal"),
-], ids=["death", "lost", "unfinished", "no-error", "timed-out", "victim", "foreign", "leak",
-        "orphan", "late", "outside", "rss", "unfinished-task", "submission", "fault"])
+], ids=["death", "lost", "unfinished", "no-error", "timed-out", "victim", "foreign",
+        "api-error", "unaccounted", "internal", "leak", "orphan", "late", "outside", "rss",
+        "unfinished-task", "submission", "fault"])
 def test_any_failed_check_fails_the_run(spoil: Callable[[HostileReport], object]) -> None:
     report = _passing()
     assert report.passed and report.lines()[-1] == "hostile: PASS"
@@ -200,7 +234,9 @@ def test_every_attack_is_a_python_script_that_holds_paths_and_no_secret(tmp_path
     targets = _targets(tmp_path, tmp_path / "victim")
     for attack in ATTACKS:
         code = attack.script(targets)
-        compile(code, attack.name, "exec")
+        # A lone surrogate and a NUL (in a comment) are what one attack is about: no Python
+        # takes them, and the daemon must cope; compile the rest.
+        compile(code.encode(errors="replace").decode().replace("\0", ""), attack.name, "exec")
         assert code.startswith(f"# {attack.name}: ") and str(tmp_path) in code
         assert "HIDDEN-ANSWERS" not in code and "sk-hostile" not in code
 
@@ -244,7 +280,8 @@ def _run_hostile(*args: str, timeout_s: float) -> tuple[int, dict[str, str], lis
 def _assert_clean(code: int, figures: dict[str, str], lines: list[str]) -> None:
     output = "\n".join(lines)
     for label in ("daemon deaths", "finished nodes lost", "nodes unfinished", "errors missing",
-                  "nodes timed out", "tasks submitted by jobs", "leaks", "orphan processes",
+                  "nodes timed out", "tasks submitted by jobs", "API errors",
+                  "answers unaccounted", "internal errors", "leaks", "orphan processes",
                   "late writes", "files changed outside"):
         assert figures[label] == "0", output
     assert figures["victim task"] == "finished", output
@@ -293,7 +330,7 @@ def test_without_a_sandbox_a_job_reading_the_hidden_answers_is_caught_and_the_ap
 
 
 # Each has a test of its own below: they meet daemon bugs still open.
-KNOWN_BUGS = ("huge-answer", "surrogate")
+KNOWN_BUGS = ("metric-overflow", "metric-digits")
 
 
 @pytest.mark.slow
@@ -345,22 +382,31 @@ def test_a_model_answer_far_beyond_max_tokens_is_not_held_whole() -> None:
     code, figures, lines = _run_hostile("--attacks", "huge-answer", "--faults", "none",
                                         "--steps", "2", "--victim-steps", "1",
                                         "--tmpfs-mb", "0", timeout_s=120)
-    _unless_known_bug(lines, "rss: the daemon's peak RSS",
-                      "the model's answer is read and stored whole however long it is: a "
-                      "64 MiB answer (max_tokens asks for ~64 KiB) takes the daemon from "
-                      "~165 to ~550 MiB and adds ~190 MB to the database (the plan in nodes."
-                      "plan and llm_calls.content), so a few such answers fill a small state "
-                      "disk and every task stays paused (Endpoint.chat appends every delta)")
     _assert_clean(code, figures, lines)
+    # The stream is dropped long before the script at its end: the attack never runs.
+    assert _attack_lines(lines, "huge-answer") == ["attack huge-answer     never ran"], \
+        "\n".join(lines)
 
 
 def test_a_model_answer_no_utf8_can_hold_is_accounted_and_judged() -> None:
     code, figures, lines = _run_hostile("--attacks", "surrogate", "--faults", "none",
                                         "--steps", "2", "--victim-steps", "1",
                                         "--tmpfs-mb", "0", timeout_s=120)
-    _unless_known_bug(lines, "unaccounted: the hostile-attacker was served",
-                      "an answer holding a lone surrogate (valid JSON \\ud800) fails its node "
-                      "with a bare UnicodeEncodeError when the store writes it, and the call "
-                      "is never recorded: the task's usage, and so its token and cost caps, "
-                      "miss it")
     _assert_clean(code, figures, lines)
+    assert all(" buggy: " in line for line in _attack_lines(lines, "surrogate")), \
+        "\n".join(lines)
+
+
+def test_a_metric_no_float_can_hold_makes_the_node_buggy_not_an_internal_error() -> None:
+    code, figures, lines = _run_hostile("--attacks", "metric-overflow,metric-digits",
+                                        "--faults", "none", "--steps", "4",
+                                        "--victim-steps", "1", "--tmpfs-mb", "0",
+                                        timeout_s=120)
+    _unless_known_bug(lines, "internal error: expansion failed",
+                      "metrics.json holding an integer too big for a float (400 digits: "
+                      "OverflowError from math.isfinite) or for int() (5000 digits: ValueError "
+                      "from json.loads, not a JSONDecodeError) escapes evaluation._read_metric; "
+                      "the node fails with the bare exception instead of being buggy")
+    _assert_clean(code, figures, lines)
+    for name in ("metric-overflow", "metric-digits"):
+        assert all(" buggy: " in line for line in _attack_lines(lines, name)), "\n".join(lines)
