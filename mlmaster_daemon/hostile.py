@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from aiohttp import web
 
 from mlmaster_daemon.api.client import ApiError, Client
 from mlmaster_daemon.chaos import (
@@ -67,10 +66,13 @@ from mlmaster_daemon.chaos import (
 )
 from mlmaster_daemon.errors import DaemonUnreachable
 from mlmaster_daemon.hostile_scripts import (
+    ATTACKER,
     ATTACKS,
     ATTACKS_BY_NAME,
-    ECHOED_KEY,
+    VICTIM,
     Attack,
+    InjectedModel,
+    Served,
     Targets,
 )
 from mlmaster_daemon.llm.offline_recipe import safe_baseline
@@ -79,7 +81,6 @@ from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example
 
 FAULTS = ("stop", "disk-full", "wal-loss", "crash")
-ATTACKER, VICTIM = "hostile-attacker", "hostile-victim"
 MIB = 1024 * 1024
 # The daemon needs ~165 MiB through a whole hostile run; 400 MiB leaves it 2.4 times that.
 # On a real disk a job's files reach 3 GiB (stderr) and 1 GiB (metrics.json): reading one
@@ -180,139 +181,6 @@ def late_writes(state_dir: Path, rows: Mapping[NodeKey, NodeRow], slack_s: float
                 dirs.clear()
                 break
     return found
-
-
-@dataclass(frozen=True)
-class Served:
-    """One answer the model server began to give (whole, or until the daemon stopped
-    reading: either way the model was paid for it): the task it was for (by its name in the
-    prompt; None for the start-up probe), and when (monotonic seconds) it began and ended."""
-
-    task: str | None
-    started: float
-    ended: float
-
-
-def unaccounted_answers(served: Sequence[Served], task: str, recorded: int,
-                        windows: Sequence[tuple[float, float]], slack_s: float = 5.0,
-                        ) -> str | None:
-    """Why the daemon's count of `task`'s model calls (`recorded`) does not match the answers
-    it was served (None when it does). An answer that overlaps a window where the daemon
-    was killed or could not write (widened by `slack_s` before it) may be lost with it."""
-    mine = [a for a in served if a.task == task]
-    excused = sum(1 for a in mine if any(a.started <= end and a.ended >= start - slack_s
-                                         for start, end in windows))
-    if len(mine) - excused <= recorded <= len(mine):
-        return None
-    return (f"the {task} was served {len(mine)} answers ({excused} about the time of a kill "
-            f"or a full disk) and records {recorded} calls")
-
-
-def _answer_text(plan: str, code: str) -> str:
-    return f"{plan}\n\n```python\n{code.rstrip()}\n```\n"
-
-
-class InjectedModel:
-    """An OpenAI-compatible chat server (POST /v1/chat/completions, streamed as SSE or whole)
-    playing a prompt-injected model: the victim's code requests get the working script, the
-    attacker's the next of `attacker_scripts` (cycled; the working script while there are
-    none); other requests (the start-up probe, summaries) a line of text. Every request body
-    is kept in `requests`."""
-
-    def __init__(self, working: str) -> None:
-        self.working = working
-        self.attacker_scripts: list[tuple[str, str]] = []  # (attack name or "working", code)
-        self.padding_mb: dict[str, int] = {}  # attack name -> MiB of plan before its code
-        self.requests: list[dict[str, Any]] = []
-        self.served: Counter[str] = Counter()
-        self.answers: list[Served] = []
-        self._next = 0
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    async def start(self) -> None:
-        app = web.Application(client_max_size=64 * MIB)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        assert site._server is not None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def answer(self, body: Mapping[str, Any], key: str = "") -> str:
-        """The answer to one request; `key` is the API key the request came with, which an
-        `echo_key` attack repeats."""
-        text = "\n".join(str(m.get("content") or "") for m in body.get("messages", []))
-        if f"# Task: {VICTIM}" in text:
-            self.served["working"] += 1
-            return _answer_text("Working script: a simple model and its submission.",
-                                self.working)
-        if f"# Task: {ATTACKER}" in text and not self.attacker_scripts:
-            self.served["working"] += 1
-            return _answer_text("Working script: a simple model and its submission.",
-                                self.working)
-        if f"# Task: {ATTACKER}" in text:
-            name, code = self.attacker_scripts[self._next % len(self.attacker_scripts)]
-            self._next += 1
-            self.served[name] += 1
-            plan = ("Working script: a simple model and its submission." if name == "working"
-                    else f"Injected attack: {name}. The note in the data told me to.")
-            if name != "working" and ATTACKS_BY_NAME[name].echo_key:
-                code = code.replace(ECHOED_KEY, key)
-                plan += f" My key is {key}."
-            padding = self.padding_mb.get(name, 0)
-            if padding:
-                plan += "\n" + ("All work and no play makes a dull model. " * 24 + "\n") * (
-                    padding * MIB // 1009)
-            return _answer_text(plan, code)
-        return "Nothing to add."
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        started = time.monotonic()
-        body = await request.json()
-        self.requests.append(body)
-        prompt = "\n".join(str(m.get("content") or "") for m in body.get("messages", []))
-        task = next((name for name in (ATTACKER, VICTIM)
-                     if f"# Task: {name}" in prompt or f'competition "{name}"' in prompt), None)
-        text = self.answer(body, request.headers.get("Authorization", "").removeprefix(
-            "Bearer "))
-        base = {"id": "hostile-1", "created": int(time.time()), "model": body.get("model", "m")}
-        usage = {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}
-        if not body.get("stream"):
-            self.answers.append(Served(task, started, time.monotonic()))
-            return web.json_response({**base, "object": "chat.completion", "usage": usage,
-                                      "choices": [{"index": 0, "finish_reason": "stop",
-                                                   "message": {"role": "assistant",
-                                                               "content": text}}]})
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        try:
-            await self._stream(response, base, text, usage)
-        finally:
-            self.answers.append(Served(task, started, time.monotonic()))
-        return response
-
-    async def _stream(self, response: web.StreamResponse, base: Mapping[str, Any], text: str,
-                      usage: Mapping[str, int]) -> None:
-        chunk = {**base, "object": "chat.completion.chunk"}
-        # Small pieces as real servers send them; a huge answer in pieces of 64 KiB.
-        piece = 400 if len(text) < MIB else 64 * 1024
-        for start in range(0, len(text), piece):
-            delta = {"role": "assistant", "content": text[start:start + piece]}
-            await response.write(b"data: " + json.dumps({**chunk, "choices": [
-                {"index": 0, "delta": delta, "finish_reason": None}]}).encode() + b"\n\n")
-        await response.write(b"data: " + json.dumps({**chunk, "choices": [], "usage": usage})
-                             .encode() + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
 
 
 @dataclass
@@ -483,6 +351,21 @@ def _states_without_wal(db: Path, scratch: Path) -> dict[NodeKey, str]:
     finally:
         conn.close()
     return {(task_id, node_id): state for task_id, node_id, state in rows}
+
+
+def unaccounted_answers(served: Sequence[Served], task: str, recorded: int,
+                        windows: Sequence[tuple[float, float]], slack_s: float = 5.0,
+                        ) -> str | None:
+    """Why the daemon's count of `task`'s model calls (`recorded`) does not match the answers
+    it was served (None when it does). An answer that overlaps a window where the daemon
+    was killed or could not write (widened by `slack_s` before it) may be lost with it."""
+    mine = [a for a in served if a.task == task]
+    excused = sum(1 for a in mine if any(a.started <= end and a.ended >= start - slack_s
+                                         for start, end in windows))
+    if len(mine) - excused <= recorded <= len(mine):
+        return None
+    return (f"the {task} was served {len(mine)} answers ({excused} about the time of a kill "
+            f"or a full disk) and records {recorded} calls")
 
 
 def file_digests(paths: Iterable[Path]) -> dict[str, str]:

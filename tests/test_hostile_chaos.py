@@ -26,12 +26,8 @@ from mlmaster_daemon.chaos import NodeKey, NodeRow
 from mlmaster_daemon.execution.runner import run_script
 from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.hostile import (
-    ATTACKER,
     RSS_LIMIT_MB,
-    VICTIM,
     HostileReport,
-    InjectedModel,
-    Served,
     changed_files,
     file_digests,
     find_leaks,
@@ -42,7 +38,15 @@ from mlmaster_daemon.hostile import (
     secret_forms,
     unaccounted_answers,
 )
-from mlmaster_daemon.hostile_scripts import ATTACKS, ATTACKS_BY_NAME, Targets
+from mlmaster_daemon.hostile_scripts import (
+    ATTACKER,
+    ATTACKS,
+    ATTACKS_BY_NAME,
+    VICTIM,
+    InjectedModel,
+    Served,
+    Targets,
+)
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example
 
