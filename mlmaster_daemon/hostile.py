@@ -42,7 +42,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,8 +200,9 @@ class HostileReport:
       missing or changed (chaos.py's `Ledger`).
     - nodes unfinished: nodes not done, buggy or failed when the tasks ended.
     - errors missing: buggy or failed nodes without a non-empty error saying why.
-    - nodes timed out: nodes whose error names the time limit: every script here ends well
-      within it, so one is a job that exited while the daemon was stopped, called timed out.
+    - nodes timed out: nodes whose error names the time limit, but for the attacks that are
+      meant to meet it (`Attack.may_time_out`): every other script ends well within it, so
+      one is a job that exited while the daemon was stopped, called timed out.
     - victim task, tasks submitted by jobs: the victim must end `finished`, and the daemon
       must list only the tasks the run submitted.
     - API errors: an answer of the API about the run's tasks and nodes that is an error.
@@ -319,11 +320,13 @@ class HostileReport:
         return out + problems + [f"hostile: {'PASS' if self.passed else 'FAIL'}"]
 
 
+@dataclass(frozen=True)
 class FaultResult:
-    """What a fault came to: "pass", "fail", "skipped" or "not exercised", and in words."""
+    """What a fault came to: `status` "pass", "fail", "skipped" or "not exercised", and
+    `detail` in words."""
 
-    def __init__(self, status: str, detail: str) -> None:
-        self.status, self.detail = status, detail
+    status: str
+    detail: str
 
 
 def _fill(path: Path) -> int:
@@ -649,7 +652,8 @@ class HostileRun:
                 self.report.fault_failures.append(f"{name}: {result.detail}")
             _say(f"fault {name}: {result.status}: {result.detail}")
 
-    async def _wait_node(self, wanted: Any, timeout_s: float = FAULT_WAIT_S,
+    async def _wait_node(self, wanted: Callable[[NodeKey, NodeRow], bool],
+                         timeout_s: float = FAULT_WAIT_S,
                          ) -> tuple[NodeKey, NodeRow] | None:
         """The first node for which `wanted(key, row)` holds, polled every 50 ms."""
         deadline = time.monotonic() + timeout_s
