@@ -570,6 +570,8 @@ class InjectedModel:
         await response.prepare(request)
         try:
             await self._stream(response, base, text, usage)
+        except ConnectionResetError:
+            pass  # the daemon stopped reading (an answer too long) or died: it was served
         finally:
             self.answers.append(Served(task, started, time.monotonic()))
         return response
