@@ -49,15 +49,21 @@ def _read_metric(ws: Workspace) -> tuple[float | None, str | None]:
         return None, f"metrics.json must be a small regular file ({exc.strerror})"
     try:
         raw = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        return None, f"metrics.json is not valid JSON: {exc}"
+    except (ValueError, RecursionError) as exc:
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors; so is an integer of more
+        # digits than Python reads.
+        return None, f"metrics.json is not valid JSON: {str(exc)[:200]}"
     value = raw.get("validation_metric") if isinstance(raw, dict) else None
     # bool is an int subclass; an integer metric is accepted and converted.
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None, redact(f"metrics.json has no numeric 'validation_metric' (got {value!r:.200})")
-    if not math.isfinite(value):
-        return None, f"validation_metric is not finite ({value})"
-    return float(value), None
+    try:
+        metric = float(value)
+    except OverflowError:
+        return None, "validation_metric is too large for a floating-point number"
+    if not math.isfinite(metric):
+        return None, f"validation_metric is not finite ({metric})"
+    return metric, None
 
 
 def evaluate(ws: Workspace, spec: TaskSpec, run: RunResult, timeout_s: float) -> Evaluation:

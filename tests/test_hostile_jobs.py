@@ -309,3 +309,17 @@ def test_laying_a_workspace_out_again_removes_what_the_last_run_left(tmp_path: P
         "input", "memory.md", "solution.py", "submission", "working"]
     assert not any(again.root.joinpath("working").iterdir())
     assert (again.root / "memory.md").read_text() == "the daemon's own"
+
+
+@pytest.mark.parametrize(("digits", "error"), [
+    (400, "validation_metric is too large for a floating-point number"),
+    (5000, "metrics.json is not valid JSON: Exceeds the limit"),
+])
+def test_a_metric_no_float_can_hold_makes_the_node_buggy(tmp_path: Path, spec: TaskSpec,
+                                                        digits: int, error: str) -> None:
+    ws = Workspace.create(tmp_path / "ws", spec.public_dir, "print(1)\n")
+    shutil.copyfile(spec.public_dir / spec.sample_submission_file, ws.submission)
+    ws.metrics.write_text('{"validation_metric": ' + "9" * digits + "}")
+    done = RunResult(exit_code=0, timed_out=False, duration_s=1.0, pid=1)
+    outcome = evaluate(ws, spec, done, 60)
+    assert outcome.buggy and outcome.error is not None and outcome.error.startswith(error)
