@@ -357,14 +357,35 @@ def test_every_attack_and_every_fault_leak_nothing_kill_nothing_and_lose_nothing
             assert ran and all(" buggy: " in line for line in ran), (attack.name, output)
 
 
-def test_a_job_that_makes_its_outputs_unopenable_is_still_shown_and_judged() -> None:
-    # The daemon runs without root's file override, as the systemd unit's own user does.
-    code, figures, lines = _run_hostile("--attacks", "socket-logs,lockout", "--faults", "none",
-                                        "--steps", "4", "--victim-steps", "1",
-                                        "--tmpfs-mb", "0", timeout_s=120)
+# The daemon bugs this run found (all fixed since), each attack with what it must come to.
+FOUND = {
+    # Unix sockets in place of the logs: the node's API answer was a 500.
+    "socket-logs": "buggy",
+    # A workspace made mode 000 (the daemon runs as the unit's own user would): a 500 too.
+    "lockout": "buggy",
+    # A 64 MiB answer was held and stored whole: the stream is now dropped long before its
+    # script, which never runs.
+    "huge-answer": "never ran",
+    # A lone surrogate failed its node with a bare UnicodeEncodeError, the call unrecorded.
+    "surrogate": "buggy",
+    # Metrics no float (or int()) can hold failed their nodes with bare exceptions.
+    "metric-overflow": "buggy",
+    "metric-digits": "buggy",
+}
+
+
+def test_the_daemon_bugs_this_run_found_stay_fixed() -> None:
+    code, figures, lines = _run_hostile("--attacks", ",".join(FOUND), "--faults", "none",
+                                        "--steps", str(2 * len(FOUND)), "--victim-steps", "1",
+                                        "--tmpfs-mb", "0", timeout_s=150)
     _assert_clean(code, figures, lines)
-    for name in ("socket-logs", "lockout"):
-        assert all(" buggy: " in line for line in _attack_lines(lines, name)), "\n".join(lines)
+    output = "\n".join(lines)
+    for name, outcome in FOUND.items():
+        ran = _attack_lines(lines, name)
+        if outcome == "never ran":
+            assert ran == [f"attack {name:<16}never ran"], output
+        else:
+            assert ran and all(f" {outcome}: " in line for line in ran), (name, output)
 
 
 @pytest.mark.slow
@@ -376,32 +397,3 @@ def test_a_job_that_fills_the_disk_does_not_stall_the_daemon() -> None:
         pytest.skip("no tmpfs can be mounted here")
     _assert_clean(code, figures, lines)
     assert figures["faults"] == "disk-full pass", "\n".join(lines)
-
-
-def test_a_model_answer_far_beyond_max_tokens_is_not_held_whole() -> None:
-    code, figures, lines = _run_hostile("--attacks", "huge-answer", "--faults", "none",
-                                        "--steps", "2", "--victim-steps", "1",
-                                        "--tmpfs-mb", "0", timeout_s=120)
-    _assert_clean(code, figures, lines)
-    # The stream is dropped long before the script at its end: the attack never runs.
-    assert _attack_lines(lines, "huge-answer") == ["attack huge-answer     never ran"], \
-        "\n".join(lines)
-
-
-def test_a_model_answer_no_utf8_can_hold_is_accounted_and_judged() -> None:
-    code, figures, lines = _run_hostile("--attacks", "surrogate", "--faults", "none",
-                                        "--steps", "2", "--victim-steps", "1",
-                                        "--tmpfs-mb", "0", timeout_s=120)
-    _assert_clean(code, figures, lines)
-    assert all(" buggy: " in line for line in _attack_lines(lines, "surrogate")), \
-        "\n".join(lines)
-
-
-def test_a_metric_no_float_can_hold_makes_the_node_buggy_not_an_internal_error() -> None:
-    code, figures, lines = _run_hostile("--attacks", "metric-overflow,metric-digits",
-                                        "--faults", "none", "--steps", "4",
-                                        "--victim-steps", "1", "--tmpfs-mb", "0",
-                                        timeout_s=120)
-    _assert_clean(code, figures, lines)
-    for name in ("metric-overflow", "metric-digits"):
-        assert all(" buggy: " in line for line in _attack_lines(lines, name)), "\n".join(lines)
