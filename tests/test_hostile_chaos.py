@@ -25,28 +25,19 @@ from openai.types.chat import ChatCompletionMessageParam
 from mlmaster_daemon.chaos import NodeKey, NodeRow
 from mlmaster_daemon.execution.runner import run_script
 from mlmaster_daemon.execution.workspace import Workspace
-from mlmaster_daemon.hostile import (
-    RSS_LIMIT_MB,
-    HostileReport,
+from mlmaster_daemon.hostile.attacks import ATTACKS, ATTACKS_BY_NAME, Targets
+from mlmaster_daemon.hostile.checks import (
     changed_files,
     file_digests,
-    find_leaks,
     late_writes,
     logged_exceptions,
-    peak_rss_mb,
-    plant_marker,
-    secret_forms,
     unaccounted_answers,
 )
-from mlmaster_daemon.hostile_scripts import (
-    ATTACKER,
-    ATTACKS,
-    ATTACKS_BY_NAME,
-    VICTIM,
-    InjectedModel,
-    Served,
-    Targets,
-)
+from mlmaster_daemon.hostile.leaks import find_leaks, plant_marker, secret_forms
+from mlmaster_daemon.hostile.model import ATTACKER, VICTIM, InjectedModel, Served
+from mlmaster_daemon.hostile.report import HostileReport
+from mlmaster_daemon.hostile.settings import RSS_LIMIT_MB
+from mlmaster_daemon.hostile.watched import peak_rss_mb
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example
 
