@@ -291,8 +291,23 @@ async def test_logs_replaced_by_sockets_are_judged_not_raised(tmp_path: Path,
     assert ws.output_tail(1000) == ""
 
 
-def test_laying_a_workspace_out_again_removes_what_the_last_run_left(tmp_path: Path,
-                                                                     spec: TaskSpec) -> None:
+def test_laying_a_workspace_out_again_keeps_scratch_but_opens_what_the_job_locked(
+    tmp_path: Path, spec: TaskSpec,
+) -> None:
+    ws = Workspace.create(tmp_path / "ws", spec.public_dir, "print(1)\n")
+    (ws.root / "working" / "checkpoint.bin").write_bytes(b"1" * 1024)
+    (ws.root / "metrics.json").mkdir()  # a folder where the daemon reads a file
+    (ws.root / "submission").chmod(0)
+    ws.root.chmod(0)
+    again = Workspace.create(ws.root, spec.public_dir, "print(2)\n")
+    assert (again.root / "working" / "checkpoint.bin").exists()
+    assert not (again.root / "metrics.json").exists()
+    assert again.script.read_text() == "print(2)\n"
+    assert os.stat(again.root / "submission").st_mode & 0o777 == 0o755
+
+
+def test_clearing_a_workspace_removes_deep_and_locked_trees(tmp_path: Path,
+                                                          spec: TaskSpec) -> None:
     ws = Workspace.create(tmp_path / "ws", spec.public_dir, "print(1)\n")
     (ws.root / "memory.md").write_text("the daemon's own")
     deep = ws.root / "working"
@@ -300,15 +315,11 @@ def test_laying_a_workspace_out_again_removes_what_the_last_run_left(tmp_path: P
         deep = deep / f"d{level}"
     deep.mkdir(parents=True)
     (deep / "big.bin").write_bytes(b"1" * 1024)
-    (ws.root / "fill-1.bin").write_bytes(b"1" * 1024)
     locked = ws.root / "submission" / "locked"
     locked.mkdir()
     locked.chmod(0)
-    again = Workspace.create(ws.root, spec.public_dir, "print(2)\n")
-    assert sorted(p.name for p in again.root.iterdir()) == [
-        "input", "memory.md", "solution.py", "submission", "working"]
-    assert not any(again.root.joinpath("working").iterdir())
-    assert (again.root / "memory.md").read_text() == "the daemon's own"
+    ws.clear()
+    assert [p.name for p in ws.root.iterdir()] == ["memory.md"]
 
 
 @pytest.mark.parametrize(("digits", "error"), [

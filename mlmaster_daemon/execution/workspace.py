@@ -2,9 +2,10 @@
 
 `input` is a symlink to the public folder, bound read-only in the sandbox. Everything else in
 the workspace is the job's to change: the daemon reads it back only through `untrusted`
-(bounded, no links followed), and when it lays the workspace out again for a re-run it first
-removes all the last run left (links it planted included, never followed; folders it locked
-with mode 000 opened up again), keeping only what the daemon itself wrote before the run.
+(bounded, no links followed). When it lays the workspace out again for a re-run, the last
+run's scratch stays (a script may pick up its own checkpoints), but every name the daemon
+writes or reads is made anew: a link planted there is removed, never followed, a folder or a
+FIFO in a file's place removed, and folders the job locked with mode 000 opened up again.
 """
 
 from __future__ import annotations
@@ -49,13 +50,16 @@ class Workspace:
 
     @classmethod
     def create(cls, root: Path, public_dir: Path, code: str) -> Workspace:
-        """Lay out a fresh workspace for one run of `code`: what an earlier run left is
-        removed first (see `clear`)."""
+        """Lay out the workspace for one run of `code`; an earlier run's outputs go, its
+        scratch stays, and nothing it planted is written through."""
         ws = cls(root)
         root.mkdir(parents=True, exist_ok=True)
-        ws.clear()
+        os.chmod(root, 0o755)  # the daemon owns it; a job may have locked it
         for sub in ("working", "submission"):
-            (root / sub).mkdir()
+            _real_folder(root / sub)
+        for stale in (ws.submission, ws.metrics, ws.stdout, ws.stderr, ws.script,
+                      root / "input", root / f"{SCRIPT_NAME}.tmp"):
+            remove_tree(stale)  # a link itself, never what it points to
         os.symlink(public_dir.resolve(), root / "input", target_is_directory=True)
         tmp = ws.script.with_suffix(".py.tmp")
         tmp.unlink(missing_ok=True)
@@ -96,6 +100,21 @@ def trim(text: str, limit: int) -> str:
         return text
     half = (limit - 40) // 2
     return f"{text[:half]}\n... [{len(text) - 2 * half} characters cut] ...\n{text[-half:]}"
+
+
+def _real_folder(path: Path) -> None:
+    """Make `path` a real, open folder: a link or file a job left in its place is removed, a
+    folder it locked is opened again."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        path.mkdir()
+        return
+    if stat.S_ISDIR(info.st_mode):
+        os.chmod(path, 0o755)
+        return
+    path.unlink()
+    path.mkdir()
 
 
 def remove_tree(path: Path) -> None:
