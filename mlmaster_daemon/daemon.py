@@ -24,7 +24,7 @@ from mlmaster_daemon.errors import ConfigError
 from mlmaster_daemon.execution.cgroups import kill_job_cgroups
 from mlmaster_daemon.execution.gpu import GpuProbe, open_probe
 from mlmaster_daemon.execution.lease import ProcessIdentity
-from mlmaster_daemon.execution.runner import kill_identity
+from mlmaster_daemon.execution.processes import kill_identity
 from mlmaster_daemon.execution.sandbox import resolve_sandbox
 from mlmaster_daemon.execution.slots import GpuSampler, SlotPool
 from mlmaster_daemon.llm.coder import Coder, as_llm_coder

@@ -19,7 +19,8 @@ import pytest
 from mlmaster_daemon.execution import runner
 from mlmaster_daemon.execution.cgroups import JobCgroup, create_job_cgroup
 from mlmaster_daemon.execution.lease import JobLimits, Lease, ProcessIdentity
-from mlmaster_daemon.execution.runner import kill_identity, run_script
+from mlmaster_daemon.execution.processes import kill_identity
+from mlmaster_daemon.execution.runner import run_script
 from mlmaster_daemon.execution.workspace import Workspace
 
 

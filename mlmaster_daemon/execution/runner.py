@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import select
 import shutil
@@ -30,8 +29,13 @@ from pathlib import Path
 
 from mlmaster_daemon import untrusted
 from mlmaster_daemon.execution.cgroups import JobCgroup, create_job_cgroup
-from mlmaster_daemon.execution.gpu import process_start_time, read_boot_id
 from mlmaster_daemon.execution.lease import JobLimits, Lease, ProcessIdentity
+from mlmaster_daemon.execution.processes import (
+    group_members,
+    identity_of,
+    signal_group,
+    signal_process,
+)
 from mlmaster_daemon.execution.sandbox import (
     SANDBOX_ENV,
     LaunchOptions,
@@ -90,7 +94,7 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def ending_signal(code: int | None, sandboxed: bool) -> int | None:
+def endingsignal_process(code: int | None, sandboxed: bool) -> int | None:
     """The signal behind an exit status: -N from a direct child, 128 + N from bubblewrap
     (which reports its child's death that way)."""
     if code is None:
@@ -126,68 +130,6 @@ def job_env(lease: Lease | None, limits: JobLimits, sandboxed: bool,
         env.update(SANDBOX_ENV)
     env.update({k: v for k, v in limits.extra_env.items() if not k.startswith(_SYSTEMD_PREFIXES)})
     return env
-
-
-def _identity(pid: int) -> ProcessIdentity:
-    # Our unreaped child always has a /proc entry (a zombie keeps one).
-    return ProcessIdentity(pid=pid, start_time=process_start_time(pid) or 0.0,
-                           boot_id=read_boot_id())
-
-
-def kill_identity(identity: ProcessIdentity, wait_s: float = 2.0) -> bool:
-    """SIGKILL the process (and its process group) only if it provably is the one recorded:
-    alive, same boot, same start time (PIDs get reused). True if it was killed; waits up to
-    `wait_s` for it to exit. A pidfd pins the process between the check and the signal."""
-    pidfd: int | None = None
-    try:
-        if identity.boot_id != read_boot_id():
-            return False
-        pidfd = os.pidfd_open(identity.pid)
-    except OSError as exc:
-        # Kernels before 5.3 have no pidfd: check, then kill, with a tiny window for pid reuse.
-        if exc.errno != errno.ENOSYS:
-            return False
-    try:
-        start = process_start_time(identity.pid)
-        # Start times are whole clock ticks (10 ms): anything but the same tick is another process.
-        if start is None or abs(start - identity.start_time) > 0.005:
-            return False
-        if _pgid(identity.pid) == identity.pid:
-            _signal_group(identity.pid, signal.SIGKILL)
-        if pidfd is None:
-            _signal(identity.pid, signal.SIGKILL)
-            return True
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        poller.poll(wait_s * 1000)
-        return True
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
-
-
-def _group_members(pgid: int) -> set[int]:
-    return {int(e) for e in os.listdir("/proc") if e.isdigit() and _pgid(int(e)) == pgid}
-
 
 def disk_usage(root: Path) -> int:
     """Bytes allocated on disk under `root`, like `du`: symlinks not followed, hard links once."""
@@ -306,13 +248,13 @@ class _Job:
         if self.sandboxed:
             # The outer bwrap would die of SIGTERM and take the sandbox down with SIGKILL at
             # once: signal only the processes inside, so the script gets its grace period.
-            targets = _group_members(pgid) | self.cgroup.pids()
+            targets = group_members(pgid) | self.cgroup.pids()
             for pid in targets - {pgid}:
-                _signal(pid, signal.SIGTERM)
+                signal_process(pid, signal.SIGTERM)
             return
-        _signal_group(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGTERM)
         for pid in self.cgroup.pids():
-            _signal(pid, signal.SIGTERM)
+            signal_process(pid, signal.SIGTERM)
 
     async def stop(self) -> None:
         """SIGTERM, grace, SIGKILL to the group and the cgroup; the child is reaped."""
@@ -330,7 +272,7 @@ class _Job:
 
     def kill_now(self) -> None:
         """SIGKILL whatever is left in the group and the cgroup (a few cgroupfs reads)."""
-        _signal_group(self.proc.pid, signal.SIGKILL)
+        signal_group(self.proc.pid, signal.SIGKILL)
         self.cgroup.kill_all()
 
     def exit_reason(self) -> str | None:
@@ -426,7 +368,7 @@ async def run_script(
         job = _Job(proc, cgroup, sandboxed, kill_grace_s, ws, limits, options.address_space_mb)
         try:
             if on_start is not None:
-                await on_start(_identity(proc.pid))
+                await on_start(identity_of(proc.pid))
             timed_out, reason = await job.supervise(started + timeout_s, timeout_s, clock)
         except BaseException:
             await _stop_shielded(job)
@@ -442,7 +384,7 @@ async def run_script(
             duration_s=clock() - started,
             pid=proc.pid,
             reason=reason,
-            signal=None if stopped else ending_signal(proc.returncode, sandboxed),
+            signal=None if stopped else endingsignal_process(proc.returncode, sandboxed),
         )
     finally:
         await _remove(cgroup)
