@@ -50,6 +50,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
+from mlmaster_daemon.artefacts import best_dir, copy_best, node_dir
 from mlmaster_daemon.bus import EventBus
 from mlmaster_daemon.config import Config, load_config
 from mlmaster_daemon.daemon import reconcile_processes
@@ -60,14 +61,7 @@ from mlmaster_daemon.llm.coder import CallRecord, CodeRequest
 from mlmaster_daemon.llm.offline import OfflineCoder
 from mlmaster_daemon.models import NodeState, Operator, TaskState
 from mlmaster_daemon.policies import make_policy, restore_policy
-from mlmaster_daemon.scheduler import (
-    Runtime,
-    TaskRunner,
-    _copy_best,
-    best_dir,
-    node_dir,
-    task_profile,
-)
+from mlmaster_daemon.scheduler import Runtime, TaskRunner, task_profile
 from mlmaster_daemon.search.hcc import HierarchicalCache, StagnationDetector
 from mlmaster_daemon.search.memory import MemoryEntry
 from mlmaster_daemon.search.policy import Pick
@@ -246,7 +240,7 @@ async def build_state(state_dir: Path, spec: TaskSpec, grown: Grown) -> None:
         ws = Workspace(node_dir(state_dir, TASK_ID, best.id))
         shutil.copyfile(spec.public_dir / spec.sample_submission_file, ws.submission)
         ws.metrics.write_text(json.dumps({"validation_metric": best.metric}))
-        _copy_best(ws, best_dir(state_dir, TASK_ID), best.id, best.metric, best.code or "")
+        copy_best(ws, best_dir(state_dir, TASK_ID), best.id, best.metric, best.code or "")
         await store.update_task(TASK_ID, best_node_id=best.id, best_metric=best.metric)
     await store.close()
 

@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
-import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -24,11 +22,21 @@ import anyio
 import psutil
 import structlog
 
-from mlmaster_daemon import untrusted
+from mlmaster_daemon.artefacts import (
+    best_dir,
+    best_node_id,
+    clear_if_present,
+    copy_best,
+    copy_top,
+    has_submission,
+    node_dir,
+    task_root,
+    write_committed,
+)
 from mlmaster_daemon.bus import BestImproved, EventBus, NodeStateChanged, TaskStateChanged
 from mlmaster_daemon.config import Config
 from mlmaster_daemon.errors import DaemonStopping, TaskNotCancellable
-from mlmaster_daemon.evaluation import SUBMISSION, Evaluation, evaluate
+from mlmaster_daemon.evaluation import Evaluation, evaluate
 from mlmaster_daemon.execution.lease import Lease, ProcessIdentity
 from mlmaster_daemon.execution.limits import Machine, job_limits
 from mlmaster_daemon.execution.runner import RunResult, run_script
@@ -69,9 +77,6 @@ from mlmaster_daemon.tasks.competition import count_rows, read_csv_header
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 log = get_logger("mlmaster.scheduler")
-# A node's files kept in best/ and top/ passed evaluation; these bounds only stop a file that
-# grew after it (a job that outlived its run) from being copied without end.
-MAX_KEPT_SUBMISSION_BYTES = 8 * 1024**3
 # A run stopped for writing too much leaves only these behind (see execution/runner.py).
 DISK_LIMIT_REASONS = ("workspace larger than", "file size limit exceeded")
 KEPT_AFTER_DISK_LIMIT = frozenset({"memory.md", "solution.py", "stdout.log", "stderr.log",
@@ -81,18 +86,6 @@ Clock = Callable[[], float]
 
 def new_task_id() -> str:
     return "t" + uuid.uuid4().hex[:11]
-
-
-def task_root(state_dir: Path, task_id: str) -> Path:
-    return state_dir / "tasks" / task_id
-
-
-def node_dir(state_dir: Path, task_id: str, node_id: int) -> Path:
-    return task_root(state_dir, task_id) / "nodes" / str(node_id)
-
-
-def best_dir(state_dir: Path, task_id: str) -> Path:
-    return task_root(state_dir, task_id) / "best"
 
 
 @dataclass
@@ -341,7 +334,7 @@ class TaskRunner:
             return
         # The best whose files are still there (a workspace removed by hand cannot be used).
         exists = await asyncio.to_thread(
-            lambda: [_has_submission(self._node_dir(n.id)) for n in done])
+            lambda: [has_submission(self._node_dir(n.id)) for n in done])
         usable = [n for n, ok in zip(done, exists, strict=True) if ok]
         if not usable:
             log.warning("no finished node has its submission any more; best/ left as it is",
@@ -350,7 +343,7 @@ class TaskRunner:
         best = usable[0]
         assert best.metric is not None and best.code is not None
         target = best_dir(self.rt.state_dir, self.task.id)
-        recorded = await asyncio.to_thread(_best_node_id, target)
+        recorded = await asyncio.to_thread(best_node_id, target)
         holder = next((n for n in done if n.id == recorded), None)
         # Another node with the same metric may hold it (it finished first): that stands.
         if (holder is not None and holder.metric == best.metric
@@ -412,7 +405,7 @@ class TaskRunner:
             # What the disk proves was committed: a start that finds the database behind
             # it (a lost or truncated WAL) refuses instead of rebuilding from less.
             await asyncio.to_thread(
-                _write_committed, task_root(self.rt.state_dir, self.task.id),
+                write_committed, task_root(self.rt.state_dir, self.task.id),
                 {"node_id": node_id, "state": state.value,
                  "metric": metric if isinstance(metric, float) else None, "finished": done})
         self.rt.bus.publish(NodeStateChanged(
@@ -737,7 +730,7 @@ class TaskRunner:
             return
         nodes = self._ranked(await self.rt.store.list_nodes(self.task.id))
         root = task_root(self.rt.state_dir, self.task.id)
-        await asyncio.to_thread(_copy_top, root, [(n.id, n.code or "") for n in nodes[:k]])
+        await asyncio.to_thread(copy_top, root, [(n.id, n.code or "") for n in nodes[:k]])
 
     def _ranked(self, nodes: list[NodeRecord]) -> list[NodeRecord]:
         """The working nodes, best first (the earlier of equal metrics first)."""
@@ -766,7 +759,7 @@ class TaskRunner:
     async def _record_best(self, node_id: int, ws: Workspace, metric: float, code: str) -> None:
         self.best_metric = metric
         target = best_dir(self.rt.state_dir, self.task.id)
-        await asyncio.to_thread(_copy_best, ws, target, node_id, metric, code)
+        await asyncio.to_thread(copy_best, ws, target, node_id, metric, code)
         submission = str(target / "submission.csv")
         await self.rt.store.update_task(self.task.id, best_node_id=node_id, best_metric=metric)
         self.rt.bus.publish(BestImproved(task_id=self.task.id, node_id=node_id, metric=metric,
@@ -774,60 +767,8 @@ class TaskRunner:
         log.info("best improved", metric=metric)
 
 
-def _best_node_id(target: Path) -> int | None:
-    """The node whose files best/ holds, from its node.json."""
-    try:
-        return int(json.loads((target / "node.json").read_text())["node_id"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 class _Held(Exception):
     """A node with code meets a draining daemon before it runs: it stays ready for later."""
-
-
-def _clear_if_present(ws: Workspace) -> None:
-    if ws.root.is_dir():
-        ws.clear()
-
-
-def _has_submission(root: Path) -> bool:
-    """Whether the workspace at `root` still holds its submission as a regular file."""
-    try:
-        untrusted.size_of(root, SUBMISSION)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _write_committed(root: Path, record: dict[str, object]) -> None:
-    """Replace `root/committed.json` with `record`, atomically (each writer its own temp)."""
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".committed-{record['node_id']}.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, root / "committed.json")
-
-
-def _copy_submission(ws: Workspace, target: Path) -> None:
-    """The node's submission, copied from the file checked at evaluation (never a link)."""
-    untrusted.copy_out(ws.root, SUBMISSION, target, MAX_KEPT_SUBMISSION_BYTES)
-
-
-def _copy_best(ws: Workspace, target: Path, node_id: int, metric: float, code: str) -> None:
-    """Replace `target` with the new best's files; the swap is a rename, so a reader sees either
-    the old best or the new one, whole."""
-    staging = target.with_name("best.new")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    (staging / "solution.py").write_text(code)
-    _copy_submission(ws, staging / "submission.csv")
-    (staging / "node.json").write_text(json.dumps({"node_id": node_id, "metric": metric}))
-    old = target.with_name("best.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 async def _collect_descendants(pids: set[int], interval_s: float = 1.0) -> None:
@@ -863,27 +804,6 @@ def task_profile(spec: TaskSpec) -> TaskProfile:
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-
-
-def _copy_top(root: Path, nodes: list[tuple[int, str]]) -> None:
-    """top/<rank>-node<id>/ with each (node id, code)'s submission and script, best first; a
-    node whose submission is no longer a safe file is left out."""
-    top = root / "top"
-    shutil.rmtree(top, ignore_errors=True)
-    rank = 0
-    for node_id, code in nodes:
-        ws = Workspace(root / "nodes" / str(node_id))
-        target = top / f"{rank + 1}-node{node_id}"
-        target.mkdir(parents=True)
-        try:
-            _copy_submission(ws, target / "submission.csv")
-        except (FileNotFoundError, untrusted.UnsafeFile) as exc:
-            log.warning("a top node's submission cannot be kept", node_id=node_id,
-                        error=str(exc))
-            shutil.rmtree(target)
-            continue
-        (target / "solution.py").write_text(code)
-        rank += 1
 
 
 class Scheduler:
@@ -965,7 +885,7 @@ class Scheduler:
                 continue
             ws = Workspace(node_dir(self.rt.state_dir, task_id, node.id))
             try:
-                await asyncio.to_thread(_clear_if_present, ws)
+                await asyncio.to_thread(clear_if_present, ws)
             except OSError as exc:
                 log.warning("could not empty a stopped node's workspace", task_id=task_id,
                             node_id=node.id, error=str(exc))

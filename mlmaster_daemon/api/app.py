@@ -35,6 +35,7 @@ from mlmaster_daemon.api.folders import Placement, check_task_folder, check_task
 from mlmaster_daemon.api.job_peers import job_refusal, peer_job_reason
 from mlmaster_daemon.api.openapi import openapi_json
 from mlmaster_daemon.api.schemas import SubmitRequest, is_node_id, is_task_id
+from mlmaster_daemon.artefacts import best_dir, node_dir, task_root
 from mlmaster_daemon.bus import Event, EventBus
 from mlmaster_daemon.config import Config
 from mlmaster_daemon.errors import Forbidden, InvalidRequest, MlmasterError
@@ -43,7 +44,7 @@ from mlmaster_daemon.faults import describe, is_storage_fault
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import TaskState
 from mlmaster_daemon.policies import check_policy
-from mlmaster_daemon.scheduler import Scheduler, best_dir, new_task_id, node_dir, task_root
+from mlmaster_daemon.scheduler import Scheduler, new_task_id
 from mlmaster_daemon.store import Store, TaskRecord
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.spec import TaskOverrides
