@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -32,6 +33,19 @@ def breast_cancer(examples_root: Path) -> Path:
 def short_dir() -> Iterator[Path]:
     """A directory with a short path: Unix socket paths must fit in 107 bytes."""
     path = Path(tempfile.mkdtemp(prefix="mlm-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def var_tmp_path() -> Iterator[Path]:
+    """A fresh directory outside /tmp, as a real task folder or state dir would be: the
+    sandbox's /tmp is a private tmpfs, which would hide anything under the host's /tmp
+    whatever the sandbox's other rules said."""
+    base = Path("/var/tmp")
+    if not base.is_dir() or not os.access(base, os.W_OK):
+        pytest.skip("/var/tmp is not writable here")
+    path = Path(tempfile.mkdtemp(prefix="mlm-", dir=base))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -100,3 +114,18 @@ async def restart_and_finish(config: Config, task_id: str) -> tuple[dict[str, An
             return final, await client.nodes(task_id)
     finally:
         await daemon.stop()
+
+
+Refusal = TypeVar("Refusal", bound=BaseException)
+
+
+async def start_refused(config: Config, error: type[Refusal]) -> Refusal:
+    """Start a daemon on `config` that must refuse to start with `error`; the error (the
+    refused daemon is stopped, so its lock and anything it made are released)."""
+    daemon = Daemon(config)
+    try:
+        with pytest.raises(error) as refused:
+            await daemon.start()
+    finally:
+        await daemon.stop()
+    return refused.value

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import daemon_config
+from conftest import daemon_config, start_refused
 
 from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.config import Config
@@ -224,15 +224,10 @@ async def test_lost_work_names_the_backup_holding_it_not_the_newest_empty_one(
     await _restarts_on_a_lost_database(config, 3)
     # A node folder of a task the lost database held is found (it was there all along).
     (config.state_dir() / "tasks" / first / "nodes" / "1").mkdir(parents=True)
-    refused = Daemon(config)
-    try:
-        with pytest.raises(LostWork) as err:
-            await refused.start()
-    finally:
-        await refused.stop()
+    refused = await start_refused(config, LostWork)
     db = config.state_dir() / "mlmaster.db"
-    assert f"`cp {rich} {db}`" in err.value.message
-    assert "that backup still lacks" not in err.value.message
+    assert f"`cp {rich} {db}`" in refused.message
+    assert "that backup still lacks" not in refused.message
 
 
 async def test_a_backup_holds_the_commits_still_in_the_wal_in_one_file(

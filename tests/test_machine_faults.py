@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TERMINAL, daemon_config
 from structlog.testing import capture_logs
 
 from mlmaster_daemon.api.client import Client
@@ -22,7 +23,6 @@ from mlmaster_daemon.models import NodeState, Operator, TaskState
 from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
 from mlmaster_daemon.store.db import CRASHED_TOO_OFTEN
 from mlmaster_daemon.tasks.competition import load_task
-from conftest import TERMINAL, daemon_config
 
 
 @pytest.fixture

@@ -11,10 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -300,18 +298,6 @@ async def test_a_setsid_escapee_dies_with_the_sandbox_even_without_a_cgroup(
     leftovers = [p.pid for p in psutil.process_iter(["cmdline"])
                  if p.info["cmdline"] == ["sleep", marker] and _alive(p.pid)]
     assert leftovers == []
-
-
-@pytest.fixture
-def var_tmp_path() -> Iterator[Path]:
-    """A directory outside /tmp: the sandbox's /tmp is a private tmpfs, which would make a
-    workspace's parent there writable (if invisible to the host); the daemon's state is not."""
-    base = Path("/var/tmp")
-    if not base.is_dir() or not os.access(base, os.W_OK):
-        pytest.skip("/var/tmp is not writable here")
-    path = Path(tempfile.mkdtemp(prefix="mlm-sandbox-", dir=base))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @needs_bwrap

@@ -9,14 +9,11 @@ hide anything under the host's /tmp whatever the sandbox's other rules said."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,17 +30,6 @@ from mlmaster_daemon.execution.workspace import Workspace
 
 needs_bwrap = pytest.mark.skipif(resolve_sandbox("auto") != "bwrap",
                                  reason="bubblewrap missing or not working here")
-
-
-@pytest.fixture
-def var_tmp_path() -> Iterator[Path]:
-    """A fresh directory outside /tmp, as a real task folder or state dir would be."""
-    base = Path("/var/tmp")
-    if not base.is_dir() or not os.access(base, os.W_OK):
-        pytest.skip("/var/tmp is not writable here")
-    path = Path(tempfile.mkdtemp(prefix="mlm-view-", dir=base))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _task(root: Path, rows: int = 40) -> Path:

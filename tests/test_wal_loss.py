@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from conftest import wait_terminal
+from conftest import start_refused, wait_terminal
 from openai_server import FakeOpenAI
 
 from mlmaster_daemon.api.client import Client
@@ -123,13 +123,8 @@ async def test_a_lost_wal_over_an_older_database_is_refused_naming_the_backup_to
                                                                 state)
     db = state / "mlmaster.db"
     before = _digest(db)
-    daemon = Daemon(config)
-    try:
-        with pytest.raises(LostWork) as refused:
-            await daemon.start()
-    finally:
-        await daemon.stop()
-    message = refused.value.message
+    refused = await start_refused(config, LostWork)
+    message = refused.message
     assert message.startswith(f"database {db} has lost committed work: ")
     assert "1 task, 1 node and 2 node outcomes" in message
     assert (f"node 2 of task {first} finished done with metric 0.9 "
@@ -147,13 +142,8 @@ async def test_the_backup_the_message_names_holds_what_the_folders_prove(
 ) -> None:
     state = config.state_dir()
     await _old_database_and_a_lost_wal(short_dir, breast_cancer, state)
-    refused_daemon = Daemon(config)
-    try:
-        with pytest.raises(LostWork) as refused:
-            await refused_daemon.start()
-    finally:
-        await refused_daemon.stop()
-    backup = Path(refused.value.message.split("`cp ")[1].split(" ")[0])
+    refused = await start_refused(config, LostWork)
+    backup = Path(refused.message.split("`cp ")[1].split(" ")[0])
     for suffix in ("", "-wal", "-shm"):
         (state / f"mlmaster.db{suffix}").unlink(missing_ok=True)
     shutil.copy(backup, state / "mlmaster.db")
@@ -191,13 +181,8 @@ async def test_a_cut_wal_that_rolled_back_a_finished_node_is_refused(
     config: Config, short_dir: Path, breast_cancer: Path,
 ) -> None:
     task = await _finished_nodes_and_a_cut_wal(short_dir, breast_cancer, config.state_dir())
-    daemon = Daemon(config)
-    try:
-        with pytest.raises(LostWork) as refused:
-            await daemon.start()
-    finally:
-        await daemon.stop()
-    message = refused.value.message
+    refused = await start_refused(config, LostWork)
+    message = refused.message
     assert "2 node outcomes" in message
     assert (f"node 3 of task {task} finished done with metric 0.9 (tasks/{task}/committed.json);"
             " the database has it running, metric None") in message
