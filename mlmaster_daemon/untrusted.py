@@ -171,9 +171,3 @@ def copy_out(root: Path, relative: str | PurePath, target: Path, max_bytes: int)
                              str(root / relative))
         with target.open("wb") as sink:
             shutil.copyfileobj(source, sink, _COPY_CHUNK)
-
-
-def read_head(path: Path, limit: int) -> bytes:
-    """At most the first `limit` bytes of a user's file (links are the user's own: followed)."""
-    with path.open("rb") as handle:
-        return handle.read(limit)
