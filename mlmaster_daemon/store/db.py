@@ -184,14 +184,10 @@ class Store:
         node was changed."""
         terminal = tuple(s.value for s in NodeState if s.terminal)
         async with self._transaction() as db:
-            async with db.execute("SELECT state FROM nodes WHERE task_id = ? AND id = ?",
-                                  (task_id, node_id)) as cur:
-                row = await cur.fetchone()
-            if row is None or row[0] in terminal:
-                return False
-            await _update_row(db, "nodes", _NODE_UPDATABLE, "task_id = ? AND id = ?",
-                              (task_id, node_id), fields)
-            return True
+            changed = await _update_row(
+                db, "nodes", _NODE_UPDATABLE, "task_id = ? AND id = ? AND state NOT IN (?, ?, ?)",
+                (task_id, node_id, *terminal), fields)
+            return changed > 0
 
     async def finish_node(
         self,
@@ -403,17 +399,20 @@ async def _insert_calls(db: aiosqlite.Connection, task_id: str, node_id: int | N
 async def _update_row(
     db: aiosqlite.Connection, table: str, allowed: frozenset[str], where: str,
     key: tuple[Any, ...], fields: Mapping[str, Any],
-) -> None:
+) -> int:
+    """Set `fields` on the rows `where` selects; how many rows changed."""
     unknown = set(fields) - allowed
     if unknown:
         raise ValueError(f"cannot update {table} columns {sorted(unknown)}")
     if not fields:
-        return
+        return 0
     # No key the daemon holds is ever written: errors and summaries quote what jobs printed.
     values = [v.value if isinstance(v, TaskState | NodeState) else redact_value(v)
               for v in fields.values()]
     assignments = ", ".join(f"{name} = ?" for name in fields)
-    await db.execute(f"UPDATE {table} SET {assignments} WHERE {where}", (*values, *key))
+    cursor = await db.execute(f"UPDATE {table} SET {assignments} WHERE {where}",
+                              (*values, *key))
+    return cursor.rowcount
 
 
 def _task(row: Any, description: str = "") -> TaskRecord:
