@@ -176,6 +176,11 @@ class TaskRunner:
     async def _run(self) -> None:
         # Listings leave the description out; the prompts need it.
         task = self.task = await self.rt.store.get_task(self.task.id)
+        if task.state.terminal:
+            # A queue pump that read the task before a cancel committed launched this runner.
+            log.info("task already ended; nothing to run", task_id=task.id,
+                     state=task.state.value)
+            return
         started = task.started_at or self.rt.clock()
         # The time budget counts active time only: what earlier runs used is carried over.
         self.deadline = self.rt.clock() + task.time_limit_s - task.active_s
@@ -929,19 +934,25 @@ class Scheduler:
         task = await self.rt.store.get_task(task_id)
         if task.state.terminal:
             raise TaskNotCancellable(f"task {task_id} is already {task.state.value}")
-        entry = self.runners.get(task_id)
-        if entry is not None:
-            runner, handle = entry
-            runner.cancel_requested = True
-            handle.cancel()
-            await asyncio.gather(handle, return_exceptions=True)
+        await self._stop_runner(task_id)
         if not (await self.rt.store.get_task(task_id)).state.terminal:
             # Queued, or cancelled before its runner even began: nothing else records it.
             await self.rt.store.update_task(task_id, state=TaskState.CANCELLED,
                                             finished_at=self.rt.clock())
             self.rt.bus.publish(TaskStateChanged(task_id=task_id,
                                                  state=TaskState.CANCELLED.value))
+            # A pump that read the task as queued may have launched it meanwhile.
+            await self._stop_runner(task_id)
         return await self.rt.store.get_task(task_id)
+
+    async def _stop_runner(self, task_id: str) -> None:
+        """Cancel the task's runner, if one runs, and wait until it has ended."""
+        entry = self.runners.get(task_id)
+        if entry is not None:
+            runner, handle = entry
+            runner.cancel_requested = True
+            handle.cancel()
+            await asyncio.gather(handle, return_exceptions=True)
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config: runners read it from now on, each task's run cap follows
