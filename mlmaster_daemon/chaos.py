@@ -398,6 +398,8 @@ class DaemonProcess:
             "MLMASTER_SEARCH__PARALLEL": str(settings.parallel),
             "MLMASTER_EXECUTION__MAX_CONCURRENT_NODES": str(settings.parallel),
             "MLMASTER_EXECUTION__SANDBOX": settings.sandbox,
+            # The kills are the harness's, not a node's doing: none is failed as a daemon killer.
+            "MLMASTER_EXECUTION__MAX_NODE_CRASHES": str(settings.kills + 1),
         })
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0

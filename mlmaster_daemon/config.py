@@ -129,6 +129,9 @@ class ExecutionConfig(_Section):
         return value
     # What to do with a node's process found alive at start-up: kill it (and re-run the node).
     reconcile: Literal["kill"] = "kill"
+    # A node that was running at this many daemon crashes (counted at each start) is failed
+    # instead of run again: it may be what kills the daemon.
+    max_node_crashes: int = Field(default=2, ge=1)
     # Seconds between GPU samples.
     sample_interval_s: float = Field(default=2.0, gt=0)
     node_timeout_s: float = Field(default=600, gt=0)

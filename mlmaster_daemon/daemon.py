@@ -201,7 +201,8 @@ class Daemon:
         killed = await reconcile_processes(self.store)
         await self._open_slots()
         requeued, interrupted = await self.store.interrupt_unfinished(
-            "interrupted: the daemon stopped while this node was being generated", time.time())
+            "interrupted: the daemon stopped while this node was being generated", time.time(),
+            max_crashes=self.config.execution.max_node_crashes)
         self.scheduler = Scheduler(self.store, self.bus, self.coder, self.config, self.state_dir,
                                    slots=self.slots, sampler=self.sampler,
                                    socket_path=self.socket_path)

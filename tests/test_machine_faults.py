@@ -136,3 +136,26 @@ async def test_a_node_running_at_two_crashes_in_a_row_is_not_run_a_third_time(
     assert first.state is NodeState.FAILED and first.error == CRASHED_TOO_OFTEN
     assert second.state is NodeState.READY
     assert third.state is NodeState.READY
+
+
+async def test_the_crash_count_that_fails_a_node_is_configurable(
+    tmp_path: Path, breast_cancer: Path,
+) -> None:
+    assert daemon_config(tmp_path / "s", tmp_path / "a.sock").execution.max_node_crashes == 2
+    store = await Store.open(tmp_path / "m.db")
+    try:
+        await store.insert_task(TaskRecord(
+            id="t1", name="bc", task_dir=str(breast_cancer), spec=load_task(breast_cancer),
+            policy="mcts", steps=3, time_limit_s=60, node_timeout_s=30,
+            state=TaskState.RUNNING, created_at=time.time()))
+        await store.insert_node(NodeRecord(
+            task_id="t1", id=1, parent_id=None, operator=Operator.DRAFT,
+            state=NodeState.RUNNING, created_at=time.time(), code="print(1)", pid=4242))
+        states = []
+        for _ in range(3):
+            await store.interrupt_unfinished("interrupted", time.time(), max_crashes=3)
+            states.append((await store.get_node("t1", 1)).state)
+            await store.update_node("t1", 1, state=NodeState.RUNNING, pid=4343)
+    finally:
+        await store.close()
+    assert states == [NodeState.READY, NodeState.READY, NodeState.FAILED]

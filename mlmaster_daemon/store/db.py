@@ -27,9 +27,16 @@ from mlmaster_daemon.tasks.spec import TaskSpec
 
 log = get_logger("mlmaster.store")
 MAX_CRASHES = 2
-CRASHED_TOO_OFTEN = (
-    f"the daemon stopped abnormally {MAX_CRASHES} times while this node ran (killed, out of "
-    "memory, a power cut); it may be what brings the daemon down, so it is not run again")
+
+
+def crashed_too_often(crashes: int) -> str:
+    """The error of a node failed for having been running at `crashes` daemon crashes."""
+    return (f"the daemon stopped abnormally {crashes} times while this node ran (killed, out "
+            "of memory, a power cut); it may be what brings the daemon down, so it is not run "
+            "again")
+
+
+CRASHED_TOO_OFTEN = crashed_too_often(MAX_CRASHES)
 _TASK_COLUMNS = (
     "id, name, task_dir, spec, policy, steps, time_limit_s, node_timeout_s, state, error,"
     " best_node_id, best_metric, created_at, started_at, finished_at, max_tokens, max_cost,"
@@ -333,13 +340,14 @@ class Store:
         return [(str(r[0]), int(r[1])) for r in rows]
 
     async def interrupt_unfinished(self, reason: str, now: float, *, task_id: str | None = None,
-                                   crashed: bool = True) -> tuple[int, int]:
+                                   crashed: bool = True, max_crashes: int = MAX_CRASHES,
+                                   ) -> tuple[int, int]:
         """After a restart (`crashed`), or before a task that stopped on a fault resumes
         (`task_id`, not `crashed`): nodes whose code was already written go back to `ready`
         (their paid answer is run, not asked again); nodes still being generated fail.
 
         A restart counts a crash against each node that was running or being judged; a node
-        at MAX_CRASHES fails instead of running again (it may be what kills the daemon).
+        at `max_crashes` fails instead of running again (it may be what kills the daemon).
         Returns (requeued, failed)."""
         with_code = (NodeState.READY.value, NodeState.RUNNING.value, NodeState.EVALUATING.value)
         before_code = (NodeState.PENDING.value, NodeState.GENERATING.value)
@@ -354,13 +362,14 @@ class Store:
                     for row in await cur.fetchall():
                         log.warning("a node was running when the daemon stopped abnormally",
                                     task_id=row[0], node_id=row[1], crashes=row[2],
-                                    failed_now=row[2] >= MAX_CRASHES)
+                                    failed_now=row[2] >= max_crashes)
                 await db.execute("UPDATE nodes SET crashes = crashes + 1 "
                                  f"WHERE state IN (?, ?){scope}", (*during_run, *key))
                 failed_crash = await db.execute(
                     "UPDATE nodes SET state = ?, error = ?, finished_at = ? "
                     f"WHERE state IN (?, ?) AND crashes >= ?{scope}",
-                    (NodeState.FAILED.value, CRASHED_TOO_OFTEN, now, *during_run, MAX_CRASHES,
+                    (NodeState.FAILED.value, crashed_too_often(max_crashes), now, *during_run,
+                     max_crashes,
                      *key))
                 crashed_out = failed_crash.rowcount
             requeued = await db.execute(
