@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlmaster_daemon import untrusted
@@ -88,6 +89,32 @@ def copy_best(ws: Workspace, target: Path, node_id: int, metric: float, code: st
     shutil.rmtree(old, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class KeptSubmission:
+    """One of the k best nodes kept in top/ at the end of a task."""
+
+    rank: int
+    node_id: int
+    submission: Path
+
+
+def _top_name(rank: int, node_id: int) -> str:
+    return f"{rank}-node{node_id}"
+
+
+def top_submissions(root: Path) -> list[KeptSubmission]:
+    """What top/ holds, best first (empty unless the task kept more than its best)."""
+    top = root / "top"
+    if not top.is_dir():
+        return []
+    kept = []
+    for entry in top.iterdir():
+        rank, sep, node = entry.name.partition("-node")
+        if sep and rank.isdigit() and node.isdigit():
+            kept.append(KeptSubmission(int(rank), int(node), entry / "submission.csv"))
+    return sorted(kept, key=lambda k: k.rank)
+
+
 def copy_top(root: Path, nodes: list[tuple[int, str]]) -> None:
     """top/<rank>-node<id>/ with each (node id, code)'s submission and script, best first; a
     node whose submission is no longer a safe file is left out."""
@@ -96,7 +123,7 @@ def copy_top(root: Path, nodes: list[tuple[int, str]]) -> None:
     rank = 0
     for node_id, code in nodes:
         ws = Workspace(root / "nodes" / str(node_id))
-        target = top / f"{rank + 1}-node{node_id}"
+        target = top / _top_name(rank + 1, node_id)
         target.mkdir(parents=True)
         try:
             _copy_submission(ws, target / "submission.csv")

@@ -286,11 +286,10 @@ def cmd_example(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from mlmaster_daemon.daemon import make_coder
     from mlmaster_daemon.doctor import run_doctor
 
     config = load_config(args.config)
-    checks = run_doctor(config, make_coder)
+    checks = run_doctor(config)
     for check in checks:
         _print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<13} {check.detail}")
     return 0 if all(c.ok for c in checks) else 1

@@ -127,8 +127,6 @@ class ExecutionConfig(_Section):
         if isinstance(value, int) and value < 0:
             raise ValueError('must be a number of MiB (0: no limit) or "auto"')
         return value
-    # What to do with a node's process found alive at start-up: kill it (and re-run the node).
-    reconcile: Literal["kill"] = "kill"
     # A node that was running at this many daemon crashes (counted at each start) is failed
     # instead of run again: it may be what kills the daemon.
     max_node_crashes: int = Field(default=2, ge=1)
@@ -198,7 +196,8 @@ class LlmConfig(_Section):
 
 
 class CoderConfig(_Section):
-    kind: Literal["offline"] = "offline"
+    """The built-in offline coder, used when no `[llm.code]` endpoint is configured."""
+
     seed: int = 0
 
 
@@ -246,6 +245,17 @@ class Config(_Section):
 
     def socket_path(self) -> Path:
         return resolve_socket_path(self.daemon.socket)
+
+
+class Settings:
+    """The daemon's one live config: every part holds this and reads `.config` when it needs a
+    value; a reload (SIGHUP) swaps it here once, and everyone sees the new values."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def swap(self, config: Config) -> None:
+        self.config = config
 
 
 def resolve_socket_path(configured: str = "") -> Path:

@@ -19,50 +19,32 @@ from mlmaster_daemon import __version__
 from mlmaster_daemon.api.app import Services, build_app
 from mlmaster_daemon.api.validation_server import address, start_validation_server
 from mlmaster_daemon.bus import EventBus
-from mlmaster_daemon.config import Config, reload_config
+from mlmaster_daemon.clock import SystemClock
+from mlmaster_daemon.coders.choice import Coders, make_coders
+from mlmaster_daemon.config import Config, Settings, reload_config
 from mlmaster_daemon.errors import ConfigError
 from mlmaster_daemon.execution.cgroups import kill_job_cgroups
+from mlmaster_daemon.execution.executor import LocalExecutor
 from mlmaster_daemon.execution.gpu import GpuProbe, open_probe
 from mlmaster_daemon.execution.lease import ProcessIdentity
 from mlmaster_daemon.execution.processes import kill_identity
 from mlmaster_daemon.execution.sandbox import resolve_sandbox
 from mlmaster_daemon.execution.slots import GpuSampler, SlotPool
-from mlmaster_daemon.llm.coder import Coder, as_llm_coder
-from mlmaster_daemon.llm.offline import OfflineCoder
 from mlmaster_daemon.logs import get_logger, set_log_level
-from mlmaster_daemon.scheduler import Scheduler
-from mlmaster_daemon.search.tokens import TiktokenCounter
+from mlmaster_daemon.scheduler import SearchParts, TaskQueue
 from mlmaster_daemon.store import Store
 from mlmaster_daemon.store.backup import check_integrity, make_backup
 from mlmaster_daemon.store.lock import StateDirLock
 from mlmaster_daemon.store.lost import guard_committed_work
 from mlmaster_daemon.store.writable import check_writable
 from mlmaster_daemon.systemd import Heartbeat, Notifier, listen_sockets, run_watchdog
+from mlmaster_daemon.tokenizer import TiktokenCounter
 
 log = get_logger("mlmaster.daemon")
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 SHUTDOWN_GRACE_S = 5.0
 Sleep = Callable[[float], Awaitable[None]]
-
-
-def make_coder(config: Config) -> Coder:
-    """The LLM coder when `[llm.code]` is configured, else the built-in offline coder.
-    API keys are read here, from the environment or a file, and kept only in the clients."""
-    code = config.llm.code
-    if code is None:
-        return OfflineCoder(seed=config.coder.seed)
-    # The OpenAI client is loaded only when a model is configured.
-    from mlmaster_daemon.llm.endpoint import Endpoint, read_api_key
-    from mlmaster_daemon.llm.llm_coder import LlmCoder
-
-    feedback = config.llm.feedback
-    return LlmCoder(
-        Endpoint("code", code, read_api_key(code, "llm.code")),
-        config.llm,
-        Endpoint("feedback", feedback, read_api_key(feedback, "llm.feedback"))
-        if feedback is not None else None,
-    )
 
 
 async def reconcile_processes(store: Store) -> int:
@@ -94,19 +76,6 @@ def describe_slot(slot: dict[str, Any]) -> str:
     return f"1x {slot.get('gpu_name') or 'GPU'} ({share // 1024} GiB for this job), {cpus}"
 
 
-async def check_endpoints(coder: Coder) -> list[str]:
-    """Probe each configured endpoint once; the problems found (the daemon runs anyway)."""
-    llm = as_llm_coder(coder)
-    if llm is None:
-        return []
-    problems = []
-    for endpoint in llm.endpoints:
-        error = await endpoint.probe()
-        if error is not None:
-            problems.append(f"{endpoint.label}: {error}")
-    return problems
-
-
 def _prepare_socket_path(path: Path) -> None:
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise ConfigError(
@@ -132,19 +101,20 @@ class Daemon:
     `accept_lost_work` starts even when the task folders prove commits the database lost (they
     are moved aside); `sleep` waits between scheduled backups (tests pass their own)."""
 
-    def __init__(self, config: Config, coder: Coder | None = None,
+    def __init__(self, config: Config, coders: Coders | None = None,
                  reread: Callable[[], Config] | None = None, accept_lost_work: bool = False,
                  sleep: Sleep = asyncio.sleep):
-        self.config = config
+        # The one live config every part reads; a reload swaps it here.
+        self.settings = Settings(config)
         self.accept_lost_work = accept_lost_work
         self._sleep = sleep
         self.reread = reread
-        self.coder = coder or make_coder(config)
+        self.coders = coders or make_coders(self.settings)
         self.state_dir = config.state_dir()
         self.socket_path = config.socket_path()
         self.bus = EventBus()
         self.store: Store | None = None
-        self.scheduler: Scheduler | None = None
+        self.queue: TaskQueue | None = None
         self._runner: web.AppRunner | None = None
         # MLE-bench's validation server on a loopback port, when [validation_server] port is set.
         self._validation: web.AppRunner | None = None
@@ -164,6 +134,11 @@ class Daemon:
         self._socket_made: tuple[int, int] | None = None
         self._backups: asyncio.Task[None] | None = None
         self._backup_job: asyncio.Future[Path] | None = None
+
+    @property
+    def config(self) -> Config:
+        """The live config (what the last reload left in `settings`)."""
+        return self.settings.config
 
     @property
     def db(self) -> Path:
@@ -203,11 +178,15 @@ class Daemon:
         requeued, interrupted = await self.store.interrupt_unfinished(
             "interrupted: the daemon stopped while this node was being generated", time.time(),
             max_crashes=self.config.execution.max_node_crashes)
-        self.scheduler = Scheduler(self.store, self.bus, self.coder, self.config, self.state_dir,
-                                   slots=self.slots, sampler=self.sampler,
-                                   socket_path=self.socket_path)
-        self.services = Services(self.store, self.bus, self.scheduler, self.config,
-                                 self.state_dir, time.time(), self.llm_status, self.slots_status)
+        assert self.slots is not None
+        executor = LocalExecutor(self.settings, self.slots, self.state_dir, self.sampler,
+                                 self.socket_path)
+        self.queue = TaskQueue(SearchParts(
+            self.store, self.bus, self.coders.coder, executor, self.settings, self.state_dir,
+            TiktokenCounter(self.config.memory.encoding), self.coders.reviewer, SystemClock()))
+        self.services = Services(self.store, self.bus, self.queue, self.settings,
+                                 self.state_dir, time.time(), self.coders.status,
+                                 self.slots_status)
         self._runner = web.AppRunner(build_app(self.services), handle_signals=False,
                                      shutdown_timeout=SHUTDOWN_GRACE_S)
         await self._runner.setup()
@@ -225,10 +204,10 @@ class Daemon:
             self._validation = await start_validation_server(
                 self.store, validation, self.state_dir / "validation-uploads", SHUTDOWN_GRACE_S)
             log.info("validation server listening", url=address(validation))
-        for problem in await check_endpoints(self.coder):
+        for problem in await self.coders.probe():
             # Reported, not fatal: tasks wait for the endpoint (see the circuit breaker).
             log.warning("llm endpoint unreachable at start", problem=problem)
-        await self.scheduler.start(heartbeat=self.heartbeat.tick)
+        await self.queue.start(heartbeat=self.heartbeat.tick)
         self._watchdog = asyncio.create_task(run_watchdog(
             self.notifier, self.heartbeat, self.status_line))
         self.notifier.ready(self.status_line())
@@ -236,7 +215,7 @@ class Daemon:
         # then one every backup_interval_s.
         await self.backup()
         self._schedule_backups()
-        log.info("daemon ready", coder=type(self.coder).__name__, version=__version__,
+        log.info("daemon ready", coder=type(self.coders.coder).__name__, version=__version__,
                  socket=str(self.socket_path), socket_activated=self.activated,
                  state_dir=str(self.state_dir), nodes_requeued=requeued,
                  nodes_interrupted=interrupted, stale_processes_killed=killed)
@@ -250,8 +229,8 @@ class Daemon:
         if backups is not None:
             backups.cancel()
             await asyncio.gather(backups, return_exceptions=True)
-        if self.scheduler is not None:
-            await self.scheduler.stop(self.config.daemon.stop_grace_s)
+        if self.queue is not None:
+            await self.queue.stop(self.config.daemon.stop_grace_s)
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._runner is not None:
@@ -262,9 +241,7 @@ class Daemon:
             await self.sampler.stop()
         if self.probe is not None:
             await asyncio.to_thread(self.probe.close)
-        llm = as_llm_coder(self.coder)
-        if llm is not None:
-            await llm.close()
+        await self.coders.close()
         if self._backup_job is not None:
             # A backup under way finishes first: it reads the database being closed.
             await asyncio.wait([self._backup_job])
@@ -338,13 +315,11 @@ class Daemon:
             set_log_level(merged.daemon.log_level)
         interval_changed = (merged.daemon.backup_interval_s
                             != self.config.daemon.backup_interval_s)
-        self.config = merged
+        self.settings.swap(merged)
         if interval_changed and self._backups is not None:
             self._schedule_backups()
-        if self.services is not None:
-            self.services.config = merged
-        if self.scheduler is not None:
-            self.scheduler.reconfigure(merged)
+        if self.queue is not None:
+            self.queue.reconfigure()
         log.info("config reloaded", applied=applied, needs_restart=refused)
         if refused:
             log.warning("config keys changed that only a restart applies; their running values "
@@ -365,13 +340,11 @@ class Daemon:
             self.sampler.start()
         log.info("execution slots", mode=reason, slots=self.slots.capacity,
                  sandbox=await asyncio.to_thread(resolve_sandbox, execution.sandbox))
-        llm = as_llm_coder(self.coder)
-        if llm is not None and not self.config.llm.hardware:
-            llm.hardware = describe_slot(self.slots.snapshot()[0])
+        self.coders.detected_hardware(describe_slot(self.slots.snapshot()[0]))
 
     def status_line(self) -> str:
         """systemd's STATUS=: what the daemon is doing, in a few words."""
-        running = len(self.scheduler.runners) if self.scheduler else 0
+        running = len(self.queue.searches) if self.queue else 0
         busy = sum(1 for s in self.slots.snapshot() if s["busy"]) if self.slots else 0
         capacity = self.slots.capacity if self.slots else 0
         return f"{running} task(s) running, {busy}/{capacity} slots busy"
@@ -380,12 +353,6 @@ class Daemon:
         return {"mode": self.slot_mode,
                 "slots": self.slots.snapshot() if self.slots else [],
                 "gpus": self.sampler.snapshot() if self.sampler else []}
-
-    def llm_status(self) -> list[dict[str, Any]]:
-        llm = as_llm_coder(self.coder)
-        if llm is not None:
-            return [e.status() for e in llm.endpoints]
-        return [{"role": "code", "coder": "offline"}]
 
     def request_stop(self) -> None:
         self._stop.set()

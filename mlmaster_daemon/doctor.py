@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from mlmaster_daemon.config import Config
+from mlmaster_daemon.coders.choice import make_coders
+from mlmaster_daemon.config import Config, Settings
 from mlmaster_daemon.errors import MlmasterError
 from mlmaster_daemon.execution.limits import Machine, job_limits
-from mlmaster_daemon.llm.llm_coder import LlmCoder
-from mlmaster_daemon.search.tokens import TiktokenCounter
+from mlmaster_daemon.tokenizer import TiktokenCounter
 
 
 @dataclass(frozen=True)
@@ -75,28 +74,28 @@ def _gpu() -> Check:
     return Check("gpu", True, f"{count} GPU(s): {', '.join(map(str, names))}")
 
 
-async def _endpoints(config: Config, make_coder: Callable[[Config], object]) -> list[Check]:
+async def _endpoints(config: Config) -> list[Check]:
     if config.llm.code is None:
         return [Check("llm", True, "no [llm.code] configured: the built-in offline coder is "
                                    "used")]
     try:
-        coder = make_coder(config)
+        coders = make_coders(Settings(config))
     except MlmasterError as exc:
         return [Check("llm", False, exc.message)]
-    assert isinstance(coder, LlmCoder)
+    assert coders.llm is not None
     checks = []
     try:
-        for endpoint in coder.endpoints:
+        for endpoint in coders.llm.endpoints:
             error = await endpoint.probe()
             checks.append(Check(f"llm {endpoint.role}", error is None,
                                 f"{endpoint.cfg.base_url} model {endpoint.cfg.model}: "
                                 + ("answered" if error is None else error)))
     finally:
-        await coder.close()
+        await coders.close()
     return checks
 
 
-def run_doctor(config: Config, make_coder: Callable[[Config], object]) -> list[Check]:
+def run_doctor(config: Config) -> list[Check]:
     checks = [_state_dir(config), _tokenizer(config), _job_limits(config), _gpu()]
-    checks.extend(asyncio.run(_endpoints(config, make_coder)))
+    checks.extend(asyncio.run(_endpoints(config)))
     return checks

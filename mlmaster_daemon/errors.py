@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlmaster_daemon.models import CallRecord
+
 
 class MlmasterError(Exception):
     """Base of every error a user may see. The message says what is wrong and what to do."""
@@ -71,3 +76,27 @@ class GradingError(MlmasterError):
     """A submission could not be scored against the hidden answers."""
 
     code = "grading_error"
+
+
+class LlmError(MlmasterError):
+    """The model refused or could not answer usefully; the node fails with this reason."""
+
+    code = "llm_error"
+    status = 502
+
+
+class EndpointUnavailable(LlmError):
+    """The endpoint kept failing after retries; the task waits for it to come back."""
+
+    code = "llm_unavailable"
+    status = 503
+
+
+class NoCodeInAnswer(LlmError):
+    """No code after every retry; carries the calls so they are still accounted."""
+
+    code = "llm_no_code"
+
+    def __init__(self, message: str, calls: tuple[CallRecord, ...]):
+        super().__init__(message)
+        self.calls = calls

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
+
+
+def new_task_id() -> str:
+    """A fresh task id: "t" and 11 lowercase hex digits."""
+    return "t" + uuid.uuid4().hex[:11]
 
 
 class TaskState(StrEnum):
@@ -43,7 +49,17 @@ class Operator(StrEnum):
 
 
 @dataclass(frozen=True)
-class Best:
-    node_id: int
-    metric: float
-    submission_path: str
+class CallRecord:
+    """One call to a model, for accounting: tokens, latency, cost and what it answered."""
+
+    role: str
+    model: str
+    endpoint: str
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    latency_s: float
+    cost: float
+    attempts: int
+    content: str = ""
+    reasoning: str = ""

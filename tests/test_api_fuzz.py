@@ -361,8 +361,8 @@ async def test_the_document_lists_exactly_the_routes_the_app_serves(
 ) -> None:
     spec = await client.request("GET", "/v1/openapi.json")
     assert spec["openapi"].startswith("3.1")
-    assert daemon.store is not None and daemon.scheduler is not None
-    app = build_app(Services(daemon.store, daemon.bus, daemon.scheduler, daemon.config,
+    assert daemon.store is not None and daemon.queue is not None
+    app = build_app(Services(daemon.store, daemon.bus, daemon.queue, daemon.settings,
                              daemon.state_dir, 0.0))
     served = {(r.resource.canonical, r.method)
               for r in app.router.routes() if r.resource is not None}

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_shipped_default_config_is_valid() -> None:
     config = load_config(REPO / "configs" / "default.toml", environ={})
     assert config.search.policy == "mcts"
-    assert config.coder.kind == "offline"
+    assert config.coder.seed == 0
 
 
 def test_environment_overrides_file_and_flags_override_environment(tmp_path: Path) -> None:

@@ -265,11 +265,10 @@ def test_the_evaluated_metrics_file_is_read_whole_only_when_small(tmp_path: Path
 
 
 def test_doctor_says_what_the_automatic_limits_come_to_here(tmp_path: Path) -> None:
-    from mlmaster_daemon.daemon import make_coder
     from mlmaster_daemon.doctor import run_doctor
 
     config = load_config(None, environ={}, overrides={"daemon.state_dir": str(tmp_path)})
-    line = next(c for c in run_doctor(config, make_coder) if c.name == "job limits")
+    line = next(c for c in run_doctor(config) if c.name == "job limits")
     assert line.ok and "no limit" not in line.detail
     assert line.detail.startswith("memory ") and "MiB" in line.detail
 

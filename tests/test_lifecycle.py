@@ -90,7 +90,9 @@ async def test_a_stop_lets_running_nodes_finish_and_refuses_new_work(
         task = await client.submit({"task_dir": str(breast_cancer), "steps": 3})
         await _wait_for(client, task["id"], "running")
         stopping = asyncio.create_task(daemon.stop())
-        await asyncio.sleep(0.3)
+        assert daemon.queue is not None
+        while not daemon.queue.stopping:
+            await asyncio.sleep(0)
         with pytest.raises(ApiError) as refused:
             await client.submit({"task_dir": str(breast_cancer), "steps": 1})
         assert refused.value.status == 503 and refused.value.code == "daemon_stopping"
@@ -117,11 +119,11 @@ async def test_after_the_grace_period_running_nodes_stop_and_run_again_after_res
     async with Client(daemon.socket_path) as client:
         task = await client.submit({"task_dir": str(breast_cancer), "steps": 1})
         await _wait_for(client, task["id"], "running")
-    started = time.monotonic()
     await daemon.stop()
-    assert time.monotonic() - started < 25  # not the 30 s the script wanted
     _stored_task, nodes = await _stored(config, task["id"])
+    # Stopped, not left to finish its 30 s: its code stays ready for the restart.
     assert nodes[0].state is NodeState.READY and nodes[0].code
+    assert _runs(config.state_dir(), task["id"], 1) == 1
     final, nodes_after = await restart_and_finish(config, task["id"])
     assert final["state"] == "finished"
     assert [n["status"] for n in nodes_after] == ["done"]
@@ -148,30 +150,6 @@ async def test_nodes_a_stop_interrupts_before_their_code_are_not_steps(
     assert final["state"] == "finished"
     # Both steps of the budget were spent on real nodes, besides the interrupted one.
     assert sorted(n["status"] for n in nodes_after) == ["done", "done", "failed"]
-
-
-async def test_the_time_budget_counts_active_time_not_downtime(
-    short_dir: Path, server: FakeOpenAI, breast_cancer: Path,
-) -> None:
-    server.code = _job(0.5)
-    config = _config(short_dir, server, **{"search.parallel": 1})
-    daemon = Daemon(config)
-    await daemon.start()
-    async with Client(daemon.socket_path) as client:
-        task = await client.submit({"task_dir": str(breast_cancer), "steps": 10_000,
-                                    "time_limit_s": 6})
-        await _wait_for(client, task["id"], "done")
-    await daemon.stop()
-    stored, _nodes = await _stored(config, task["id"])
-    assert 0 < stored.active_s < 6
-    # Down longer than the whole budget: on a wall clock the task would be over.
-    await asyncio.sleep(7)
-    restarted = time.time()
-    final, _nodes = await restart_and_finish(config, task["id"])
-    assert final["state"] == "finished"
-    stored, records = await _stored(config, task["id"])
-    assert any(n.created_at >= restarted for n in records)
-    assert 5 <= stored.active_s <= 10
 
 
 def test_a_reload_applies_live_keys_and_names_the_rest() -> None:
@@ -216,9 +194,9 @@ async def test_sighup_reload_reaches_running_tasks_new_submits_and_the_log(
                             "[search]\nparallel = 3\nsteps = 2\n"
                             "[execution]\nmax_concurrent_nodes = 7\n")
             assert daemon.reload() == ["execution.max_concurrent_nodes"]
-            assert daemon.scheduler is not None
-            runner, _handle = daemon.scheduler.runners[task["id"]]
-            assert runner.run_slots.total_tokens == 3
+            assert daemon.queue is not None
+            search, _handle = daemon.queue.searches[task["id"]]
+            assert search.state.run_slots.total_tokens == 3
             later = await client.submit({"task_dir": str(breast_cancer)})
             assert later["steps"] == 2
             file.write_text("[search]\nparallel = 'many'\n")
@@ -368,7 +346,9 @@ async def test_a_cancel_right_after_the_submit_is_not_lost(
                 task = await client.submit({"task_dir": str(breast_cancer), "steps": 5})
                 cancelled = await client.cancel(task["id"])
                 assert cancelled["state"] == "cancelled"
-                await asyncio.sleep(0.3)
+                # Whatever the cancel set going (a refill of the queue) has run its course.
+                assert daemon.queue is not None
+                await daemon.queue.settle()
                 assert (await client.task(task["id"]))["state"] == "cancelled"
     finally:
         await daemon.stop()
@@ -385,7 +365,7 @@ async def test_a_stop_right_after_a_nodes_outcome_keeps_that_outcome(
 
     daemon = Daemon(config)
     await daemon.start()
-    assert daemon.scheduler is not None and daemon.store is not None
+    assert daemon.queue is not None and daemon.store is not None
     async with daemon.bus.subscribe(lambda e: isinstance(e, NodeStateChanged)) as events:
         async with Client(daemon.socket_path) as client:
             task = await client.submit({"task_dir": str(breast_cancer), "steps": 4})

@@ -18,8 +18,8 @@ from openai_server import FakeOpenAI
 from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.config import Config
 from mlmaster_daemon.daemon import Daemon
-from mlmaster_daemon.llm.offline_recipe import safe_baseline
-from mlmaster_daemon.llm.offline_render import render
+from mlmaster_daemon.coders.offline.recipe import safe_baseline
+from mlmaster_daemon.coders.offline.render import render
 from mlmaster_daemon.logs import configure_logging
 from mlmaster_daemon.tasks.competition import load_task
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mlmaster_daemon.llm.parse import (
+from mlmaster_daemon.coders.llm.parse import (
     JUDGE_TOOL,
     NO_CODE_CORRECTION,
     JudgeVerdict,

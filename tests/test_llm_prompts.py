@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mlmaster_daemon.llm import prompts
-from mlmaster_daemon.llm.coder import CodeRequest
+from mlmaster_daemon.coders.llm import prompts
+from mlmaster_daemon.coders.protocol import CodeRequest
 from mlmaster_daemon.models import Operator
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 

@@ -81,8 +81,8 @@ async def test_a_full_disk_pauses_the_task_until_space_returns_then_it_finishes(
                 ballast = _fill(small_disk)
 
                 async def backing_off() -> bool:
-                    assert daemon.scheduler is not None
-                    entry = daemon.scheduler.backing_off.get(task_id)
+                    assert daemon.queue is not None
+                    entry = daemon.queue.backing_off.get(task_id)
                     return entry is not None and entry[0] >= 4
 
                 await _wait(backing_off)

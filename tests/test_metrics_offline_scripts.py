@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
-from mlmaster_daemon.llm.offline_recipe import default_recipe
-from mlmaster_daemon.llm.offline_render import render
+from mlmaster_daemon.coders.offline.recipe import default_recipe
+from mlmaster_daemon.coders.offline.render import render
 from mlmaster_daemon.tasks.metrics import score
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 

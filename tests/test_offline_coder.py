@@ -16,17 +16,19 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
-from mlmaster_daemon.llm.coder import CodeRequest, CodeResponse, MemoryItem
-from mlmaster_daemon.llm.offline import OfflineCoder
-from mlmaster_daemon.llm.offline_improve import CHANGE_FIELDS
-from mlmaster_daemon.llm.offline_recipe import (
+from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
+
+from mlmaster_daemon.search.memory import MemoryItem
+from mlmaster_daemon.coders.offline.coder import OfflineCoder
+from mlmaster_daemon.coders.offline.improve import CHANGE_FIELDS
+from mlmaster_daemon.coders.offline.recipe import (
     Recipe,
     default_recipe,
     families_for,
     parse_recipe,
     parse_summary,
 )
-from mlmaster_daemon.llm.offline_render import render
+from mlmaster_daemon.coders.offline.render import render
 from mlmaster_daemon.models import Operator
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 

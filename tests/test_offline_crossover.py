@@ -17,23 +17,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlmaster_daemon.llm.coder import CodeRequest, CodeResponse
-from mlmaster_daemon.llm.offline import OfflineCoder
-from mlmaster_daemon.llm.offline_crossover import (
+from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
+from mlmaster_daemon.coders.offline.coder import OfflineCoder
+from mlmaster_daemon.coders.offline.crossover import (
     DATA_HANDLING,
     HYPERPARAMETERS,
     cross,
     regularisation,
 )
-from mlmaster_daemon.llm.offline_improve import CHANGE_FIELDS
-from mlmaster_daemon.llm.offline_recipe import (
+from mlmaster_daemon.coders.offline.improve import CHANGE_FIELDS
+from mlmaster_daemon.coders.offline.recipe import (
     Recipe,
     default_recipe,
     families_for,
     parse_recipe,
     parse_summary,
 )
-from mlmaster_daemon.llm.offline_render import render
+from mlmaster_daemon.coders.offline.render import render
 from mlmaster_daemon.models import Operator
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example

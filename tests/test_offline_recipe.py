@@ -10,10 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlmaster_daemon.llm.coder import CodeRequest, MemoryItem
-from mlmaster_daemon.llm.offline import OfflineCoder
-from mlmaster_daemon.llm.offline_improve import CHANGE_FIELDS, applicable_changes
-from mlmaster_daemon.llm.offline_recipe import (
+from mlmaster_daemon.coders.protocol import CodeRequest
+
+from mlmaster_daemon.search.memory import MemoryItem
+from mlmaster_daemon.coders.offline.coder import OfflineCoder
+from mlmaster_daemon.coders.offline.improve import CHANGE_FIELDS, applicable_changes
+from mlmaster_daemon.coders.offline.recipe import (
     ALL_FAMILIES,
     HEADER_PREFIX,
     Recipe,
@@ -25,7 +27,7 @@ from mlmaster_daemon.llm.offline_recipe import (
     safe_baseline,
     summary_family,
 )
-from mlmaster_daemon.llm.offline_render import render
+from mlmaster_daemon.coders.offline.render import render
 from mlmaster_daemon.models import Operator
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 

@@ -11,7 +11,7 @@ from conftest import daemon_config, wait_terminal
 
 from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.daemon import Daemon
-from mlmaster_daemon.search.tokens import TiktokenCounter
+from mlmaster_daemon.tokenizer import TiktokenCounter
 
 BUDGET = 60
 

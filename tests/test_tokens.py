@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlmaster_daemon.search import tokens
-from mlmaster_daemon.search.tokens import TiktokenCounter, TokenCounter, TokenizerUnavailable
+from mlmaster_daemon.search.tokens import TokenCounter
+from mlmaster_daemon.tokenizer import TiktokenCounter, TokenizerUnavailable
 
 COUNTER = TiktokenCounter()
 

@@ -23,7 +23,7 @@ from mlmaster_daemon.config import Config
 from mlmaster_daemon.daemon import Daemon
 from mlmaster_daemon.errors import DaemonUnreachable
 from mlmaster_daemon.models import NodeState, Operator, TaskState
-from mlmaster_daemon.scheduler import new_task_id
+from mlmaster_daemon.models import new_task_id
 from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
 from mlmaster_daemon.store.backup import make_backup
 from mlmaster_daemon.store.evidence import find_gaps, read_disk
@@ -31,14 +31,14 @@ from mlmaster_daemon.store.lost import LostWork
 from mlmaster_daemon.tasks.competition import load_task
 
 
-class Scheduler:
+class StateWriter:
     """Writes a state dir as the scheduler does: each folder or proof only after its commit."""
 
     def __init__(self, state: Path, store: Store, breast_cancer: Path):
         self.state, self.store, self.task_dir = state, store, breast_cancer
 
     @classmethod
-    async def open(cls, state: Path, breast_cancer: Path) -> Scheduler:
+    async def open(cls, state: Path, breast_cancer: Path) -> StateWriter:
         return cls(state, await Store.open(state / "mlmaster.db"), breast_cancer)
 
     async def task(self, steps: int) -> str:
@@ -95,12 +95,12 @@ async def _old_database_and_a_lost_wal(short_dir: Path, breast_cancer: Path,
     """Task one with node 1 checkpointed into the database file; then, only in the -wal, its
     node 2 (better) and a whole second task; a full backup is taken; the -wal is lost."""
     live = short_dir / "live"
-    run = await Scheduler.open(live, breast_cancer)
+    run = await StateWriter.open(live, breast_cancer)
     first = await run.task(steps=2)
     await run.node(first, 1)
     await run.finish(first, 1, 0.7, finished=1, best=True)
     await run.store.close()  # a clean stop: the database file holds all of this
-    run = await Scheduler.open(live, breast_cancer)
+    run = await StateWriter.open(live, breast_cancer)
     try:
         await run.node(first, 2)
         await run.finish(first, 2, 0.9, finished=2, best=True)
@@ -159,13 +159,13 @@ async def _finished_nodes_and_a_cut_wal(short_dir: Path, breast_cancer: Path,
     done (0.8), then node 3 done (0.9) and best/ holding it; the -wal is cut inside node 3's
     commit, which SQLite then silently drops."""
     live = short_dir / "live"
-    run = await Scheduler.open(live, breast_cancer)
+    run = await StateWriter.open(live, breast_cancer)
     task = await run.task(steps=3)
     for node_id in (1, 2, 3):
         await run.node(task, node_id)
     await run.finish(task, 1, 0.7, finished=1, best=True)
     await run.store.close()
-    run = await Scheduler.open(live, breast_cancer)
+    run = await StateWriter.open(live, breast_cancer)
     try:
         await run.finish(task, 2, 0.8, finished=2, best=True)
         cut = run.wal_size() + 1000
@@ -228,7 +228,7 @@ async def test_proofs_that_are_links_too_big_or_not_json_prove_nothing(
     config: Config, short_dir: Path, breast_cancer: Path,
 ) -> None:
     state = config.state_dir()
-    run = await Scheduler.open(state, breast_cancer)
+    run = await StateWriter.open(state, breast_cancer)
     try:
         task = await run.task(steps=1)
         await run.node(task, 1)

@@ -35,16 +35,16 @@ from mlmaster_daemon.api.folders import Placement, check_task_folder, check_task
 from mlmaster_daemon.api.job_peers import job_refusal, peer_job_reason
 from mlmaster_daemon.api.openapi import openapi_json
 from mlmaster_daemon.api.schemas import SubmitRequest, is_node_id, is_task_id
-from mlmaster_daemon.artefacts import best_dir, node_dir, task_root
+from mlmaster_daemon.artefacts import best_dir, node_dir, task_root, top_submissions
 from mlmaster_daemon.bus import Event, EventBus
-from mlmaster_daemon.config import Config
+from mlmaster_daemon.config import Config, Settings
 from mlmaster_daemon.errors import Forbidden, InvalidRequest, MlmasterError
 from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.faults import describe, is_storage_fault
 from mlmaster_daemon.logs import get_logger
-from mlmaster_daemon.models import TaskState
-from mlmaster_daemon.policies import check_policy
-from mlmaster_daemon.scheduler import Scheduler, new_task_id
+from mlmaster_daemon.models import TaskState, new_task_id
+from mlmaster_daemon.policy_config import check_policy
+from mlmaster_daemon.scheduler import TaskQueue
 from mlmaster_daemon.store import Store, TaskRecord
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.spec import TaskOverrides
@@ -58,12 +58,17 @@ STREAM_POLL_S = 1.0
 class Services:
     store: Store
     bus: EventBus
-    scheduler: Scheduler
-    config: Config
+    queue: TaskQueue
+    settings: Settings
     state_dir: Path
     started_at: float
     llm_status: Callable[[], list[dict[str, Any]]] = lambda: []
     slots_status: Callable[[], dict[str, Any]] = lambda: {}
+
+    @property
+    def config(self) -> Config:
+        """The daemon's live config (a reload swaps it in `settings`)."""
+        return self.settings.config
 
 
 SERVICES = web.AppKey("services", Services)
@@ -178,7 +183,7 @@ def _describe(err: ValidationError) -> str:
 async def task_view(services: Services, task: TaskRecord) -> dict[str, Any]:
     total, done = await services.store.node_counts(task.id)
     state, error = task.state.value, task.error
-    fault = services.scheduler.backing_off.get(task.id)
+    fault = services.queue.backing_off.get(task.id)
     if fault is not None and not task.state.terminal:
         # Paused on a fault the store may not even be able to record (a full disk).
         state, error = TaskState.PAUSED.value, fault[1]
@@ -189,7 +194,9 @@ async def task_view(services: Services, task: TaskRecord) -> dict[str, Any]:
             "metric": task.best_metric,
             "submission_path": str(best_dir(services.state_dir, task.id) / "submission.csv"),
         }
-    top = await asyncio.to_thread(_top_submissions, task_root(services.state_dir, task.id))
+    top = [{"rank": kept.rank, "node_id": kept.node_id, "submission_path": str(kept.submission)}
+           for kept in await asyncio.to_thread(
+               top_submissions, task_root(services.state_dir, task.id))]
     usage = await services.store.usage(task.id)
     return {
         "id": task.id,
@@ -217,26 +224,13 @@ async def task_view(services: Services, task: TaskRecord) -> dict[str, Any]:
     }
 
 
-def _top_submissions(root: Path) -> list[dict[str, Any]]:
-    """The top-k submissions kept at the end of a task (empty unless keep_top_k > 1)."""
-    top = root / "top"
-    if not top.is_dir():
-        return []
-    entries = []
-    for entry in sorted(top.iterdir(), key=lambda p: int(p.name.split("-")[0])):
-        rank, _, node = entry.name.partition("-node")
-        entries.append({"rank": int(rank), "node_id": int(node),
-                        "submission_path": str(entry / "submission.csv")})
-    return entries
-
-
 async def health(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     return web.json_response({
         "status": "ok",
         "version": __version__,
         "uptime_s": round(time.time() - services.started_at, 3),
-        "tasks_running": len(services.scheduler.runners),
+        "tasks_running": len(services.queue.searches),
         "llm": services.llm_status(),
     })
 
@@ -277,7 +271,7 @@ async def submit_task(request: web.Request) -> web.Response:
                        else services.config.llm.max_task_cost),
         submitter_uid=peer.uid, submitter=peer.name,
     )
-    await services.scheduler.submit(task)
+    await services.queue.submit(task)
     fresh = await services.store.get_task(task.id)
     return web.json_response(await task_view(services, fresh), status=201)
 
@@ -309,7 +303,7 @@ async def cancel_task(request: web.Request) -> web.Response:
                                    own_uid):
         submitter = (task.submitter or str(task.submitter_uid)) + f" (uid {task.submitter_uid})"
         raise await asyncio.to_thread(cancel_refusal, task_id, submitter, daemon, own_uid)
-    task = await services.scheduler.cancel(task_id)
+    task = await services.queue.cancel(task_id)
     return web.json_response(await task_view(services, task))
 
 

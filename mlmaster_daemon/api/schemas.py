@@ -20,7 +20,7 @@ from pydantic import (
     StrictStr,
 )
 
-# The form scheduler.new_task_id() gives: "t" and 11 lowercase hex digits.
+# The form models.new_task_id() gives: "t" and 11 lowercase hex digits.
 TASK_ID_PATTERN = r"^t[0-9a-f]{11}$"
 # Node ids are positive integers; nine digits keep them far inside SQLite's INTEGER.
 NODE_ID_PATTERN = r"^[0-9]{1,9}$"

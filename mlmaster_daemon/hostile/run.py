@@ -20,18 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mlmaster_daemon.api.client import ApiError, Client
-from mlmaster_daemon.chaos import (
-    FINISHED,
-    TERMINAL_TASK,
-    ChaosSettings,
-    DaemonProcess,
-    NodeKey,
-    NodeRow,
-    check_best,
-    check_submission,
-    read_tasks,
-    stray_processes,
-)
+from mlmaster_daemon.coders.offline.recipe import safe_baseline
+from mlmaster_daemon.coders.offline.render import render
 from mlmaster_daemon.errors import DaemonUnreachable
 from mlmaster_daemon.hostile.attacks import ATTACKS, ATTACKS_BY_NAME, Attack, Targets
 from mlmaster_daemon.hostile.checks import (
@@ -47,10 +37,20 @@ from mlmaster_daemon.hostile.model import ATTACKER, VICTIM, InjectedModel, plan_
 from mlmaster_daemon.hostile.report import AttackOutcome, HostileReport
 from mlmaster_daemon.hostile.settings import FAULTS, MIB, STUCK_S, HostileSettings
 from mlmaster_daemon.hostile.watched import WatchedDaemon, drop_file_override
-from mlmaster_daemon.llm.offline_recipe import safe_baseline
-from mlmaster_daemon.llm.offline_render import render
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example
+from tools.chaos import (
+    FINISHED,
+    TERMINAL_TASK,
+    ChaosSettings,
+    DaemonProcess,
+    NodeKey,
+    NodeRow,
+    check_best,
+    check_submission,
+    read_tasks,
+    stray_processes,
+)
 
 
 def say(line: str) -> None:

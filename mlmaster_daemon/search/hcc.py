@@ -12,11 +12,10 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from mlmaster_daemon.models import Operator
 from mlmaster_daemon.search.memory import (
-    DEFAULT_BUDGET,
     MemoryEntry,
     best_first,
     format_entry,
@@ -26,7 +25,7 @@ from mlmaster_daemon.search.memory import (
     render_sections,
     scope,
 )
-from mlmaster_daemon.search.tokens import TiktokenCounter, TokenCounter
+from mlmaster_daemon.search.tokens import TokenCounter
 from mlmaster_daemon.search.tree import Tree
 
 
@@ -94,8 +93,19 @@ class StagnationDetector:
         return detector
 
 
+class _FlatState:
+    """Saving and restoring for a dataclass whose fields are all JSON values: a dict by name."""
+
+    def to_state(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_state(cls, raw: Mapping[str, Any]) -> Self:
+        return cls(**raw)
+
+
 @dataclass(frozen=True)
-class L2Summary:
+class L2Summary(_FlatState):
     """One closed phase: its summary text and what its nodes achieved."""
 
     phase: int
@@ -106,16 +116,9 @@ class L2Summary:
     n_worked: int
     n_failed: int
 
-    def to_state(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_state(cls, raw: Mapping[str, Any]) -> L2Summary:
-        return cls(**raw)
-
 
 @dataclass(frozen=True)
-class TaskProfile:
+class TaskProfile(_FlatState):
     """What a task looks like, for matching lessons across tasks."""
 
     modality: str
@@ -130,18 +133,6 @@ class TaskProfile:
         """A profile with names lower-cased and trimmed and counts clamped at 0."""
         return cls(modality.strip().lower(), metric.strip().lower(), is_classification,
                    max(0, n_rows), max(0, n_features))
-
-    @property
-    def size_bucket(self) -> int:
-        """The decimal order of magnitude of the row count (0 below 10 rows)."""
-        return int(math.log10(self.n_rows)) if self.n_rows >= 1 else 0
-
-    def to_state(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_state(cls, raw: Mapping[str, Any]) -> TaskProfile:
-        return cls(**raw)
 
 
 @dataclass(frozen=True)
@@ -307,11 +298,6 @@ class HierarchicalCache:
         """The current phase's traces in completion order."""
         return list(self._l1.values())
 
-    @property
-    def plan_revision(self) -> str:
-        """The tactical plan for the current phase: the last closed phase's summary ("" in 0)."""
-        return self.l2[-1].text if self.l2 else ""
-
     def prefetch(self, lessons: Sequence[Lesson], profile: TaskProfile | None = None,
                  k: int = 5) -> list[Lesson]:
         """Load L3 at task start: the `k` lessons that `retrieve` ranks best for `profile`
@@ -358,7 +344,7 @@ class HierarchicalCache:
         return summary
 
     def context(self, operator: Operator, parent_ids: Sequence[int], tree: Tree,
-                budget_tokens: int = DEFAULT_BUDGET, counter: TokenCounter | None = None) -> str:
+                budget_tokens: int, counter: TokenCounter) -> str:
         """The memory section for one prompt, never over `budget_tokens` by `counter`.
 
         In priority (and display) order: L1 entries scoped for `operator` as in memory.scope,
@@ -373,7 +359,7 @@ class HierarchicalCache:
         return render_sections([("## Recent attempts (this phase)", l1),
                                 ("## Earlier phases", l2),
                                 ("## Lessons from similar tasks", l3)],
-                               budget_tokens, counter or TiktokenCounter())
+                               budget_tokens, counter)
 
     def promote_task(self, profile: TaskProfile) -> list[Lesson]:
         """At task end: close the open phase, then distil L2 into L3 lessons for `profile`.

@@ -1,4 +1,5 @@
-"""Selectively scoped memory: what earlier attempts taught, captured, bounded, scoped, rendered.
+"""Selectively scoped memory: what earlier attempts taught, as entries scoped per operator and
+rendered within a token budget (the hierarchical cache in `hcc.py` holds them).
 
 Follows ML-Master's per-operator scoping (draft sees sibling drafts, improve sees the parent and
 its other children) and AIRA's ancestral memory for debug. Entries hold plan/summary text and
@@ -10,16 +11,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from mlmaster_daemon.llm.coder import MemoryItem
 from mlmaster_daemon.models import Operator
-from mlmaster_daemon.search.tokens import TiktokenCounter, TokenCounter
+from mlmaster_daemon.search.tokens import TokenCounter
 from mlmaster_daemon.search.tree import ROOT, Tree
 
-DEFAULT_BUDGET = 4096
-DEFAULT_HEADER = "## Memory: what earlier attempts taught"
 # A truncated entry shorter than this says too little to be worth its tokens.
 MIN_FRAGMENT_TOKENS = 12
 ELLIPSIS = "…"
@@ -28,7 +26,18 @@ _PATH = re.compile(r"(?:[a-z]:)?[\w.~-]*(?:[/\\][\w.~<>-]+)+")
 _HEX = re.compile(r"0x[0-9a-f]+")
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 _SPACE = re.compile(r"\s+")
-_EXCEPTION = re.compile(r"\b\w+(?:error|exception|warning|interrupt)\b")
+
+
+@dataclass(frozen=True)
+class MemoryItem:
+    """What one earlier attempt taught, as a coder sees it: its plan summary and outcome, never
+    its code."""
+
+    node_id: int
+    operator: Operator
+    summary: str
+    metric: float | None
+    buggy: bool
 
 
 def normalise(text: str) -> str:
@@ -67,10 +76,6 @@ class MemoryEntry:
     def worked(self) -> bool:
         return not self.buggy and self.metric is not None
 
-    def as_item(self) -> MemoryItem:
-        """The coder's view of this entry."""
-        return MemoryItem(self.node_id, self.operator, self.summary, self.metric, self.buggy)
-
     def to_state(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "operator": self.operator.value,
                 "parent_ids": list(self.parent_ids), "summary": self.summary,
@@ -96,109 +101,6 @@ def best_first(entry: MemoryEntry, lower_is_better: bool) -> float:
     if entry.metric is None or entry.buggy:
         return math.inf
     return entry.metric if lower_is_better else -entry.metric
-
-
-def entry_value(entry: MemoryEntry, lower_is_better: bool) -> float:
-    """The eviction score in [0, 1]; higher is kept longer.
-
-    A first working node (no parent metric) scores 1. Another working node scores its relative
-    change vs its parent, |delta| / max(|parent|, |metric|), times 10, capped at 1 (a 10%
-    change saturates), halved when it made things worse. A failure scores 0.4 when its cause
-    names an exception type and 0.25 otherwise.
-    """
-    if entry.worked and entry.metric is not None:
-        if entry.parent_metric is None:
-            return 1.0
-        delta = improved(entry.metric, entry.parent_metric, lower_is_better)
-        scale = max(abs(entry.parent_metric), abs(entry.metric), 1e-12)
-        value = min(1.0, 10.0 * abs(delta) / scale)
-        return value if delta >= 0 else value / 2
-    cause = normalise(entry.error or "")
-    return 0.4 if _EXCEPTION.search(cause) else 0.25
-
-
-class Memory:
-    """One task's captured insights, at most `cap` of them.
-
-    `min_delta` is the smallest absolute metric change vs the parent that counts as an insight.
-    """
-
-    def __init__(self, cap: int = 50, min_delta: float = 1e-4) -> None:
-        if cap < 1:
-            raise ValueError("cap must be at least 1")
-        self.cap = cap
-        self.min_delta = min_delta
-        self._entries: dict[int, MemoryEntry] = {}
-        self._values: dict[int, float] = {}
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, node_id: object) -> bool:
-        return node_id in self._entries
-
-    @property
-    def entries(self) -> list[MemoryEntry]:
-        """Kept entries, oldest first."""
-        return sorted(self._entries.values(), key=lambda e: (e.created, e.node_id))
-
-    def get(self, node_id: int) -> MemoryEntry | None:
-        return self._entries.get(node_id)
-
-    def value(self, node_id: int) -> float:
-        return self._values[node_id]
-
-    def capture(self, entry: MemoryEntry, parent_metric: float | None,
-                lower_is_better: bool) -> bool:
-        """Keep `entry` if it is an insight; returns whether it is kept.
-
-        Kept: a working node whose metric moved by at least `min_delta` from `parent_metric`
-        (either way), or a working node with no parent metric (a first working draft, a fix);
-        a buggy node whose non-empty failure cause is new (by normalised text).
-        Dropped: anything else, a node already held, and a working node whose non-empty
-        normalised summary matches a kept working entry. Above `cap`, the lowest `entry_value`
-        is evicted (oldest first on ties), which may be the new entry itself.
-        """
-        if entry.node_id in self._entries:
-            return False
-        entry = replace(entry, parent_metric=parent_metric)
-        kept = self._entries.values()
-        if entry.worked and entry.metric is not None:
-            if parent_metric is not None and abs(entry.metric - parent_metric) < self.min_delta:
-                return False
-            summary = normalise(entry.summary)
-            if summary and any(e.worked and normalise(e.summary) == summary for e in kept):
-                return False
-        else:
-            cause = normalise(entry.error or "")
-            if not cause or any(not e.worked and normalise(e.error or "") == cause for e in kept):
-                return False
-        self._entries[entry.node_id] = entry
-        self._values[entry.node_id] = entry_value(entry, lower_is_better)
-        while len(self._entries) > self.cap:
-            victim = min(self._entries.values(),
-                         key=lambda e: (self._values[e.node_id], e.created, e.node_id))
-            del self._entries[victim.node_id], self._values[victim.node_id]
-        return entry.node_id in self._entries
-
-    def scoped(self, operator: Operator, parent_ids: Sequence[int],
-               tree: Tree) -> list[MemoryEntry]:
-        """This operator's view of memory, most relevant first (see `scope`)."""
-        return scope(self._entries, operator, parent_ids, tree)
-
-    def to_state(self) -> dict[str, Any]:
-        return {"cap": self.cap, "min_delta": self.min_delta,
-                "entries": [e.to_state() for e in self.entries],
-                "values": [self._values[e.node_id] for e in self.entries]}
-
-    @classmethod
-    def from_state(cls, raw: Mapping[str, Any]) -> Memory:
-        memory = cls(int(raw["cap"]), float(raw["min_delta"]))
-        for state, value in zip(raw["entries"], raw["values"], strict=True):
-            entry = MemoryEntry.from_state(state)
-            memory._entries[entry.node_id] = entry
-            memory._values[entry.node_id] = float(value)
-        return memory
 
 
 def _working_then_newest(entries: Iterable[MemoryEntry]) -> list[MemoryEntry]:
@@ -300,15 +202,3 @@ def _cut_to_fit(blocks: list[tuple[str, list[str]]], header: str, opened: bool, 
         room -= over
     return None
 
-
-def render(entries: Sequence[MemoryEntry], budget_tokens: int = DEFAULT_BUDGET,
-           counter: TokenCounter | None = None, header: str = DEFAULT_HEADER) -> str:
-    """A markdown memory section in the given order (pass `scoped` output: most relevant first).
-
-    Its token count by `counter` (cl100k offline by default) never exceeds `budget_tokens`;
-    whole entries that do not fit are dropped and the last may be cut; "" when none fits.
-    """
-    if not entries or budget_tokens <= 0:
-        return ""
-    return render_sections([(header, [format_entry(e) for e in entries])], budget_tokens,
-                           counter or TiktokenCounter())

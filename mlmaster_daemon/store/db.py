@@ -17,9 +17,8 @@ from typing import Any
 import aiosqlite
 
 from mlmaster_daemon.errors import NodeNotFound, TaskNotFound
-from mlmaster_daemon.llm.coder import CallRecord
 from mlmaster_daemon.logs import get_logger
-from mlmaster_daemon.models import NodeState, Operator, TaskState
+from mlmaster_daemon.models import CallRecord, NodeState, Operator, TaskState
 from mlmaster_daemon.redact import redact, redact_value
 from mlmaster_daemon.store.migrations import migrate
 from mlmaster_daemon.store.records import NodeRecord, TaskRecord

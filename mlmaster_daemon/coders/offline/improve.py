@@ -7,7 +7,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from mlmaster_daemon.llm.offline_recipe import (
+from mlmaster_daemon.coders.offline.recipe import (
     BOOSTERS,
     MAX_ESTIMATORS,
     NAN_TOLERANT,

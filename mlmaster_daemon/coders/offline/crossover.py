@@ -28,9 +28,8 @@ import random
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 
-from mlmaster_daemon.llm.coder import CodeResponse
-from mlmaster_daemon.llm.offline_improve import applicable_changes, apply_change, choose_change
-from mlmaster_daemon.llm.offline_recipe import (
+from mlmaster_daemon.coders.offline.improve import applicable_changes, apply_change, choose_change
+from mlmaster_daemon.coders.offline.recipe import (
     BOOSTERS,
     NAN_TOLERANT,
     SCALE_SENSITIVE,
@@ -38,7 +37,8 @@ from mlmaster_daemon.llm.offline_recipe import (
     format_summary,
     safe_baseline,
 )
-from mlmaster_daemon.llm.offline_render import render
+from mlmaster_daemon.coders.offline.render import render
+from mlmaster_daemon.coders.protocol import CodeResponse
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 HYPERPARAMETERS = frozenset(

@@ -6,30 +6,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mlmaster_daemon.config import LlmConfig
-from mlmaster_daemon.llm.coder import (
-    CallRecord,
-    CodeRequest,
-    CodeResponse,
-    LlmError,
-    NoCodeInAnswer,
-)
-from mlmaster_daemon.llm.endpoint import Endpoint, Reply
-from mlmaster_daemon.llm.parse import (
+from mlmaster_daemon.coders.llm.endpoint import Endpoint, Reply
+from mlmaster_daemon.coders.llm.parse import (
     JUDGE_TOOL,
     NO_CODE_CORRECTION,
-    JudgeVerdict,
     parse_code_response,
     parse_judge_arguments,
     parse_judge_text,
 )
-from mlmaster_daemon.llm.prompts import (
+from mlmaster_daemon.coders.llm.prompts import (
     completion_prompt,
     judge_messages,
     operator_messages,
     summary_messages,
 )
+from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse, JudgeVerdict
+from mlmaster_daemon.config import Settings
+from mlmaster_daemon.errors import LlmError, NoCodeInAnswer
 from mlmaster_daemon.logs import get_logger
+from mlmaster_daemon.models import CallRecord
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 log = get_logger("mlmaster.llm")
@@ -45,12 +40,24 @@ def _summary(plan: str) -> str:
 
 
 class LlmCoder:
-    def __init__(self, code: Endpoint, config: LlmConfig, feedback: Endpoint | None = None,
+    """A `Coder` and a `Reviewer`. `settings` is the daemon's one config holder: a reload's
+    `[llm]` values (retries, hardware line) apply from the next call."""
+
+    def __init__(self, code: Endpoint, settings: Settings, feedback: Endpoint | None = None,
                  hardware: str = "CPU only"):
         self.code = code
         self.feedback = feedback
-        self.config = config
-        self.hardware = config.hardware or hardware
+        self.settings = settings
+        # What the daemon found (its slots); `[llm] hardware`, when set, wins.
+        self.detected_hardware = hardware
+
+    @property
+    def hardware(self) -> str:
+        return self.settings.config.llm.hardware or self.detected_hardware
+
+    @property
+    def judges(self) -> bool:
+        return self.feedback is not None
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -71,7 +78,7 @@ class LlmCoder:
         messages = operator_messages(request, self.hardware) if chat else []
         prompt = "" if chat else completion_prompt(request, self.hardware,
                                                    self.code.cfg.chat_template)
-        for attempt in range(self.config.no_code_retries + 1):
+        for attempt in range(self.settings.config.llm.no_code_retries + 1):
             reply = await (self.code.chat(messages) if chat else self.code.complete(prompt))
             calls.append(reply.record)
             parsed = parse_code_response(reply.content, reply.reasoning or None)

@@ -5,6 +5,8 @@ Transient faults (429 honouring Retry-After, 5xx, connection errors, timeouts, c
 malformed bodies) are retried up to `max_retries`; when they persist the call raises
 `EndpointUnavailable` and the breaker counts it. Other 4xx answers raise `LlmError` at once:
 retrying cannot fix them. The API key lives only in the client object; it is never logged.
+Waits (backoff, rate limits, breaker cooldown) go through the injected `sleep` and are measured
+on the injected `clock`.
 """
 
 from __future__ import annotations
@@ -21,13 +23,19 @@ from typing import Any
 import httpx2
 import openai
 
+from mlmaster_daemon.coders.llm.limits import (
+    BreakerState,
+    CircuitBreaker,
+    Clock,
+    Sleep,
+    TokenBucket,
+)
 from mlmaster_daemon.config import EndpointConfig
-from mlmaster_daemon.errors import ConfigError
-from mlmaster_daemon.llm.coder import CallRecord, EndpointUnavailable, LlmError
-from mlmaster_daemon.llm.limits import BreakerState, CircuitBreaker, TokenBucket
+from mlmaster_daemon.errors import ConfigError, EndpointUnavailable, LlmError
 from mlmaster_daemon.logs import get_logger
+from mlmaster_daemon.models import CallRecord
 from mlmaster_daemon.redact import redact, redact_value, register_secret
-from mlmaster_daemon.search.tokens import TiktokenCounter
+from mlmaster_daemon.tokenizer import TiktokenCounter
 
 log = get_logger("mlmaster.llm")
 MAX_KEY_CHARS = 4096
@@ -83,16 +91,19 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
 
 class Endpoint:
     def __init__(self, role: str, cfg: EndpointConfig, api_key: str | None,
-                 clock: Callable[[], float] = time.monotonic, seed: int | None = None):
+                 clock: Clock = time.monotonic, seed: int | None = None, *,
+                 sleep: Sleep = asyncio.sleep):
         self.role = role
         self.cfg = cfg
+        self._clock = clock
+        self._sleep = sleep
         self.client = openai.AsyncOpenAI(
             api_key=api_key or "EMPTY", base_url=cfg.base_url, max_retries=0,
             timeout=openai.Timeout(cfg.timeout_s, connect=cfg.connect_timeout_s),
         )
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
-        self._requests = TokenBucket(cfg.requests_per_minute, clock)
-        self._tokens = TokenBucket(cfg.tokens_per_minute, clock)
+        self._requests = TokenBucket(cfg.requests_per_minute, clock, sleep)
+        self._tokens = TokenBucket(cfg.tokens_per_minute, clock, sleep)
         self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s, clock)
         self._probe_lock = asyncio.Lock()
         self._rng = random.Random(seed)
@@ -190,7 +201,7 @@ class Endpoint:
                     prompt_text: str) -> Reply:
         estimate = self._counter.count(prompt_text) + self.cfg.max_tokens
         attempts = 0
-        started = time.monotonic()
+        started = self._clock()
         while True:
             attempts += 1
             delay = min(self.cfg.backoff_s * 2 ** (attempts - 1), self.cfg.backoff_max_s)
@@ -219,7 +230,7 @@ class Endpoint:
             if attempts > self.cfg.max_retries:
                 self.breaker.record_failure(error)
                 raise EndpointUnavailable(f"{self.label} failed {attempts} times; last: {error}")
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
 
     def _record(self, prompt_text: str, content: str, reasoning: str, usage: Any,
                 started: float, attempts: int) -> CallRecord:
@@ -239,7 +250,7 @@ class Endpoint:
                 + completion_tokens * self.cfg.price_completion) / 1e6
         return CallRecord(self.role, self.cfg.model, self.cfg.base_url, prompt_tokens,
                           completion_tokens, reasoning_tokens,
-                          round(time.monotonic() - started, 4), cost, attempts, content,
+                          round(self._clock() - started, 4), cost, attempts, content,
                           reasoning)
 
     async def probe(self) -> str | None:
@@ -264,7 +275,7 @@ class Endpoint:
             async with self._probe_lock:
                 if self.available:
                     return
-                await asyncio.sleep(self.breaker.seconds_until_probe())
+                await self._sleep(self.breaker.seconds_until_probe())
                 error = await self.probe()
                 if error is None:
                     self.breaker.record_success()

@@ -8,8 +8,8 @@ metric, and keeps scratch files under `./working/`.
 
 from __future__ import annotations
 
-from mlmaster_daemon.llm.offline_recipe import Recipe, default_recipe, normalise_family
-from mlmaster_daemon.llm.offline_script import (
+from mlmaster_daemon.coders.offline.recipe import Recipe, default_recipe, normalise_family
+from mlmaster_daemon.coders.offline.script import (
     EVALUATE,
     FEATURES,
     HOLDOUT,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from mlmaster_daemon.llm.offline_recipe import MIN_ESTIMATORS, Recipe, safe_baseline
+from mlmaster_daemon.coders.offline.recipe import MIN_ESTIMATORS, Recipe, safe_baseline
 
 _MISSING_MODULE = re.compile(r"No module named '?([A-Za-z0-9_\.]+)'?")
 _NAN = re.compile(r"contains NaN|does not accept missing values|Input contains (NaN|infinity)")

@@ -12,11 +12,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
-from mlmaster_daemon.llm.coder import CodeRequest, CodeResponse, MemoryItem
-from mlmaster_daemon.llm.offline_crossover import crossover_response
-from mlmaster_daemon.llm.offline_debug import baseline_repair, diagnose, repair
-from mlmaster_daemon.llm.offline_improve import apply_change, choose_change
-from mlmaster_daemon.llm.offline_recipe import (
+from mlmaster_daemon.coders.offline.crossover import crossover_response
+from mlmaster_daemon.coders.offline.debug import baseline_repair, diagnose, repair
+from mlmaster_daemon.coders.offline.improve import apply_change, choose_change
+from mlmaster_daemon.coders.offline.recipe import (
     Recipe,
     default_recipe,
     families_for,
@@ -26,8 +25,10 @@ from mlmaster_daemon.llm.offline_recipe import (
     parse_summary,
     summary_family,
 )
-from mlmaster_daemon.llm.offline_render import render
+from mlmaster_daemon.coders.offline.render import render
+from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
 from mlmaster_daemon.models import Operator
+from mlmaster_daemon.search.memory import MemoryItem
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 __all__ = ["OfflineCoder", "Recipe", "parse_recipe", "render"]

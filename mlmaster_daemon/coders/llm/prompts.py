@@ -25,7 +25,7 @@ from importlib import resources
 from string import Template
 from typing import Final
 
-from mlmaster_daemon.llm.coder import CodeRequest
+from mlmaster_daemon.coders.protocol import CodeRequest
 from mlmaster_daemon.models import Operator
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 
@@ -42,7 +42,7 @@ SEED_OUTPUT_CHARS: Final = 1_500
 SEED_ERROR_CHARS: Final = 1_000
 SEED_OUTLINE_LINES: Final = 30
 
-_PACKAGE: Final = "mlmaster_daemon.llm"
+_PACKAGE: Final = "mlmaster_daemon.coders.llm"
 _METRIC_NAMES: Final = {
     Metric.ACCURACY: "accuracy",
     Metric.ROC_AUC: "ROC AUC",

@@ -14,6 +14,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Final
 
+from mlmaster_daemon.coders.protocol import JudgeVerdict
+
 THINK_OPEN: Final = "<think>"
 THINK_CLOSE: Final = "</think>"
 
@@ -180,15 +182,6 @@ def parse_code_response(content: str, reasoning_content: str | None = None) -> P
     visible, reasoning = split_reasoning(content, reasoning_content)
     plan, code = extract_code(visible)
     return ParsedCode(plan=plan, code=code, reasoning=reasoning)
-
-
-@dataclass(frozen=True)
-class JudgeVerdict:
-    """The judge's reading of one run. It never carries a metric: the harness measures that."""
-
-    is_bug: bool
-    analysis: str
-    summary: str
 
 
 JUDGE_TOOL: Final[dict[str, Any]] = {

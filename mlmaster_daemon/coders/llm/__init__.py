@@ -1,0 +1,1 @@
+"""The model-backed coder: OpenAI-compatible endpoints, prompts, answer parsing, limits."""

@@ -1,0 +1,1 @@
+"""The built-in AutoML coder: real scikit-learn/LightGBM scripts, no model needed."""

@@ -1,0 +1,80 @@
+"""A task's start: continue from the search state committed with its last outcome, and put
+`best/` right (a crash between an outcome and the copy of its files can leave it behind)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mlmaster_daemon.artefacts import best_dir, best_node_id, has_submission
+from mlmaster_daemon.execution.workspace import Workspace
+from mlmaster_daemon.logs import get_logger
+from mlmaster_daemon.models import NodeState
+from mlmaster_daemon.policy_config import restore_policy
+from mlmaster_daemon.scheduler.search_state import SearchState
+from mlmaster_daemon.search.policy import Pick
+from mlmaster_daemon.store.records import NodeRecord
+
+log = get_logger("mlmaster.scheduler")
+
+
+async def restore(state: SearchState, nodes: list[NodeRecord]) -> list[tuple[NodeRecord, Pick]]:
+    """The policy, open picks and memory as saved; returns the nodes whose code was paid for
+    before the stop, to run now without asking again. Other picks that were open then are
+    undone (their nodes were marked interrupted at start-up)."""
+    parts, task = state.parts, state.task
+    saved = await parts.store.search_state(task.id)
+    resume: list[tuple[NodeRecord, Pick]] = []
+    if saved is not None:
+        state.policy = restore_policy(task.policy, parts.settings.config.search,
+                                      saved["policy"])
+        by_id = {n.id: n for n in nodes}
+        for key, raw in saved["inflight"].items():
+            pick, node = Pick.from_state(raw), by_id.get(int(key))
+            if node is not None and node.state is NodeState.READY and node.code:
+                state.open_picks[node.id] = pick
+                resume.append((node, pick))
+            else:
+                state.policy.abort(int(key), pick)
+    state.memory.restore(saved["memory"] if saved is not None else None, nodes)
+    known = {node.id for node, _pick in resume}
+    for node in nodes:
+        if node.state is NodeState.READY and node.id not in known:
+            # Ready but unknown to the saved search state: cannot be placed in the tree.
+            await parts.store.update_node(task.id, node.id, state=NodeState.FAILED,
+                                          error="interrupted before it could run",
+                                          finished_at=state.now())
+    return resume
+
+
+def ranked(nodes: list[NodeRecord], lower_is_better: bool) -> list[NodeRecord]:
+    """The working nodes, best first (the earlier of equal metrics first)."""
+    sign = 1.0 if lower_is_better else -1.0
+    done = [n for n in nodes if n.state is NodeState.DONE and n.metric is not None]
+    return sorted(done, key=lambda n: (sign * (n.metric or 0.0), n.id))
+
+
+async def repair_best(state: SearchState, nodes: list[NodeRecord]) -> None:
+    """best/ is derived from the finished nodes: each start makes it hold the best node whose
+    submission is still there."""
+    task = state.task
+    done = ranked(nodes, task.spec.lower_is_better)
+    if not done:
+        return
+    # A workspace removed by hand cannot be used.
+    exists = await asyncio.to_thread(lambda: [has_submission(state.node_dir(n.id)) for n in done])
+    usable = [n for n, ok in zip(done, exists, strict=True) if ok]
+    if not usable:
+        log.warning("no finished node has its submission any more; best/ left as it is",
+                    task_id=task.id)
+        return
+    best = usable[0]
+    assert best.metric is not None and best.code is not None
+    recorded = await asyncio.to_thread(best_node_id, best_dir(state.parts.state_dir, task.id))
+    holder = next((n for n in done if n.id == recorded), None)
+    # Another node with the same metric may hold it (it finished first): that stands.
+    if holder is not None and holder.metric == best.metric and task.best_node_id == holder.id:
+        return
+    log.warning("best submission out of date after a restart; rebuilt", task_id=task.id,
+                node_id=best.id, was=recorded)
+    state.best_metric = best.metric
+    await state.publish.best(best.id, Workspace(state.node_dir(best.id)), best.metric, best.code)

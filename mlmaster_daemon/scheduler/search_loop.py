@@ -1,0 +1,252 @@
+"""One task's search: the loop only dispatches. It picks with the policy, hands each pick to an
+expansion, and ends the task when its steps or time run out, nothing is left to expand, or it
+is cancelled; a daemon stop drains it (the task resumes on the next start)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from mlmaster_daemon.artefacts import copy_top, task_root
+from mlmaster_daemon.bus import TaskStateChanged
+from mlmaster_daemon.faults import StorageFault, describe, is_storage_fault
+from mlmaster_daemon.logs import get_logger
+from mlmaster_daemon.models import NodeState, TaskState
+from mlmaster_daemon.scheduler.expansion import expand
+from mlmaster_daemon.scheduler.parts import SearchParts
+from mlmaster_daemon.scheduler.resume import ranked, repair_best, restore
+from mlmaster_daemon.scheduler.search_state import SearchState
+from mlmaster_daemon.search.policy import Pick
+from mlmaster_daemon.store.records import NodeRecord, TaskRecord
+from mlmaster_daemon.tasks.profile import data_preview, task_profile
+
+log = get_logger("mlmaster.scheduler")
+# How often the active time is saved while the task runs, so a crash loses little of it.
+SAVE_ACTIVE_EVERY_S = 10.0
+
+
+class TaskSearch:
+    """Searches one task until it ends. `cancel()` ends it as cancelled; `drain()` stops new
+    work for a daemon stop."""
+
+    def __init__(self, task: TaskRecord, parts: SearchParts) -> None:
+        self.parts = parts
+        self.state = SearchState(task, parts)
+        # Set once the budget counts from this run's start (before, there is nothing to save).
+        self._started = False
+
+    @property
+    def task(self) -> TaskRecord:
+        return self.state.task
+
+    def cancel(self) -> None:
+        """Mark the search cancelled; the caller then cancels its asyncio task."""
+        self.state.cancel_requested = True
+
+    def drain(self) -> None:
+        self.state.draining = True
+
+    def resize(self, parallel: int) -> None:
+        self.state.run_slots.total_tokens = parallel
+
+    async def run(self) -> None:
+        """Search until the task ends. An unexpected error fails the task, saying why, once;
+        a storage fault pauses it and raises `StorageFault` for the queue to retry later."""
+        state = self.state
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            if not state.cancel_requested:
+                if self._started:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(self._save_active())
+                raise
+            await self._end(TaskState.CANCELLED)
+        except StorageFault:
+            raise
+        except Exception as exc:
+            if is_storage_fault(exc):
+                await self._pause_on_fault(exc)
+                raise StorageFault(describe(exc)) from exc
+            log.exception("task failed", task_id=state.task.id)
+            await self._end(TaskState.FAILED, f"internal error: {exc}")
+
+    async def _run(self) -> None:
+        state, store = self.state, self.parts.store
+        # Listings leave the description out; the prompts need it.
+        task = state.task = await store.get_task(state.task.id)
+        if task.state.terminal:
+            # A queue pump that read the task before a cancel committed launched this search.
+            log.info("task already ended; nothing to run", task_id=task.id,
+                     state=task.state.value)
+            return
+        now = state.now()
+        # The time budget counts active time only: what earlier runs used is carried over.
+        state.budget = type(state.budget).start(now, task.time_limit_s, task.active_s,
+                                                task.max_tokens, task.max_cost)
+        self._started = True
+        # After a fault paused this task, its nodes may still show the states they had then.
+        await store.interrupt_unfinished(
+            "interrupted: the task paused while this node was being generated", now,
+            task_id=task.id, crashed=False)
+        await state.publish.task_state(TaskState.RUNNING, None,
+                                       started_at=task.started_at or now)
+        log.info("task started", task_id=task.id, name=task.name, steps=task.steps)
+        try:
+            nodes, resume = await self._prepare()
+        except Exception as exc:
+            if is_storage_fault(exc):
+                raise
+            log.exception("task could not start", task_id=task.id)
+            await self._end(TaskState.FAILED,
+                            f"could not start or resume: {type(exc).__name__}: {exc}")
+            return
+        keeper = asyncio.create_task(self._keep_active_time())
+        try:
+            await self._dispatch(nodes, resume)
+        finally:
+            keeper.cancel()
+        if state.draining:
+            # The daemon is stopping: the task stays running and resumes on the next start.
+            await self._save_active()
+            log.info("task drained for the stop", task_id=task.id)
+            return
+        await self._finish()
+
+    async def _prepare(self) -> tuple[list[NodeRecord], list[tuple[NodeRecord, Pick]]]:
+        """Everything before the loop: the saved tree, best/, data preview, lessons."""
+        state = self.state
+        nodes = await self.parts.store.list_nodes(state.task.id)
+        resume = await restore(state, nodes)
+        await repair_best(state, nodes)
+        state.preview = await asyncio.to_thread(data_preview, state.task.spec)
+        state.profile = await asyncio.to_thread(task_profile, state.task.spec)
+        if not nodes:
+            await state.memory.prefetch_lessons(self.parts.store, state.profile, state.task.id)
+        return nodes, resume
+
+    async def _dispatch(self, nodes: list[NodeRecord],
+                        resume: list[tuple[NodeRecord, Pick]]) -> None:
+        state, config = self.state, self.parts.settings
+        next_id = max((n.id for n in nodes), default=0) + 1
+        # Nodes a daemon stop interrupted before they had code are not steps.
+        created = sum(1 for n in nodes if not n.interrupted)
+        # Nodes whose code was paid for before a restart run now, without asking again.
+        running = {asyncio.create_task(expand(state, node.id, pick, existing=node))
+                   for node, pick in resume}
+        try:
+            while True:
+                # Pipelining: up to `prefetch` expansions beyond the running ones generate
+                # code ahead, so it is ready when a run slot frees up.
+                limit = config.config.search.parallel + config.config.llm.prefetch
+                while (not state.draining and len(running) < limit
+                       and created < state.task.steps and not state.budget.expired(state.now())
+                       and not await self._over_budget()):
+                    pick = state.policy.select()
+                    if pick is None:
+                        break
+                    # Reserve the child now, so the next select() sees the slot as taken.
+                    state.policy.add(next_id, pick)
+                    state.open_picks[next_id] = pick
+                    running.add(asyncio.create_task(expand(state, next_id, pick)))
+                    next_id += 1
+                    created += 1
+                if not running:
+                    return
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    if not finished.cancelled() and finished.exception() is not None:
+                        raise finished.exception()  # type: ignore[misc]
+        except BaseException:
+            for pending in running:
+                pending.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            raise
+
+    async def _over_budget(self) -> bool:
+        """Whether the task's token or money cap is reached: no new generation then, and the
+        running nodes finish."""
+        budget = self.state.budget
+        if not budget.limits_usage:
+            return False
+        if budget.exhausted is not None:
+            return True
+        usage = await self.parts.store.usage(self.state.task.id)
+        note = budget.check_usage(usage["total_tokens"], usage["cost"])
+        if note is not None:
+            log.info("budget reached; no new generation", task_id=self.state.task.id, note=note)
+        return note is not None
+
+    async def _finish(self) -> None:
+        """The end of a task whose search ran out: settle, keep the top k, keep lessons."""
+        state = self.state
+        error = None if state.best_metric is not None else "no working solution was found"
+        if state.budget.exhausted and error is None:
+            error = state.budget.exhausted
+        await self._settle_unfinished()
+        await self._keep_top_k()
+        if state.profile is not None:
+            await state.memory.promote_lessons(self.parts.store, state.profile, state.task.id,
+                                               state.now())
+        await self._end(TaskState.FINISHED, error)
+
+    async def _settle_unfinished(self) -> None:
+        """A task never ends with nodes that still look alive: any the search lost track of
+        (their outcome could not be written) are failed, saying so."""
+        task_id = self.state.task.id
+        for node in await self.parts.store.list_nodes(task_id):
+            if not node.state.terminal:
+                log.error("node left unfinished at the end of its task", task_id=task_id,
+                          node_id=node.id, state=node.state.value)
+                await self.parts.store.update_node(
+                    task_id, node.id, state=NodeState.FAILED,
+                    error=f"lost while {node.state.value}: its outcome was never recorded",
+                    finished_at=self.state.now())
+
+    async def _keep_top_k(self) -> None:
+        """Final selection: the best node is already in best/; with keep_top_k > 1 the k best
+        working nodes' submissions are also copied to top/<rank>-node<id>/, best first."""
+        k = self.parts.settings.config.search.keep_top_k
+        if k <= 1:
+            return
+        task = self.state.task
+        nodes = ranked(await self.parts.store.list_nodes(task.id), task.spec.lower_is_better)
+        root = task_root(self.parts.state_dir, task.id)
+        await asyncio.to_thread(copy_top, root, [(n.id, n.code or "") for n in nodes[:k]])
+
+    async def _end(self, state: TaskState, error: str | None = None) -> None:
+        search = self.state
+        now = search.now()
+        await search.publish.task_state(state, error, finished_at=now,
+                                        active_s=round(search.budget.active_s(now), 3))
+        log.info("task ended", task_id=search.task.id, state=state.value, error=error,
+                 best_metric=search.best_metric)
+
+    async def _pause_on_fault(self, exc: BaseException) -> None:
+        """Say in the task's state why it stopped, when the store can still take that."""
+        reason = describe(exc)
+        log.error("task paused: the daemon cannot write its state", task_id=self.state.task.id,
+                  error=reason)
+        with contextlib.suppress(Exception):
+            await self.parts.store.update_task(self.state.task.id, state=TaskState.PAUSED,
+                                               error=reason)
+        self.parts.bus.publish(TaskStateChanged(task_id=self.state.task.id,
+                                                state=TaskState.PAUSED.value, error=reason))
+
+    async def _save_active(self) -> None:
+        now = self.state.now()
+        await self.parts.store.update_task(self.state.task.id,
+                                           active_s=round(self.state.budget.active_s(now), 3))
+
+    async def _keep_active_time(self) -> None:
+        """Until cancelled: save the active time now and then, so a crash loses little."""
+        while True:
+            await self.parts.clock.sleep(SAVE_ACTIVE_EVERY_S)
+            try:
+                await self._save_active()
+            except Exception as exc:
+                if not is_storage_fault(exc):
+                    raise
+                # The next node's own write meets the same fault and pauses the task.
+                log.warning("could not save the active time", task_id=self.state.task.id,
+                            error=str(exc))

@@ -1,0 +1,63 @@
+"""The state of one task's search while it runs, shared by its loop and its expansions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from mlmaster_daemon.artefacts import node_dir
+from mlmaster_daemon.policy_config import make_policy
+from mlmaster_daemon.scheduler.budget import Budget
+from mlmaster_daemon.scheduler.parts import SearchParts
+from mlmaster_daemon.scheduler.publish import Publisher
+from mlmaster_daemon.scheduler.task_memory import TaskMemory
+from mlmaster_daemon.search.hcc import TaskProfile
+from mlmaster_daemon.search.policy import Pick, Policy
+from mlmaster_daemon.store.records import TaskRecord
+
+
+class SearchState:
+    """The policy and its open picks, the memory, the budget and the best so far of one task."""
+
+    def __init__(self, task: TaskRecord, parts: SearchParts) -> None:
+        config = parts.settings.config
+        self.task = task
+        self.parts = parts
+        self.policy: Policy = make_policy(task.policy, config.search, task.spec.lower_is_better,
+                                          task.steps, config.search.seed)
+        # Picks whose node exists but has not finished; saved with the policy's state, so a
+        # restart knows which nodes the tree holds a place for.
+        self.open_picks: dict[int, Pick] = {}
+        self.memory = TaskMemory(parts.settings, parts.counter)
+        self.budget = Budget(task.time_limit_s, 0.0, task.max_tokens, task.max_cost)
+        # This task's own cap on parallel runs; generation may run ahead of it. A limiter
+        # rather than a semaphore: a config reload can change its size while nodes run.
+        self.run_slots = anyio.CapacityLimiter(config.search.parallel)
+        self.best_metric = task.best_metric
+        self.preview = ""
+        self.profile: TaskProfile | None = None
+        self.cancel_requested = False
+        # Set when the daemon stops: no new expansion, no new run; running nodes finish.
+        self.draining = False
+        self.publish = Publisher(parts, task.id)
+
+    def now(self) -> float:
+        return self.parts.clock.time()
+
+    def saved(self) -> dict[str, Any]:
+        """What is committed with every outcome, for a restart to continue from."""
+        return {"policy": self.policy.to_state(),
+                "inflight": {str(k): p.to_state() for k, p in self.open_picks.items()},
+                "memory": self.memory.to_state()}
+
+    def node_dir(self, node_id: int) -> Path:
+        return node_dir(self.parts.state_dir, self.task.id, node_id)
+
+    def improves(self, metric: float) -> bool:
+        if self.best_metric is None:
+            return True
+        if self.task.spec.lower_is_better:
+            return metric < self.best_metric
+        return metric > self.best_metric

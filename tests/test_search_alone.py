@@ -1,0 +1,194 @@
+"""One task's search, run without a daemon or a socket: a real SQLite store in a temp dir, the
+offline coder, the local executor (real subprocesses) and a manual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mlmaster_daemon.bus import EventBus, NodeStateChanged, Subscription, TaskStateChanged
+from mlmaster_daemon.clock import ManualClock
+from mlmaster_daemon.coders.offline.coder import OfflineCoder
+from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
+from mlmaster_daemon.config import Settings, load_config
+from mlmaster_daemon.execution.executor import LocalExecutor
+from mlmaster_daemon.execution.slots import SlotPool
+from mlmaster_daemon.models import NodeState, Operator, TaskState, new_task_id
+from mlmaster_daemon.scheduler import SearchParts, TaskQueue, TaskSearch
+from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
+from mlmaster_daemon.tasks.competition import load_task
+from mlmaster_daemon.tokenizer import TiktokenCounter
+
+
+@dataclass
+class Bench:
+    parts: SearchParts
+    store: Store
+    clock: ManualClock
+    state_dir: Path
+
+
+@pytest.fixture
+async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
+    config = load_config(None, environ={}, overrides={
+        "daemon.state_dir": str(tmp_path / "state"), "search.parallel": 2,
+        "execution.max_concurrent_nodes": 2, "execution.kill_grace_s": 1.0,
+        "daemon.fault_retry_s": 5.0})
+    settings, state_dir = Settings(config), config.state_dir()
+    store = await Store.open(state_dir / "mlmaster.db")
+    clock = ManualClock()
+    executor = LocalExecutor(settings, SlotPool([], 2, 1), state_dir)
+    parts = SearchParts(store, EventBus(), OfflineCoder(), executor, settings, state_dir,
+                        TiktokenCounter(), clock=clock)
+    yield Bench(parts, store, clock, state_dir)
+    await store.close()
+
+
+async def _task(bench: Bench, task_dir: Path, steps: int, **fields: object) -> TaskRecord:
+    task = TaskRecord(id=new_task_id(), name="t", task_dir=str(task_dir),
+                      spec=load_task(task_dir), policy="mcts", steps=steps,
+                      time_limit_s=float(fields.pop("time_limit_s", 3600.0)),
+                      node_timeout_s=120.0, state=TaskState.QUEUED,
+                      created_at=bench.clock.time(), **fields)  # type: ignore[arg-type]
+    await bench.store.insert_task(task)
+    return task
+
+
+async def test_a_whole_search_runs_without_a_daemon_and_keeps_its_best(
+    bench: Bench, breast_cancer: Path,
+) -> None:
+    task = await _task(bench, breast_cancer, steps=4)
+    await TaskSearch(task, bench.parts).run()
+    done = await bench.store.get_task(task.id)
+    nodes = await bench.store.list_nodes(task.id)
+    assert done.state is TaskState.FINISHED and done.error is None
+    assert len(nodes) == 4 and all(n.state.terminal for n in nodes)
+    ids = {n.id for n in nodes}
+    assert all(n.parent_id is None or n.parent_id in ids for n in nodes)
+    assert nodes[0].operator is Operator.DRAFT and nodes[0].parent_id is None
+    working = [n for n in nodes if n.state is NodeState.DONE and n.metric is not None]
+    best = max(working, key=lambda n: n.metric or 0.0)
+    assert done.best_node_id == best.id and done.best_metric == best.metric
+    best_dir = bench.state_dir / "tasks" / task.id / "best"
+    assert json.loads((best_dir / "node.json").read_text())["node_id"] == best.id
+    assert (best_dir / "submission.csv").read_text().startswith("id,")
+    # The outcome of every node is in the saved search state a restart continues from.
+    saved = await bench.store.search_state(task.id)
+    assert saved is not None and saved["inflight"] == {}
+
+
+async def test_the_time_budget_counts_active_time_not_downtime(
+    bench: Bench, breast_cancer: Path,
+) -> None:
+    task = await _task(bench, breast_cancer, steps=10_000, time_limit_s=100.0)
+    queue = TaskQueue(bench.parts)
+    async with bench.parts.bus.subscribe(lambda e: True) as events:
+        await queue.start()
+        await _until_node_done(events)
+    bench.clock.advance(40)
+    await queue.stop()
+    stopped = await bench.store.get_task(task.id)
+    assert stopped.state is TaskState.RUNNING and stopped.active_s == pytest.approx(40)
+    # Down for longer than the whole budget: on a wall clock the task would be over.
+    bench.clock.advance(1000)
+    again = TaskQueue(bench.parts)
+    async with bench.parts.bus.subscribe(lambda e: True) as events:
+        await again.start()
+        await _until_node_done(events)
+        assert (await bench.store.get_task(task.id)).state is TaskState.RUNNING
+        bench.clock.advance(70)
+        await _until_ended(events, task.id)
+    final = await bench.store.get_task(task.id)
+    assert final.state is TaskState.FINISHED
+    assert final.active_s == pytest.approx(110)
+
+
+async def test_a_search_that_raises_at_its_end_fails_the_task_once(
+    bench: Bench, breast_cancer: Path,
+) -> None:
+    _set(bench, "search.keep_top_k", 2)
+    task = await _task(bench, breast_cancer, steps=2)
+    # top/ cannot be made: keeping the top k raises after the search ran out.
+    root = bench.state_dir / "tasks" / task.id
+    root.mkdir(parents=True)
+    (root / "top").write_text("in the way")
+    queue = TaskQueue(bench.parts)
+    async with bench.parts.bus.subscribe(
+            lambda e: isinstance(e, TaskStateChanged)) as events:
+        await queue.start()
+        await _until_ended(events, task.id)
+        # Any relaunch would wait out a back-off first: let it come.
+        bench.clock.advance(3600)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        seen = []
+        while not events.queue.empty():
+            seen.append(events.queue.get_nowait())
+    final = await bench.store.get_task(task.id)
+    assert final.state is TaskState.FAILED and final.error is not None
+    assert final.error.startswith("internal error:") and "top" in final.error
+    assert not queue.backing_off and not queue.searches
+    assert not [e for e in seen if isinstance(e, TaskStateChanged) and e.state == "running"]
+    await queue.stop()
+
+
+class RecordingCoder:
+    """The offline coder, keeping every request it was given."""
+
+    def __init__(self) -> None:
+        self.inner = OfflineCoder()
+        self.requests: list[CodeRequest] = []
+
+    async def generate(self, request: CodeRequest) -> CodeResponse:
+        self.requests.append(request)
+        return await self.inner.generate(request)
+
+    async def wait_available(self) -> None:
+        await self.inner.wait_available()
+
+
+async def test_steps_left_in_the_prompt_leave_out_nodes_a_stop_interrupted(
+    bench: Bench, breast_cancer: Path,
+) -> None:
+    coder = RecordingCoder()
+    bench.parts.coder = coder
+    # One node at a time, so each prompt is built before the next node exists.
+    _set(bench, "search.parallel", 1)
+    _set(bench, "llm.prefetch", 0)
+    task = await _task(bench, breast_cancer, steps=3)
+    # A daemon stop interrupted this node before it had code: it is not a step.
+    await bench.store.insert_node(NodeRecord(
+        task_id=task.id, id=1, parent_id=None, operator=Operator.DRAFT,
+        state=NodeState.FAILED, created_at=bench.clock.time(), interrupted=True))
+    await TaskSearch(task, bench.parts).run()
+    assert [r.steps_left for r in coder.requests] == [2, 1, 0]
+
+
+def _set(bench: Bench, key: str, value: object) -> None:
+    """Change one config value, as a reload would."""
+    config = bench.parts.settings.config
+    section, name = key.split(".")
+    changed = getattr(config, section).model_copy(update={name: value})
+    bench.parts.settings.swap(config.model_copy(update={section: changed}))
+
+
+async def _until_node_done(events: Subscription) -> None:
+    async with asyncio.timeout(120):
+        while True:
+            event = await events.get()
+            if isinstance(event, NodeStateChanged) and event.state in ("done", "buggy"):
+                return
+
+
+async def _until_ended(events: Subscription, task_id: str) -> None:
+    async with asyncio.timeout(180):
+        while True:
+            event = await events.get()
+            if (isinstance(event, TaskStateChanged) and event.task_id == task_id
+                    and TaskState(event.state).terminal):
+                return
