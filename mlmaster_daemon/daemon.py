@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from mlmaster_daemon import __version__
-from mlmaster_daemon.api.app import Services, build_app
+from mlmaster_daemon.api.app import ApiParts, build_app
 from mlmaster_daemon.api.validation_server import address, start_validation_server
 from mlmaster_daemon.bus import EventBus
 from mlmaster_daemon.clock import SystemClock
@@ -125,7 +125,7 @@ class Daemon:
         self.sampler: GpuSampler | None = None
         self.probe: GpuProbe | None = None
         self.slot_mode = ""
-        self.services: Services | None = None
+        self.api_parts: ApiParts | None = None
         # Set when systemd passed the listening socket (mlmaster.socket): it is systemd's.
         self.activated = False
         self._stop = asyncio.Event()
@@ -184,10 +184,10 @@ class Daemon:
         self.queue = TaskQueue(SearchParts(
             self.store, self.bus, self.coders.coder, executor, self.settings, self.state_dir,
             TiktokenCounter(self.config.memory.encoding), self.coders.reviewer, SystemClock()))
-        self.services = Services(self.store, self.bus, self.queue, self.settings,
+        self.api_parts = ApiParts(self.store, self.bus, self.queue, self.settings,
                                  self.state_dir, time.time(), self.coders.status,
                                  self.slots_status)
-        self._runner = web.AppRunner(build_app(self.services), handle_signals=False,
+        self._runner = web.AppRunner(build_app(self.api_parts), handle_signals=False,
                                      shutdown_timeout=SHUTDOWN_GRACE_S)
         await self._runner.setup()
         if self.activated:

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlmaster_daemon.api.access import Peer
-from mlmaster_daemon.api.app import Services, build_app
+from mlmaster_daemon.api.app import ApiParts, build_app
 from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.api.folders import Placement, check_task_folder
 from mlmaster_daemon.api.schemas import SubmitRequest
@@ -362,7 +362,7 @@ async def test_the_document_lists_exactly_the_routes_the_app_serves(
     spec = await client.request("GET", "/v1/openapi.json")
     assert spec["openapi"].startswith("3.1")
     assert daemon.store is not None and daemon.queue is not None
-    app = build_app(Services(daemon.store, daemon.bus, daemon.queue, daemon.settings,
+    app = build_app(ApiParts(daemon.store, daemon.bus, daemon.queue, daemon.settings,
                              daemon.state_dir, 0.0))
     served = {(r.resource.canonical, r.method)
               for r in app.router.routes() if r.resource is not None}

@@ -55,7 +55,9 @@ STREAM_POLL_S = 1.0
 
 
 @dataclass
-class Services:
+class ApiParts:
+    """What the API's handlers reach: the store, the bus, the task queue and the live config."""
+
     store: Store
     bus: EventBus
     queue: TaskQueue
@@ -71,7 +73,7 @@ class Services:
         return self.settings.config
 
 
-SERVICES = web.AppKey("services", Services)
+API_PARTS = web.AppKey("parts", ApiParts)
 # The admitted peer of the request being handled. A context variable rather than request
 # storage, whose typed keys need aiohttp 3.14: the handler runs in the middleware's context.
 _PEER: ContextVar[Peer] = ContextVar("mlmaster_peer")
@@ -124,7 +126,7 @@ async def admit_peer(request: web.Request, handler: Any) -> web.StreamResponse:
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None or sock.family != socket.AF_UNIX:
         raise Forbidden("the daemon answers only on its Unix socket, where it can tell who asks")
-    daemon = request.app[SERVICES].config.daemon
+    daemon = request.app[API_PARTS].config.daemon
     pid, uid, gid = peer_credentials(sock)
     # The user database may be remote (LDAP, sssd): look it up off the event loop.
     peer = await asyncio.to_thread(identify, pid, uid, gid)
@@ -180,10 +182,10 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def task_view(services: Services, task: TaskRecord) -> dict[str, Any]:
-    total, done = await services.store.node_counts(task.id)
+async def task_view(parts: ApiParts, task: TaskRecord) -> dict[str, Any]:
+    total, done = await parts.store.node_counts(task.id)
     state, error = task.state.value, task.error
-    fault = services.queue.backing_off.get(task.id)
+    fault = parts.queue.backing_off.get(task.id)
     if fault is not None and not task.state.terminal:
         # Paused on a fault the store may not even be able to record (a full disk).
         state, error = TaskState.PAUSED.value, fault[1]
@@ -192,12 +194,12 @@ async def task_view(services: Services, task: TaskRecord) -> dict[str, Any]:
         best = {
             "node_id": task.best_node_id,
             "metric": task.best_metric,
-            "submission_path": str(best_dir(services.state_dir, task.id) / "submission.csv"),
+            "submission_path": str(best_dir(parts.state_dir, task.id) / "submission.csv"),
         }
     top = [{"rank": kept.rank, "node_id": kept.node_id, "submission_path": str(kept.submission)}
            for kept in await asyncio.to_thread(
-               top_submissions, task_root(services.state_dir, task.id))]
-    usage = await services.store.usage(task.id)
+               top_submissions, task_root(parts.state_dir, task.id))]
+    usage = await parts.store.usage(task.id)
     return {
         "id": task.id,
         "name": task.name,
@@ -225,23 +227,23 @@ async def task_view(services: Services, task: TaskRecord) -> dict[str, Any]:
 
 
 async def health(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
+    parts = request.app[API_PARTS]
     return web.json_response({
         "status": "ok",
         "version": __version__,
-        "uptime_s": round(time.time() - services.started_at, 3),
-        "tasks_running": len(services.queue.searches),
-        "llm": services.llm_status(),
+        "uptime_s": round(time.time() - parts.started_at, 3),
+        "tasks_running": len(parts.queue.searches),
+        "llm": parts.llm_status(),
     })
 
 
 async def slots(request: web.Request) -> web.Response:
     """Execution slots (GPU or CPU), who holds them, and the latest GPU samples."""
-    return web.json_response(request.app[SERVICES].slots_status())
+    return web.json_response(request.app[API_PARTS].slots_status())
 
 
 async def submit_task(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
+    parts = request.app[API_PARTS]
     body = await _json_body(request)
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object with at least 'task_dir'")
@@ -249,82 +251,82 @@ async def submit_task(request: web.Request) -> web.Response:
         req = SubmitRequest.model_validate(body)
     except ValidationError as exc:
         raise InvalidRequest(f"invalid task submission: {_describe(exc)}") from None
-    policy = check_policy(req.policy or services.config.search.policy)
+    policy = check_policy(req.policy or parts.config.search.policy)
     overrides = TaskOverrides(metric=req.metric, lower_is_better=req.lower_is_better,
                               target=req.target, id_column=req.id_column, name=req.name)
     peer = current_peer()
-    placement = await asyncio.to_thread(Placement.of, services.config.daemon, services.state_dir)
+    placement = await asyncio.to_thread(Placement.of, parts.config.daemon, parts.state_dir)
     task_dir = Path(req.task_dir)
     await asyncio.to_thread(check_task_folder, task_dir, peer, placement)
     spec = await asyncio.to_thread(load_task, task_dir, overrides)
     await asyncio.to_thread(check_task_spec, spec, peer, placement)
-    search = services.config.search
+    search = parts.config.search
     task = TaskRecord(
         id=new_task_id(), name=spec.name, task_dir=str(spec.root), spec=spec,
         policy=policy, steps=req.steps or search.steps,
         time_limit_s=float(req.time_limit_s or search.time_limit_s),
-        node_timeout_s=float(req.node_timeout_s or services.config.execution.node_timeout_s),
+        node_timeout_s=float(req.node_timeout_s or parts.config.execution.node_timeout_s),
         state=TaskState.QUEUED, created_at=time.time(),
         max_tokens=req.max_tokens if req.max_tokens is not None
-        else services.config.llm.max_task_tokens,
+        else parts.config.llm.max_task_tokens,
         max_cost=float(req.max_cost if req.max_cost is not None
-                       else services.config.llm.max_task_cost),
+                       else parts.config.llm.max_task_cost),
         submitter_uid=peer.uid, submitter=peer.name,
     )
-    await services.queue.submit(task)
-    fresh = await services.store.get_task(task.id)
-    return web.json_response(await task_view(services, fresh), status=201)
+    await parts.queue.submit(task)
+    fresh = await parts.store.get_task(task.id)
+    return web.json_response(await task_view(parts, fresh), status=201)
 
 
 async def list_tasks(request: web.Request) -> web.Response:
     """The newest `limit` tasks (default and most: MAX_LISTED), oldest first."""
-    services = request.app[SERVICES]
+    parts = request.app[API_PARTS]
     raw = request.query.get("limit", str(MAX_LISTED))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LISTED:
         raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LISTED}, got "
                              f"{raw[:40]!r}")
-    tasks, total = await services.store.list_recent_tasks(int(raw))
-    return web.json_response({"tasks": [await task_view(services, t) for t in tasks],
+    tasks, total = await parts.store.list_recent_tasks(int(raw))
+    return web.json_response({"tasks": [await task_view(parts, t) for t in tasks],
                               "total": total})
 
 
 async def get_task(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    task = await services.store.get_task(_task_id(request))
-    return web.json_response(await task_view(services, task))
+    parts = request.app[API_PARTS]
+    task = await parts.store.get_task(_task_id(request))
+    return web.json_response(await task_view(parts, task))
 
 
 async def cancel_task(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
+    parts = request.app[API_PARTS]
     task_id = _task_id(request)
-    task = await services.store.get_task(task_id)
-    daemon, own_uid = services.config.daemon, os.getuid()
+    task = await parts.store.get_task(task_id)
+    daemon, own_uid = parts.config.daemon, os.getuid()
     if not await asyncio.to_thread(may_cancel, current_peer(), task.submitter_uid, daemon,
                                    own_uid):
         submitter = (task.submitter or str(task.submitter_uid)) + f" (uid {task.submitter_uid})"
         raise await asyncio.to_thread(cancel_refusal, task_id, submitter, daemon, own_uid)
-    task = await services.queue.cancel(task_id)
-    return web.json_response(await task_view(services, task))
+    task = await parts.queue.cancel(task_id)
+    return web.json_response(await task_view(parts, task))
 
 
 async def list_nodes(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    task = await services.store.get_task(_task_id(request))
-    nodes = await services.store.list_nodes(task.id)
+    parts = request.app[API_PARTS]
+    task = await parts.store.get_task(_task_id(request))
+    nodes = await parts.store.list_nodes(task.id)
     return web.json_response({"task_id": task.id, "nodes": [n.public() for n in nodes]})
 
 
 async def get_node(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
+    parts = request.app[API_PARTS]
     task_id = _task_id(request)
     raw_id = request.match_info["node_id"]
     if not is_node_id(raw_id):
         shown = raw_id if len(raw_id) <= 40 else raw_id[:40] + "..."
         raise InvalidRequest(f"node id must be a positive integer, got {shown!r}")
-    task = await services.store.get_task(task_id)
-    node = await services.store.get_node(task.id, int(raw_id))
-    ws = Workspace(node_dir(services.state_dir, task.id, node.id))
-    output = await asyncio.to_thread(ws.output_tail, services.config.execution.output_tail_chars)
+    task = await parts.store.get_task(task_id)
+    node = await parts.store.get_node(task.id, int(raw_id))
+    ws = Workspace(node_dir(parts.state_dir, task.id, node.id))
+    output = await asyncio.to_thread(ws.output_tail, parts.config.execution.output_tail_chars)
     # The workspace is the job's: memory.md is read bounded and never through a link.
     memory = await asyncio.to_thread(untrusted.text_excerpt, ws.root, "memory.md",
                                      MAX_MEMORY_CHARS)
@@ -341,7 +343,7 @@ async def get_node(request: web.Request) -> web.Response:
         "pid": node.pid,
         "gpu_peak_mb": node.gpu_peak_mb,
         "gpu_seconds": node.gpu_seconds,
-        "usage": await services.store.usage(task.id, node.id),
+        "usage": await parts.store.usage(task.id, node.id),
         "workspace": str(ws.root),
         "created_at": node.created_at,
         "started_at": node.started_at,
@@ -351,17 +353,17 @@ async def get_node(request: web.Request) -> web.Response:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """Newline-delimited JSON events; `?task_id=` narrows to one task (which must exist)."""
-    services = request.app[SERVICES]
+    parts = request.app[API_PARTS]
     task_id = request.query.get("task_id")
     if task_id is not None:
-        await services.store.get_task(_task_id(request, task_id))
+        await parts.store.get_task(_task_id(request, task_id))
 
     def accept(event: Event) -> bool:
         return task_id is None or event.task_id == task_id
 
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
-    bus: EventBus = services.bus
+    bus: EventBus = parts.bus
     async with bus.subscribe(accept) as sub:
         await response.write(b'{"type": "hello"}\n')
         quiet_s = 0.0
@@ -388,12 +390,12 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=openapi_json(), content_type="application/json")
 
 
-def build_app(services: Services) -> web.Application:
-    """The API on `services`; every route here is described in openapi.py."""
+def build_app(parts: ApiParts) -> web.Application:
+    """The API on `parts`; every route here is described in openapi.py."""
     # errors_as_json is outermost, so a refused peer gets the JSON error shape too.
     app = web.Application(middlewares=[errors_as_json, admit_peer],
                           client_max_size=MAX_BODY_BYTES)
-    app[SERVICES] = services
+    app[API_PARTS] = parts
     # No implicit HEAD: the published spec lists every method the API answers.
     app.router.add_get("/v1/health", health, allow_head=False)
     app.router.add_get("/v1/openapi.json", openapi, allow_head=False)
@@ -408,4 +410,4 @@ def build_app(services: Services) -> web.Application:
     return app
 
 
-__all__ = ["SERVICES", "Services", "build_app", "current_peer", "task_view"]
+__all__ = ["API_PARTS", "ApiParts", "build_app", "current_peer", "task_view"]
