@@ -158,7 +158,7 @@ class EndpointConfig(_Section):
     api_key_env: str = ""
     api_key_file: str = ""
     mode: Literal["chat", "completion"] = "chat"
-    # Raw-completion mode only: the chat template data file (llm/chat_templates/<name>.toml).
+    # Raw-completion mode only: the chat template data file (coders/llm/chat_templates/<name>.toml).
     chat_template: str = "deepseek_r1"
     temperature: float = Field(default=0.5, ge=0, le=2)
     max_tokens: int = Field(default=16384, ge=1)

@@ -18,11 +18,20 @@ import aiosqlite
 
 from mlmaster_daemon.errors import NodeNotFound, TaskNotFound
 from mlmaster_daemon.logs import get_logger
-from mlmaster_daemon.models import CallRecord, NodeState, Operator, TaskState
-from mlmaster_daemon.redact import redact, redact_value
+from mlmaster_daemon.models import CallRecord, NodeState, TaskState
+from mlmaster_daemon.redact import redact
 from mlmaster_daemon.store.migrations import migrate
 from mlmaster_daemon.store.records import NodeRecord, TaskRecord
-from mlmaster_daemon.tasks.spec import TaskSpec
+from mlmaster_daemon.store.rows import (
+    NODE_COLUMNS,
+    NODE_UPDATABLE,
+    TASK_COLUMNS,
+    TASK_UPDATABLE,
+    insert_calls,
+    node_of,
+    task_of,
+    update_row,
+)
 
 log = get_logger("mlmaster.store")
 MAX_CRASHES = 2
@@ -36,26 +45,6 @@ def crashed_too_often(crashes: int) -> str:
 
 
 CRASHED_TOO_OFTEN = crashed_too_often(MAX_CRASHES)
-_TASK_COLUMNS = (
-    "id, name, task_dir, spec, policy, steps, time_limit_s, node_timeout_s, state, error,"
-    " best_node_id, best_metric, created_at, started_at, finished_at, max_tokens, max_cost,"
-    " submitter_uid, submitter, active_s"
-)
-_NODE_COLUMNS = (
-    "task_id, id, parent_id, operator, state, plan, summary, code, metric, error, exit_code,"
-    " pid, visits, value, created_at, started_at, finished_at, parent_ids, analysis,"
-    " pid_start_time, boot_id, slot, gpu_peak_mb, gpu_seconds, interrupted"
-)
-_NODE_UPDATABLE = frozenset(
-    {"state", "plan", "summary", "code", "metric", "error", "exit_code", "pid", "started_at",
-     "finished_at", "analysis", "pid_start_time", "boot_id", "slot", "gpu_peak_mb",
-     "gpu_seconds", "interrupted"}
-)
-_TASK_UPDATABLE = frozenset(
-    {"state", "error", "best_node_id", "best_metric", "started_at", "finished_at", "active_s"}
-)
-
-
 async def _connect(path: Path) -> aiosqlite.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves.
     conn = await aiosqlite.connect(path, isolation_level=None)
@@ -116,7 +105,7 @@ class Store:
         description = redact(spec.pop("description"))
         async with self._transaction() as db:
             await db.execute(
-                f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 20)})",
+                f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 20)})",
                 (
                     task.id, task.name, task.task_dir, json.dumps(spec),
                     task.policy, task.steps, task.time_limit_s, task.node_timeout_s,
@@ -129,47 +118,47 @@ class Store:
                              (task.id, description))
 
     async def update_task(self, task_id: str, **fields: Any) -> None:
-        await self._update("tasks", _TASK_UPDATABLE, "id = ?", (task_id,), fields)
+        await self._update("tasks", TASK_UPDATABLE, "id = ?", (task_id,), fields)
 
     async def get_task(self, task_id: str) -> TaskRecord:
         """The task with its description (which listings leave out)."""
         async with self._reader.execute(
-            f"SELECT {_TASK_COLUMNS}, (SELECT description FROM task_texts WHERE task_id = id)"
+            f"SELECT {TASK_COLUMNS}, (SELECT description FROM task_texts WHERE task_id = id)"
             " FROM tasks WHERE id = ?", (task_id,)
         ) as cur:
             row = await cur.fetchone()
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}; `mlmaster ls` lists the tasks")
-        return _task(row, description=row[-1] or "")
+        return task_of(row, description=row[-1] or "")
 
     async def list_tasks(self, states: Iterable[TaskState] | None = None) -> list[TaskRecord]:
         """The tasks, oldest first; their specs leave the description out (`get_task` has
         it), so a listing costs the same whatever the descriptions hold."""
-        query = f"SELECT {_TASK_COLUMNS} FROM tasks"
+        query = f"SELECT {TASK_COLUMNS} FROM tasks"
         params: tuple[str, ...] = ()
         if states is not None:
             params = tuple(s.value for s in states)
             query += f" WHERE state IN ({', '.join('?' * len(params))})"
         async with self._reader.execute(query + " ORDER BY created_at, id", params) as cur:
             rows = await cur.fetchall()
-        return [_task(r) for r in rows]
+        return [task_of(r) for r in rows]
 
     async def list_recent_tasks(self, limit: int) -> tuple[list[TaskRecord], int]:
         """The newest `limit` tasks, oldest first, without descriptions; and how many tasks
         there are in all."""
         async with self._reader.execute(
-            f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY created_at DESC, id DESC LIMIT ?",
+            f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY created_at DESC, id DESC LIMIT ?",
             (limit,)
         ) as cur:
             rows = await cur.fetchall()
         async with self._reader.execute("SELECT COUNT(*) FROM tasks") as cur:
             count = await cur.fetchone()
-        return [_task(r) for r in list(rows)[::-1]], int(count[0]) if count else 0
+        return [task_of(r) for r in list(rows)[::-1]], int(count[0]) if count else 0
 
     async def insert_node(self, node: NodeRecord) -> None:
         async with self._transaction() as db:
             await db.execute(
-                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({', '.join('?' * 25)})",
+                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('?' * 25)})",
                 (
                     node.task_id, node.id, node.parent_id, node.operator.value, node.state.value,
                     node.plan, node.summary, node.code, node.metric, node.error, node.exit_code,
@@ -181,7 +170,7 @@ class Store:
             )
 
     async def update_node(self, task_id: str, node_id: int, **fields: Any) -> None:
-        await self._update("nodes", _NODE_UPDATABLE, "task_id = ? AND id = ?", (task_id, node_id),
+        await self._update("nodes", NODE_UPDATABLE, "task_id = ? AND id = ?", (task_id, node_id),
                            fields)
 
     async def update_unfinished_node(self, task_id: str, node_id: int, **fields: Any) -> bool:
@@ -190,8 +179,8 @@ class Store:
         node was changed."""
         terminal = tuple(s.value for s in NodeState if s.terminal)
         async with self._transaction() as db:
-            changed = await _update_row(
-                db, "nodes", _NODE_UPDATABLE, "task_id = ? AND id = ? AND state NOT IN (?, ?, ?)",
+            changed = await update_row(
+                db, "nodes", NODE_UPDATABLE, "task_id = ? AND id = ? AND state NOT IN (?, ?, ?)",
                 (task_id, node_id, *terminal), fields)
             return changed > 0
 
@@ -206,7 +195,7 @@ class Store:
         """Record a node's outcome, the backpropagated (id, visits, value) and the policy's
         state in one commit, so a restart sees all of them or none."""
         async with self._transaction() as db:
-            await _update_row(db, "nodes", _NODE_UPDATABLE, "task_id = ? AND id = ?",
+            await update_row(db, "nodes", NODE_UPDATABLE, "task_id = ? AND id = ?",
                               (task_id, node_id), node_fields)
             await db.executemany(
                 "UPDATE nodes SET visits = ?, value = ? WHERE task_id = ? AND id = ?",
@@ -235,9 +224,9 @@ class Store:
         """The node's code, the model calls that wrote it and the search state that knows
         the node, in one commit: after a crash the node is run, not generated again."""
         async with self._transaction() as db:
-            await _update_row(db, "nodes", _NODE_UPDATABLE, "task_id = ? AND id = ?",
+            await update_row(db, "nodes", NODE_UPDATABLE, "task_id = ? AND id = ?",
                               (task_id, node_id), fields)
-            await _insert_calls(db, task_id, node_id, calls, now)
+            await insert_calls(db, task_id, node_id, calls, now)
             if search_state is not None:
                 await db.execute("UPDATE tasks SET search_state = ? WHERE id = ?",
                                  (json.dumps(search_state), task_id))
@@ -245,7 +234,7 @@ class Store:
     async def record_calls(self, task_id: str, node_id: int | None,
                            calls: Iterable[CallRecord], now: float) -> None:
         async with self._transaction() as db:
-            await _insert_calls(db, task_id, node_id, calls, now)
+            await insert_calls(db, task_id, node_id, calls, now)
 
     async def usage(self, task_id: str, node_id: int | None = None) -> dict[str, Any]:
         """Token, cost and latency totals of a task's (or one node's) model calls."""
@@ -266,19 +255,19 @@ class Store:
 
     async def get_node(self, task_id: str, node_id: int) -> NodeRecord:
         async with self._reader.execute(
-            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE task_id = ? AND id = ?", (task_id, node_id)
+            f"SELECT {NODE_COLUMNS} FROM nodes WHERE task_id = ? AND id = ?", (task_id, node_id)
         ) as cur:
             row = await cur.fetchone()
         if row is None:
             raise NodeNotFound(f"task {task_id} has no node {node_id}")
-        return _node(row)
+        return node_of(row)
 
     async def list_nodes(self, task_id: str) -> list[NodeRecord]:
         async with self._reader.execute(
-            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE task_id = ? ORDER BY id", (task_id,)
+            f"SELECT {NODE_COLUMNS} FROM nodes WHERE task_id = ? ORDER BY id", (task_id,)
         ) as cur:
             rows = await cur.fetchall()
-        return [_node(r) for r in rows]
+        return [node_of(r) for r in rows]
 
     async def steps_used(self, task_id: str) -> int:
         """Nodes that count against the task's step budget: all but those a daemon stop
@@ -322,11 +311,11 @@ class Store:
     async def running_processes(self) -> list[NodeRecord]:
         """Nodes whose process may still be alive from before a restart."""
         async with self._reader.execute(
-            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE state IN (?, ?) AND pid IS NOT NULL",
+            f"SELECT {NODE_COLUMNS} FROM nodes WHERE state IN (?, ?) AND pid IS NOT NULL",
             (NodeState.RUNNING.value, NodeState.EVALUATING.value),
         ) as cur:
             rows = await cur.fetchall()
-        return [_node(r) for r in rows]
+        return [node_of(r) for r in rows]
 
     async def unfinished_with_code(self) -> list[tuple[str, int]]:
         """(task id, node id) of nodes whose script may have been started: code written, no
@@ -388,61 +377,4 @@ class Store:
         fields: Mapping[str, Any],
     ) -> None:
         async with self._transaction() as db:
-            await _update_row(db, table, allowed, where, key, fields)
-
-
-async def _insert_calls(db: aiosqlite.Connection, task_id: str, node_id: int | None,
-                        calls: Iterable[CallRecord], now: float) -> None:
-    await db.executemany(
-        "INSERT INTO llm_calls (task_id, node_id, role, model, endpoint, prompt_tokens,"
-        " completion_tokens, reasoning_tokens, latency_s, cost, attempts, content, reasoning,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(task_id, node_id, c.role, c.model, c.endpoint, c.prompt_tokens, c.completion_tokens,
-          c.reasoning_tokens, c.latency_s, c.cost, c.attempts, redact(c.content),
-          redact(c.reasoning), now)
-         for c in calls],
-    )
-
-
-async def _update_row(
-    db: aiosqlite.Connection, table: str, allowed: frozenset[str], where: str,
-    key: tuple[Any, ...], fields: Mapping[str, Any],
-) -> int:
-    """Set `fields` on the rows `where` selects; how many rows changed."""
-    unknown = set(fields) - allowed
-    if unknown:
-        raise ValueError(f"cannot update {table} columns {sorted(unknown)}")
-    if not fields:
-        return 0
-    # No key the daemon holds is ever written: errors and summaries quote what jobs printed.
-    values = [v.value if isinstance(v, TaskState | NodeState) else redact_value(v)
-              for v in fields.values()]
-    assignments = ", ".join(f"{name} = ?" for name in fields)
-    cursor = await db.execute(f"UPDATE {table} SET {assignments} WHERE {where}",
-                              (*values, *key))
-    return cursor.rowcount
-
-
-def _task(row: Any, description: str = "") -> TaskRecord:
-    spec = json.loads(row[3])
-    spec["description"] = description
-    return TaskRecord(
-        id=row[0], name=row[1], task_dir=row[2], spec=TaskSpec.from_dict(spec),
-        policy=row[4], steps=row[5], time_limit_s=row[6], node_timeout_s=row[7],
-        state=TaskState(row[8]), error=row[9], best_node_id=row[10], best_metric=row[11],
-        created_at=row[12], started_at=row[13], finished_at=row[14], max_tokens=row[15],
-        max_cost=row[16], submitter_uid=row[17], submitter=row[18], active_s=row[19],
-    )
-
-
-def _node(row: Any) -> NodeRecord:
-    return NodeRecord(
-        task_id=row[0], id=row[1], parent_id=row[2], operator=Operator(row[3]),
-        state=NodeState(row[4]), plan=row[5], summary=row[6], code=row[7], metric=row[8],
-        error=row[9], exit_code=row[10], pid=row[11], visits=row[12], value=row[13],
-        created_at=row[14], started_at=row[15], finished_at=row[16],
-        parent_ids=tuple(json.loads(row[17])) if row[17] else (
-            () if row[2] is None else (row[2],)),
-        analysis=row[18], pid_start_time=row[19], boot_id=row[20], slot=row[21],
-        gpu_peak_mb=row[22], gpu_seconds=row[23], interrupted=bool(row[24]),
-    )
+            await update_row(db, table, allowed, where, key, fields)
