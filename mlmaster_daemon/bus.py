@@ -53,19 +53,17 @@ class BestImproved(Event):
 
 
 class Subscription:
-    """One subscriber's bounded queue. When it is full the oldest event is dropped and counted."""
+    """One subscriber's bounded queue. When it is full the oldest event is dropped."""
 
     def __init__(self, maxsize: int, accept: Callable[[Event], bool]):
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self.accept = accept
-        self.dropped = 0
 
     def offer(self, event: Event) -> None:
         if not self.accept(event):
             return
         if self.queue.full():
             self.queue.get_nowait()
-            self.dropped += 1
         self.queue.put_nowait(event)
 
     async def get(self) -> Event:

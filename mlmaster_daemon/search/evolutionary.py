@@ -55,9 +55,9 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from mlmaster_daemon.models import Operator
-from mlmaster_daemon.search.policy import Pick, rng_from, rng_state
+from mlmaster_daemon.search.policy import Pick, TreePolicy
 from mlmaster_daemon.search.reward import normalised, reward
-from mlmaster_daemon.search.tree import ROOT, Outcome, Tree, TreeNode
+from mlmaster_daemon.search.tree import ROOT, Outcome, TreeNode
 
 _OFFSPRING = (Operator.IMPROVE, Operator.CROSSOVER)
 # Softmax temperatures below this are treated as this, so weights stay finite.
@@ -78,7 +78,7 @@ class EvoParams:
     migration_prob: float = 0.0
 
 
-class EvolutionaryPolicy:
+class EvolutionaryPolicy(TreePolicy[EvoParams]):
     """The island-model evolutionary policy; see the module docstring for every rule."""
 
     name = "evolutionary"
@@ -87,11 +87,7 @@ class EvolutionaryPolicy:
                  rng: random.Random | None = None):
         if params.num_islands < 1:
             raise ValueError("num_islands must be at least 1")
-        self.params = params
-        self.lower_is_better = lower_is_better
-        self.steps = steps
-        self.rng = rng or random.Random(0)
-        self.tree = Tree()
+        super().__init__(params, lower_is_better, steps, rng)
         self.islands: list[list[int]] = [[] for _ in range(params.num_islands)]
         # The island of every node this policy added (pending and finished).
         self.island_of: dict[int, int] = {}
@@ -283,17 +279,12 @@ class EvolutionaryPolicy:
 
     def to_state(self) -> dict[str, Any]:
         """JSON-serialisable state; `from_state` restores a policy that decides identically."""
-        return {
-            "policy": self.name,
-            "steps": self.steps,
-            "lower_is_better": self.lower_is_better,
-            "tree": self.tree.to_state(),
+        return self._state({
             "islands": [list(members) for members in self.islands],
             "island_of": [[node_id, island] for node_id, island in self.island_of.items()],
             "reserved": [[pick.to_state(), island] for pick, island in self.reserved],
             "offspring_done": self.offspring_done,
-            "rng": rng_state(self.rng),
-        }
+        })
 
     @classmethod
     def from_state(cls, params: EvoParams, raw: dict[str, Any]) -> Self:
@@ -302,10 +293,7 @@ class EvolutionaryPolicy:
         The saved islands win over `params.num_islands`, so a changed config cannot orphan
         the population of a task already under way.
         """
-        if raw.get("policy") != cls.name:
-            raise ValueError(f"state of policy {raw.get('policy')!r}, not {cls.name!r}")
-        policy = cls(params, raw["lower_is_better"], raw["steps"], rng_from(raw["rng"]))
-        policy.tree = Tree.from_state(raw["tree"])
+        policy = cls._restored(params, raw)
         policy.islands = [[int(m) for m in members] for members in raw["islands"]]
         policy.island_of = {int(n): int(i) for n, i in raw["island_of"]}
         policy.reserved = [(Pick.from_state(p), int(i)) for p, i in raw["reserved"]]

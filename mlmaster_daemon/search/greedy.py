@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from mlmaster_daemon.models import Operator
-from mlmaster_daemon.search.policy import Pick, rng_from, rng_state
+from mlmaster_daemon.search.policy import Pick, TreePolicy
 from mlmaster_daemon.search.reward import reward
-from mlmaster_daemon.search.tree import ROOT, Outcome, Tree, TreeNode
+from mlmaster_daemon.search.tree import ROOT, Outcome, TreeNode
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class GreedyParams:
     max_debug_depth: int = 3
 
 
-class GreedyPolicy:
+class GreedyPolicy(TreePolicy[GreedyParams]):
     """AIDE's greedy rule over a shared `Tree`; see the module docstring for the rules.
 
     A pick returned by `select` is a reservation until `add` (or `abort`) consumes it, so
@@ -52,11 +52,7 @@ class GreedyPolicy:
 
     def __init__(self, params: GreedyParams, lower_is_better: bool, steps: int,
                  rng: random.Random | None = None):
-        self.params = params
-        self.lower_is_better = lower_is_better
-        self.steps = steps
-        self.rng = rng or random.Random(0)
-        self.tree = Tree()
+        super().__init__(params, lower_is_better, steps, rng)
         self.reserved: list[Pick] = []
 
     def select(self) -> Pick | None:
@@ -121,21 +117,11 @@ class GreedyPolicy:
 
     def to_state(self) -> dict[str, Any]:
         """JSON-serialisable state; `from_state` restores a policy that decides identically."""
-        return {
-            "policy": self.name,
-            "steps": self.steps,
-            "lower_is_better": self.lower_is_better,
-            "tree": self.tree.to_state(),
-            "reserved": [pick.to_state() for pick in self.reserved],
-            "rng": rng_state(self.rng),
-        }
+        return self._state({"reserved": [pick.to_state() for pick in self.reserved]})
 
     @classmethod
     def from_state(cls, params: GreedyParams, raw: dict[str, Any]) -> Self:
         """The policy saved by `to_state`; raises ValueError for another policy's state."""
-        if raw.get("policy") != cls.name:
-            raise ValueError(f"state of policy {raw.get('policy')!r}, not {cls.name!r}")
-        policy = cls(params, raw["lower_is_better"], raw["steps"], rng_from(raw["rng"]))
-        policy.tree = Tree.from_state(raw["tree"])
+        policy = cls._restored(params, raw)
         policy.reserved = [Pick.from_state(p) for p in raw["reserved"]]
         return policy

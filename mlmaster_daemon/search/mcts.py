@@ -30,12 +30,12 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from mlmaster_daemon.models import Operator
-from mlmaster_daemon.search.policy import Pick, rng_from, rng_state
+from mlmaster_daemon.search.policy import Pick, TreePolicy
 from mlmaster_daemon.search.reward import DEFAULT_BUGGY_PENALTY, reward
-from mlmaster_daemon.search.tree import ROOT, Outcome, Tree, TreeNode
+from mlmaster_daemon.search.tree import ROOT, Outcome, TreeNode
 from mlmaster_daemon.search.uct import Decay, uct
 
 
@@ -65,16 +65,12 @@ class Chain:
     nodes: list[int] = field(default_factory=list)
 
 
-class MctsPolicy:
+class MctsPolicy(TreePolicy[MctsParams]):
     name = "mcts"
 
     def __init__(self, params: MctsParams, lower_is_better: bool, steps: int,
                  rng: random.Random | None = None):
-        self.params = params
-        self.lower_is_better = lower_is_better
-        self.steps = steps
-        self.rng = rng or random.Random(0)
-        self.tree = Tree()
+        super().__init__(params, lower_is_better, steps, rng)
         self.chains: dict[int, Chain] = {}
         self.next_chain = 1
         # Picks that continue a chain: served before any new selection, as v1's worker does.
@@ -252,21 +248,16 @@ class MctsPolicy:
     # -- persistence -----------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
-        return {
-            "policy": self.name,
-            "steps": self.steps,
-            "lower_is_better": self.lower_is_better,
-            "tree": self.tree.to_state(),
+        return self._state({
             "chains": [asdict(c) for c in self.chains.values()],
             "next_chain": self.next_chain,
             "continuations": [p.to_state() for p in self.continuations],
-            "rng": rng_state(self.rng),
-        }
+        })
 
     @classmethod
-    def from_state(cls, params: MctsParams, raw: dict[str, Any]) -> MctsPolicy:
-        policy = cls(params, raw["lower_is_better"], raw["steps"], rng_from(raw["rng"]))
-        policy.tree = Tree.from_state(raw["tree"])
+    def from_state(cls, params: MctsParams, raw: dict[str, Any]) -> Self:
+        """The policy saved by `to_state`; raises ValueError for another policy's state."""
+        policy = cls._restored(params, raw)
         policy.chains = {
             c["id"]: Chain(c["id"], tuple(c["path"]), c["best_id"], c["best_metric"],
                            c["failures"], c["debugs"], list(c["nodes"]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from mlmaster_daemon.models import Operator
 from mlmaster_daemon.search.tree import ROOT, Tree, TreeNode
@@ -78,3 +78,47 @@ def rng_from(raw: list[Any]) -> random.Random:
     rng = random.Random()
     rng.setstate((raw[0], tuple(raw[1]), raw[2]))
     return rng
+
+
+P = TypeVar("P")
+
+
+class TreePolicy(Generic[P]):
+    """What every policy here holds, and the part of its saved state that holds it: its params,
+    the metric direction, the step budget, its random generator and the tree.
+
+    A policy's `to_state` passes its own keys to `_state`; its `from_state` starts from
+    `_restored` and then restores those keys.
+    """
+
+    name: str
+
+    def __init__(self, params: P, lower_is_better: bool, steps: int,
+                 rng: random.Random | None = None):
+        self.params = params
+        self.lower_is_better = lower_is_better
+        self.steps = steps
+        self.rng = rng or random.Random(0)
+        self.tree = Tree()
+
+    def _state(self, own: dict[str, Any]) -> dict[str, Any]:
+        """The JSON-ready saved state: the shared keys with the policy's `own` keys between the
+        tree and the generator (the key order is part of the stored format)."""
+        return {
+            "policy": self.name,
+            "steps": self.steps,
+            "lower_is_better": self.lower_is_better,
+            "tree": self.tree.to_state(),
+            **own,
+            "rng": rng_state(self.rng),
+        }
+
+    @classmethod
+    def _restored(cls, params: P, raw: dict[str, Any]) -> Self:
+        """A policy with the shared part of `raw` restored (its own part is the caller's);
+        raises ValueError for another policy's state."""
+        if raw.get("policy") != cls.name:
+            raise ValueError(f"state of policy {raw.get('policy')!r}, not {cls.name!r}")
+        policy = cls(params, raw["lower_is_better"], raw["steps"], rng_from(raw["rng"]))
+        policy.tree = Tree.from_state(raw["tree"])
+        return policy
