@@ -1,6 +1,6 @@
 """The chaos run: the daemon SIGKILLed at chosen moments loses, duplicates and orphans nothing.
 
-The runs are real: `python -m mlmaster_daemon.chaos` as a subprocess, which runs the daemon as
+The runs are real: `python -m tools.chaos` as a subprocess, which runs the daemon as
 a subprocess and kills it. The checks it is built from are tested on their own first, so a
 chaos run that passes is known to be able to fail."""
 
@@ -17,7 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mlmaster_daemon.chaos import Ledger, NodeKey, NodeRow, reruns_after_finish, stray_processes
+from tools.chaos import Ledger, NodeKey, NodeRow, reruns_after_finish, stray_processes
+
+# `tools` is not installed: `python -m tools.chaos` runs from the repository root.
+ROOT = Path(__file__).resolve().parents[1]
 
 LABELS = ("kills survived", "finished nodes lost", "duplicated nodes", "orphan processes",
           "search tree mismatches", "daemon crashes", "tasks finished", "valid best submission",
@@ -94,7 +97,7 @@ def test_stray_processes_are_those_of_the_state_dir_the_daemon_did_not_start(
 def _run_chaos(*args: str, timeout_s: float) -> tuple[int, dict[str, str], list[str]]:
     """Run the chaos module; (exit code, figures by label, every output line)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLMASTER_")}
-    done = subprocess.run([sys.executable, "-m", "mlmaster_daemon.chaos", *args],
+    done = subprocess.run([sys.executable, "-m", "tools.chaos", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
     lines = (done.stdout + done.stderr).splitlines()
     figures = {}

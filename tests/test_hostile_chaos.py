@@ -22,7 +22,6 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from mlmaster_daemon.chaos import NodeKey, NodeRow
 from mlmaster_daemon.execution.runner import run_script
 from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.hostile.attacks import ATTACKS, ATTACKS_BY_NAME, Targets
@@ -40,6 +39,7 @@ from mlmaster_daemon.hostile.settings import RSS_LIMIT_MB
 from mlmaster_daemon.hostile.watched import peak_rss_mb
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example
+from tools.chaos import NodeKey, NodeRow
 
 LABELS = ("daemon deaths", "finished nodes lost", "nodes unfinished", "errors missing",
           "nodes timed out", "victim task", "tasks submitted by jobs", "API errors",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mlmaster_daemon.chaos import NodeKey
 from mlmaster_daemon.hostile.settings import RSS_LIMIT_MB
+from tools.chaos import NodeKey
 
 
 @dataclass

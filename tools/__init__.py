@@ -1,0 +1,1 @@
+"""Developer harnesses that drive the daemon from outside; not part of the installed package."""
