@@ -1,7 +1,7 @@
 """The hostile run: scripts a prompt-injected model writes cannot kill the daemon, reach its
 API, read secrets or hidden answers, or lose finished work, while the machine fails under it.
 
-The runs are real: `python -m mlmaster_daemon.hostile` as a subprocess, which runs its own
+The runs are real: `python -m tools.hostile` as a subprocess, which runs its own
 OpenAI-compatible server and the daemon as a subprocess, under bubblewrap where it works. The
 checks the run is made of are tested on their own first, and one run without a sandbox shows
 that a job reading the hidden answers is caught, so a run that passes is known to be able to
@@ -24,22 +24,22 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from mlmaster_daemon.execution.runner import run_script
 from mlmaster_daemon.execution.workspace import Workspace
-from mlmaster_daemon.hostile.attacks import ATTACKS, ATTACKS_BY_NAME, Targets
-from mlmaster_daemon.hostile.checks import (
+from mlmaster_daemon.tasks.competition import load_task
+from mlmaster_daemon.tasks.examples import build_example
+from tools.chaos import NodeKey, NodeRow
+from tools.hostile.attacks import ATTACKS, ATTACKS_BY_NAME, Targets
+from tools.hostile.checks import (
     changed_files,
     file_digests,
     late_writes,
     logged_exceptions,
     unaccounted_answers,
 )
-from mlmaster_daemon.hostile.leaks import find_leaks, plant_marker, secret_forms
-from mlmaster_daemon.hostile.model import ATTACKER, VICTIM, InjectedModel, Served
-from mlmaster_daemon.hostile.report import HostileReport
-from mlmaster_daemon.hostile.settings import RSS_LIMIT_MB
-from mlmaster_daemon.hostile.watched import peak_rss_mb
-from mlmaster_daemon.tasks.competition import load_task
-from mlmaster_daemon.tasks.examples import build_example
-from tools.chaos import NodeKey, NodeRow
+from tools.hostile.leaks import find_leaks, plant_marker, secret_forms
+from tools.hostile.model import ATTACKER, VICTIM, InjectedModel, Served
+from tools.hostile.report import HostileReport
+from tools.hostile.settings import RSS_LIMIT_MB
+from tools.hostile.watched import peak_rss_mb
 
 LABELS = ("daemon deaths", "finished nodes lost", "nodes unfinished", "errors missing",
           "nodes timed out", "victim task", "tasks submitted by jobs", "API errors",
@@ -47,6 +47,8 @@ LABELS = ("daemon deaths", "finished nodes lost", "nodes unfinished", "errors mi
           "orphan processes", "late writes", "files changed outside", "peak daemon RSS",
           "tasks finished", "valid best submission", "faults", "nodes", "wall time")
 MARKER = "HIDDEN-ANSWERS-victim-0123456789abcdef"
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_secret_is_found_as_text_hex_or_base64_at_any_offset() -> None:
@@ -168,14 +170,14 @@ def test_the_peak_rss_is_the_kernels_high_water_mark() -> None:
     # A fresh process: this one's high-water mark depends on the tests run before.
     probe = (
         "import os\n"
-        "from mlmaster_daemon.hostile.watched import peak_rss_mb\n"
+        "from tools.hostile.watched import peak_rss_mb\n"
         "before = peak_rss_mb(os.getpid())\n"
         "ballast = bytearray(64 * 1024 * 1024)\n"
         "ballast[::4096] = b'\\1' * len(ballast[::4096])\n"
         "del ballast\n"
         "print(before, peak_rss_mb(os.getpid()))\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          check=True, timeout=60)
+                          check=True, timeout=60, cwd=ROOT)
     before, after = map(float, done.stdout.split())
     assert after >= before + 60
     assert peak_rss_mb(2**22 + 12345) == 0.0
@@ -267,9 +269,9 @@ def _run_hostile(*args: str, timeout_s: float) -> tuple[int, dict[str, str], lis
     output line)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLMASTER_")}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "mlmaster_daemon.hostile", "--clean", *args],
+    done = subprocess.run([sys.executable, "-m", "tools.hostile", "--clean", *args],
                           capture_output=True, text=True, timeout=timeout_s, env=env,
-                          check=False)
+                          check=False, cwd=ROOT)
     lines = (done.stdout + done.stderr).splitlines()
     lines.append(f"(the run took {time.monotonic() - started:.1f} s)")
     figures = {}

@@ -23,7 +23,7 @@ OUTCOME_COLUMNS = ("state", "operator", "parent_id", "parent_ids", "plan", "summ
                    "started_at", "finished_at", "interrupted")
 
 # The state strings of finished nodes and ended tasks, taken from the enums' `terminal`, for
-# callers that test a raw database string (mlmaster_daemon.hostile).
+# callers that test a raw database string (tools.hostile).
 FINISHED = frozenset(state.value for state in NodeState if state.terminal)
 TERMINAL_TASK = frozenset(state.value for state in TaskState if state.terminal)
 

@@ -10,8 +10,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from mlmaster_daemon.hostile.model import Served
 from tools.chaos import FINISHED, NodeKey, NodeRow
+from tools.hostile.model import Served
 
 
 def late_writes(state_dir: Path, rows: Mapping[NodeKey, NodeRow], slack_s: float = 1.0,

@@ -15,8 +15,6 @@ import psutil
 
 from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.errors import DaemonUnreachable
-from mlmaster_daemon.hostile.report import HostileReport
-from mlmaster_daemon.hostile.settings import FAULT_WAIT_S, LEDGER_POLL_S, MIB, RSS_POLL_S
 from tools.chaos import (
     TERMINAL_TASK,
     DaemonProcess,
@@ -27,6 +25,8 @@ from tools.chaos import (
     read_tasks,
     stray_processes,
 )
+from tools.hostile.report import HostileReport
+from tools.hostile.settings import FAULT_WAIT_S, LEDGER_POLL_S, MIB, RSS_POLL_S
 
 PR_CAPBSET_DROP = 24
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2

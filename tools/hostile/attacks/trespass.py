@@ -5,7 +5,7 @@ recognise, so the run's leak scan finds it in the output."""
 
 from __future__ import annotations
 
-from mlmaster_daemon.hostile.attacks.attack import Attack
+from tools.hostile.attacks.attack import Attack
 
 _SHOW = '''
 import base64, os, sys

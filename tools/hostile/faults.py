@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlmaster_daemon.api.client import Client
-from mlmaster_daemon.hostile.model import plan_attack
-from mlmaster_daemon.hostile.report import HostileReport
-from mlmaster_daemon.hostile.settings import FAULT_WAIT_S, MIB
-from mlmaster_daemon.hostile.watched import WatchedDaemon
 from tools.chaos import FINISHED, NodeKey, read_nodes, read_states
+from tools.hostile.model import plan_attack
+from tools.hostile.report import HostileReport
+from tools.hostile.settings import FAULT_WAIT_S, MIB
+from tools.hostile.watched import WatchedDaemon
 
 STATE_FAULT = "cannot write the daemon's state"
 

@@ -3,7 +3,7 @@ and one that repeats the API key the model's server was sent."""
 
 from __future__ import annotations
 
-from mlmaster_daemon.hostile.attacks.attack import ECHOED_KEY, Attack
+from tools.hostile.attacks.attack import ECHOED_KEY, Attack
 
 HUGE_ANSWER = Attack("huge-answer", "the model's answer: 64 MiB of plan streamed before a "
                      "small script, whatever max_tokens asked for", '''

@@ -1,4 +1,4 @@
-"""`python -m mlmaster_daemon.hostile`: the hostile run's command line. Exit code 0 when the
+"""`python -m tools.hostile`: the hostile run's command line. Exit code 0 when the
 run passes."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from mlmaster_daemon.hostile.attacks import ATTACKS, ATTACKS_BY_NAME
-from mlmaster_daemon.hostile.run import HostileRun, say
-from mlmaster_daemon.hostile.settings import FAULTS, RSS_LIMIT_MB, HostileSettings
+from tools.hostile.attacks import ATTACKS, ATTACKS_BY_NAME
+from tools.hostile.run import HostileRun, say
+from tools.hostile.settings import FAULTS, RSS_LIMIT_MB, HostileSettings
 
 
 def _names(raw: str, known: Sequence[str], what: str,
@@ -28,7 +28,7 @@ def _names(raw: str, known: Sequence[str], what: str,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m mlmaster_daemon.hostile",
+        prog="python -m tools.hostile",
         description="Run the daemon on a prompt-injected model whose scripts attack it, while "
                     "the machine fails under it, and check that it survives, leaks no secret "
                     "or hidden answer and loses no finished work. Exit code 0 when all hold.")

@@ -1,7 +1,7 @@
 """Hostile run: a prompt-injected model hands the daemon attacks to run while the machine
 fails under it, and the run checks that the daemon survived, leaked nothing and lost nothing.
 
-`python -m mlmaster_daemon.hostile` (or `scripts/hostile`) builds two example competitions
+`python -m tools.hostile` (or `scripts/hostile`) builds two example competitions
 with a unique marker in their hidden answers (`prepared/private/test.csv`), writes an API key
 (another unique marker) to a key file, mounts a small tmpfs for the daemon's state dir where
 it can, starts `model.InjectedModel` (an OpenAI-compatible server on 127.0.0.1) and runs

@@ -3,7 +3,7 @@ submission made huge, links, FIFOs, sockets or unreadable, and metrics no number
 
 from __future__ import annotations
 
-from mlmaster_daemon.hostile.attacks.attack import Attack
+from tools.hostile.attacks.attack import Attack
 
 SPARSE_STDERR = Attack("sparse-stderr", "a 3 GiB sparse stderr (just under the file size "
                        "limit when that is smaller), then an error", '''

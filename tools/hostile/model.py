@@ -12,9 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
-from mlmaster_daemon.hostile.attacks import ATTACKS_BY_NAME, ECHOED_KEY
-from mlmaster_daemon.hostile.settings import MIB
 from tools.chaos import NodeRow
+from tools.hostile.attacks import ATTACKS_BY_NAME, ECHOED_KEY
+from tools.hostile.settings import MIB
 
 # The tasks' names, which the model finds in its prompts.
 ATTACKER, VICTIM = "hostile-attacker", "hostile-victim"

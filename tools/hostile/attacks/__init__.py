@@ -13,9 +13,9 @@ shows in the script's own words ("never refused", "stopped myself").
 
 from __future__ import annotations
 
-from mlmaster_daemon.hostile.attacks.answers import ECHO_KEY, HUGE_ANSWER, SURROGATE
-from mlmaster_daemon.hostile.attacks.attack import ECHOED_KEY, Attack, Targets
-from mlmaster_daemon.hostile.attacks.machine import (
+from tools.hostile.attacks.answers import ECHO_KEY, HUGE_ANSWER, SURROGATE
+from tools.hostile.attacks.attack import ECHOED_KEY, Attack, Targets
+from tools.hostile.attacks.machine import (
     DISK_FILLER,
     ESCAPEE,
     FORK_BOMB,
@@ -23,7 +23,7 @@ from mlmaster_daemon.hostile.attacks.machine import (
     KILL_PARENT,
     MEMORY_HOG,
 )
-from mlmaster_daemon.hostile.attacks.outputs import (
+from tools.hostile.attacks.outputs import (
     FIFO_LOGS,
     FILE_SWARM,
     HUGE_METRICS,
@@ -34,7 +34,7 @@ from mlmaster_daemon.hostile.attacks.outputs import (
     SPARSE_STDERR,
     SUBMISSION_LINK,
 )
-from mlmaster_daemon.hostile.attacks.trespass import API, LOGS_TO_SECRETS, READ_SECRETS, TRAP
+from tools.hostile.attacks.trespass import API, LOGS_TO_SECRETS, READ_SECRETS, TRAP
 
 __all__ = ["ATTACKS", "ATTACKS_BY_NAME", "ECHOED_KEY", "Attack", "Targets"]
 

@@ -23,20 +23,6 @@ from mlmaster_daemon.api.client import ApiError, Client
 from mlmaster_daemon.coders.offline.recipe import safe_baseline
 from mlmaster_daemon.coders.offline.render import render
 from mlmaster_daemon.errors import DaemonUnreachable
-from mlmaster_daemon.hostile.attacks import ATTACKS, ATTACKS_BY_NAME, Attack, Targets
-from mlmaster_daemon.hostile.checks import (
-    changed_files,
-    file_digests,
-    late_writes,
-    logged_exceptions,
-    unaccounted_answers,
-)
-from mlmaster_daemon.hostile.faults import Faults, says_disk_full
-from mlmaster_daemon.hostile.leaks import find_leaks, plant_marker
-from mlmaster_daemon.hostile.model import ATTACKER, VICTIM, InjectedModel, plan_attack
-from mlmaster_daemon.hostile.report import AttackOutcome, HostileReport
-from mlmaster_daemon.hostile.settings import FAULTS, MIB, STUCK_S, HostileSettings
-from mlmaster_daemon.hostile.watched import WatchedDaemon, drop_file_override
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example
 from tools.chaos import (
@@ -51,6 +37,20 @@ from tools.chaos import (
     read_tasks,
     stray_processes,
 )
+from tools.hostile.attacks import ATTACKS, ATTACKS_BY_NAME, Attack, Targets
+from tools.hostile.checks import (
+    changed_files,
+    file_digests,
+    late_writes,
+    logged_exceptions,
+    unaccounted_answers,
+)
+from tools.hostile.faults import Faults, says_disk_full
+from tools.hostile.leaks import find_leaks, plant_marker
+from tools.hostile.model import ATTACKER, VICTIM, InjectedModel, plan_attack
+from tools.hostile.report import AttackOutcome, HostileReport
+from tools.hostile.settings import FAULTS, MIB, STUCK_S, HostileSettings
+from tools.hostile.watched import WatchedDaemon, drop_file_override
 
 
 def say(line: str) -> None:

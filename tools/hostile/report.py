@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mlmaster_daemon.hostile.settings import RSS_LIMIT_MB
 from tools.chaos import NodeKey
+from tools.hostile.settings import RSS_LIMIT_MB
 
 
 @dataclass
@@ -23,7 +23,7 @@ class HostileReport:
     - daemon deaths: the daemon exiting by itself (not killed or stopped by the run), or not
       getting ready again after a fault; each death is followed by a restart.
     - finished nodes lost: nodes seen done, buggy or failed that a later snapshot shows
-      missing or changed (chaos.py's `Ledger`).
+      missing or changed (tools/chaos's `Ledger`).
     - nodes unfinished: nodes not done, buggy or failed when the tasks ended.
     - errors missing: buggy or failed nodes without a non-empty error saying why.
     - nodes timed out: nodes whose error names the time limit, but for the attacks that are
@@ -44,7 +44,7 @@ class HostileReport:
     - files changed outside: the key file or a file of either task folder changed.
     - peak daemon RSS: the most resident memory of any daemon process of the run (its
       high-water mark, read every 0.2 s), against `RSS_LIMIT_MB`.
-    - tasks finished, valid best submission: as in chaos.py (`check_submission`,
+    - tasks finished, valid best submission: as in tools/chaos (`check_submission`,
       `check_best`).
     - faults: each fault exercised and its check held ("skipped" ones, that the machine does
       not allow, do not fail the run; "not exercised" ones do)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlmaster_daemon.hostile.attacks import ATTACKS
+from tools.hostile.attacks import ATTACKS
 
 FAULTS = ("stop", "disk-full", "wal-loss", "crash")
 MIB = 1024 * 1024

@@ -7,7 +7,7 @@ disk filler never writes more than `Targets.fill_cap_bytes`."""
 
 from __future__ import annotations
 
-from mlmaster_daemon.hostile.attacks.attack import Attack
+from tools.hostile.attacks.attack import Attack
 
 FORK_BOMB = Attack("fork-bomb", "fork (flat, up to 4000 children that sleep) until refused",
                    '''
