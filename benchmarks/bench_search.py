@@ -29,7 +29,7 @@ import time
 
 from mlmaster_daemon.config import SearchConfig
 from mlmaster_daemon.models import Operator
-from mlmaster_daemon.policies import make_policy
+from mlmaster_daemon.policy_config import make_policy
 from mlmaster_daemon.search.policy import Pick, Policy
 
 
