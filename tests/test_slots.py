@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
+import os
 import subprocess
 import sys
 import threading
-import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -54,6 +54,39 @@ class FakeProbe:
 
     def close(self) -> None:
         return None
+
+
+class SteppedSleep:
+    """Stands in for asyncio.sleep in the sampler's loop: records each pause asked for and
+    holds the loop there until the test lets it go on (or, free-running, sleeps for real)."""
+
+    def __init__(self) -> None:
+        self.requested: list[float] = []
+        self._paused: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
+        self._gates: list[asyncio.Future[None]] = []
+        self._free_running = False
+
+    async def __call__(self, seconds: float) -> None:
+        self.requested.append(seconds)
+        if self._free_running:
+            await asyncio.sleep(seconds)
+            return
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._gates.append(gate)
+        self._paused.put_nowait(gate)
+        await gate
+
+    async def paused(self) -> asyncio.Future[None]:
+        """Wait until the loop pauses next; set the returned future's result to go on. The
+        bound is a safety net against a hang, not a timing check."""
+        return await asyncio.wait_for(self._paused.get(), 10)
+
+    def free_run(self) -> None:
+        """Let the loop go, now and at every later pause."""
+        self._free_running = True
+        for gate in self._gates:
+            if not gate.done():
+                gate.set_result(None)
 
 
 def _sample(uuid: str, free: int | None, processes: dict[int, int] | None = None) -> GpuSample:
@@ -218,11 +251,15 @@ async def test_the_sampler_records_per_process_peak_and_gpu_seconds() -> None:
         [_sample(GPU0.uuid, 75_000)],
     ]
     probe = FakeProbe(script)
-    sampler = GpuSampler(probe, interval_s=0.01, gpus=[GPU0, GPU1])
+    sleep = SteppedSleep()
+    sampler = GpuSampler(probe, interval_s=0.01, gpus=[GPU0, GPU1], sleep=sleep)
     sampler.start()
-    while probe.calls < 6:
-        await asyncio.sleep(0.01)
+    for _ in range(len(script) - 1):
+        (await sleep.paused()).set_result(None)
+    await sleep.paused()  # the last scripted sample is in; the loop waits for its next turn
     await sampler.stop()
+    assert probe.calls == len(script)  # one sample per turn of the loop
+    assert sleep.requested == [0.01] * len(script)  # with interval_s between them
     peak, seconds = sampler.usage({100})
     assert peak == 800 and seconds == pytest.approx(0.02)
     peak, seconds = sampler.usage({100, 101})  # 800 + 300 at once; 101 counts on both GPUs
@@ -246,27 +283,32 @@ async def test_a_tracked_sampler_records_only_the_named_pids() -> None:
 
 
 async def test_a_hung_probe_is_skipped_and_the_loop_stays_responsive() -> None:
-    probe = FakeProbe([[_sample(GPU0.uuid, 1_000)]])
+    probe = FakeProbe([[_sample(GPU0.uuid, 79_000)]])
     probe.hang.set()
-    sampler = GpuSampler(probe, interval_s=0.01, timeout_s=0.05)
+    pool = SlotPool([GPU0], cpu_slots=1, slots_per_gpu=1, cpus=[0])
+    sleep = SteppedSleep()
+    sampler = GpuSampler(probe, pool, interval_s=0.01, timeout_s=0.05, sleep=sleep)
+    # Admitted by the first sample that shows the memory free (none yet: not admitted).
+    waiting = asyncio.create_task(pool.acquire("t", lambda uuid: sampler.free_memory_mb(uuid)
+                                               or 0))
     sampler.start()
     try:
-        started = time.monotonic()
-        worst = 0.0
-        while time.monotonic() - started < 0.3:
-            before = time.monotonic()
-            await asyncio.sleep(0.005)
-            worst = max(worst, time.monotonic() - before)
-        assert worst < 0.1
+        # The loop goes round while the probe's thread hangs: the first turn gave up on the
+        # sample at its timeout, the second skipped it (the hung one still runs).
+        (await sleep.paused()).set_result(None)
+        await sleep.paused()
         assert probe.calls == 1  # no new thread while the hung one still runs
         assert sampler.latest() == []
+        assert not waiting.done()
     finally:
         probe.hang.clear()
         probe.unhang.set()
-    while not sampler.latest():
-        await asyncio.sleep(0.01)
+    sleep.free_run()
+    # Once the hung sample ends, a later turn samples again and the pool hears of it.
+    lease = await asyncio.wait_for(waiting, 10)
     await sampler.stop()
-    assert sampler.free_memory_mb(GPU0.uuid) == 1_000
+    assert lease.gpu_uuid == GPU0.uuid
+    assert sampler.free_memory_mb(GPU0.uuid) == 79_000
 
 
 def test_is_cuda_oom_recognises_gpu_memory_errors_only() -> None:
@@ -303,9 +345,8 @@ def test_process_identity_matches_only_the_same_live_process() -> None:
 def test_a_zombie_is_not_a_live_process() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
-        deadline = time.monotonic() + 10
-        while process_identity(child.pid) is not None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # Wait for the exit without reaping it: the child stays a zombie.
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
         assert process_identity(child.pid) is None  # exited, not yet reaped
     finally:
         child.wait()

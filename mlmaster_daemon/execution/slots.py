@@ -13,7 +13,7 @@ import math
 import os
 import re
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from mlmaster_daemon.execution.gpu import GpuInfo, GpuProbe, GpuSample
@@ -23,6 +23,7 @@ from mlmaster_daemon.logs import get_logger
 log = get_logger("mlmaster.slots")
 
 FreeMemory = Callable[[str], int | None]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 def partition_cpus(local: Sequence[Sequence[int]], cpus: Sequence[int]) -> list[tuple[int, ...]]:
@@ -147,16 +148,6 @@ class SlotPool:
                 self._dispatch()
             raise
 
-    @contextlib.asynccontextmanager
-    async def hold(self, task_id: str, free_memory_mb: FreeMemory | None = None, *,
-                   holder: str | None = None) -> AsyncIterator[Lease]:
-        """`acquire`, then `release` on leaving the block, whatever happens inside."""
-        lease = await self.acquire(task_id, free_memory_mb, holder=holder)
-        try:
-            yield lease
-        finally:
-            self.release(lease)
-
     def release(self, lease: Lease) -> None:
         """Give the lease's slot back. Releasing a lease that is no longer held does nothing."""
         slot = self._by_id.get(lease.slot_id)
@@ -252,13 +243,16 @@ class GpuSampler:
     remembers per-process GPU memory so a finished job's usage can be read back.
 
     A sample that times out or fails is logged and skipped; while a hung sample is still
-    running in its thread no new one is started, so a stuck driver costs one thread.
+    running in its thread no new one is started, so a stuck driver costs one thread. The
+    pause between samples goes through `sleep`, so a test can step the loop.
     """
 
     def __init__(self, probe: GpuProbe, pool: SlotPool | None = None, *,
                  interval_s: float = 2.0, timeout_s: float = 5.0,
-                 gpus: Sequence[GpuInfo] = (), retain_s: float = 3600.0) -> None:
+                 gpus: Sequence[GpuInfo] = (), retain_s: float = 3600.0,
+                 sleep: Sleep = asyncio.sleep) -> None:
         self._probe = probe
+        self._sleep = sleep
         self._pool = pool
         self._interval_s = interval_s
         self._timeout_s = timeout_s
@@ -296,7 +290,7 @@ class GpuSampler:
     async def _run(self) -> None:
         while True:
             await self.sample_once()
-            await asyncio.sleep(self._interval_s)
+            await self._sleep(self._interval_s)
 
     async def sample_once(self) -> bool:
         """Take one sample now; False if it was skipped, timed out or failed."""
