@@ -10,6 +10,7 @@ import os
 import subprocess
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,6 +49,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _still_until(path: Path) -> Callable[[], float]:
+    """A clock for run_script's time limit that stands still until `path` exists, then jumps an
+    hour on: the limit runs out when the script is ready for it, however loaded the machine."""
+    return lambda: 3600.0 if path.exists() else 0.0
+
+
+async def _written(path: Path) -> str:
+    """The text of `path` once the script has written it (60 s at most: a safety net against a
+    hang, not a timing check)."""
+    async with asyncio.timeout(60):
+        while not (path.exists() and path.read_text()):
+            await asyncio.sleep(0.01)
+    return path.read_text()
+
+
 def _strays(ws: Workspace) -> list[int]:
     """Live processes whose working directory is in the workspace."""
     root = str(ws.root.resolve())
@@ -70,7 +86,8 @@ async def test_a_script_that_loops_forever_is_killed_with_its_children(tmp_path:
         while True:
             time.sleep(0.1)
     """)
-    result = await run_script(ws, timeout_s=3, kill_grace_s=0.5)
+    result = await run_script(ws, timeout_s=3, kill_grace_s=0.5,
+                              clock=_still_until(ws.root / "child.pid"))
     assert result.timed_out
     assert result.exit_code is None
     assert result.reason == "killed after its 3 s time limit"
@@ -83,11 +100,13 @@ async def test_a_script_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
     ws = _workspace(tmp_path, """
         import signal, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print("started", flush=True)
+        open("ready", "w").close()
         while True:
             time.sleep(0.1)
     """)
-    result = await run_script(ws, timeout_s=2, kill_grace_s=0.5)
+    # The limit runs out only once SIGTERM is ignored, so it is the KILL that ends the script.
+    result = await run_script(ws, timeout_s=2, kill_grace_s=0.5,
+                              clock=_still_until(ws.root / "ready"))
     assert result.timed_out
     assert not _alive(result.pid)
 
@@ -129,11 +148,7 @@ async def test_cancelling_a_run_stops_its_process_group(tmp_path: Path) -> None:
         time.sleep(600)
     """)
     run = asyncio.create_task(run_script(ws, timeout_s=600, kill_grace_s=0.5))
-    for _ in range(100):
-        if (ws.root / "pid").exists() and (ws.root / "pid").read_text():
-            break
-        await asyncio.sleep(0.05)
-    pid = int((ws.root / "pid").read_text())
+    pid = int(await _written(ws.root / "pid"))
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
@@ -145,19 +160,16 @@ async def test_a_second_cancel_during_the_grace_period_kills_the_job_at_once(
 ) -> None:
     ws = _workspace(tmp_path, """
         import os, signal, time
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # Notes the SIGTERM and carries on, as if it ignored it.
+        signal.signal(signal.SIGTERM, lambda *_: open("got-term", "w").write("yes"))
         open("pid", "w").write(str(os.getpid()))
         time.sleep(600)
     """)
     run = asyncio.create_task(run_script(ws, timeout_s=600, kill_grace_s=60))
-    for _ in range(200):
-        if (ws.root / "pid").exists() and (ws.root / "pid").read_text():
-            break
-        await asyncio.sleep(0.05)
-    pid = int((ws.root / "pid").read_text())
+    pid = int(await _written(ws.root / "pid"))
     run.cancel()
-    await asyncio.sleep(0.3)
-    assert _alive(pid)  # in its grace period, ignoring SIGTERM
+    await _written(ws.root / "got-term")
+    assert _alive(pid)  # in its grace period, past its SIGTERM
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(run, 10)

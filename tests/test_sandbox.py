@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -405,6 +406,12 @@ async def test_hidden_paths_are_invisible_but_the_workspace_inside_them_works(
     assert (tmp_path / "ws" / "working" / "out.txt").read_text() == "ok"
 
 
+def _still_until(path: Path) -> Callable[[], float]:
+    """A clock for run_script's time limit that stands still until `path` exists, then jumps an
+    hour on: the limit runs out when the script is ready for it, however loaded the machine."""
+    return lambda: 3600.0 if path.exists() else 0.0
+
+
 @needs_bwrap
 async def test_a_sandboxed_script_gets_its_grace_period_on_sigterm(tmp_path: Path) -> None:
     ws, public = _workspace(tmp_path, """
@@ -413,15 +420,18 @@ async def test_a_sandboxed_script_gets_its_grace_period_on_sigterm(tmp_path: Pat
             open("got-term", "w").write("yes")
             sys.exit(0)
         signal.signal(signal.SIGTERM, bye)
-        print("ready", flush=True)
+        open("ready", "w").close()
         while True:
             time.sleep(0.05)
     """)
-    result = await run_script(ws, timeout_s=1.5, kill_grace_s=5, sandbox="bwrap",
-                              public_dir=public)
+    # The grace is far longer than the safety net: the run can only end in time by ending
+    # when the script does, on its SIGTERM, not by sitting out the grace then killing.
+    result = await asyncio.wait_for(
+        run_script(ws, timeout_s=60, kill_grace_s=3600, sandbox="bwrap", public_dir=public,
+                   clock=_still_until(ws.root / "ready")),
+        120)
     assert result.timed_out
     assert (ws.root / "got-term").read_text() == "yes"
-    assert result.duration_s < 5
 
 
 @needs_bwrap
