@@ -3,14 +3,15 @@
 ratio and the absolute figure against the issue's target (< 2 s to ready).
 
 The state dir is built once with the project's own parts: the mcts policy grows the tree by
-select/add/complete with `parallel + prefetch` expansions in flight, as TaskRunner does; the
+select/add/complete with `parallel + prefetch` expansions in flight, as TaskSearch does; the
 offline coder writes every node's code (5-6 KB) from its parent's; a seeded landscape decides
 each outcome (done, buggy with a real-looking error, or failed: the model gave no code); the
 hierarchical memory records every finished node; the Store API writes it all, with one code call
 (answer and reasoning) and one judge call per node. The saved search_state has the shape of
-TaskRunner._state(). The last three expansions stay in flight: generating, ready with code, and
+SearchState.saved(). The last three expansions stay in flight: generating, ready with code, and
 running with a pid that is dead, so recovery has work. steps = the node count, so nothing new is
-expanded after the start; every run starts on a fresh copy of the database file.
+expanded after the start but the one that replaces the node a stop interrupted before it had
+code (such a node is not a step); every run starts on a fresh copy of the database file.
 
 Per run, from spawn: READY=1 on NOTIFY_SOCKET (sent after migrations, recovery and listen), the
 first 200 from GET /v1/health, the runner's restore done (its first resumed node, in the log),
@@ -19,6 +20,13 @@ the first (how long the restore blocks the event loop), and SIGTERM -> exit (kil
 the resumed nodes' grace does not count). Each round also times the floor every start pays: an
 interpreter that imports the daemon and loads the tokenizer. Then, in-process, the recovery step
 by step and the size of the saved search state; with --profile, cProfile of one real start.
+
+Every start on the big database is also checked, and the script exits with status 1 when one is
+wrong, so a broken resume cannot pass for a fast one: the API shows the task going on with its
+nodes and a best at least as good as before; afterwards the database still holds every node,
+the finished ones as they were, the in-flight ones with code resumed (one log line each) and
+none failed as unknown to the saved state, the steps within the task's budget, and a search
+state with the whole tree; and every figure printed is a finite number.
 
 Usage: .venv/bin/python benchmarks/bench_resume.py [--nodes 10000] [--runs 5] [--profile]
 """
@@ -30,6 +38,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import os
 import pstats
 import random
@@ -44,24 +53,29 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
 
 from mlmaster_daemon.artefacts import best_dir, copy_best, node_dir
 from mlmaster_daemon.bus import EventBus
-from mlmaster_daemon.config import Config, load_config
+from mlmaster_daemon.clock import SystemClock
+from mlmaster_daemon.coders.offline.coder import OfflineCoder
+from mlmaster_daemon.coders.protocol import CodeRequest
+from mlmaster_daemon.config import Config, Settings, load_config
 from mlmaster_daemon.daemon import reconcile_processes
+from mlmaster_daemon.execution.executor import LocalExecutor
 from mlmaster_daemon.execution.gpu import read_boot_id
 from mlmaster_daemon.execution.slots import SlotPool
 from mlmaster_daemon.execution.workspace import Workspace
-from mlmaster_daemon.llm.coder import CallRecord, CodeRequest
-from mlmaster_daemon.llm.offline import OfflineCoder
-from mlmaster_daemon.models import NodeState, Operator, TaskState
-from mlmaster_daemon.policies import make_policy, restore_policy
-from mlmaster_daemon.scheduler import Runtime, TaskRunner, task_profile
+from mlmaster_daemon.models import CallRecord, NodeState, Operator, TaskState
+from mlmaster_daemon.policy_config import make_policy, restore_policy
+from mlmaster_daemon.scheduler import SearchParts
+from mlmaster_daemon.scheduler.resume import repair_best, restore
+from mlmaster_daemon.scheduler.search_state import SearchState
 from mlmaster_daemon.search.hcc import HierarchicalCache, StagnationDetector
 from mlmaster_daemon.search.memory import MemoryEntry
 from mlmaster_daemon.search.policy import Pick
@@ -70,10 +84,12 @@ from mlmaster_daemon.store.backup import check_integrity, make_backup
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example
 from mlmaster_daemon.tasks.preview import data_preview
+from mlmaster_daemon.tasks.profile import task_profile
 from mlmaster_daemon.tasks.spec import TaskSpec
+from mlmaster_daemon.tokenizer import TiktokenCounter
 
 TARGET_S = 2.0
-TASK_ID = "tbench000001"
+TASK_ID = "tbe0c4000001"  # the form new_task_id() gives: the API refuses others
 RESUMED = "running code generated before the restart"
 ERRORS = (
     "script exited with code 1: ValueError: Input X contains NaN. LogisticRegression does not "
@@ -124,7 +140,7 @@ class Grown:
 
 
 async def grow(spec: TaskSpec, nodes: int, config: Config) -> Grown:
-    """Expand `nodes` nodes as TaskRunner does: `parallel + prefetch` picks in flight, each
+    """Expand `nodes` nodes as TaskSearch does: `parallel + prefetch` picks in flight, each
     finished one completed in the policy and recorded in the memory; the last ones stay in
     flight."""
     search, memory = config.search, config.memory
@@ -204,7 +220,7 @@ async def grow(spec: TaskSpec, nodes: int, config: Config) -> Grown:
         if node_id in policy.tree:
             node = policy.tree[node_id]
             rows[node_id] = replace(row, visits=node.visits, value=node.value)
-    # The shape of TaskRunner._state().
+    # The shape of SearchState.saved().
     state: dict[str, object] = {"policy": policy.to_state(),
                                 "inflight": {str(k): p.to_state() for k, p in inflight},
                                 "memory": cache.to_state()}
@@ -247,7 +263,9 @@ async def build_state(state_dir: Path, spec: TaskSpec, grown: Grown) -> None:
 
 @dataclass(frozen=True)
 class StartRun:
-    """Seconds from spawn (CPU: the daemon's, threads and children included, at that moment)."""
+    """Seconds from spawn (CPU: the daemon's, threads and children included, at that moment);
+    `resumed` counts the nodes the runner said it resumed, and `task` is GET /v1/tasks/<id>
+    once the daemon was up (None when it has no such task)."""
 
     ready_s: float
     ready_cpu_s: float
@@ -257,6 +275,107 @@ class StartRun:
     backed_up_s: float
     worst_health_ms: float
     stop_s: float
+    resumed: int = 0
+    task: dict[str, Any] | None = field(default=None, compare=False)
+
+    def figures(self) -> dict[str, float]:
+        """Every timing this run measured (those it did not are left out)."""
+        values = {"ready_s": self.ready_s, "ready_cpu_s": self.ready_cpu_s,
+                  "health_s": self.health_s, "restored_s": self.restored_s,
+                  "restored_cpu_s": self.restored_cpu_s, "backed_up_s": self.backed_up_s,
+                  "worst_health_ms": self.worst_health_ms, "stop_s": self.stop_s}
+        return {k: v for k, v in values.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What the big task held before the restart, read from its database."""
+
+    nodes: dict[int, tuple[str, float | None]]  # id -> (state, metric)
+    steps: int
+    best_node_id: int | None
+    best_metric: float | None
+    tree_nodes: int
+
+    @property
+    def with_code_in_flight(self) -> list[int]:
+        """The nodes a start resumes: those that had code and had not finished."""
+        return [i for i, (state, _) in self.nodes.items()
+                if state in (NodeState.READY, NodeState.RUNNING, NodeState.EVALUATING)]
+
+    @property
+    def generating(self) -> list[int]:
+        return [i for i, (state, _) in self.nodes.items()
+                if state in (NodeState.PENDING, NodeState.GENERATING)]
+
+
+def read_saved(db: Path) -> Saved:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT id, state, metric FROM nodes WHERE task_id = ?",
+                            (TASK_ID,)).fetchall()
+        steps, best_id, best_metric, raw = conn.execute(
+            "SELECT steps, best_node_id, best_metric, search_state FROM tasks WHERE id = ?",
+            (TASK_ID,)).fetchone()
+    tree = len(json.loads(raw)["policy"]["tree"]["nodes"]) if raw else 0
+    return Saved({i: (state, metric) for i, state, metric in rows}, steps, best_id,
+                 best_metric, tree)
+
+
+def resume_problems(before: Saved, run: StartRun, db: Path) -> list[str]:
+    """What is wrong with a start on the big task, judged by the API while it was up and the
+    database it left; [] when the resume did what it should."""
+    problems: list[str] = []
+    view = run.task
+    if view is None:
+        return ["GET /v1/tasks/<id> did not answer with the task"]
+    if view["state"] not in (TaskState.RUNNING, TaskState.FINISHED):
+        problems.append(f"the task is {view['state']} after the restart ({view['error']})")
+    if view["nodes_total"] < len(before.nodes):
+        problems.append(f"the API shows {view['nodes_total']} nodes, the task had "
+                        f"{len(before.nodes)}")
+    best = view["best"]
+    if before.best_metric is not None:
+        sign = -1.0 if view["lower_is_better"] else 1.0
+        if best is None or sign * (best["metric"] - before.best_metric) < 0:
+            problems.append(f"the best after the restart is {best}, before it was node "
+                            f"{before.best_node_id} at {before.best_metric}")
+    want = len(before.with_code_in_flight)
+    if run.resumed != want:
+        problems.append(f"{run.resumed} nodes resumed ({RESUMED!r}), {want} had code in flight")
+    after = read_saved(db)
+    lost = sorted(before.nodes.keys() - after.nodes.keys())
+    if lost:
+        problems.append(f"nodes lost by the restart: {lost}")
+    finished = {i: row for i, row in before.nodes.items() if NodeState(row[0]).terminal}
+    changed = [i for i, row in finished.items() if after.nodes.get(i, row) != row]
+    if changed:
+        problems.append(f"finished nodes rewritten by the restart: {changed}")
+    still = [i for i in before.generating if after.nodes.get(i, ("",))[0] != NodeState.FAILED]
+    if still:
+        problems.append(f"nodes interrupted while generating did not fail: {still}")
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        unknown = conn.execute("SELECT id FROM nodes WHERE task_id = ? AND error = ?",
+                               (TASK_ID, "interrupted before it could run")).fetchall()
+        (steps_used,) = conn.execute("SELECT COUNT(*) FROM nodes WHERE task_id = ? AND "
+                                     "interrupted = 0", (TASK_ID,)).fetchone()
+    if unknown:
+        problems.append("ready nodes failed as unknown to the saved search state: "
+                        f"{[i for (i,) in unknown]}")
+    if steps_used > before.steps:
+        problems.append(f"{steps_used} steps used of the task's {before.steps}")
+    if after.tree_nodes < before.tree_nodes:
+        problems.append(f"the saved search tree has {after.tree_nodes} nodes, it had "
+                        f"{before.tree_nodes}")
+    return problems
+
+
+def figure_problems(runs: list[StartRun], floors: list[Floor]) -> list[str]:
+    """Every figure the table prints must be a number: a NaN would hide a failed measure."""
+    problems = [f"{name} = {value} in a start" for run in runs
+                for name, value in run.figures().items() if not math.isfinite(value)]
+    problems += [f"floor {value}" for f in floors
+                 for value in (f.total_s, f.imports_s, f.tokenizer_s) if not math.isfinite(value)]
+    return problems
 
 
 def fresh_state(run_dir: Path, template: Path) -> Path:
@@ -283,6 +402,8 @@ async def start_daemon(run_dir: Path, template: Path, expect_resume: bool,
     profiler = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
     marks: dict[str, float] = {}
     log: list[str] = []
+    resumed = 0
+    view: dict[str, Any] | None = None
     started = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, *profiler, "-m", "mlmaster_daemon", "daemon", "--config", str(config),
@@ -300,11 +421,13 @@ async def start_daemon(run_dir: Path, template: Path, expect_resume: bool,
                 marks["ready_cpu"] = cpu_used(proc.pid)
 
     async def read_log() -> None:
+        nonlocal resumed
         assert proc.stdout is not None
         async for raw in proc.stdout:
             log.append(raw.decode(errors="replace"))
             with contextlib.suppress(ValueError):
                 event = json.loads(raw).get("event")
+                resumed += event == RESUMED
                 key = {"daemon ready": "backed_up", RESUMED: "restored"}.get(event, "")
                 if key and key not in marks:
                     marks[key] = time.perf_counter() - started
@@ -313,7 +436,7 @@ async def start_daemon(run_dir: Path, template: Path, expect_resume: bool,
     worst = 0.0
 
     async def poll_health() -> None:
-        nonlocal worst
+        nonlocal worst, view
         connector = aiohttp.UnixConnector(path=str(run_dir / "d.sock"))
         async with aiohttp.ClientSession(connector=connector) as session:
             while not done():
@@ -324,8 +447,13 @@ async def start_daemon(run_dir: Path, template: Path, expect_resume: bool,
                             marks.setdefault("health", time.perf_counter() - started)
                             worst = max(worst, time.perf_counter() - asked)
                 await asyncio.sleep(0.005)
+            # Up: what the API says of the task, for the resume check (not timed).
+            async with session.get(f"http://daemon/v1/tasks/{TASK_ID}") as resp:
+                if resp.status == 200:
+                    view = await resp.json()
 
-    side = [asyncio.create_task(read_notify()), asyncio.create_task(read_log())]
+    reader = asyncio.create_task(read_log())
+    side = [asyncio.create_task(read_notify()), reader]
     try:
         poller = asyncio.create_task(poll_health())
         side.append(poller)
@@ -340,6 +468,8 @@ async def start_daemon(run_dir: Path, template: Path, expect_resume: bool,
         async with asyncio.timeout(60):
             await proc.wait()
         stop_s = time.perf_counter() - stopping
+        async with asyncio.timeout(60):
+            await reader  # to the end of the log: every resumed node is counted
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -348,7 +478,8 @@ async def start_daemon(run_dir: Path, template: Path, expect_resume: bool,
             task.cancel()
         notify.close()
     return StartRun(marks["ready"], marks["ready_cpu"], marks["health"], marks.get("restored"),
-                    marks.get("restored_cpu"), marks["backed_up"], worst * 1000, stop_s)
+                    marks.get("restored_cpu"), marks["backed_up"], worst * 1000, stop_s,
+                    resumed, view)
 
 
 def cpu_used(pid: int) -> float:
@@ -363,7 +494,7 @@ FLOOR = """import time
 started = time.perf_counter()
 import mlmaster_daemon.cli, mlmaster_daemon.daemon
 imported = time.perf_counter()
-from mlmaster_daemon.search.tokens import TiktokenCounter
+from mlmaster_daemon.tokenizer import TiktokenCounter
 TiktokenCounter().load()
 print(imported - started, time.perf_counter() - imported)
 """
@@ -389,11 +520,12 @@ def floor() -> Floor:
     return Floor(total, imports, tokenizer)
 
 
-async def recovery_pieces(run_dir: Path, template: Path, config: Config,
-                          collect: bool) -> dict[str, float]:
-    """The start-up's recovery steps one by one, in the order Daemon.start and TaskRunner.run
+async def recovery_pieces(run_dir: Path, template: Path, config: Config, collect: bool,
+                          before: Saved) -> tuple[dict[str, float], list[str]]:
+    """The start-up's recovery steps one by one, in the order Daemon.start and TaskSearch.run
     take them, each timed on its own (seconds); `collect` False runs them with the cyclic
-    garbage collector off, to show its share."""
+    garbage collector off, to show its share. Also what is wrong with the restored search
+    (untimed): [] when it continues the saved tree with the in-flight nodes that had code."""
     fresh_state(run_dir, template)
     gc.collect()
     if not collect:
@@ -425,14 +557,16 @@ async def recovery_pieces(run_dir: Path, template: Path, config: Config,
     lap("restore_policy (mcts from_state)")
     HierarchicalCache.from_state(saved["memory"])
     lap("HierarchicalCache.from_state")
-    rt = Runtime(store, EventBus(), OfflineCoder(), config, SlotPool([], 2, 1),
-                 run_dir / "state")
-    runner = TaskRunner(task, rt)
+    settings, state_dir = Settings(config), run_dir / "state"
+    parts = SearchParts(store, EventBus(), OfflineCoder(), LocalExecutor(
+        settings, SlotPool([], 2, 1), state_dir), settings, state_dir,
+        TiktokenCounter(config.memory.encoding), None, SystemClock())
+    search = SearchState(task, parts)
     clock = time.perf_counter()
-    await runner._restore(nodes)
-    lap("TaskRunner._restore (the three above + memory items)")
-    await runner._repair_best(nodes)
-    lap("TaskRunner._repair_best (best/ is up to date)")
+    await restore(search, nodes)
+    lap("scheduler restore (the three above + memory items)")
+    await repair_best(search, nodes)
+    lap("scheduler repair_best (best/ is up to date)")
     await asyncio.to_thread(data_preview, task.spec)
     await asyncio.to_thread(task_profile, task.spec)
     lap("data preview + task profile")
@@ -441,7 +575,16 @@ async def recovery_pieces(run_dir: Path, template: Path, config: Config,
     await asyncio.to_thread(make_backup, db)
     lap("make_backup (SQLite online backup)")
     gc.enable()
-    return took
+    problems: list[str] = []
+    resumed, want = sorted(search.open_picks), sorted(before.with_code_in_flight)
+    if resumed != want:
+        problems.append(f"restore resumed nodes {resumed}, those with code in flight were {want}")
+    # The saved tree, less the places of the nodes interrupted before they had code.
+    tree = len(search.policy.to_state()["tree"]["nodes"])
+    if tree != before.tree_nodes - len(before.generating):
+        problems.append(f"the restored tree has {tree} nodes, the saved one {before.tree_nodes} "
+                        f"with {len(before.generating)} given up")
+    return took, problems
 
 
 def print_profile(path: Path, limit: int) -> None:
@@ -529,6 +672,8 @@ async def main(nodes: int, runs: int, profile: bool) -> None:
               + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs")
         del grown  # Its objects would weigh on the garbage collector in the timings below.
         state_sizes(big_dir / "mlmaster.db")
+        before = read_saved(big_dir / "mlmaster.db")
+        problems: list[str] = []
         empty: list[StartRun] = []
         big: list[StartRun] = []
         floors: list[Floor] = []
@@ -539,11 +684,18 @@ async def main(nodes: int, runs: int, profile: bool) -> None:
             for state_dir in (big_dir, empty_dir) if round_ % 2 else (empty_dir, big_dir):
                 started = await start_daemon(run_dir, state_dir, state_dir is big_dir)
                 (big if state_dir is big_dir else empty).append(started)
+                if state_dir is big_dir:
+                    problems += [f"round {round_ + 1}: {p}" for p in resume_problems(
+                        before, started, run_dir / "state" / "mlmaster.db")]
         print_starts(empty, big, floors, nodes)
-        on, off = [], []
+        problems += figure_problems(empty + big, floors)
+        on: list[dict[str, float]] = []
+        off: list[dict[str, float]] = []
         for _ in range(runs):
-            on.append(await recovery_pieces(run_dir, big_dir, config, collect=True))
-            off.append(await recovery_pieces(run_dir, big_dir, config, collect=False))
+            for collect, pieces in ((True, on), (False, off)):
+                took, wrong = await recovery_pieces(run_dir, big_dir, config, collect, before)
+                pieces.append(took)
+                problems += [f"in-process restore: {p}" for p in wrong]
         print(f"\nrecovery step by step, in-process on the {nodes}-node db, median (min) of "
               f"{runs}, interleaved:")
         print(f"  {'':<54}{'gc on (as the daemon)':<24}gc off")
@@ -557,6 +709,11 @@ async def main(nodes: int, runs: int, profile: bool) -> None:
             print(f"\ncProfile of one daemon start on the {nodes}-node db, main thread "
                   "only (threads show as waits):")
             print_profile(prof, 25)
+        if problems:
+            print("\nresume check FAILED:\n  " + "\n  ".join(problems), file=sys.stderr)
+            raise SystemExit(1)
+        print(f"\nresume checks passed in {runs} starts: every node kept, "
+              f"{len(before.with_code_in_flight)} resumed, best at least {before.best_metric}")
 
 
 if __name__ == "__main__":
