@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 
 from mlmaster_daemon.logs import get_logger
 
@@ -99,8 +99,8 @@ class Heartbeat:
         return self.clock() - self.last <= within_s
 
 
-async def run_watchdog(notifier: Notifier, heartbeat: Heartbeat,
-                       status: Callable[[], str]) -> None:
+async def run_watchdog(notifier: Notifier, heartbeat: Heartbeat, status: Callable[[], str],
+                       sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
     """Until cancelled: send WATCHDOG=1 (with STATUS) every half watchdog period while the
     heartbeat, ticked by the scheduler, is alive; outside a watchdog, STATUS every 10 s."""
     period = notifier.watchdog_s
@@ -111,4 +111,4 @@ async def run_watchdog(notifier: Notifier, heartbeat: Heartbeat,
             if period is not None:
                 lines.insert(0, "WATCHDOG=1")
             notifier.notify(*lines)
-        await asyncio.sleep(interval)
+        await sleep(interval)

@@ -58,32 +58,28 @@ def test_watchdog_usec_for_another_pid_is_ignored() -> None:
 async def test_the_watchdog_is_fed_only_while_the_heartbeat_is_alive(short_dir: Path) -> None:
     now = [0.0]
     heartbeat = Heartbeat(clock=lambda: now[0])
+    waits: asyncio.Queue[tuple[float, asyncio.Future[None]]] = asyncio.Queue()
+
+    async def sleep(seconds: float) -> None:
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await waits.put((seconds, woken))
+        await woken
+
     with _listener(short_dir / "wd") as sock:
         sock.setblocking(False)
         notifier = Notifier({"NOTIFY_SOCKET": str(short_dir / "wd"), "WATCHDOG_USEC": "200000"})
-        stalled = [False]
-
-        async def scheduler() -> None:
-            while True:
-                if not stalled[0]:
-                    heartbeat.tick()
-                await asyncio.sleep(0.02)
-
-        ticker = asyncio.create_task(scheduler())
-        task = asyncio.create_task(run_watchdog(notifier, heartbeat, lambda: "ok"))
-        await asyncio.sleep(0.35)
-        got = []
-        while True:
-            try:
-                got.append(sock.recv(4096))
-            except BlockingIOError:
-                break
-        assert got and all(m.startswith(b"WATCHDOG=1") for m in got)
-        stalled[0] = True
+        heartbeat.tick()
+        task = asyncio.create_task(run_watchdog(notifier, heartbeat, lambda: "ok", sleep))
+        async with asyncio.timeout(30):
+            seconds, woken = await waits.get()
+        # Fed once, then it waits half the watchdog period.
+        assert seconds == pytest.approx(0.1)
+        assert sock.recv(4096).startswith(b"WATCHDOG=1")
         now[0] += 10  # the scheduler stopped ticking long ago
-        await asyncio.sleep(0.35)
+        woken.set_result(None)
+        async with asyncio.timeout(30):
+            _seconds, woken = await waits.get()
         task.cancel()
-        ticker.cancel()
         with pytest.raises(BlockingIOError):
             sock.recv(4096)
 
