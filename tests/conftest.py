@@ -100,7 +100,7 @@ async def wait_terminal(client: Client, task_id: str, timeout_s: float = 240) ->
             task = await client.task(task_id)
             if task["state"] in TERMINAL:
                 return task
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.1)
 
 
 async def restart_and_finish(config: Config, task_id: str) -> tuple[dict[str, Any],

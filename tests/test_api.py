@@ -194,7 +194,7 @@ async def test_tasks_resume_after_a_daemon_restart(config: Config, breast_cancer
         task = await client.submit({"task_dir": str(breast_cancer), "steps": 4})
         async with asyncio.timeout(60):
             while (await client.task(task["id"]))["nodes_done"] < 1:
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.1)
     await first.stop()
 
     final, nodes = await restart_and_finish(config, task["id"])
