@@ -19,8 +19,7 @@ from mlmaster_daemon.config import Config
 from mlmaster_daemon.daemon import Daemon
 from mlmaster_daemon.errors import StoreError
 from mlmaster_daemon.logs import configure_logging
-from mlmaster_daemon.models import NodeState, Operator, TaskState
-from mlmaster_daemon.models import new_task_id
+from mlmaster_daemon.models import NodeState, Operator, TaskState, new_task_id
 from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
 from mlmaster_daemon.store.backup import backup_weight, latest_backup, list_backups, make_backup
 from mlmaster_daemon.store.lost import LostWork

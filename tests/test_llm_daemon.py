@@ -16,10 +16,10 @@ from conftest import daemon_config, restart_and_finish, wait_terminal
 from openai_server import FakeOpenAI
 
 from mlmaster_daemon.api.client import Client
-from mlmaster_daemon.config import Config
-from mlmaster_daemon.daemon import Daemon
 from mlmaster_daemon.coders.offline.recipe import safe_baseline
 from mlmaster_daemon.coders.offline.render import render
+from mlmaster_daemon.config import Config
+from mlmaster_daemon.daemon import Daemon
 from mlmaster_daemon.logs import configure_logging
 from mlmaster_daemon.tasks.competition import load_task
 

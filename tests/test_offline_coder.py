@@ -16,9 +16,6 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
-from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
-
-from mlmaster_daemon.search.memory import MemoryItem
 from mlmaster_daemon.coders.offline.coder import OfflineCoder
 from mlmaster_daemon.coders.offline.improve import CHANGE_FIELDS
 from mlmaster_daemon.coders.offline.recipe import (
@@ -29,7 +26,9 @@ from mlmaster_daemon.coders.offline.recipe import (
     parse_summary,
 )
 from mlmaster_daemon.coders.offline.render import render
+from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
 from mlmaster_daemon.models import Operator
+from mlmaster_daemon.search.memory import MemoryItem
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 
 RUN_TIMEOUT_S = 120

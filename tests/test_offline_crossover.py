@@ -17,7 +17,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
 from mlmaster_daemon.coders.offline.coder import OfflineCoder
 from mlmaster_daemon.coders.offline.crossover import (
     DATA_HANDLING,
@@ -34,6 +33,7 @@ from mlmaster_daemon.coders.offline.recipe import (
     parse_summary,
 )
 from mlmaster_daemon.coders.offline.render import render
+from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
 from mlmaster_daemon.models import Operator
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example

@@ -10,9 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlmaster_daemon.coders.protocol import CodeRequest
-
-from mlmaster_daemon.search.memory import MemoryItem
 from mlmaster_daemon.coders.offline.coder import OfflineCoder
 from mlmaster_daemon.coders.offline.improve import CHANGE_FIELDS, applicable_changes
 from mlmaster_daemon.coders.offline.recipe import (
@@ -28,7 +25,9 @@ from mlmaster_daemon.coders.offline.recipe import (
     summary_family,
 )
 from mlmaster_daemon.coders.offline.render import render
+from mlmaster_daemon.coders.protocol import CodeRequest
 from mlmaster_daemon.models import Operator
+from mlmaster_daemon.search.memory import MemoryItem
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 
 

@@ -22,8 +22,7 @@ from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.config import Config
 from mlmaster_daemon.daemon import Daemon
 from mlmaster_daemon.errors import DaemonUnreachable
-from mlmaster_daemon.models import NodeState, Operator, TaskState
-from mlmaster_daemon.models import new_task_id
+from mlmaster_daemon.models import NodeState, Operator, TaskState, new_task_id
 from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
 from mlmaster_daemon.store.backup import make_backup
 from mlmaster_daemon.store.evidence import find_gaps, read_disk
