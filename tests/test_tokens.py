@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlmaster_daemon.search import tokens
+from mlmaster_daemon import tokenizer
 from mlmaster_daemon.search.tokens import TokenCounter
 from mlmaster_daemon.tokenizer import TiktokenCounter, TokenizerUnavailable
 
@@ -43,9 +43,9 @@ def test_the_counter_satisfies_the_protocol() -> None:
 
 def test_counters_with_one_encoding_share_one_loaded_encoding() -> None:
     TiktokenCounter().load()
-    hits = tokens._load.cache_info().hits
+    hits = tokenizer._load.cache_info().hits
     TiktokenCounter().load()
-    assert tokens._load.cache_info().hits == hits + 1
+    assert tokenizer._load.cache_info().hits == hits + 1
 
 
 def test_an_unknown_encoding_raises_a_typed_error_naming_the_package() -> None:
