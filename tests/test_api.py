@@ -199,7 +199,9 @@ async def test_tasks_resume_after_a_daemon_restart(config: Config, breast_cancer
 
     final, nodes = await restart_and_finish(config, task["id"])
     assert final["state"] == "finished"
-    assert final["nodes_total"] == 4
+    # A node the stop caught before it had code is not a step (it shows, failed, besides).
+    steps = [n for n in nodes if not (n["error"] or "").startswith("interrupted: the daemon")]
+    assert len(steps) == 4 and final["nodes_total"] in (4, 5)
     assert any(n["status"] in ("done", "buggy") for n in nodes)
 
 
