@@ -18,11 +18,14 @@ from mlmaster_daemon import untrusted
 from mlmaster_daemon.evaluation import SUBMISSION
 from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.logs import get_logger
+from mlmaster_daemon.store.evidence import BEST_NAME, COMMITTED_NAME
 
 log = get_logger("mlmaster.artefacts")
 # A node's files kept in best/ and top/ passed evaluation; this bound only stops a file that
 # grew after it (a job that outlived its run) from being copied without end.
 MAX_KEPT_SUBMISSION_BYTES = 8 * 1024**3
+# The submission's name in best/ and in each top/<rank>-node<id>/.
+KEPT_SUBMISSION = "submission.csv"
 
 
 def task_root(state_dir: Path, task_id: str) -> Path:
@@ -34,7 +37,12 @@ def node_dir(state_dir: Path, task_id: str, node_id: int) -> Path:
 
 
 def best_dir(state_dir: Path, task_id: str) -> Path:
-    return task_root(state_dir, task_id) / "best"
+    return task_root(state_dir, task_id) / BEST_NAME
+
+
+def best_submission(state_dir: Path, task_id: str) -> Path:
+    """Where the task's best submission is (once it has one)."""
+    return best_dir(state_dir, task_id) / KEPT_SUBMISSION
 
 
 def best_node_id(target: Path) -> int | None:
@@ -64,7 +72,7 @@ def write_committed(root: Path, record: dict[str, object]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".committed-{record['node_id']}.tmp"
     tmp.write_text(json.dumps(record))
-    os.replace(tmp, root / "committed.json")
+    os.replace(tmp, root / COMMITTED_NAME)
 
 
 def _copy_submission(ws: Workspace, target: Path) -> None:
@@ -79,7 +87,7 @@ def copy_best(ws: Workspace, target: Path, node_id: int, metric: float, code: st
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     (staging / "solution.py").write_text(code)
-    _copy_submission(ws, staging / "submission.csv")
+    _copy_submission(ws, staging / KEPT_SUBMISSION)
     (staging / "node.json").write_text(json.dumps({"node_id": node_id, "metric": metric}))
     old = target.with_name("best.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -111,7 +119,7 @@ def top_submissions(root: Path) -> list[KeptSubmission]:
     for entry in top.iterdir():
         rank, sep, node = entry.name.partition("-node")
         if sep and rank.isdigit() and node.isdigit():
-            kept.append(KeptSubmission(int(rank), int(node), entry / "submission.csv"))
+            kept.append(KeptSubmission(int(rank), int(node), entry / KEPT_SUBMISSION))
     return sorted(kept, key=lambda k: k.rank)
 
 
@@ -126,7 +134,7 @@ def copy_top(root: Path, nodes: list[tuple[int, str]]) -> None:
         target = top / _top_name(rank + 1, node_id)
         target.mkdir(parents=True)
         try:
-            _copy_submission(ws, target / "submission.csv")
+            _copy_submission(ws, target / KEPT_SUBMISSION)
         except (FileNotFoundError, untrusted.UnsafeFile) as exc:
             log.warning("a top node's submission cannot be kept", node_id=node_id,
                         error=str(exc))

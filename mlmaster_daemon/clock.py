@@ -47,17 +47,6 @@ class ManualClock:
         heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), wake))
         await wake
 
-    @property
-    def sleepers(self) -> int:
-        """How many waits are pending (cancelled ones included until their time comes)."""
-        return sum(1 for _at, _n, wake in self._sleepers if not wake.done())
-
-    def next_wake(self) -> float | None:
-        """When the earliest pending sleep ends, or None when nothing sleeps."""
-        while self._sleepers and self._sleepers[0][2].done():
-            heapq.heappop(self._sleepers)
-        return self._sleepers[0][0] if self._sleepers else None
-
     def advance(self, seconds: float) -> None:
         """Move time forward and wake the sleeps that end by then."""
         self.now += seconds

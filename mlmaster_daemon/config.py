@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlmaster_daemon.errors import ConfigError
 
@@ -34,6 +34,16 @@ def _comma_list(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _drop_removed(raw: Any, key: str, only: str) -> Any:
+    """A key that was removed because it allowed one value and did nothing: a config written
+    for an older version still loads when it holds that value."""
+    if isinstance(raw, dict) and key in raw:
+        if raw[key] != only:
+            raise ValueError(f"{key!r} was removed (it could only be {only!r}); delete the line")
+        raw = {k: v for k, v in raw.items() if k != key}
+    return raw
 
 
 class DaemonConfig(_Section):
@@ -130,6 +140,11 @@ class ExecutionConfig(_Section):
     # A node that was running at this many daemon crashes (counted at each start) is failed
     # instead of run again: it may be what kills the daemon.
     max_node_crashes: int = Field(default=2, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_reconcile(cls, raw: Any) -> Any:
+        return _drop_removed(raw, "reconcile", "kill")
     # Seconds between GPU samples.
     sample_interval_s: float = Field(default=2.0, gt=0)
     node_timeout_s: float = Field(default=600, gt=0)
@@ -199,6 +214,11 @@ class CoderConfig(_Section):
     """The built-in offline coder, used when no `[llm.code]` endpoint is configured."""
 
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_kind(cls, raw: Any) -> Any:
+        return _drop_removed(raw, "kind", "offline")
 
 
 class ValidationServerConfig(_Section):
@@ -360,7 +380,7 @@ def load_config(
         raise ConfigError(_describe_error(exc, origins)) from None
 
 
-# Keys a running daemon takes on SIGHUP. Runners read these at each use; the rest (paths,
+# Keys a running daemon takes on SIGHUP. Searches read these at each use; the rest (paths,
 # endpoints and their keys, slots, sandbox, tokenizer, policy internals of running tasks) is
 # fixed at start and needs a restart.
 LIVE_KEYS = frozenset({

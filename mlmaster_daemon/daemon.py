@@ -8,7 +8,6 @@ import contextlib
 import os
 import signal
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from mlmaster_daemon import __version__
 from mlmaster_daemon.api.app import ApiParts, build_app
 from mlmaster_daemon.api.validation_server import address, start_validation_server
 from mlmaster_daemon.bus import EventBus
-from mlmaster_daemon.clock import SystemClock
+from mlmaster_daemon.clock import Clock, SystemClock
 from mlmaster_daemon.coders.choice import Coders, make_coders
 from mlmaster_daemon.config import Config, Settings, reload_config
 from mlmaster_daemon.errors import ConfigError
@@ -97,16 +96,18 @@ def _prepare_socket_path(path: Path) -> None:
 
 
 class Daemon:
-    """`reread` gives the config anew (file, environment, flags) for a SIGHUP reload;
+    """`reread` gives the config anew (file, environment, flags) for a SIGHUP reload; `clock`
+    is what the searches measure and wait with (tests pass a manual one);
     `accept_lost_work` starts even when the task folders prove commits the database lost (they
     are moved aside); `sleep` waits between scheduled backups (tests pass their own)."""
 
     def __init__(self, config: Config, coders: Coders | None = None,
                  reread: Callable[[], Config] | None = None, accept_lost_work: bool = False,
-                 sleep: Sleep = asyncio.sleep):
+                 sleep: Sleep = asyncio.sleep, clock: Clock | None = None):
         # The one live config every part reads; a reload swaps it here.
         self.settings = Settings(config)
         self.accept_lost_work = accept_lost_work
+        self.clock: Clock = clock or SystemClock()
         self._sleep = sleep
         self.reread = reread
         self.coders = coders or make_coders(self.settings)
@@ -157,7 +158,7 @@ class Daemon:
         # Read-only checks: a refused database is left as it was found.
         await asyncio.to_thread(check_integrity, db)
         aside = await asyncio.to_thread(guard_committed_work, self.state_dir, db,
-                                        self.accept_lost_work, time.time())
+                                        self.accept_lost_work, self.clock.time())
         if aside is not None:
             log.warning("started with lost work (--accept-lost-work): what the database does "
                         "not know was moved aside", folder=str(aside.folder),
@@ -171,21 +172,23 @@ class Daemon:
         else:
             _prepare_socket_path(self.socket_path)
         # Load the tokenizer now: a missing encoding should stop the start, not a task.
-        await asyncio.to_thread(TiktokenCounter(self.config.memory.encoding).load)
+        counter = TiktokenCounter(self.config.memory.encoding)
+        await asyncio.to_thread(counter.load)
         self.store = await Store.open(db)
         killed = await reconcile_processes(self.store)
         await self._open_slots()
         requeued, interrupted = await self.store.interrupt_unfinished(
-            "interrupted: the daemon stopped while this node was being generated", time.time(),
+            "interrupted: the daemon stopped while this node was being generated",
+            self.clock.time(),
             max_crashes=self.config.execution.max_node_crashes)
         assert self.slots is not None
         executor = LocalExecutor(self.settings, self.slots, self.state_dir, self.sampler,
                                  self.socket_path)
         self.queue = TaskQueue(SearchParts(
             self.store, self.bus, self.coders.coder, executor, self.settings, self.state_dir,
-            TiktokenCounter(self.config.memory.encoding), self.coders.reviewer, SystemClock()))
+            counter, self.coders.reviewer, self.clock))
         self.api_parts = ApiParts(self.store, self.bus, self.queue, self.settings,
-                                 self.state_dir, time.time(), self.coders.status,
+                                 self.state_dir, self.clock.time(), self.coders.status,
                                  self.slots_status)
         self._runner = web.AppRunner(build_app(self.api_parts), handle_signals=False,
                                      shutdown_timeout=SHUTDOWN_GRACE_S)

@@ -1,7 +1,7 @@
 """Secrets the daemon holds (API keys) never leave it in text: they are cut from whatever goes
 to a prompt, the database, the API or a log.
 
-The keys are registered where they are read (`llm.endpoint.read_api_key`); `redact` replaces
+The keys are registered where they are read (`coders.llm.endpoint.read_api_key`); `redact` replaces
 every registered secret in a text. The sandbox keeps key files and the daemon's environment
 from jobs; this is the second line, for a way in nobody foresaw (a job that found a key and
 printed it, a model that echoed one).

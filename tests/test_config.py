@@ -52,3 +52,17 @@ def test_invalid_toml_and_missing_file_say_so(tmp_path: Path) -> None:
         load_config(bad, environ={})
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml", environ={})
+
+
+def test_a_config_written_for_an_older_version_still_loads(tmp_path: Path) -> None:
+    # Keys that were removed because they allowed one value and did nothing.
+    file = tmp_path / "c.toml"
+    file.write_text('[coder]\nkind = "offline"\nseed = 3\n[execution]\nreconcile = "kill"\n')
+    assert load_config(file, environ={}).coder.seed == 3
+
+
+def test_a_removed_key_with_another_value_says_to_delete_the_line(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('[coder]\nkind = "llm"\n')
+    with pytest.raises(ConfigError, match="delete the line"):
+        load_config(file, environ={})

@@ -202,3 +202,17 @@ async def _until_ended(events: Subscription, task_id: str) -> None:
             if (isinstance(event, TaskStateChanged) and event.task_id == task_id
                     and TaskState(event.state).terminal):
                 return
+
+
+async def test_a_cancel_before_the_search_starts_keeps_the_active_time_it_had(
+    bench: Bench, breast_cancer: Path,
+) -> None:
+    task = await _task(bench, breast_cancer, steps=3, active_s=12.5)
+    search = TaskSearch(task, bench.parts)
+    running = asyncio.create_task(search.run())
+    await asyncio.sleep(0)  # it starts, and waits for its task's row
+    search.cancel()
+    running.cancel()
+    await running
+    final = await bench.store.get_task(task.id)
+    assert final.state is TaskState.CANCELLED and final.active_s == 12.5

@@ -35,7 +35,7 @@ from mlmaster_daemon.api.folders import Placement, check_task_folder, check_task
 from mlmaster_daemon.api.job_peers import job_refusal, peer_job_reason
 from mlmaster_daemon.api.openapi import openapi_json
 from mlmaster_daemon.api.schemas import SubmitRequest, is_node_id, is_task_id
-from mlmaster_daemon.artefacts import best_dir, node_dir, task_root, top_submissions
+from mlmaster_daemon.artefacts import best_submission, node_dir, task_root, top_submissions
 from mlmaster_daemon.bus import Event, EventBus
 from mlmaster_daemon.config import Config, Settings
 from mlmaster_daemon.errors import Forbidden, InvalidRequest, MlmasterError
@@ -194,7 +194,7 @@ async def task_view(parts: ApiParts, task: TaskRecord) -> dict[str, Any]:
         best = {
             "node_id": task.best_node_id,
             "metric": task.best_metric,
-            "submission_path": str(best_dir(parts.state_dir, task.id) / "submission.csv"),
+            "submission_path": str(best_submission(parts.state_dir, task.id)),
         }
     top = [{"rank": kept.rank, "node_id": kept.node_id, "submission_path": str(kept.submission)}
            for kept in await asyncio.to_thread(

@@ -6,7 +6,6 @@ and methods, and the fuzz test drives the daemon from this document.
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 from typing import Any
@@ -223,11 +222,6 @@ def _document() -> dict[str, Any]:
         "paths": _PATHS,
         "components": _components(),
     }
-
-
-def openapi_document() -> dict[str, Any]:
-    """The document as a fresh dict (the caller may change it)."""
-    return copy.deepcopy(_document())
 
 
 @functools.cache

@@ -190,7 +190,8 @@ async def _run_and_evaluate(state: SearchState, node_id: int, pick: Pick,
     outcome, analysis, summary = await _judge(state, node_id, ws, response.code, outcome,
                                               response.summary)
     await _finish(state, node_id, pick, outcome, analysis, summary)
-    log.info("node finished", metric=outcome.metric, error=outcome.error,
+    log.info("node finished", state="buggy" if outcome.buggy else "done",
+             metric=outcome.metric, error=outcome.error,
              seconds=round(result.duration_s, 2))
     if outcome.metric is not None and state.improves(outcome.metric):
         state.best_metric = outcome.metric

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
-from mlmaster_daemon.artefacts import best_dir, copy_best, task_root, write_committed
+from mlmaster_daemon.artefacts import (
+    best_dir,
+    best_submission,
+    copy_best,
+    task_root,
+    write_committed,
+)
 from mlmaster_daemon.bus import BestImproved, NodeStateChanged, TaskStateChanged
 from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.logs import get_logger
@@ -55,11 +61,12 @@ class Publisher:
 
     async def best(self, node_id: int, ws: Workspace, metric: float, code: str) -> None:
         """The node's files become best/ (a rename, never half-written), then the task says so."""
-        target = best_dir(self.parts.state_dir, self.task_id)
-        await asyncio.to_thread(copy_best, ws, target, node_id, metric, code)
+        await asyncio.to_thread(copy_best, ws, best_dir(self.parts.state_dir, self.task_id),
+                                node_id, metric, code)
         await self.parts.store.update_task(self.task_id, best_node_id=node_id,
                                            best_metric=metric)
         self.parts.bus.publish(BestImproved(task_id=self.task_id, node_id=node_id,
                                             metric=metric,
-                                            submission_path=str(target / "submission.csv")))
+                                            submission_path=str(best_submission(
+                                                self.parts.state_dir, self.task_id))))
         log.info("best improved", task_id=self.task_id, node_id=node_id, metric=metric)

@@ -101,14 +101,13 @@ class TaskQueue:
         if error is None:
             self.backing_off.pop(task_id, None)
             self._fill_soon()
-        elif isinstance(error, StorageFault) or is_storage_fault(error):
+        elif is_storage_fault(error):
             # Never relaunched at once: the cause (a full disk) is most likely still there.
             reason = error.message if isinstance(error, StorageFault) else describe(error)
             self._back_off(task_id, reason)
         else:
             # A bug, not the machine: running it again would fail again, so the task fails.
-            self._side_task(self._fail(task_id, f"internal error: {type(error).__name__}: "
-                                                f"{error}"))
+            self._side_task(self._fail(task_id, f"internal error: {error}"))
 
     def _back_off(self, task_id: str, reason: str) -> None:
         attempt = self.backing_off.get(task_id, (0, ""))[0] + 1
@@ -118,6 +117,8 @@ class TaskQueue:
     async def _fail(self, task_id: str, reason: str) -> None:
         log.error("task search raised; the task fails", task_id=task_id, error=reason)
         try:
+            if (await self.parts.store.get_task(task_id)).state.terminal:
+                return  # it ended meanwhile (a cancel): that stands
             await self.parts.store.update_task(task_id, state=TaskState.FAILED, error=reason,
                                                finished_at=self.parts.clock.time())
         except Exception as exc:
@@ -131,9 +132,16 @@ class TaskQueue:
         await self.fill()
 
     def _side_task(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        name = getattr(coro, "__qualname__", "side task")
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        task.add_done_callback(self._side_task_done)
+
+    def _side_task_done(self, task: asyncio.Task[None]) -> None:
+        self._side_tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("the task queue's own work failed", work=task.get_name(),
+                      error=f"{type(error).__name__}: {error}")
 
     async def _reclaim(self, task_id: str) -> None:
         """Empty the workspaces of the task's unfinished nodes: their runs start afresh when it
@@ -157,7 +165,16 @@ class TaskQueue:
             log.error("task stopped on an error; trying again after a pause", task_id=task_id,
                       error=reason, attempt=attempt, retry_in_s=delay)
             await self.parts.clock.sleep(delay)
-            await self._reclaim(task_id)
+            try:
+                await self._reclaim(task_id)
+            except Exception as exc:
+                if not is_storage_fault(exc):
+                    raise
+                # Still faulty: reading the nodes is part of the probe.
+                attempt += 1
+                reason = describe(exc)
+                self.backing_off[task_id] = (attempt, reason)
+                continue
             problem = await asyncio.to_thread(probe_storage, self.parts.state_dir)
             if problem is None:
                 break

@@ -12,6 +12,7 @@ from mlmaster_daemon.bus import TaskStateChanged
 from mlmaster_daemon.faults import StorageFault, describe, is_storage_fault
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import NodeState, TaskState
+from mlmaster_daemon.scheduler.budget import Budget
 from mlmaster_daemon.scheduler.expansion import expand
 from mlmaster_daemon.scheduler.parts import SearchParts
 from mlmaster_daemon.scheduler.resume import ranked, repair_best, restore
@@ -34,10 +35,6 @@ class TaskSearch:
         self.state = SearchState(task, parts)
         # Set once the budget counts from this run's start (before, there is nothing to save).
         self._started = False
-
-    @property
-    def task(self) -> TaskRecord:
-        return self.state.task
 
     def cancel(self) -> None:
         """Mark the search cancelled; the caller then cancels its asyncio task."""
@@ -62,8 +59,6 @@ class TaskSearch:
                         await asyncio.shield(self._save_active())
                 raise
             await self._end(TaskState.CANCELLED)
-        except StorageFault:
-            raise
         except Exception as exc:
             if is_storage_fault(exc):
                 await self._pause_on_fault(exc)
@@ -76,13 +71,13 @@ class TaskSearch:
         # Listings leave the description out; the prompts need it.
         task = state.task = await store.get_task(state.task.id)
         if task.state.terminal:
-            # A queue pump that read the task before a cancel committed launched this search.
+            # A queue fill that read the task before a cancel committed launched this search.
             log.info("task already ended; nothing to run", task_id=task.id,
                      state=task.state.value)
             return
         now = state.now()
         # The time budget counts active time only: what earlier runs used is carried over.
-        state.budget = type(state.budget).start(now, task.time_limit_s, task.active_s,
+        state.budget = Budget.start(now, task.time_limit_s, task.active_s,
                                                 task.max_tokens, task.max_cost)
         self._started = True
         # After a fault paused this task, its nodes may still show the states they had then.
@@ -106,6 +101,7 @@ class TaskSearch:
             await self._dispatch(nodes, resume)
         finally:
             keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
         if state.draining:
             # The daemon is stopping: the task stays running and resumes on the next start.
             await self._save_active()
@@ -127,19 +123,19 @@ class TaskSearch:
 
     async def _dispatch(self, nodes: list[NodeRecord],
                         resume: list[tuple[NodeRecord, Pick]]) -> None:
-        state, config = self.state, self.parts.settings
+        state, settings = self.state, self.parts.settings
         next_id = max((n.id for n in nodes), default=0) + 1
         # Nodes a daemon stop interrupted before they had code are not steps.
         created = sum(1 for n in nodes if not n.interrupted)
         # Nodes whose code was paid for before a restart run now, without asking again.
-        running = {asyncio.create_task(expand(state, node.id, pick, existing=node))
-                   for node, pick in resume}
+        expansions = {asyncio.create_task(expand(state, node.id, pick, existing=node))
+                      for node, pick in resume}
         try:
             while True:
                 # Pipelining: up to `prefetch` expansions beyond the running ones generate
                 # code ahead, so it is ready when a run slot frees up.
-                limit = config.config.search.parallel + config.config.llm.prefetch
-                while (not state.draining and len(running) < limit
+                limit = settings.config.search.parallel + settings.config.llm.prefetch
+                while (not state.draining and len(expansions) < limit
                        and created < state.task.steps and not state.budget.expired(state.now())
                        and not await self._over_budget()):
                     pick = state.policy.select()
@@ -148,19 +144,22 @@ class TaskSearch:
                     # Reserve the child now, so the next select() sees the slot as taken.
                     state.policy.add(next_id, pick)
                     state.open_picks[next_id] = pick
-                    running.add(asyncio.create_task(expand(state, next_id, pick)))
+                    expansions.add(asyncio.create_task(expand(state, next_id, pick)))
                     next_id += 1
                     created += 1
-                if not running:
+                if not expansions:
                     return
-                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for finished in done:
-                    if not finished.cancelled() and finished.exception() is not None:
-                        raise finished.exception()  # type: ignore[misc]
+                done, expansions = await asyncio.wait(expansions,
+                                                      return_when=asyncio.FIRST_COMPLETED)
+                # Every one is read (a full disk fails several at once); the first is raised.
+                errors = [e for f in done if not f.cancelled()
+                          if (e := f.exception()) is not None]
+                if errors:
+                    raise errors[0]
         except BaseException:
-            for pending in running:
+            for pending in expansions:
                 pending.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.gather(*expansions, return_exceptions=True)
             raise
 
     async def _over_budget(self) -> bool:
@@ -214,13 +213,14 @@ class TaskSearch:
         root = task_root(self.parts.state_dir, task.id)
         await asyncio.to_thread(copy_top, root, [(n.id, n.code or "") for n in nodes[:k]])
 
-    async def _end(self, state: TaskState, error: str | None = None) -> None:
-        search = self.state
-        now = search.now()
-        await search.publish.task_state(state, error, finished_at=now,
-                                        active_s=round(search.budget.active_s(now), 3))
-        log.info("task ended", task_id=search.task.id, state=state.value, error=error,
-                 best_metric=search.best_metric)
+    async def _end(self, ending: TaskState, error: str | None = None) -> None:
+        state = self.state
+        now = state.now()
+        # Before the budget counted from this run's start, the stored active time stands.
+        fields = {"active_s": round(state.budget.active_s(now), 3)} if self._started else {}
+        await state.publish.task_state(ending, error, finished_at=now, **fields)
+        log.info("task ended", task_id=state.task.id, state=ending.value, error=error,
+                 best_metric=state.best_metric)
 
     async def _pause_on_fault(self, exc: BaseException) -> None:
         """Say in the task's state why it stopped, when the store can still take that."""

@@ -12,7 +12,7 @@ from typing import Any
 from mlmaster_daemon.coders.protocol import Reviewer
 from mlmaster_daemon.config import Settings
 from mlmaster_daemon.logs import get_logger
-from mlmaster_daemon.models import NodeState, Operator
+from mlmaster_daemon.models import CallRecord, NodeState, Operator
 from mlmaster_daemon.scheduler.storage import SearchStore
 from mlmaster_daemon.search.hcc import (
     HierarchicalCache,
@@ -83,7 +83,7 @@ class TaskMemory:
         return self.cache.context(operator, parent_ids, tree, budget, self.counter)
 
     async def summarise_phase(self, phase: L2Summary, reviewer: Reviewer | None,
-                              spec: TaskSpec) -> Sequence[Any]:
+                              spec: TaskSpec) -> Sequence[CallRecord]:
         """A phase closed on stagnation: a reviewer rewrites its deterministic summary (kept
         when it cannot answer). Returns the reviewer's calls, for accounting."""
         log.info("phase closed on stagnation", phase=phase.phase, best=phase.best_metric)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,20 @@ class Store:
                 await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await self._writer.close()
 
+    async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Every row of a read. Shielded: a caller cancelled mid-read must not leave the
+        statement open, which would hold the reader on its old snapshot (later reads would not
+        see later commits)."""
+        return await asyncio.shield(self._read(query, params, one=False))
+
+    async def _fetch_one(self, query: str, params: Sequence[Any] = ()) -> Any:
+        """The first row of a read (None when there is none); shielded as `_fetch`."""
+        return await asyncio.shield(self._read(query, params, one=True))
+
+    async def _read(self, query: str, params: Sequence[Any], one: bool) -> Any:
+        async with self._reader.execute(query, params) as cur:
+            return await cur.fetchone() if one else list(await cur.fetchall())
+
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
@@ -122,11 +136,10 @@ class Store:
 
     async def get_task(self, task_id: str) -> TaskRecord:
         """The task with its description (which listings leave out)."""
-        async with self._reader.execute(
-            f"SELECT {TASK_COLUMNS}, (SELECT description FROM task_texts WHERE task_id = id)"
-            " FROM tasks WHERE id = ?", (task_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one(
+            f"SELECT {TASK_COLUMNS}, (SELECT description FROM task_texts WHERE task_id = id) FROM"
+            " tasks WHERE id = ?",
+            (task_id,))
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}; `mlmaster ls` lists the tasks")
         return task_of(row, description=row[-1] or "")
@@ -139,20 +152,16 @@ class Store:
         if states is not None:
             params = tuple(s.value for s in states)
             query += f" WHERE state IN ({', '.join('?' * len(params))})"
-        async with self._reader.execute(query + " ORDER BY created_at, id", params) as cur:
-            rows = await cur.fetchall()
+        rows = await self._fetch(query + " ORDER BY created_at, id", params)
         return [task_of(r) for r in rows]
 
     async def list_recent_tasks(self, limit: int) -> tuple[list[TaskRecord], int]:
         """The newest `limit` tasks, oldest first, without descriptions; and how many tasks
         there are in all."""
-        async with self._reader.execute(
+        rows = await self._fetch(
             f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY created_at DESC, id DESC LIMIT ?",
-            (limit,)
-        ) as cur:
-            rows = await cur.fetchall()
-        async with self._reader.execute("SELECT COUNT(*) FROM tasks") as cur:
-            count = await cur.fetchone()
+            (limit,))
+        count = await self._fetch_one("SELECT COUNT(*) FROM tasks")
         return [task_of(r) for r in list(rows)[::-1]], int(count[0]) if count else 0
 
     async def insert_node(self, node: NodeRecord) -> None:
@@ -207,10 +216,7 @@ class Store:
 
     async def search_state(self, task_id: str) -> dict[str, Any] | None:
         """The policy state saved with the task's last node outcome, if any."""
-        async with self._reader.execute(
-            "SELECT search_state FROM tasks WHERE id = ?", (task_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one("SELECT search_state FROM tasks WHERE id = ?", (task_id,))
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}; `mlmaster ls` lists the tasks")
         if row[0] is None:
@@ -246,47 +252,41 @@ class Store:
         if node_id is not None:
             query += " AND node_id = ?"
             params += (node_id,)
-        async with self._reader.execute(query, params) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one(query, params)
         assert row is not None
         return {"calls": row[0], "prompt_tokens": row[1], "completion_tokens": row[2],
                 "reasoning_tokens": row[3], "total_tokens": row[1] + row[2],
                 "cost": round(float(row[4]), 6), "latency_s": round(float(row[5]), 3)}
 
     async def get_node(self, task_id: str, node_id: int) -> NodeRecord:
-        async with self._reader.execute(
-            f"SELECT {NODE_COLUMNS} FROM nodes WHERE task_id = ? AND id = ?", (task_id, node_id)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one(
+            f"SELECT {NODE_COLUMNS} FROM nodes WHERE task_id = ? AND id = ?",
+            (task_id, node_id))
         if row is None:
             raise NodeNotFound(f"task {task_id} has no node {node_id}")
         return node_of(row)
 
     async def list_nodes(self, task_id: str) -> list[NodeRecord]:
-        async with self._reader.execute(
-            f"SELECT {NODE_COLUMNS} FROM nodes WHERE task_id = ? ORDER BY id", (task_id,)
-        ) as cur:
-            rows = await cur.fetchall()
+        rows = await self._fetch(
+            f"SELECT {NODE_COLUMNS} FROM nodes WHERE task_id = ? ORDER BY id",
+            (task_id,))
         return [node_of(r) for r in rows]
 
     async def steps_used(self, task_id: str) -> int:
         """Nodes that count against the task's step budget: all but those a daemon stop
         interrupted before they had code."""
-        async with self._reader.execute(
-            "SELECT COUNT(*) FROM nodes WHERE task_id = ? AND interrupted = 0", (task_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one(
+            "SELECT COUNT(*) FROM nodes WHERE task_id = ? AND interrupted = 0",
+            (task_id,))
         assert row is not None
         return int(row[0])
 
     async def node_counts(self, task_id: str) -> tuple[int, int]:
         """(nodes in the tree, nodes finished) for one task."""
         terminal = tuple(s.value for s in NodeState if s.terminal)
-        async with self._reader.execute(
+        row = await self._fetch_one(
             "SELECT COUNT(*), COALESCE(SUM(state IN (?, ?, ?)), 0) FROM nodes WHERE task_id = ?",
-            (*terminal, task_id),
-        ) as cur:
-            row = await cur.fetchone()
+            (*terminal, task_id))
         assert row is not None
         return int(row[0]), int(row[1])
 
@@ -302,29 +302,24 @@ class Store:
 
     async def list_lessons(self, limit: int = 5000) -> list[tuple[str, str, float]]:
         """The most recent lessons, newest first, as (text, profile JSON, score)."""
-        async with self._reader.execute(
-            "SELECT text, profile, score FROM lessons ORDER BY id DESC LIMIT ?", (limit,)
-        ) as cur:
-            rows = await cur.fetchall()
+        rows = await self._fetch(
+            "SELECT text, profile, score FROM lessons ORDER BY id DESC LIMIT ?",
+            (limit,))
         return [(r[0], r[1], float(r[2])) for r in rows]
 
     async def running_processes(self) -> list[NodeRecord]:
         """Nodes whose process may still be alive from before a restart."""
-        async with self._reader.execute(
+        rows = await self._fetch(
             f"SELECT {NODE_COLUMNS} FROM nodes WHERE state IN (?, ?) AND pid IS NOT NULL",
-            (NodeState.RUNNING.value, NodeState.EVALUATING.value),
-        ) as cur:
-            rows = await cur.fetchall()
+            (NodeState.RUNNING.value, NodeState.EVALUATING.value))
         return [node_of(r) for r in rows]
 
     async def unfinished_with_code(self) -> list[tuple[str, int]]:
         """(task id, node id) of nodes whose script may have been started: code written, no
         outcome yet, with or without a pid in the journal."""
-        async with self._reader.execute(
+        rows = await self._fetch(
             "SELECT task_id, id FROM nodes WHERE state IN (?, ?, ?) AND code IS NOT NULL",
-            (NodeState.READY.value, NodeState.RUNNING.value, NodeState.EVALUATING.value),
-        ) as cur:
-            rows = await cur.fetchall()
+            (NodeState.READY.value, NodeState.RUNNING.value, NodeState.EVALUATING.value))
         return [(str(r[0]), int(r[1])) for r in rows]
 
     async def interrupt_unfinished(self, reason: str, now: float, *, task_id: str | None = None,

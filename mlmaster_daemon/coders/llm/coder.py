@@ -40,8 +40,8 @@ def _summary(plan: str) -> str:
 
 
 class LlmCoder:
-    """A `Coder` and a `Reviewer`. `settings` is the daemon's one config holder: a reload's
-    `[llm]` values (retries, hardware line) apply from the next call."""
+    """A `Coder` and a `Reviewer`. `settings` is the daemon's one config holder: its `[llm]`
+    values are read at each call, never copied."""
 
     def __init__(self, code: Endpoint, settings: Settings, feedback: Endpoint | None = None,
                  hardware: str = "CPU only"):

@@ -26,7 +26,7 @@ import openai
 from mlmaster_daemon.coders.llm.limits import (
     BreakerState,
     CircuitBreaker,
-    Clock,
+    Now,
     Sleep,
     TokenBucket,
 )
@@ -91,7 +91,7 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
 
 class Endpoint:
     def __init__(self, role: str, cfg: EndpointConfig, api_key: str | None,
-                 clock: Clock = time.monotonic, seed: int | None = None, *,
+                 clock: Now = time.monotonic, seed: int | None = None, *,
                  sleep: Sleep = asyncio.sleep):
         self.role = role
         self.cfg = cfg

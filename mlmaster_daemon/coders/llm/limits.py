@@ -8,14 +8,14 @@ import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
-Clock = Callable[[], float]
+Now = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
 class TokenBucket:
     """`rate_per_minute` units refill continuously up to one minute's worth; 0 = unlimited."""
 
-    def __init__(self, rate_per_minute: float, clock: Clock = time.monotonic,
+    def __init__(self, rate_per_minute: float, clock: Now = time.monotonic,
                  sleep: Sleep = asyncio.sleep):
         self.rate = rate_per_minute / 60.0
         self.capacity = rate_per_minute
@@ -59,15 +59,13 @@ class CircuitBreaker:
     """Opens after `threshold` consecutive failed calls; after `cooldown_s` one probe may try
     (half-open); a success closes it, a failure opens it again."""
 
-    def __init__(self, threshold: int, cooldown_s: float, clock: Clock = time.monotonic):
+    def __init__(self, threshold: int, cooldown_s: float, clock: Now = time.monotonic):
         self.threshold = threshold
         self.cooldown_s = cooldown_s
         self.clock = clock
         self.failures = 0
         self.opened_at: float | None = None
         self.last_error: str | None = None
-        self._closed = asyncio.Event()
-        self._closed.set()
 
     @property
     def state(self) -> BreakerState:
@@ -81,17 +79,12 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at = None
         self.last_error = None
-        self._closed.set()
 
     def record_failure(self, error: str) -> None:
         self.failures += 1
         self.last_error = error
         if self.failures >= self.threshold or self.opened_at is not None:
             self.opened_at = self.clock()
-            self._closed.clear()
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
 
     def seconds_until_probe(self) -> float:
         if self.opened_at is None:

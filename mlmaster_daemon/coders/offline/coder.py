@@ -1,7 +1,7 @@
 """The built-in offline coder: real scikit-learn / LightGBM scripts without any LLM.
 
 It is the default coder when no LLM endpoint is configured. Every script it writes starts
-with a `# mlmaster-recipe: {json}` line (see `offline_recipe`), so improve, debug and
+with a `# mlmaster-recipe: {json}` line (see `recipe.py`), so improve, debug and
 crossover steps read their parents' recipes back instead of editing code.
 """
 
@@ -55,7 +55,7 @@ class OfflineCoder:
 
     async def generate(self, request: CodeRequest) -> CodeResponse:
         """The plan, script and one-line summary for one draft, improve, debug or crossover
-        expansion (crossover rules: see `offline_crossover`)."""
+        expansion (crossover rules: see `crossover.py`)."""
         rng = random.Random(f"offline-coder:{self._seed}:{request.node_id}:{request.operator}")
         if request.operator is Operator.DRAFT:
             return _draft(request, rng)

@@ -1,4 +1,4 @@
-"""Fixed fragments of the scripts the offline coder writes; `offline_render` stitches them.
+"""Fixed fragments of the scripts the offline coder writes; `render.py` stitches them.
 
 Each fragment is top-level script code that relies on the names set by earlier fragments
 (`train`, `test`, `sample`, `X`, `X_te`, `y`, `build_model`, ...).
