@@ -72,3 +72,9 @@ def test_no_module_is_much_over_four_hundred_lines() -> None:
     long = {str(path.relative_to(PACKAGE)): n for path in PACKAGE.rglob("*.py")
             if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long
+
+
+def test_the_scheduler_stays_a_package_of_small_files() -> None:
+    long = {path.name: n for path in (PACKAGE / "scheduler").glob("*.py")
+            if (n := len(path.read_text().splitlines())) > 300}
+    assert not long
