@@ -156,6 +156,18 @@ class TaskQueue:
                 log.warning("could not empty a stopped node's workspace", task_id=task_id,
                             node_id=node.id, error=str(exc))
 
+    async def _storage_problem(self, task_id: str) -> str | None:
+        """Why the task cannot resume yet (its nodes cannot be read and reclaimed, or the
+        state dir cannot be written), or None when it can."""
+        try:
+            await self._reclaim(task_id)
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                raise
+            return describe(exc)
+        problem = await asyncio.to_thread(probe_storage, self.parts.state_dir)
+        return None if problem is None else f"cannot write the daemon's state: {problem}"
+
     async def _relaunch_later(self, task_id: str, attempt: int, reason: str) -> None:
         """After a back-off, and once a write to the state dir works, launch the task again;
         it resumes from its last commit."""
@@ -165,21 +177,11 @@ class TaskQueue:
             log.error("task stopped on an error; trying again after a pause", task_id=task_id,
                       error=reason, attempt=attempt, retry_in_s=delay)
             await self.parts.clock.sleep(delay)
-            try:
-                await self._reclaim(task_id)
-            except Exception as exc:
-                if not is_storage_fault(exc):
-                    raise
-                # Still faulty: reading the nodes is part of the probe.
-                attempt += 1
-                reason = describe(exc)
-                self.backing_off[task_id] = (attempt, reason)
-                continue
-            problem = await asyncio.to_thread(probe_storage, self.parts.state_dir)
+            problem = await self._storage_problem(task_id)
             if problem is None:
                 break
             attempt += 1
-            reason = f"cannot write the daemon's state: {problem}"
+            reason = problem
             self.backing_off[task_id] = (attempt, reason)
         del self.backing_off[task_id]
         log.info("resuming the task", task_id=task_id, attempt=attempt)

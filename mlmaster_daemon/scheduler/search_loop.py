@@ -12,7 +12,6 @@ from mlmaster_daemon.bus import TaskStateChanged
 from mlmaster_daemon.faults import StorageFault, describe, is_storage_fault
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import NodeState, TaskState
-from mlmaster_daemon.scheduler.budget import Budget
 from mlmaster_daemon.scheduler.expansion import expand
 from mlmaster_daemon.scheduler.parts import SearchParts
 from mlmaster_daemon.scheduler.resume import ranked, repair_best, restore
@@ -33,8 +32,6 @@ class TaskSearch:
     def __init__(self, task: TaskRecord, parts: SearchParts) -> None:
         self.parts = parts
         self.state = SearchState(task, parts)
-        # Set once the budget counts from this run's start (before, there is nothing to save).
-        self._started = False
 
     def cancel(self) -> None:
         """Mark the search cancelled; the caller then cancels its asyncio task."""
@@ -54,9 +51,8 @@ class TaskSearch:
             await self._run()
         except asyncio.CancelledError:
             if not state.cancel_requested:
-                if self._started:
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(self._save_active())
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._save_active())
                 raise
             await self._end(TaskState.CANCELLED)
         except Exception as exc:
@@ -76,10 +72,6 @@ class TaskSearch:
                      state=task.state.value)
             return
         now = state.now()
-        # The time budget counts active time only: what earlier runs used is carried over.
-        state.budget = Budget.start(now, task.time_limit_s, task.active_s,
-                                                task.max_tokens, task.max_cost)
-        self._started = True
         # After a fault paused this task, its nodes may still show the states they had then.
         await store.interrupt_unfinished(
             "interrupted: the task paused while this node was being generated", now,
@@ -216,9 +208,8 @@ class TaskSearch:
     async def _end(self, ending: TaskState, error: str | None = None) -> None:
         state = self.state
         now = state.now()
-        # Before the budget counted from this run's start, the stored active time stands.
-        fields = {"active_s": round(state.budget.active_s(now), 3)} if self._started else {}
-        await state.publish.task_state(ending, error, finished_at=now, **fields)
+        await state.publish.task_state(ending, error, finished_at=now,
+                                       active_s=round(state.budget.active_s(now), 3))
         log.info("task ended", task_id=state.task.id, state=ending.value, error=error,
                  best_metric=state.best_metric)
 

@@ -31,7 +31,9 @@ class SearchState:
         # restart knows which nodes the tree holds a place for.
         self.open_picks: dict[int, Pick] = {}
         self.memory = TaskMemory(parts.settings, parts.counter)
-        self.budget = Budget(task.time_limit_s, 0.0, task.max_tokens, task.max_cost)
+        # The time budget counts active time only: what earlier runs used is carried over.
+        self.budget = Budget.start(parts.clock.time(), task.time_limit_s, task.active_s,
+                                   task.max_tokens, task.max_cost)
         # This task's own cap on parallel runs; generation may run ahead of it. A limiter
         # rather than a semaphore: a config reload can change its size while nodes run.
         self.run_slots = anyio.CapacityLimiter(config.search.parallel)
