@@ -99,6 +99,9 @@ class SearchConfig(_Section):
     time_limit_s: float = Field(default=3600, gt=0)
     parallel: int = Field(default=2, ge=1)
     seed: int = 0
+    # The task's validation plan: every node scores on the same cv_folds folds (seeded per
+    # task), so nodes are compared on the same rows; 0 or 1: one 80/20 split.
+    cv_folds: int = Field(default=5, ge=0, le=20)
     # Final selection keeps the best node in best/; above 1, also the k best in top/.
     keep_top_k: int = Field(default=1, ge=1)
     num_drafts: int = Field(default=5, ge=1)

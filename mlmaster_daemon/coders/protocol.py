@@ -29,6 +29,16 @@ class CodeRequest:
     memory_text: str = ""
     steps_left: int | None = None
     time_left_s: float | None = None
+    # The task's validation plan, the same for every node so that nodes are compared on the
+    # same rows: `cv_folds`-fold cross-validation, StratifiedKFold (classification) or KFold
+    # with shuffle=True and random_state=cv_seed over the labelled rows in file order;
+    # cv_folds < 2 means one 80/20 split with that seed. Scripts write the per-fold scores as
+    # `fold_metrics` in metrics.json besides `validation_metric`.
+    cv_folds: int = 5
+    cv_seed: int = 0
+    # The most this node's script may run (seconds), when known: scripts plan their work to
+    # end well inside it.
+    node_timeout_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ the scoped memory section, the data preview and what is left of the budget."""
 from __future__ import annotations
 
 import asyncio
+import zlib
 
 from mlmaster_daemon.coders.protocol import CodeRequest
 from mlmaster_daemon.execution.workspace import Workspace
@@ -28,7 +29,16 @@ async def code_request(state: SearchState, node_id: int, pick: Pick) -> CodeRequ
         memory_text=state.memory.context(pick.operator, pick.parent_ids, tree),
         steps_left=max(task.steps - used, 0),
         time_left_s=state.budget.left_s(state.now()),
+        cv_folds=state.parts.settings.config.search.cv_folds,
+        cv_seed=cv_seed(task.id),
+        node_timeout_s=state.budget.node_timeout(state.now(), task.node_timeout_s),
     )
+
+
+def cv_seed(task_id: str) -> int:
+    """The seed of a task's validation folds: fixed by its id, so every node of the task, and
+    the task after a restart, splits the rows the same way."""
+    return zlib.crc32(f"mlmaster-folds:{task_id}".encode()) % 100_000
 
 
 async def _parent_view(state: SearchState, node_id: int) -> tuple[str | None, str, str | None]:
