@@ -39,7 +39,7 @@ async def _run(path: Path, nodes: int, synchronous: str) -> float:
         for state in TRANSITIONS:
             await store.update_node("t", node_id, state=state)
         await store.finish_node("t", node_id, {"state": NodeState.DONE, "metric": 1.0},
-                                [(node_id, 1, 1.0)])
+                                [(node_id, 1, 1.0, None)])
     elapsed = time.perf_counter() - started
     await store.close()
     return nodes * (len(TRANSITIONS) + 2) / elapsed

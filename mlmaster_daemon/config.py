@@ -109,8 +109,15 @@ class SearchConfig(_Section):
     back_debug_depth: int = Field(default=3, ge=1)
     max_debug_depth: int = Field(default=20, ge=1)
     max_improve_failure: int = Field(default=3, ge=1)
-    improve_threshold: float = Field(default=1e-4, ge=0)
-    threshold_mode: Literal["absolute", "relative"] = "absolute"
+    # See search/mcts.py: what "improves" means, when a node backpropagates, how long a
+    # worker's chain may run, and whether per-fold noise counts. "ml-master-v1" fixes all of
+    # these to v1's exact rule (for faithful comparison) whatever the keys below say.
+    mcts_rule: Literal["default", "ml-master-v1"] = "default"
+    improve_threshold: float = Field(default=0.01, ge=0)
+    threshold_mode: Literal["range", "relative", "absolute"] = "range"
+    backprop: Literal["node", "chain"] = "node"
+    max_chain_length: int = Field(default=4, ge=0)
+    noise_aware: bool = True
     buggy_penalty: float = Field(default=0.5, ge=0)
     decay: Literal["none", "linear", "exponential", "piecewise"] = "piecewise"
     exploration_constant: float = Field(default=1.414, ge=0)

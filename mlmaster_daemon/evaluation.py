@@ -3,6 +3,11 @@
 A node is working when its script exited 0 within its time limit, wrote `metrics.json` with a
 finite float `validation_metric`, and wrote a submission that passes validation against the
 sample submission. Otherwise it is buggy and `error` says why, for the debug prompt and the user.
+
+`metrics.json` may also hold `fold_metrics`: the metric on each validation fold of the task's
+plan. The search uses them to tell progress from noise. A list that is missing, malformed,
+holds anything but finite numbers, or has fewer than 2 or more than `MAX_FOLDS` entries is
+ignored: it never makes a node buggy.
 """
 
 from __future__ import annotations
@@ -22,12 +27,15 @@ from mlmaster_daemon.tasks.spec import TaskSpec
 STDERR_TAIL_BYTES = 64 * 1024
 MAX_METRICS_BYTES = 64 * 1024
 SUBMISSION = "submission/submission.csv"
+MAX_FOLDS = 50
 
 
 @dataclass(frozen=True)
 class Evaluation:
     metric: float | None
     error: str | None
+    # The metric per validation fold, when the script reported it (see the module docstring).
+    folds: tuple[float, ...] = ()
 
     @property
     def buggy(self) -> bool:
@@ -40,37 +48,58 @@ def _last_error_line(ws: Workspace) -> str:
     return lines[-1].strip()[:500] if lines else ""
 
 
-def _read_metric(ws: Workspace) -> tuple[float | None, str | None]:
+def _read_metric(ws: Workspace) -> tuple[float | None, str | None, tuple[float, ...]]:
     try:
         data = untrusted.read_bounded(ws.root, ws.metrics.name, MAX_METRICS_BYTES)
     except FileNotFoundError:
-        return None, "metrics.json missing: the script must write {\"validation_metric\": <float>}"
+        return (None, "metrics.json missing: the script must write "
+                      "{\"validation_metric\": <float>}", ())
     except untrusted.UnsafeFile as exc:
-        return None, f"metrics.json must be a small regular file ({exc.strerror})"
+        return None, f"metrics.json must be a small regular file ({exc.strerror})", ()
     try:
         raw = json.loads(data)
     except (ValueError, RecursionError) as exc:
         # JSONDecodeError and UnicodeDecodeError are ValueErrors; so is an integer of more
         # digits than Python reads.
-        return None, f"metrics.json is not valid JSON: {str(exc)[:200]}"
+        return None, f"metrics.json is not valid JSON: {str(exc)[:200]}", ()
     value = raw.get("validation_metric") if isinstance(raw, dict) else None
     # bool is an int subclass; an integer metric is accepted and converted.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return None, redact(f"metrics.json has no numeric 'validation_metric' (got {value!r:.200})")
+        return (None, redact(f"metrics.json has no numeric 'validation_metric' "
+                             f"(got {value!r:.200})"), ())
     try:
         metric = float(value)
     except OverflowError:
-        return None, "validation_metric is too large for a floating-point number"
+        return None, "validation_metric is too large for a floating-point number", ()
     if not math.isfinite(metric):
-        return None, f"validation_metric is not finite ({metric})"
-    return metric, None
+        return None, f"validation_metric is not finite ({metric})", ()
+    return metric, None, _folds(raw.get("fold_metrics"))
+
+
+def _folds(raw: object) -> tuple[float, ...]:
+    """The per-fold metrics a script reported: all finite numbers, or none at all."""
+    if not isinstance(raw, list) or not 2 <= len(raw) <= MAX_FOLDS:
+        return ()
+    folds: list[float] = []
+    for value in raw:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return ()
+        try:
+            number = float(value)
+        except OverflowError:
+            return ()
+        if not math.isfinite(number):
+            return ()
+        folds.append(number)
+    return tuple(folds)
 
 
 def evaluate(ws: Workspace, spec: TaskSpec, run: RunResult, timeout_s: float) -> Evaluation:
     """Judge the run in `ws`; every file of the job is read bounded and without following
     links, and no error text carries a known secret."""
     outcome = _evaluate(ws, spec, run, timeout_s)
-    return Evaluation(outcome.metric, redact(outcome.error) if outcome.error else None)
+    return Evaluation(outcome.metric, redact(outcome.error) if outcome.error else None,
+                      outcome.folds)
 
 
 def _evaluate(ws: Workspace, spec: TaskSpec, run: RunResult, timeout_s: float) -> Evaluation:
@@ -88,7 +117,7 @@ def _evaluate(ws: Workspace, spec: TaskSpec, run: RunResult, timeout_s: float) -
         last = _last_error_line(ws)
         detail = f": {last}" if last else ""
         return Evaluation(None, f"script {run.ending}{detail}")
-    metric, error = _read_metric(ws)
+    metric, error, folds = _read_metric(ws)
     if metric is None:
         return Evaluation(None, error)
     # pandas and scikit-learn load here, in the worker thread, not at daemon start.
@@ -107,4 +136,4 @@ def _evaluate(ws: Workspace, spec: TaskSpec, run: RunResult, timeout_s: float) -
                                    else f" ({exc.strerror})"))
     if invalid is not None:
         return Evaluation(None, f"submission invalid: {invalid}")
-    return Evaluation(metric, None)
+    return Evaluation(metric, None, folds)

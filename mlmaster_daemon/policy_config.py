@@ -10,7 +10,7 @@ from mlmaster_daemon.config import SearchConfig
 from mlmaster_daemon.errors import InvalidRequest
 from mlmaster_daemon.search.evolutionary import EvolutionaryPolicy, EvoParams
 from mlmaster_daemon.search.greedy import GreedyParams, GreedyPolicy
-from mlmaster_daemon.search.mcts import MctsParams, MctsPolicy
+from mlmaster_daemon.search.mcts import MctsParams, MctsPolicy, ml_master_v1
 from mlmaster_daemon.search.policy import Policy
 from mlmaster_daemon.search.uct import Decay
 
@@ -25,7 +25,7 @@ class _PolicyClass(Protocol):
 
 
 def mcts_params(search: SearchConfig) -> MctsParams:
-    return MctsParams(
+    params = MctsParams(
         num_drafts=search.num_drafts,
         num_improves=search.num_improves,
         back_debug_depth=search.back_debug_depth,
@@ -33,10 +33,14 @@ def mcts_params(search: SearchConfig) -> MctsParams:
         max_improve_failure=search.max_improve_failure,
         improve_threshold=search.improve_threshold,
         threshold_mode=search.threshold_mode,
+        backprop=search.backprop,
+        max_chain_length=search.max_chain_length,
+        noise_aware=search.noise_aware,
         buggy_penalty=search.buggy_penalty,
         decay=Decay(kind=search.decay, c_start=search.exploration_constant,
                     c_end=search.exploration_min, gamma=search.decay_gamma),
     )
+    return ml_master_v1(params) if search.mcts_rule == "ml-master-v1" else params
 
 
 def greedy_params(search: SearchConfig) -> GreedyParams:

@@ -48,6 +48,7 @@ async def expand(state: SearchState, node_id: int, pick: Pick,
                     task_id=task.id, id=node_id, parent_id=parent_id,
                     operator=pick.operator, state=NodeState.PENDING, created_at=state.now(),
                     parent_ids=pick.parent_ids,
+                    pick_reason=None if pick.reason is None else pick.reason.value,
                 ))
                 await state.publish.node_changed(node_id, pick, NodeState.PENDING)
                 response = await _generate_code(state, node_id, pick)
@@ -204,7 +205,7 @@ async def _finish(state: SearchState, node_id: int, pick: Pick, outcome: Evaluat
     search state that knows it, then published."""
     task, store = state.task, state.parts.store
     parent_metric = state.policy.tree[pick.parent_id].metric if pick.parent_ids else None
-    changed = state.policy.complete(node_id, pick, outcome.metric)
+    changed = state.policy.complete(node_id, pick, outcome.metric, outcome.folds)
     state.open_picks.pop(node_id, None)
     phase = state.memory.record(node_id, pick, summary, outcome.metric, outcome.buggy,
                                 outcome.error, parent_metric, task.spec.lower_is_better)
@@ -217,7 +218,7 @@ async def _finish(state: SearchState, node_id: int, pick: Pick, outcome: Evaluat
         task.id, node_id,
         {"state": node_state, "metric": outcome.metric, "error": outcome.error,
          "finished_at": state.now(), "analysis": analysis},
-        [(n.id, n.visits, n.value) for n in changed], state.saved())
+        [(n.id, n.visits, n.value, n.uct) for n in changed], state.saved())
     await state.publish.node_changed(node_id, pick, node_state, outcome.metric, outcome.error)
 
 

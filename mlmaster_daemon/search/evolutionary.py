@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from mlmaster_daemon.models import Operator
-from mlmaster_daemon.search.policy import Pick, TreePolicy
+from mlmaster_daemon.search.policy import Pick, PickReason, TreePolicy
 from mlmaster_daemon.search.reward import normalised, reward
 from mlmaster_daemon.search.tree import ROOT, Outcome, TreeNode
 
@@ -126,10 +126,11 @@ class EvolutionaryPolicy(TreePolicy[EvoParams]):
         """The next pick by the module's rules, reserved; None while nothing can be picked."""
         tail = self._waiting_tail()
         if tail is not None:
-            return self._reserve(Pick(Operator.DEBUG, (tail.id,)), self.island_of.get(tail.id, 0))
+            debug = Pick(Operator.DEBUG, (tail.id,), reason=PickReason.DEBUG)
+            return self._reserve(debug, self.island_of.get(tail.id, 0))
         island = self._draft_island()
         if island is not None:
-            return self._reserve(Pick(Operator.DRAFT), island)
+            return self._reserve(Pick(Operator.DRAFT, reason=PickReason.DRAFT), island)
         candidates = [i for i, members in enumerate(self.islands) if members]
         if not candidates:
             return None
@@ -144,22 +145,24 @@ class EvolutionaryPolicy(TreePolicy[EvoParams]):
         scores.pop(first)
         if crossover:
             b = members[self._softmax_index(scores, temp)]
-            return self._reserve(Pick(Operator.CROSSOVER, (a, b)), island)
-        return self._reserve(Pick(Operator.IMPROVE, (a,)), island)
+            pick = Pick(Operator.CROSSOVER, (a, b), reason=PickReason.TOURNAMENT)
+            return self._reserve(pick, island)
+        return self._reserve(Pick(Operator.IMPROVE, (a,), reason=PickReason.TOURNAMENT), island)
 
     def add(self, node_id: int, pick: Pick) -> TreeNode:
         """Create the pending node for `pick`; it inherits the pick's reserved island."""
         island = self._release(pick)
         if island is None:
             island = self.island_of.get(pick.parent_id, 0)
-        node = self.tree.add(node_id, pick.operator, pick.parent_ids)
+        node = self.tree.add(node_id, pick.operator, pick.parent_ids, pick.reason)
         self.island_of[node_id] = island
         return node
 
-    def complete(self, node_id: int, pick: Pick, metric: float | None) -> list[TreeNode]:
+    def complete(self, node_id: int, pick: Pick, metric: float | None,
+                 folds: tuple[float, ...] = ()) -> list[TreeNode]:
         """Record the outcome, admit a working node to its island, count the generation and
         backpropagate the node's reward; returns the non-root nodes touched."""
-        node = self.tree.finish(node_id, metric)
+        node = self.tree.finish(node_id, metric, folds)
         if metric is None:
             if node.debug_depth >= self.params.max_debug_depth:
                 node.terminal = True

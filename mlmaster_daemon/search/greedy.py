@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from mlmaster_daemon.models import Operator
-from mlmaster_daemon.search.policy import Pick, TreePolicy
+from mlmaster_daemon.search.policy import Pick, PickReason, TreePolicy
 from mlmaster_daemon.search.reward import reward
 from mlmaster_daemon.search.tree import ROOT, Outcome, TreeNode
 
@@ -61,15 +61,16 @@ class GreedyPolicy(TreePolicy[GreedyParams]):
         drafts = len(self.tree[ROOT].children)
         drafts += sum(1 for pick in self.reserved if pick.operator is Operator.DRAFT)
         if drafts < p.num_drafts:
-            return self._reserve(Pick(Operator.DRAFT))
+            return self._reserve(Pick(Operator.DRAFT, reason=PickReason.DRAFT))
         if self.rng.random() < p.debug_prob:
             leaves = self.debuggable()
             if leaves:
-                return self._reserve(Pick(Operator.DEBUG, (self.rng.choice(leaves).id,)))
+                return self._reserve(Pick(Operator.DEBUG, (self.rng.choice(leaves).id,),
+                                          reason=PickReason.DEBUG))
         best = self.best()
         if best is None:
-            return self._reserve(Pick(Operator.DRAFT))
-        return self._reserve(Pick(Operator.IMPROVE, (best.id,)))
+            return self._reserve(Pick(Operator.DRAFT, reason=PickReason.DRAFT))
+        return self._reserve(Pick(Operator.IMPROVE, (best.id,), reason=PickReason.BEST))
 
     def debuggable(self) -> list[TreeNode]:
         """Buggy leaves that may take one more debug, by id."""
@@ -89,11 +90,12 @@ class GreedyPolicy(TreePolicy[GreedyParams]):
     def add(self, node_id: int, pick: Pick) -> TreeNode:
         """Create the pending node for `pick`, consuming its reservation."""
         self._release(pick)
-        return self.tree.add(node_id, pick.operator, pick.parent_ids)
+        return self.tree.add(node_id, pick.operator, pick.parent_ids, pick.reason)
 
-    def complete(self, node_id: int, pick: Pick, metric: float | None) -> list[TreeNode]:
+    def complete(self, node_id: int, pick: Pick, metric: float | None,
+                 folds: tuple[float, ...] = ()) -> list[TreeNode]:
         """Record the outcome and backpropagate its reward; returns the non-root nodes touched."""
-        node = self.tree.finish(node_id, metric)
+        node = self.tree.finish(node_id, metric, folds)
         if metric is None and node.debug_depth >= self.params.max_debug_depth:
             node.terminal = True
         r = reward(metric, self.tree.metric_lo, self.tree.metric_hi, self.lower_is_better)

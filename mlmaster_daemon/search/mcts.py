@@ -4,20 +4,38 @@ Selection walks from the virtual root and expands the first node that still has 
 the root takes `num_drafts` drafts, a working node `num_improves` improves, a buggy node one
 debug (until its chain of consecutive debugs reaches `max_debug_depth`, when it is terminal).
 Otherwise it descends to the open child with the best UCT score; unvisited children first.
+Every child compared on the way keeps its score (`TreeNode.uct`), and every node keeps why the
+pick that made it was chosen (`TreeNode.reason`), so a user can read the search.
 
-A pick starts a *chain*: the worker keeps expanding the node it just made, as in v1.
-- A working node that beats the chain's local best by more than the threshold becomes the new
-  local best and is improved next; one that does not counts a failure, and after
-  `max_improve_failure` failures the node is terminal and the chain backpropagates.
-- A successful debug backpropagates at once.
-- A buggy node is debugged next, until `back_debug_depth` consecutive debugs in the chain,
-  then the chain backpropagates; at `max_debug_depth` the node is terminal.
-The chain is credited with the reward of the best node it produced (or of its last node when
-none worked); see `reward.py`.
+A pick starts a *chain*: the worker may keep expanding the node it just made, as in v1.
+Two rules decide when a chain goes on and when it backpropagates (`backprop`):
+
+- `node` (the default): every finished node (working, buggy or invalid) backpropagates its
+  own reward at once, so visits and value along its path are right at every moment. Greedy
+  continuation is a preference, not a way around selection: a chain goes on only from a node
+  that improved meaningfully on the chain's best (or, for a buggy node, with a debug until
+  `back_debug_depth` consecutive debugs), and never beyond `max_chain_length` nodes; a miss, a
+  successful debug or the length bound hand the worker back to UCT selection.
+- `chain` (ML-Master v1's exact rule, for faithful comparison): a working node that beats the
+  chain's local best becomes the new local best and is improved next; one that does not
+  counts a failure, and after `max_improve_failure` failures the node is terminal and the chain
+  backpropagates once, credited with the reward of the best node it produced (or of its last
+  node when none worked). A successful debug backpropagates at once; a buggy node is debugged
+  until `back_debug_depth` consecutive debugs, and at `max_debug_depth` it is terminal.
+
+"Improves" means a gain above a threshold (`threshold_mode`):
+- `range` (default): `improve_threshold` times the task's score range so far (best minus worst
+  working metric); with a single working metric, times its magnitude;
+- `relative`: `improve_threshold` times the chain's best metric's magnitude;
+- `absolute`: `improve_threshold` itself (v1: 1e-4).
+With `noise_aware`, when both nodes reported their per-fold metrics on the task's shared folds,
+the gain must also exceed its own noise: the standard error of the paired per-fold
+differences (their spread over the folds, divided by sqrt(folds)). A gain smaller than that
+is noise, not progress.
 
 Parallel expansion: a chain holds one virtual visit (no reward) on every node of the path it
 was selected through, so the next selections see those subtrees as more visited and spread
-out. Backpropagation or an abort releases it. Nothing spins: when no node is open, `select`
+out. The chain's end or an abort releases it. Nothing spins: when no node is open, `select`
 returns None.
 
 Fixes over v1: no boolean locks (virtual loss instead), a terminal node is never selected, an
@@ -27,16 +45,21 @@ threshold may be relative, every decay schedule works, and the whole state saves
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Self
 
 from mlmaster_daemon.models import Operator
-from mlmaster_daemon.search.policy import Pick, TreePolicy
+from mlmaster_daemon.search.policy import Pick, PickReason, TreePolicy
 from mlmaster_daemon.search.reward import DEFAULT_BUGGY_PENALTY, reward
 from mlmaster_daemon.search.tree import ROOT, Outcome, TreeNode
 from mlmaster_daemon.search.uct import Decay, uct
+
+Backprop = Literal["node", "chain"]
+ThresholdMode = Literal["range", "relative", "absolute"]
 
 
 @dataclass(frozen=True)
@@ -46,10 +69,21 @@ class MctsParams:
     back_debug_depth: int = 3
     max_debug_depth: int = 20
     max_improve_failure: int = 3
-    improve_threshold: float = 1e-4
-    threshold_mode: Literal["absolute", "relative"] = "absolute"
+    improve_threshold: float = 0.01
+    threshold_mode: ThresholdMode = "range"
+    backprop: Backprop = "node"
+    # Nodes one chain may make before its worker goes back to selection; 0: no bound.
+    max_chain_length: int = 4
+    noise_aware: bool = True
     buggy_penalty: float = DEFAULT_BUGGY_PENALTY
     decay: Decay = field(default_factory=Decay)
+
+
+def ml_master_v1(params: MctsParams) -> MctsParams:
+    """`params` with ML-Master v1's exact rule: backpropagation only at a chain's end, an
+    absolute 1e-4 improvement threshold, unbounded chains and no noise test."""
+    return replace(params, backprop="chain", threshold_mode="absolute", improve_threshold=1e-4,
+                   max_chain_length=0, noise_aware=False)
 
 
 @dataclass
@@ -79,6 +113,8 @@ class MctsPolicy(TreePolicy[MctsParams]):
         # selection never scans the tree.
         self.open_count: dict[int, int] = {ROOT: 1}
         self.has_room: dict[int, bool] = {ROOT: True}
+        # Nodes whose visits, value or UCT score changed since `complete` last reported them.
+        self.changed: set[int] = set()
 
     # -- structure -------------------------------------------------------------------------
 
@@ -127,19 +163,7 @@ class MctsPolicy(TreePolicy[MctsParams]):
         node = self.tree[ROOT]
         path = [ROOT]
         while (operator := self.room(node)) is None:
-            parent_visits = node.visits + node.virtual
-            best: TreeNode | None = None
-            best_score = -float("inf")
-            for child_id in node.children:
-                if not self.is_open(child_id):
-                    continue
-                child = self.tree[child_id]
-                score = uct(child.value, child.visits + child.virtual, parent_visits, c)
-                if score > best_score:
-                    best, best_score = child, score
-            if best is None:
-                raise AssertionError(f"open_count says node {node.id} is open but no child is")
-            node = best
+            node = self._descend(node, c)
             path.append(node.id)
         chain = Chain(self.next_chain, tuple(path))
         self.next_chain += 1
@@ -148,10 +172,35 @@ class MctsPolicy(TreePolicy[MctsParams]):
         self.chains[chain.id] = chain
         for node_id in path:
             self.tree[node_id].virtual += 1
-        return Pick(operator, () if node.id == ROOT else (node.id,), chain.path, chain.id)
+        reason = (PickReason.DRAFT if node.id == ROOT
+                  else PickReason.DEBUG if operator is Operator.DEBUG else PickReason.UCT)
+        return Pick(operator, () if node.id == ROOT else (node.id,), chain.path, chain.id,
+                    reason)
+
+    def _descend(self, node: TreeNode, c: float) -> TreeNode:
+        """The open child of `node` with the best UCT score; every child compared keeps its
+        score."""
+        parent_visits = node.visits + node.virtual
+        best: TreeNode | None = None
+        best_score = -math.inf
+        for child_id in node.children:
+            if not self.is_open(child_id):
+                continue
+            child = self.tree[child_id]
+            score = uct(child.value, child.visits + child.virtual, parent_visits, c)
+            kept = score if math.isfinite(score) else None
+            if child.uct != kept:
+                child.uct = kept
+                self.changed.add(child_id)
+            if score > best_score:
+                best, best_score = child, score
+        if best is None:
+            raise AssertionError(f"open_count says node {node.id} is open but no child is")
+        return best
 
     def add(self, node_id: int, pick: Pick) -> TreeNode:
-        node = self.tree.add(node_id, pick.operator, pick.parent_ids)
+        node = self.tree.add(node_id, pick.operator, pick.parent_ids,
+                             None if pick.reason is None else pick.reason.value)
         self.open_count[node_id] = 0
         self.has_room[node_id] = False
         self._refresh(self.tree[pick.parent_id])
@@ -159,18 +208,28 @@ class MctsPolicy(TreePolicy[MctsParams]):
             self.chains[pick.chain].nodes.append(node_id)
         return node
 
-    def complete(self, node_id: int, pick: Pick, metric: float | None) -> list[TreeNode]:
-        node = self.tree.finish(node_id, metric)
+    def complete(self, node_id: int, pick: Pick, metric: float | None,
+                 folds: tuple[float, ...] = ()) -> list[TreeNode]:
+        node = self.tree.finish(node_id, metric, folds)
         chain = self.chains[pick.chain] if pick.chain is not None else None
+        if self.params.backprop == "node":
+            self._backpropagate(node_id, node.metric)
         next_op = self._next_step(node, pick, chain)
         self._refresh(node)
         if chain is not None and next_op is not None:
             # The chain's new node carries its virtual loss too, so other workers leave it be.
             chain.path = (*chain.path, node_id)
             node.virtual += 1
-            self.continuations.append(Pick(next_op, (node_id,), chain.path, chain.id))
-            return []
-        return self._end_chain(pick.chain, node_id)
+            reason = PickReason.DEBUG if next_op is Operator.DEBUG else PickReason.CONTINUATION
+            self.continuations.append(Pick(next_op, (node_id,), chain.path, chain.id, reason))
+        else:
+            self._end_chain(pick.chain, node_id)
+        return self._take_changed()
+
+    def _take_changed(self) -> list[TreeNode]:
+        changed = [self.tree[i] for i in sorted(self.changed) if i in self.tree and i != ROOT]
+        self.changed.clear()
+        return changed
 
     def abort(self, node_id: int | None, pick: Pick) -> None:
         if node_id is not None and node_id in self.tree:
@@ -185,13 +244,37 @@ class MctsPolicy(TreePolicy[MctsParams]):
 
     # -- chains ----------------------------------------------------------------------------
 
-    def _improves(self, metric: float, best: float | None) -> bool:
+    def _improves(self, node: TreeNode, chain: Chain) -> bool:
+        """Whether `node` beats the chain's best by more than the threshold (and, with
+        `noise_aware`, by more than the gain's own noise over the shared folds)."""
+        metric, best = node.metric, chain.best_metric
+        if metric is None:
+            return False
         if best is None:
             return True
-        gain = best - metric if self.lower_is_better else metric - best
-        if self.params.threshold_mode == "relative":
-            return gain > self.params.improve_threshold * max(abs(best), 1e-12)
-        return gain > self.params.improve_threshold
+        sign = -1.0 if self.lower_is_better else 1.0
+        gain = sign * (metric - best)
+        return gain > self._threshold(best) and gain > self._noise(node, chain.best_id, sign)
+
+    def _threshold(self, best: float) -> float:
+        p = self.params
+        if p.threshold_mode == "absolute":
+            return p.improve_threshold
+        lo, hi = self.tree.metric_lo, self.tree.metric_hi
+        if p.threshold_mode == "range" and lo is not None and hi is not None and hi > lo:
+            return p.improve_threshold * (hi - lo)
+        return p.improve_threshold * max(abs(best), 1e-12)
+
+    def _noise(self, node: TreeNode, best_id: int | None, sign: float) -> float:
+        """The standard error of the gain over the folds both nodes were scored on; 0 when
+        that is unknown."""
+        best = self.tree.nodes.get(best_id) if best_id is not None else None
+        if not self.params.noise_aware or best is None:
+            return 0.0
+        if len(node.folds) < 2 or len(node.folds) != len(best.folds):
+            return 0.0
+        diffs = [sign * (a - b) for a, b in zip(node.folds, best.folds, strict=True)]
+        return statistics.stdev(diffs) / math.sqrt(len(diffs))
 
     def _next_step(self, node: TreeNode, pick: Pick, chain: Chain | None) -> Operator | None:
         """Whether the chain goes on from `node`, and with which operator."""
@@ -203,40 +286,49 @@ class MctsPolicy(TreePolicy[MctsParams]):
             if chain is None:
                 return None
             chain.debugs += 1 if pick.operator is Operator.DEBUG else 0
-            return Operator.DEBUG if chain.debugs < p.back_debug_depth else None
-        assert node.metric is not None
+            if chain.debugs >= p.back_debug_depth or self._too_long(chain):
+                return None
+            return Operator.DEBUG
         if chain is None:
             return None
         if pick.operator is Operator.DEBUG:
             chain.best_id, chain.best_metric = node.id, node.metric
-            return None  # a successful debug always backpropagates
-        if self._improves(node.metric, chain.best_metric):
+            return None  # a successful debug always hands back to selection
+        if self._improves(node, chain):
             chain.best_id, chain.best_metric = node.id, node.metric
             chain.failures = 0
-            return Operator.IMPROVE
+            return None if self._too_long(chain) else Operator.IMPROVE
+        if p.backprop == "node":
+            return None  # a miss: selection, with the statistics just updated, decides
         chain.failures += 1
         if chain.failures >= p.max_improve_failure:
             node.terminal = True
             return None
-        return Operator.IMPROVE
+        return None if self._too_long(chain) else Operator.IMPROVE
 
-    def _end_chain(self, chain_id: int | None, last_id: int | None) -> list[TreeNode]:
-        """Release the chain's virtual loss; backpropagate from its last node if it has one."""
+    def _too_long(self, chain: Chain) -> bool:
+        bound = self.params.max_chain_length
+        return bound > 0 and len(chain.nodes) >= bound
+
+    def _end_chain(self, chain_id: int | None, last_id: int | None) -> None:
+        """Release the chain's virtual loss; under the `chain` rule, backpropagate from its
+        last node if it has one."""
         chain = self.chains.pop(chain_id, None) if chain_id is not None else None
         if chain is not None:
             for node_id in chain.path:
                 if node_id in self.tree:
                     self.tree[node_id].virtual -= 1
-        if last_id is None:
-            return []
-        last = self.tree[last_id]
-        credited = last.metric
+        if last_id is None or self.params.backprop == "node":
+            return
+        credited = self.tree[last_id].metric
         if chain is not None and chain.best_id is not None and chain.best_id in chain.nodes:
             credited = chain.best_metric
-        r = reward(credited, self.tree.metric_lo, self.tree.metric_hi, self.lower_is_better,
+        self._backpropagate(last_id, credited)
+
+    def _backpropagate(self, node_id: int, metric: float | None) -> None:
+        r = reward(metric, self.tree.metric_lo, self.tree.metric_hi, self.lower_is_better,
                    self.params.buggy_penalty)
-        touched = self.tree.backpropagate(last_id, r)
-        return [n for n in touched if n.id != ROOT]
+        self.changed.update(n.id for n in self.tree.backpropagate(node_id, r))
 
     def _refresh_removed(self, node_id: int) -> None:
         if self.has_room.get(node_id):

@@ -9,11 +9,28 @@ randomness is a `random.Random` whose state is part of the saved state.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from mlmaster_daemon.models import Operator
 from mlmaster_daemon.search.tree import ROOT, Tree, TreeNode
+
+
+class PickReason(StrEnum):
+    """Why a policy chose an expansion; the API shows it on the node the pick made."""
+
+    # MCTS: the root still had a draft slot.
+    DRAFT = "draft"
+    # MCTS: the parent was reached by UCT from the root.
+    UCT = "uct"
+    # MCTS: the worker's chain went on from the node it just made (greedy continuation).
+    CONTINUATION = "continuation"
+    # A buggy node's repair: MCTS's chain went on debugging, or another policy chose it.
+    DEBUG = "debug"
+    # Greedy: the best working node; evolutionary: a parent chosen by tournament.
+    BEST = "best"
+    TOURNAMENT = "tournament"
 
 
 @dataclass(frozen=True)
@@ -21,24 +38,29 @@ class Pick:
     """One expansion to make: `operator` applied to `parent_ids` (empty for a draft).
 
     `path` lists the nodes holding this pick's virtual loss; `chain` names the MCTS worker
-    chain the pick belongs to (None for other policies).
+    chain the pick belongs to (None for other policies); `reason` says why it was chosen.
     """
 
     operator: Operator
     parent_ids: tuple[int, ...] = ()
     path: tuple[int, ...] = ()
     chain: int | None = None
+    # Informational: two picks of the same expansion are equal whatever their reasons.
+    reason: PickReason | None = field(default=None, compare=False)
 
     @property
     def parent_id(self) -> int:
         return self.parent_ids[0] if self.parent_ids else ROOT
 
     def to_state(self) -> list[Any]:
-        return [self.operator.value, list(self.parent_ids), list(self.path), self.chain]
+        return [self.operator.value, list(self.parent_ids), list(self.path), self.chain,
+                None if self.reason is None else self.reason.value]
 
     @classmethod
     def from_state(cls, raw: list[Any]) -> Pick:
-        return cls(Operator(raw[0]), tuple(raw[1]), tuple(raw[2]), raw[3])
+        # Picks saved before reasons were kept have 4 fields.
+        reason = PickReason(raw[4]) if len(raw) > 4 and raw[4] else None
+        return cls(Operator(raw[0]), tuple(raw[1]), tuple(raw[2]), raw[3], reason)
 
 
 class Policy(Protocol):
@@ -54,9 +76,11 @@ class Policy(Protocol):
         """Create the pending node for a pick returned by `select`."""
         ...
 
-    def complete(self, node_id: int, pick: Pick, metric: float | None) -> list[TreeNode]:
-        """Record a finished node (metric None = buggy or invalid); returns the nodes whose
-        visits/value changed."""
+    def complete(self, node_id: int, pick: Pick, metric: float | None,
+                 folds: tuple[float, ...] = ()) -> list[TreeNode]:
+        """Record a finished node (metric None = buggy or invalid; `folds` its per-fold
+        metrics when known); returns the nodes whose visits, value or UCT score changed since
+        the last call."""
         ...
 
     def abort(self, node_id: int | None, pick: Pick) -> None:

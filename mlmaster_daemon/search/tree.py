@@ -36,6 +36,13 @@ class TreeNode:
     # Consecutive debug steps ending at this node (0 for a non-debug node).
     debug_depth: int = 0
     terminal: bool = False
+    # The metric on each validation fold, when the script reported them.
+    folds: tuple[float, ...] = ()
+    # Its UCT score at the last selection that compared it with its siblings; None while it
+    # is unvisited (UCT scores it +inf, so it is tried first) or was never compared.
+    uct: float | None = None
+    # Why the pick that made this node was chosen (`PickReason`); None for the root.
+    reason: str | None = None
 
     @property
     def parent_id(self) -> int | None:
@@ -44,12 +51,16 @@ class TreeNode:
     def to_state(self) -> list[Any]:
         return [self.id, list(self.parent_ids), self.operator.value if self.operator else None,
                 self.outcome.value, self.metric, self.children, self.visits, self.value,
-                self.virtual, self.debug_depth, self.terminal]
+                self.virtual, self.debug_depth, self.terminal, list(self.folds), self.uct,
+                self.reason]
 
     @classmethod
     def from_state(cls, raw: list[Any]) -> TreeNode:
+        # States saved before folds, UCT scores and reasons were kept have 11 fields.
+        extra = raw[11:14] if len(raw) >= 14 else [[], None, None]
         return cls(raw[0], tuple(raw[1]), Operator(raw[2]) if raw[2] else None, Outcome(raw[3]),
-                   raw[4], list(raw[5]), raw[6], raw[7], raw[8], raw[9], raw[10])
+                   raw[4], list(raw[5]), raw[6], raw[7], raw[8], raw[9], raw[10],
+                   tuple(extra[0]), extra[1], extra[2])
 
 
 class Tree:
@@ -69,14 +80,15 @@ class Tree:
     def __contains__(self, node_id: int) -> bool:
         return node_id in self.nodes
 
-    def add(self, node_id: int, operator: Operator, parent_ids: tuple[int, ...]) -> TreeNode:
-        """A pending node under `parent_ids[0]` (ROOT for a draft)."""
+    def add(self, node_id: int, operator: Operator, parent_ids: tuple[int, ...],
+            reason: str | None = None) -> TreeNode:
+        """A pending node under `parent_ids[0]` (ROOT for a draft), made for `reason`."""
         if node_id in self.nodes:
             raise ValueError(f"node {node_id} already exists")
         parents = parent_ids or (ROOT,)
         parent = self.nodes[parents[0]]
         depth = parent.debug_depth + 1 if operator is Operator.DEBUG else 0
-        node = TreeNode(node_id, parents, operator, debug_depth=depth)
+        node = TreeNode(node_id, parents, operator, debug_depth=depth, reason=reason)
         self.nodes[node_id] = node
         parent.children.append(node_id)
         return node
@@ -89,11 +101,13 @@ class Tree:
         self.nodes[node.parent_ids[0]].children.remove(node_id)
         del self.nodes[node_id]
 
-    def finish(self, node_id: int, metric: float | None) -> TreeNode:
+    def finish(self, node_id: int, metric: float | None,
+               folds: tuple[float, ...] = ()) -> TreeNode:
         """Record an outcome: a metric means the node works, None means it is buggy."""
         node = self.nodes[node_id]
         node.outcome = Outcome.BUGGY if metric is None else Outcome.GOOD
         node.metric = metric
+        node.folds = folds if metric is not None else ()
         if metric is not None:
             self.metric_lo = metric if self.metric_lo is None else min(self.metric_lo, metric)
             self.metric_hi = metric if self.metric_hi is None else max(self.metric_hi, metric)

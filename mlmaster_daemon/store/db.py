@@ -167,14 +167,14 @@ class Store:
     async def insert_node(self, node: NodeRecord) -> None:
         async with self._transaction() as db:
             await db.execute(
-                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('?' * 25)})",
+                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('?' * 27)})",
                 (
                     node.task_id, node.id, node.parent_id, node.operator.value, node.state.value,
                     node.plan, node.summary, node.code, node.metric, node.error, node.exit_code,
                     node.pid, node.visits, node.value, node.created_at, node.started_at,
                     node.finished_at, json.dumps(list(node.parent_ids)), node.analysis,
                     node.pid_start_time, node.boot_id, node.slot, node.gpu_peak_mb,
-                    node.gpu_seconds, int(node.interrupted),
+                    node.gpu_seconds, int(node.interrupted), node.uct, node.pick_reason,
                 ),
             )
 
@@ -198,17 +198,18 @@ class Store:
         task_id: str,
         node_id: int,
         node_fields: Mapping[str, Any],
-        stats: Iterable[tuple[int, int, float]],
+        stats: Iterable[tuple[int, int, float, float | None]],
         search_state: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record a node's outcome, the backpropagated (id, visits, value) and the policy's
-        state in one commit, so a restart sees all of them or none."""
+        """Record a node's outcome, the search statistics that changed (id, visits, value,
+        UCT score) and the policy's state in one commit, so a restart sees all of them or
+        none."""
         async with self._transaction() as db:
             await update_row(db, "nodes", NODE_UPDATABLE, "task_id = ? AND id = ?",
                               (task_id, node_id), node_fields)
             await db.executemany(
-                "UPDATE nodes SET visits = ?, value = ? WHERE task_id = ? AND id = ?",
-                [(visits, value, task_id, nid) for nid, visits, value in stats],
+                "UPDATE nodes SET visits = ?, value = ?, uct = ? WHERE task_id = ? AND id = ?",
+                [(visits, value, uct, task_id, nid) for nid, visits, value, uct in stats],
             )
             if search_state is not None:
                 await db.execute("UPDATE tasks SET search_state = ? WHERE id = ?",

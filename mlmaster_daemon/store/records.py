@@ -67,6 +67,10 @@ class NodeRecord:
     gpu_seconds: float | None = None
     # Stopped by the daemon before it had code: kept for the record, not counted as a step.
     interrupted: bool = False
+    # Its UCT score at the last selection that compared it (None: unvisited, scored +inf, or
+    # never compared) and why the pick that made it was chosen (see search/policy.PickReason).
+    uct: float | None = None
+    pick_reason: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The fields the API lists for every node."""
@@ -79,6 +83,8 @@ class NodeRecord:
             "metric": self.metric,
             "visits": self.visits,
             "value": self.value,
+            "uct": self.uct,
+            "picked_by": self.pick_reason,
             "summary": self.summary,
             "error": self.error,
         }

@@ -22,7 +22,7 @@ TASK_COLUMNS = (
 NODE_COLUMNS = (
     "task_id, id, parent_id, operator, state, plan, summary, code, metric, error, exit_code,"
     " pid, visits, value, created_at, started_at, finished_at, parent_ids, analysis,"
-    " pid_start_time, boot_id, slot, gpu_peak_mb, gpu_seconds, interrupted"
+    " pid_start_time, boot_id, slot, gpu_peak_mb, gpu_seconds, interrupted, uct, pick_reason"
 )
 NODE_UPDATABLE = frozenset(
     {"state", "plan", "summary", "code", "metric", "error", "exit_code", "pid", "started_at",
@@ -87,5 +87,6 @@ def node_of(row: Any) -> NodeRecord:
         parent_ids=tuple(json.loads(row[17])) if row[17] else (
             () if row[2] is None else (row[2],)),
         analysis=row[18], pid_start_time=row[19], boot_id=row[20], slot=row[21],
-        gpu_peak_mb=row[22], gpu_seconds=row[23], interrupted=bool(row[24]),
+        gpu_peak_mb=row[22], gpu_seconds=row[23], interrupted=bool(row[24]), uct=row[25],
+        pick_reason=row[26],
     )
