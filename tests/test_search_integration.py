@@ -98,3 +98,26 @@ async def test_the_saved_search_state_matches_the_nodes(
     for node in await client.nodes(task["id"]):
         if node["status"] in ("done", "buggy"):
             assert tree[node["id"]][6] == node["visits"]
+
+
+async def test_the_api_shows_a_live_tree_visits_scores_and_why_each_node_was_picked(
+    client: Client, daemon: Daemon, breast_cancer: Path
+) -> None:
+    task = await _run(client, {"task_dir": str(breast_cancer), "steps": 6, "policy": "mcts"})
+    nodes = {n["id"]: n for n in await client.nodes(task["id"])}
+    finished = {i for i, n in nodes.items() if n["status"] in ("done", "buggy")}
+    assert len(finished) >= 4
+
+    def finished_below(node_id: int) -> int:
+        children = [i for i, n in nodes.items() if n["parent_id"] == node_id]
+        return (node_id in finished) + sum(finished_below(c) for c in children)
+
+    for node_id, node in nodes.items():
+        # Every finished node backpropagated at once: visits count its finished subtree.
+        assert node["visits"] == finished_below(node_id)
+        assert node["picked_by"] in ("draft", "uct", "continuation", "debug")
+        assert "uct" in node
+    assert nodes[min(nodes)]["picked_by"] == "draft"
+    # Drafts were compared by UCT once any pick descended past the root.
+    if any(n["picked_by"] == "uct" for n in nodes.values()):
+        assert any(n["uct"] is not None for n in nodes.values())
