@@ -2,20 +2,20 @@
 accepts: `task.toml`, `prepared/public/` (train.csv, test.csv, sample_submission.csv,
 description.md) and `prepared/private/test.csv` (the held-out answers, never in public/).
 
-| task          | rows  | features                                   | target               | metric   |
-|---------------|-------|--------------------------------------------|----------------------|----------|
-| digits        | 1797  | 64 numeric (8x8 pixel intensities)         | 10 classes (0-9)     | log_loss |
-| breast_cancer | 569   | 30 numeric (5% missing in 3) + 1 categ.    | binary, 37% positive | roc_auc  |
-| churn         | 20000 | 12 numeric (8% missing in 4) + 2 categ.    | binary, ~10% positive| roc_auc  |
-|               |       | (30 and 5 levels)                          | (imbalanced, 2% flip)|          |
-| segments      | 6000  | 16 numeric (5% missing in 3) + 2 categ.    | 4 named classes,     | accuracy |
-|               |       | (6 and 12 levels)                          | 10% label noise      |          |
-| default_risk  | 4000  | 59 numeric (10 informative) + 1 categ.     | binary, ~30% positive| log_loss |
-|               |       | (8 levels)                                 | 5% label noise       |          |
-| prices        | 12000 | 20 numeric (5% missing in 4) + 2 categ.    | real, nonlinear      | rmse     |
-|               |       | (15 and 4 levels)                          | terms and noise      |          |
-| demand        | 8000  | 10 numeric (4% missing in 3) + 2 categ.    | positive, skewed     | mae      |
-|               |       | (25 stores, 7 weekdays)                    | (log-normal), outliers|         |
+task           metric     rows  features                                      target
+digits         log_loss   1797  64 numeric (8x8 pixel intensities 0-16)       10 classes 0-9
+breast_cancer  roc_auc     569  30 numeric (5% missing in 3),                 binary, 37% positive
+                                1 categorical (3 levels)
+churn          roc_auc   20000  12 numeric (8% missing in 4), 2 categorical   binary, ~11% positive,
+                                (30 and 5 levels)                             2% labels flipped
+segments       accuracy   6000  16 numeric (5% missing in 3), 2 categorical   4 named classes,
+                                (6 and 12 levels)                             10% labels flipped
+default_risk   log_loss   4000  59 numeric (10 informative, 10 redundant),    binary, ~31% positive,
+                                1 categorical (8 levels)                      5% labels flipped
+prices         rmse      12000  20 numeric (5% missing in 4), 2 categorical   real: linear, sine and
+                                (15 districts, 4 qualities)                   product terms, noise
+demand         mae        8000  10 numeric (4% missing in 3), 2 categorical   positive, log-normal,
+                                (25 stores, 7 weekdays)                       2% outliers x5
 
 digits and breast_cancer are scikit-learn's bundled datasets (breast_cancer is the one under
 1k rows: it is bundled and real, so it stays); the rest come from `make_classification` /
