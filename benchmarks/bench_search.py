@@ -3,9 +3,9 @@
 1. Pick latency: p50/p99 of one MCTS pick (select + add) while the tree grows through 1k,
    10k and 100k nodes. Statistics are kept incrementally, so a pick costs O(depth x branching),
    not O(tree); target p99 < 1 ms at 100k.
-2. Policy quality on a seeded synthetic reward landscape: the best score reached by mcts,
-   greedy and evolutionary after the same number of expansions, as a ratio to the landscape's
-   optimum (1.0).
+2. Policy quality on a seeded synthetic reward landscape: the best score reached by mcts
+   (the default rule), mcts-v1 (`mcts_rule = "ml-master-v1"`), greedy and evolutionary after
+   the same number of expansions, as a ratio to the landscape's optimum (1.0).
 
 The landscape (seeded, documented): every node has a hidden quality q and a ceiling c; the
 metric a node reports is q plus N(0, 0.01) noise (higher is better), and the optimum is 1.0.
@@ -103,10 +103,13 @@ def quality(budget: int, seeds: int, parallel: int) -> None:
     search = SearchConfig()
     print(f"best score / optimum after {budget} expansions, {parallel} in flight, mean of "
           f"{seeds} seeds:")
-    for name in ("mcts", "greedy", "evolutionary"):
+    contestants = [("mcts", "mcts", search),
+                   ("mcts-v1", "mcts", search.model_copy(update={"mcts_rule": "ml-master-v1"})),
+                   ("greedy", "greedy", search), ("evolutionary", "evolutionary", search)]
+    for label, name, config in contestants:
         bests = []
         for seed in range(seeds):
-            policy = make_policy(name, search, lower_is_better=False, steps=budget, seed=seed)
+            policy = make_policy(name, config, lower_is_better=False, steps=budget, seed=seed)
             landscape = Landscape(seed)
             inflight: list[tuple[int, Pick]] = []
             best = 0.0
@@ -127,7 +130,7 @@ def quality(budget: int, seeds: int, parallel: int) -> None:
                 if metric is not None:
                     best = max(best, landscape.latent[done_id][0])
             bests.append(best)
-        print(f"  {name:<13} {statistics.mean(bests):.3f}  (min {min(bests):.3f}, "
+        print(f"  {label:<13} {statistics.mean(bests):.3f}  (min {min(bests):.3f}, "
               f"max {max(bests):.3f})")
 
 

@@ -118,6 +118,7 @@ class SearchConfig(_Section):
     backprop: Literal["node", "chain"] = "node"
     max_chain_length: int = Field(default=4, ge=0)
     noise_aware: bool = True
+    blend_every: int = Field(default=5, ge=0)
     buggy_penalty: float = Field(default=0.5, ge=0)
     decay: Literal["none", "linear", "exponential", "piecewise"] = "piecewise"
     exploration_constant: float = Field(default=1.414, ge=0)

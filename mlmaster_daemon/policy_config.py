@@ -36,6 +36,7 @@ def mcts_params(search: SearchConfig) -> MctsParams:
         backprop=search.backprop,
         max_chain_length=search.max_chain_length,
         noise_aware=search.noise_aware,
+        blend_every=search.blend_every,
         buggy_penalty=search.buggy_penalty,
         decay=Decay(kind=search.decay, c_start=search.exploration_constant,
                     c_end=search.exploration_min, gamma=search.decay_gamma),

@@ -115,7 +115,7 @@ async def test_the_api_shows_a_live_tree_visits_scores_and_why_each_node_was_pic
     for node_id, node in nodes.items():
         # Every finished node backpropagated at once: visits count its finished subtree.
         assert node["visits"] == finished_below(node_id)
-        assert node["picked_by"] in ("draft", "uct", "continuation", "debug")
+        assert node["picked_by"] in ("draft", "uct", "continuation", "debug", "blend")
         assert "uct" in node
     assert nodes[min(nodes)]["picked_by"] == "draft"
     # Drafts were compared by UCT once any pick descended past the root.

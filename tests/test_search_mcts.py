@@ -130,7 +130,7 @@ def test_a_debug_chain_is_terminal_at_max_debug_depth_and_never_picked_again() -
 
 
 def test_parallel_picks_spread_over_different_drafts() -> None:
-    d = Driver(_policy(num_drafts=3, max_improve_failure=1))
+    d = Driver(_policy(num_drafts=3, max_improve_failure=1, blend_every=0))
     # Each draft's chain: the draft, then one improve that misses and ends the chain.
     while len(d.policy.tree[ROOT].children) < 3 or d.policy.continuations:
         d.step(0.3)
@@ -245,7 +245,9 @@ def test_invariants_hold_for_any_outcomes_and_parallelism(
         if node.id == ROOT:
             continue
         limit = 2 if node.outcome is Outcome.GOOD else 1
-        assert len(node.children) <= limit
+        # A blend hangs under its better parent beyond that parent's improve slots.
+        assert len([c for c in node.children if tree[c].operator is not Operator.CROSSOVER]) \
+            <= limit
         assert node.debug_depth <= 3
         # Visits are conserved: a node's visits are its children's plus the backpropagations
         # that started at it, which can never be negative.
@@ -367,8 +369,8 @@ def _landscape_run(policy: MctsPolicy, steps: int, parallel: int,
             quality[node_id] = rng.uniform(0.2, 0.5) * ceiling[node_id]
         else:
             ceiling[node_id] = ceiling[parent]
-            q = quality[parent]
-            quality[node_id] = min(ceiling[node_id], q + (ceiling[node_id] - q) * rng.gauss(0.2, 0.3))
+            q, c = quality[parent], ceiling[node_id]
+            quality[node_id] = min(c, q + (c - q) * rng.gauss(0.2, 0.3))
         buggy = rng.random() < (0.3 if pick.operator is Operator.DRAFT else 0.2)
         d.finish(node_id, None if buggy else quality[node_id])
     return picks
@@ -434,7 +436,37 @@ def test_the_v1_rule_is_a_named_config_option() -> None:
 
     v1 = mcts_params(SearchConfig(mcts_rule="ml-master-v1", improve_threshold=0.5))
     assert (v1.backprop, v1.threshold_mode, v1.improve_threshold, v1.max_chain_length,
-            v1.noise_aware) == ("chain", "absolute", 1e-4, 0, False)
+            v1.noise_aware, v1.blend_every) == ("chain", "absolute", 1e-4, 0, False, 0)
     default = mcts_params(SearchConfig())
     assert (default.backprop, default.threshold_mode, default.max_chain_length) == (
         "node", "range", 4)
+
+
+def test_a_blend_of_two_subtrees_best_nodes_comes_every_blend_every_selections() -> None:
+    d = Driver(_policy(num_drafts=2, max_chain_length=1, blend_every=3))
+    d.step(0.5)
+    d.step(0.7)
+    blend = d.step(0.8)
+    assert (blend.operator, blend.parent_ids) == (Operator.CROSSOVER, (2, 1))
+    assert blend.reason is not None and blend.reason.value == "blend"
+    tree = d.policy.tree
+    assert tree[3].parent_id == 2 and tree[2].visits == 2 and tree[ROOT].visits == 3
+    follow = [d.step(0.6) for _ in range(2)]
+    assert all(p.operator is not Operator.CROSSOVER for p in follow)
+    # The blend is now its draft's best; the next blend pairs it with the other draft's best.
+    state = json.loads(json.dumps(d.policy.to_state()))
+    restored = Driver(MctsPolicy.from_state(d.policy.params, state))
+    restored.next_id = d.next_id
+    again = restored.step(0.9)
+    assert (again.operator, again.parent_ids[0]) == (Operator.CROSSOVER, 3)
+    other = again.parent_ids[1]
+    assert _draft_of(restored.policy, other) == 1
+    assert restored.policy.tree[other].metric == 0.6
+
+
+def test_minimising_metrics_blend_the_lowest_nodes() -> None:
+    d = Driver(_policy(lower=True, num_drafts=2, max_chain_length=1, blend_every=3))
+    d.step(0.5)
+    d.step(0.7)
+    blend = d.step(0.4)
+    assert (blend.operator, blend.parent_ids) == (Operator.CROSSOVER, (1, 2))

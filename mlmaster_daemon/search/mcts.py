@@ -33,6 +33,12 @@ the gain must also exceed its own noise: the standard error of the paired per-fo
 differences (their spread over the folds, divided by sqrt(folds)). A gain smaller than that
 is noise, not progress.
 
+Blending: once every draft slot is used, every `blend_every`-th fresh selection (not a chain's
+continuation) is a crossover of the best working node and the best working node of another
+draft's subtree, each pair once. The blend hangs under the better parent; its chain goes on
+only if it beats that parent. A blend is a node like any other: when it scores best on the
+task's shared folds it becomes the final answer.
+
 Parallel expansion: a chain holds one virtual visit (no reward) on every node of the path it
 was selected through, so the next selections see those subtrees as more visited and spread
 out. The chain's end or an abort releases it. Nothing spins: when no node is open, `select`
@@ -74,6 +80,8 @@ class MctsParams:
     backprop: Backprop = "node"
     # Nodes one chain may make before its worker goes back to selection; 0: no bound.
     max_chain_length: int = 4
+    # Every this many fresh selections, a blend of two subtrees' best nodes; 0: never.
+    blend_every: int = 5
     noise_aware: bool = True
     buggy_penalty: float = DEFAULT_BUGGY_PENALTY
     decay: Decay = field(default_factory=Decay)
@@ -83,7 +91,7 @@ def ml_master_v1(params: MctsParams) -> MctsParams:
     """`params` with ML-Master v1's exact rule: backpropagation only at a chain's end, an
     absolute 1e-4 improvement threshold, unbounded chains and no noise test."""
     return replace(params, backprop="chain", threshold_mode="absolute", improve_threshold=1e-4,
-                   max_chain_length=0, noise_aware=False)
+                   max_chain_length=0, noise_aware=False, blend_every=0)
 
 
 @dataclass
@@ -115,6 +123,11 @@ class MctsPolicy(TreePolicy[MctsParams]):
         self.has_room: dict[int, bool] = {ROOT: True}
         # Nodes whose visits, value or UCT score changed since `complete` last reported them.
         self.changed: set[int] = set()
+        # Fresh selections since the last blend, and the parent pairs blended so far.
+        self.since_blend = 0
+        self.blended: set[tuple[int, int]] = set()
+        # The best working node of each draft's subtree, by draft id.
+        self.draft_best: dict[int, int] = {}
 
     # -- structure -------------------------------------------------------------------------
 
@@ -159,6 +172,10 @@ class MctsPolicy(TreePolicy[MctsParams]):
             self._end_chain(pick.chain, None)
         if not self.is_open(ROOT):
             return None
+        self.since_blend += 1
+        blend = self._blend()
+        if blend is not None:
+            return blend
         c = self.exploration()
         node = self.tree[ROOT]
         path = [ROOT]
@@ -176,6 +193,44 @@ class MctsPolicy(TreePolicy[MctsParams]):
                   else PickReason.DEBUG if operator is Operator.DEBUG else PickReason.UCT)
         return Pick(operator, () if node.id == ROOT else (node.id,), chain.path, chain.id,
                     reason)
+
+    def _blend(self) -> Pick | None:
+        """A blend when one is due (see the module docstring), else None."""
+        p = self.params
+        root = self.tree[ROOT]
+        if p.blend_every <= 0 or self.since_blend < p.blend_every:
+            return None
+        if len(root.children) < p.num_drafts:
+            return None
+        sign = 1.0 if self.lower_is_better else -1.0
+        ranked = sorted((self.tree[n] for n in self.draft_best.values()),
+                        key=lambda n: (sign * (n.metric or 0.0), n.id))
+        if len(ranked) < 2:
+            return None
+        a = ranked[0]
+        b = next((n for n in ranked[1:] if (a.id, n.id) not in self.blended), None)
+        if b is None:
+            return None
+        self.blended.add((a.id, b.id))
+        self.since_blend = 0
+        path = tuple(reversed([n.id for n in self.tree.ancestors(a.id)]))
+        chain = Chain(self.next_chain, path, a.id, a.metric)
+        self.next_chain += 1
+        self.chains[chain.id] = chain
+        for node_id in path:
+            self.tree[node_id].virtual += 1
+        return Pick(Operator.CROSSOVER, (a.id, b.id), path, chain.id, PickReason.BLEND)
+
+    def _note_best(self, node: TreeNode) -> None:
+        """Keep the best working node of `node`'s draft subtree."""
+        if node.metric is None or node.outcome is not Outcome.GOOD:
+            return
+        draft = [n.id for n in self.tree.ancestors(node.id)][-2]
+        held = self.draft_best.get(draft)
+        metric = self.tree[held].metric if held is not None else None
+        sign = 1.0 if self.lower_is_better else -1.0
+        if metric is None or sign * node.metric < sign * metric:
+            self.draft_best[draft] = node.id
 
     def _descend(self, node: TreeNode, c: float) -> TreeNode:
         """The open child of `node` with the best UCT score; every child compared keeps its
@@ -211,6 +266,7 @@ class MctsPolicy(TreePolicy[MctsParams]):
     def complete(self, node_id: int, pick: Pick, metric: float | None,
                  folds: tuple[float, ...] = ()) -> list[TreeNode]:
         node = self.tree.finish(node_id, metric, folds)
+        self._note_best(node)
         chain = self.chains[pick.chain] if pick.chain is not None else None
         if self.params.backprop == "node":
             self._backpropagate(node_id, node.metric)
@@ -344,6 +400,8 @@ class MctsPolicy(TreePolicy[MctsParams]):
             "chains": [asdict(c) for c in self.chains.values()],
             "next_chain": self.next_chain,
             "continuations": [p.to_state() for p in self.continuations],
+            "since_blend": self.since_blend,
+            "blended": sorted([a, b] for a, b in self.blended),
         })
 
     @classmethod
@@ -357,10 +415,15 @@ class MctsPolicy(TreePolicy[MctsParams]):
         }
         policy.next_chain = raw["next_chain"]
         policy.continuations = deque(Pick.from_state(p) for p in raw["continuations"])
+        # States saved before blends existed have neither key.
+        policy.since_blend = raw.get("since_blend", 0)
+        policy.blended = {(a, b) for a, b in raw.get("blended", [])}
         policy.open_count, policy.has_room = {}, {}
         # Derived bookkeeping is rebuilt, children before parents, rather than stored.
         for node in sorted(policy.tree.nodes.values(), key=lambda n: -n.id):
             policy.open_count.setdefault(node.id, 0)
             policy._refresh(node)
+            if node.id != ROOT:
+                policy._note_best(node)
         return policy
 

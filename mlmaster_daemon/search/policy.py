@@ -28,6 +28,8 @@ class PickReason(StrEnum):
     CONTINUATION = "continuation"
     # A buggy node's repair: MCTS's chain went on debugging, or another policy chose it.
     DEBUG = "debug"
+    # MCTS: a blend (crossover) of the best node and the best of another draft's subtree.
+    BLEND = "blend"
     # Greedy: the best working node; evolutionary: a parent chosen by tournament.
     BEST = "best"
     TOURNAMENT = "tournament"
