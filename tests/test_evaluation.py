@@ -54,3 +54,20 @@ def test_outputs_that_are_symlinks_are_refused(tmp_path: Path, breast_cancer: Pa
     outcome = evaluate(ws, load_task(breast_cancer), _ok(), 60)
     assert outcome.buggy
     assert outcome.error == "submission.csv must be a regular file, not a symlink"
+
+
+def test_fold_metrics_are_read_when_well_formed_and_ignored_otherwise(
+    tmp_path: Path, breast_cancer: Path
+) -> None:
+    spec = load_task(breast_cancer)
+    ws = _workspace(tmp_path, breast_cancer)
+    ws.metrics.write_text(json.dumps({"validation_metric": 0.7,
+                                      "fold_metrics": [0.6, 0.7, 0.8]}))
+    assert evaluate(ws, spec, _ok(), 60).folds == (0.6, 0.7, 0.8)
+    for bad in ([0.6], [0.6, "x"], [0.6, True], "0.6,0.7", [1e400, 0.7], list(range(51)),
+                {"a": 1}):
+        raw = json.dumps({"validation_metric": 0.7, "fold_metrics": bad})
+        ws.metrics.write_text(raw.replace("Infinity", "1e400"))
+        outcome = evaluate(ws, spec, _ok(), 60)
+        # A malformed list never makes a working node buggy; it is just not used.
+        assert (outcome.metric, outcome.folds) == (0.7, ()), bad

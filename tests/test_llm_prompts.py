@@ -39,6 +39,8 @@ def request(operator: Operator, **changes: object) -> CodeRequest:
         operator=operator,
         task=TASK,
         node_id=7,
+        cv_folds=5,
+        cv_seed=4242,
         data_preview="Files:\n  train_v2.csv (1.2 MB)\nColumns: PassengerId, Age, Transported",
         parent_code=PARENT,
         parent_output="fold 1 logloss 0.45\nPARENT-OUTPUT-TAIL",
@@ -77,7 +79,8 @@ def test_operator_prompt_has_every_section_and_the_contract(operator: Operator) 
         "`Transported`",
         "`PassengerId`",
         "./submission/submission.csv",
-        '`./metrics.json` as `{"validation_metric": <float>}`',
+        '`./metrics.json` as\n  `{"validation_metric": <float>, "fold_metrics": [',
+        "StratifiedKFold(n_splits=5, shuffle=True, random_state=4242)",
         "**log loss** (lower is better)",
         "./working/",
         "One self-contained file",
@@ -219,3 +222,9 @@ def test_summary_prompt_asks_what_worked_failed_and_next() -> None:
                    "log loss", "lower is better", "spaceship-titanic"):
         assert needle in text
     assert not LEFTOVER.search(text)
+
+
+def test_the_contract_names_the_tasks_single_split_when_folds_are_off() -> None:
+    text = user_prompt(Operator.DRAFT, cv_folds=0, cv_seed=77)
+    assert "train_test_split(rows, test_size=0.2, random_state=77)" in text
+    assert "StratifiedKFold" not in text

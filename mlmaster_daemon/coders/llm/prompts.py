@@ -204,10 +204,24 @@ def _require(request: CodeRequest) -> None:
         raise ValueError("crossover request has no other_parent_code")
 
 
+def validation_plan(folds: int, seed: int) -> str:
+    """The task's validation plan in words, for the contract (see `CodeRequest.cv_folds`)."""
+    if folds < 2:
+        return (f"one 80/20 split, `train_test_split(rows, test_size=0.2, random_state={seed})` "
+                "over the training rows in file order (stratified by the target for "
+                "classification); `fold_metrics` then holds the one score.")
+    return (f"{folds}-fold cross-validation with `StratifiedKFold(n_splits={folds}, "
+            f"shuffle=True, random_state={seed})` for classification (`KFold` with the same "
+            "arguments for regression, or when a class has fewer rows than folds), split over "
+            "the training rows in file order; the validation metric is the score of the "
+            "out-of-fold predictions.")
+
+
 def _operator_values(request: CodeRequest, hardware: str) -> dict[str, str]:
     _require(request)
     values = _task_values(request.task)
     values.update(
+        validation_plan=validation_plan(request.cv_folds, request.cv_seed),
         hardware=hardware.strip() or "not specified",
         time_left=format_duration(request.time_left_s),
         steps_left=_NO_LIMIT if request.steps_left is None else str(request.steps_left),
@@ -366,6 +380,7 @@ def judge_messages(
     reports neither; it also asks for a bare JSON object when tools are unavailable.
     """
     values = _task_values(task)
+    values.update(validation_plan="the task's fixed folds (or split) that the prompt named.")
     values.update(
         contract=render_template("contract", values),
         code_block=_code_block(code),
