@@ -470,3 +470,22 @@ def test_minimising_metrics_blend_the_lowest_nodes() -> None:
     d.step(0.7)
     blend = d.step(0.4)
     assert (blend.operator, blend.parent_ids) == (Operator.CROSSOVER, (1, 2))
+
+
+def test_a_state_saved_before_scores_reasons_and_blends_still_loads() -> None:
+    d = Driver(_policy(num_drafts=2))
+    for metric in (0.5, None, 0.7, 0.6):
+        d.step(metric)
+    picked = d.pick()
+    assert picked is not None
+    state = json.loads(json.dumps(d.policy.to_state()))
+    # The format of the release before: 11 fields a node, 4 a pick, no blend keys.
+    state["tree"]["nodes"] = [raw[:11] for raw in state["tree"]["nodes"]]
+    state["continuations"] = [raw[:4] for raw in state["continuations"]]
+    del state["since_blend"], state["blended"]
+    old = MctsPolicy.from_state(MctsParams(), state)
+    assert {n.id: n.visits for n in old.tree.nodes.values()} == {
+        n.id: n.visits for n in d.policy.tree.nodes.values()}
+    assert all(n.reason is None and n.folds == () for n in old.tree.nodes.values())
+    old.complete(picked[0], picked[1], 0.8)
+    assert old.tree[picked[0]].visits == 1
