@@ -1,5 +1,6 @@
 """The offline coder's scripts for every metric run, report a finite validation score computed
-with that metric, and write a submission `metrics.score` grades on the hidden answers."""
+with that metric (and one per fold of the task's plan), and write a submission `metrics.score`
+grades on the hidden answers."""
 
 from __future__ import annotations
 
@@ -126,8 +127,11 @@ def test_offline_script_validates_with_the_metric_and_beats_the_sample_when_grad
 ) -> None:
     run = runs[metric]
     assert run.returncode == 0, run.output[-3000:]
-    validation = json.loads((run.workspace / "metrics.json").read_text())["validation_metric"]
+    written = json.loads((run.workspace / "metrics.json").read_text())
+    validation = written["validation_metric"]
     assert math.isfinite(validation)
+    assert len(written["fold_metrics"]) == 5
+    assert all(math.isfinite(value) for value in written["fold_metrics"])
     assert f"{metric.value}: {validation:.6f}" in run.output
     submission = pd.read_csv(run.workspace / "submission" / "submission.csv")
     sample = pd.read_csv(run.task.public_dir / run.task.sample_submission_file)

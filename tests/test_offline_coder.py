@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
+from mlmaster_daemon.coders.offline.changes import CHANGE_FIELDS
 from mlmaster_daemon.coders.offline.coder import OfflineCoder
-from mlmaster_daemon.coders.offline.improve import CHANGE_FIELDS
 from mlmaster_daemon.coders.offline.recipe import (
     Recipe,
     default_recipe,
@@ -48,15 +48,17 @@ DRAFT_CASES: list[tuple[str, str]] = [
     ("regression", "extra_trees"),
     ("regression_mae", "hist_gradient_boosting"),
 ]
-# (task, parent recipe, change the improve step is steered to): each change once.
+# (task, parent recipe, change the improve step is steered to). The feature work on dates and
+# text runs in test_offline_features, on data that has such columns.
 IMPROVE_CASES: list[tuple[str, Recipe, str]] = [
-    ("binary", default_recipe("lightgbm", 11), "more_estimators"),
+    ("binary", default_recipe("lightgbm", 11), "lower_learning_rate"),
     ("binary", default_recipe("lightgbm", 11), "ensemble"),
-    ("multiclass", default_recipe("hist_gradient_boosting", 12), "kfold_cv"),
-    ("multiclass", default_recipe("hist_gradient_boosting", 12), "tune_regularisation"),
-    ("multiclass", default_recipe("hist_gradient_boosting", 12), "impute"),
-    ("regression", replace(default_recipe("ridge", 13), impute=True), "add_scaling"),
+    ("multiclass", default_recipe("hist_gradient_boosting", 12), "categorical_encoding"),
+    ("multiclass", default_recipe("hist_gradient_boosting", 12), "more_leaf_samples"),
+    ("multiclass", replace(default_recipe("random_forest", 12), impute=True), "fewer_leaves"),
+    ("regression", replace(default_recipe("ridge", 13), impute=True), "add_ratios"),
     ("regression", replace(default_recipe("ridge", 13), impute=True), "add_features"),
+    ("regression", default_recipe("lightgbm", 14), "switch_family"),
 ]
 
 
@@ -165,9 +167,11 @@ def _check_valid(run: Run) -> float:
         assert ((values >= 0) & (values <= 1)).all().all()
     if len(values.columns) > 1:
         assert np.allclose(values.sum(axis=1), 1.0, atol=1e-6)
-    metric = json.loads((run.workspace / "metrics.json").read_text())["validation_metric"]
+    written = json.loads((run.workspace / "metrics.json").read_text())
+    metric = written["validation_metric"]
     assert isinstance(metric, float) and math.isfinite(metric)
     assert f"{metric:.6f}" in run.output
+    assert len(written["fold_metrics"]) == 5
     return metric
 
 
@@ -304,8 +308,9 @@ def test_improve_changes_exactly_one_thing_and_runs(runs: Runs, index: int) -> N
     child = parse_recipe(run.response.code)
     assert child is not None
     before, after = asdict(parent), asdict(child)
-    changed = {key for key in before if before[key] != after[key]}
+    changed = {key for key in before if before[key] != after[key]} - {"changes"}
     assert changed and changed <= CHANGE_FIELDS[change]
+    assert child.changes == (change,)
     _check_valid(run)
 
 

@@ -1,4 +1,5 @@
-"""The offline coder's crossover: the combination rules, and real runs of the child scripts."""
+"""The offline coder's crossover: the combination rules, the blend the scripts choose on
+out-of-fold predictions, and real runs of the child scripts."""
 
 from __future__ import annotations
 
@@ -6,26 +7,27 @@ import asyncio
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn import metrics
 
+from mlmaster_daemon.coders.offline.changes import CHANGE_FIELDS
 from mlmaster_daemon.coders.offline.coder import OfflineCoder
-from mlmaster_daemon.coders.offline.crossover import (
-    DATA_HANDLING,
-    HYPERPARAMETERS,
-    cross,
-    regularisation,
-)
-from mlmaster_daemon.coders.offline.improve import CHANGE_FIELDS
+from mlmaster_daemon.coders.offline.crossover import cross
+from mlmaster_daemon.coders.offline.improve import Evidence
 from mlmaster_daemon.coders.offline.recipe import (
+    MAX_PARTNERS,
     Recipe,
     default_recipe,
     families_for,
@@ -33,14 +35,16 @@ from mlmaster_daemon.coders.offline.recipe import (
     parse_summary,
 )
 from mlmaster_daemon.coders.offline.render import render
+from mlmaster_daemon.coders.offline.script_validate import BLEND
 from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
 from mlmaster_daemon.models import Operator
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example
-from mlmaster_daemon.tasks.spec import TaskSpec
+from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 
 RUN_TIMEOUT_S = 120
 LLM_SCRIPT = "import pandas as pd\n# written by an LLM, no recipe header\nprint('hello')\n"
+MEMBER_LINE = re.compile(r"^member=\d+ family=(\w+) oof=([-\d.]+)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ def _run_one(task: TaskSpec, response: CodeResponse, workspace: Path) -> Run:
     return Run(task, response, workspace, done.returncode, done.stdout)
 
 
-def _check_valid(run: Run) -> None:
+def _check_valid(run: Run) -> float:
     assert run.returncode == 0, run.output[-3000:]
     sample = pd.read_csv(run.task.public_dir / run.task.sample_submission_file)
     submission = pd.read_csv(run.workspace / "submission" / "submission.csv")
@@ -77,6 +81,7 @@ def _check_valid(run: Run) -> None:
     assert not submission.isna().any().any()
     metric = json.loads((run.workspace / "metrics.json").read_text())["validation_metric"]
     assert isinstance(metric, float) and math.isfinite(metric)
+    return float(metric)
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +94,13 @@ def tasks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TaskSpec]:
 def _parents(tasks: dict[str, TaskSpec]) -> dict[str, tuple[TaskSpec, str, str]]:
     """Each case's task and the code of parents A and B."""
     binary, multi, reg = tasks["breast_cancer"], tasks["wine"], tasks["diabetes"]
-    loose = replace(default_recipe("random_forest", 1), impute=True, feature_engineering=True)
-    tight = replace(default_recipe("random_forest", 2), impute=True, min_samples_leaf=4,
-                    max_depth=8, n_estimators=150)
+    linear = replace(default_recipe("ridge", 6), impute=True)
     return {
-        "ensemble": (binary, render(default_recipe("lightgbm", 5), binary),
-                     render(default_recipe("logistic_regression", 6), binary)),
-        "mix": (reg, render(loose, reg), render(tight, reg)),
+        "blend": (binary, render(default_recipe("lightgbm", 5), binary),
+                  render(replace(default_recipe("logistic_regression", 6), impute=True),
+                         binary)),
+        "regression_blend": (reg, render(default_recipe("extra_trees", 1), reg),
+                             render(linear, reg)),
         "improve_one": (multi, LLM_SCRIPT, render(default_recipe("hist_gradient_boosting", 7),
                                                   multi)),
     }
@@ -113,32 +118,33 @@ def runs(tasks: dict[str, TaskSpec], tmp_path_factory: pytest.TempPathFactory) -
         return {name: future.result() for name, future in futures.items()}
 
 
-def test_different_families_are_ensembled_on_a_s_recipe(runs: dict[str, Run]) -> None:
-    run = runs["ensemble"]
-    child = parse_recipe(run.response.code)
-    assert child is not None
-    assert (child.family, child.ensemble_with) == ("lightgbm", "logistic_regression")
-    # Logistic regression rejects NaN and wants scaled inputs; A's holdout scheme stays.
-    assert child.impute and child.scale and child.cv_folds == 0
-    summary = parse_summary(run.response.summary)
-    assert (summary["op"], summary["rule"], summary["parents"]) == (
-        "crossover", "ensemble", "lightgbm+logistic_regression")
-    assert "lightgbm" in run.response.plan and "logistic_regression" in run.response.plan
-    _check_valid(run)
-
-
-def test_same_family_takes_the_tighter_settings_and_the_other_data_handling(
-    runs: dict[str, Run],
+@pytest.mark.parametrize("case", ["blend", "regression_blend"])
+def test_two_recipes_are_fitted_and_blended_only_when_the_blend_beats_both(
+    runs: dict[str, Run], case: str
 ) -> None:
-    run = runs["mix"]
-    child = parse_recipe(run.response.code)
+    run = runs[case]
+    metric = _check_valid(run)
+    members = {family: float(score) for family, score in MEMBER_LINE.findall(run.output)}
+    assert len(members) == 2
+    lower = run.task.metric.lower_is_better
+    best = min(members.values()) if lower else max(members.values())
+    if "blend: kept" in run.output:
+        assert (metric < best) if lower else (metric > best)
+    else:
+        assert "blend: not kept" in run.output
+        assert f"{metric:.6f}" == f"{best:.6f}"
+    summary = parse_summary(run.response.summary)
+    assert (summary["op"], summary["rule"]) == ("crossover", "blend")
+
+
+def test_the_blend_child_keeps_a_and_adds_bs_model_as_a_partner(runs: dict[str, Run]) -> None:
+    child = parse_recipe(runs["blend"].response.code)
     assert child is not None
-    # B (4 samples per leaf) regularises more, so its hyperparameters win; A's features stay.
-    assert (child.min_samples_leaf, child.max_depth, child.n_estimators) == (4, 8, 150)
-    assert child.feature_engineering and child.impute
-    assert child.seed == 1 and child.ensemble_with is None
-    assert parse_summary(run.response.summary)["rule"] == "mix"
-    _check_valid(run)
+    assert child.models == ("lightgbm", "logistic_regression")
+    assert child.alone == default_recipe("lightgbm", 5)
+    assert child.partners[0].impute and child.partners[0].seed == 6
+    assert parse_summary(runs["blend"].response.summary)["parents"] == (
+        "lightgbm+logistic_regression")
 
 
 def test_a_parent_without_recipe_falls_back_to_improving_the_other(
@@ -152,7 +158,7 @@ def test_a_parent_without_recipe_falls_back_to_improving_the_other(
     assert child is not None
     before = asdict(default_recipe("hist_gradient_boosting", 7))
     changed = {key for key, value in asdict(child).items() if before[key] != value}
-    assert changed and changed <= CHANGE_FIELDS[summary["change"]]
+    assert changed - {"changes"} <= CHANGE_FIELDS[summary["change"]]
     assert "unknown" in run.response.plan and "hist_gradient_boosting" in run.response.plan
     _check_valid(run)
 
@@ -167,36 +173,57 @@ def test_no_recipe_at_all_gives_the_safe_baseline(tasks: dict[str, TaskSpec]) ->
 
 
 def test_generation_is_deterministic(tasks: dict[str, TaskSpec]) -> None:
-    task, a, b = _parents(tasks)["ensemble"]
+    task, a, b = _parents(tasks)["blend"]
     assert _crossover(task, a, b) == _crossover(task, a, b)
 
 
-def test_identical_parents_get_one_change_on_top(tasks: dict[str, TaskSpec]) -> None:
+def test_a_parent_model_the_other_already_has_gets_one_change_first(
+    tasks: dict[str, TaskSpec],
+) -> None:
     task = tasks["breast_cancer"]
     parent = default_recipe("extra_trees", 9)
-    response = _crossover(task, render(parent, task), render(parent, task))
+    response = _crossover(task, render(parent, task), render(replace(parent, seed=10), task))
     child = parse_recipe(response.code)
-    assert child is not None and child != parent
+    assert child is not None and child.alone == parent
     change = parse_summary(response.summary)["change"]
-    before, after = asdict(parent), asdict(child)
-    assert {key for key in before if before[key] != after[key]} <= CHANGE_FIELDS[change]
+    before, after = asdict(parent), asdict(child.partners[0])
+    assert {key for key in before if before[key] != after[key]} - {"changes", "seed"} <= (
+        CHANGE_FIELDS[change])
 
 
-@pytest.mark.parametrize(("family", "weaker", "stronger"), [
-    ("logistic_regression", {"reg_strength": 3.0}, {"reg_strength": 0.3}),
-    ("ridge", {"reg_strength": 0.3}, {"reg_strength": 3.0}),
-    ("knn", {"n_neighbors": 5}, {"n_neighbors": 25}),
-    ("lightgbm", {"max_depth": None}, {"max_depth": 4}),
-    ("hist_gradient_boosting", {"reg_strength": 0.0}, {"reg_strength": 1.0}),
-    ("random_forest", {"min_samples_leaf": 1}, {"min_samples_leaf": 4}),
-    ("extra_trees", {"max_depth": 6}, {"max_depth": 3}),
-])
-def test_regularisation_order_per_family(
-    family: str, weaker: dict[str, object], stronger: dict[str, object]
-) -> None:
-    base = default_recipe(family, 1)
-    assert regularisation(replace(base, **stronger)) > regularisation(  # type: ignore[arg-type]
-        replace(base, **weaker))  # type: ignore[arg-type]
+def _blend(y: np.ndarray[Any, Any], predictions: list[np.ndarray[Any, Any]],
+           ) -> tuple[list[float], str]:
+    """The scripts' own `blend` on out-of-fold `predictions` of a binary ROC AUC task."""
+    lines: list[str] = []
+    space: dict[str, Any] = {
+        "np": np, "y": y, "HIGHER_IS_BETTER": True, "METRIC": "roc_auc",
+        "FOLDS": [(np.arange(0), np.arange(len(y)))],
+        "evaluate": lambda truth, pred: float(metrics.roc_auc_score(truth, pred)),
+        "print": lines.append,
+    }
+    exec(BLEND, space)
+    results = [{"name": f"m{i}", "oof": pred, "done": [0]} for i, pred in enumerate(predictions)]
+    weights, _ = space["blend"](results)
+    return [float(w) for w in weights], "\n".join(lines)
+
+
+def test_the_blend_keeps_a_mix_of_complementary_members() -> None:
+    rng = np.random.default_rng(0)
+    signal_a, signal_b = rng.normal(size=400), rng.normal(size=400)
+    truth = signal_a + signal_b
+    y = (truth + rng.normal(scale=0.3, size=400) > 0).astype(int)
+    weights, said = _blend(y, [signal_a, signal_b])
+    assert all(w > 0 for w in weights) and math.isclose(sum(weights), 1.0)
+    assert "blend: kept" in said
+
+
+def test_the_blend_is_dropped_when_no_mix_beats_the_best_member() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    perfect = y + rng.uniform(0, 0.5, 400)
+    weights, said = _blend(y, [rng.normal(size=400), perfect])
+    assert weights == [0.0, 1.0]
+    assert "blend: not kept" in said and "submitting m1's predictions" in said
 
 
 def _recipes(regression: bool) -> st.SearchStrategy[Recipe]:
@@ -207,12 +234,11 @@ def _recipes(regression: bool) -> st.SearchStrategy[Recipe]:
         max_depth=st.sampled_from([None, 3, 6]),
         min_samples_leaf=st.sampled_from([1, 2, 4]),
         reg_strength=st.sampled_from([0.0, 0.3, 1.0, 3.0]),
-        n_neighbors=st.sampled_from([5, 15]),
         impute=st.booleans(),
         scale=st.booleans(),
-        feature_engineering=st.booleans(),
-        cv_folds=st.sampled_from([0, 5]),
-        ensemble_with=st.sampled_from([None, "lightgbm"]),
+        dates=st.booleans(),
+        partners=st.lists(st.builds(Recipe, family=st.sampled_from(families_for(regression))),
+                          max_size=2).map(tuple),
         seed=st.integers(1, 99),
     )
 
@@ -224,19 +250,15 @@ def test_any_two_recipes_cross_by_the_documented_rules(
 ) -> None:
     a = data.draw(_recipes(regression))
     b = data.draw(_recipes(regression))
-    child = cross(a, b, regression, (), random.Random(seed))
-    assert child == cross(a, b, regression, (), random.Random(seed))
-    assert replace(child.recipe, seed=a.seed) != a and replace(child.recipe, seed=b.seed) != b
-    # Fields the one change on top may touch are exempt from the combination rules.
-    touched = CHANGE_FIELDS[child.change] if child.change is not None else frozenset()
-    assert child.recipe.cv_folds == a.cv_folds or "cv_folds" in touched
-    if a.family != b.family:
-        assert child.rule == "ensemble"
-        assert (child.recipe.family, child.recipe.ensemble_with) == (a.family, b.family)
-        return
-    assert child.rule == "mix"
-    tuned, handled = (b, a) if regularisation(b) > regularisation(a) else (a, b)
-    for name in HYPERPARAMETERS - touched:
-        assert getattr(child.recipe, name) == getattr(tuned, name)
-    for name in DATA_HANDLING - touched:
-        assert getattr(child.recipe, name) == getattr(handled, name)
+    metric = Metric.RMSE if regression else Metric.ROC_AUC
+    evidence = (Evidence(metric), Evidence(metric))
+    child = cross(a, b, evidence, (), random.Random(seed))
+    assert child == cross(a, b, evidence, (), random.Random(seed))
+    assert child.rule == "blend"
+    assert child.recipe.alone == a.alone
+    assert len(child.recipe.partners) <= MAX_PARTNERS
+    partner = child.recipe.partners[0]
+    if child.change is None:
+        assert partner == b.alone
+    else:
+        assert replace(partner, changes=()) != replace(b.alone, seed=partner.seed)

@@ -10,10 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlmaster_daemon.coders.offline.changes import CHANGE_FIELDS
 from mlmaster_daemon.coders.offline.coder import OfflineCoder
-from mlmaster_daemon.coders.offline.improve import CHANGE_FIELDS, applicable_changes
+from mlmaster_daemon.coders.offline.improve import Evidence, applicable_changes
 from mlmaster_daemon.coders.offline.recipe import (
     ALL_FAMILIES,
+    CATEGORICAL_MODES,
     HEADER_PREFIX,
     Recipe,
     default_recipe,
@@ -51,24 +53,36 @@ def _request(operator: Operator, **fields: Any) -> CodeRequest:
     return replace(base, **fields)
 
 
-recipes = st.builds(
-    Recipe,
-    family=st.sampled_from(sorted(ALL_FAMILIES)),
-    n_estimators=st.integers(1, 5000),
-    learning_rate=st.floats(0.001, 1.0),
-    max_depth=st.none() | st.integers(1, 30),
-    min_samples_leaf=st.integers(1, 50),
-    reg_strength=st.floats(0.0, 100.0),
-    n_neighbors=st.integers(1, 100),
-    encode_categoricals=st.booleans(),
-    impute=st.booleans(),
-    missing_indicators=st.booleans(),
-    scale=st.booleans(),
-    feature_engineering=st.booleans(),
-    cv_folds=st.sampled_from([0, 3, 5]),
-    ensemble_with=st.none() | st.sampled_from(sorted(ALL_FAMILIES)),
-    seed=st.integers(0, 2**31),
-)
+def _recipes(partners: st.SearchStrategy[tuple[Recipe, ...]]) -> st.SearchStrategy[Recipe]:
+    return st.builds(
+        Recipe,
+        family=st.sampled_from(sorted(ALL_FAMILIES)),
+        n_estimators=st.integers(1, 5000),
+        learning_rate=st.floats(0.001, 1.0),
+        max_depth=st.none() | st.integers(1, 30),
+        min_samples_leaf=st.integers(1, 50),
+        reg_strength=st.floats(0.0, 100.0),
+        n_neighbors=st.integers(1, 100),
+        num_leaves=st.integers(2, 256),
+        feature_fraction=st.floats(0.1, 1.0),
+        bagging_fraction=st.floats(0.1, 1.0),
+        encode_categoricals=st.booleans(),
+        categorical=st.sampled_from(CATEGORICAL_MODES),
+        impute=st.booleans(),
+        missing_indicators=st.booleans(),
+        scale=st.booleans(),
+        feature_engineering=st.booleans(),
+        dates=st.booleans(),
+        text=st.booleans(),
+        ratios=st.booleans(),
+        class_weight=st.booleans(),
+        partners=partners,
+        changes=st.lists(st.sampled_from(sorted(CHANGE_FIELDS)), max_size=3).map(tuple),
+        seed=st.integers(0, 2**31),
+    )
+
+
+recipes = _recipes(st.lists(_recipes(st.just(())), max_size=2).map(tuple))
 
 
 @settings(max_examples=60, deadline=None)
@@ -88,6 +102,8 @@ def test_parse_recipe_round_trips_through_a_rendered_script(recipe: Recipe, metr
         HEADER_PREFIX + "{not json\n",
         HEADER_PREFIX + '{"family": "xgboost"}\n',
         HEADER_PREFIX + '{"family": "knn", "n_estimators": "many"}\n',
+        HEADER_PREFIX + '{"family": "knn", "categorical": "hashing"}\n',
+        HEADER_PREFIX + '{"family": "knn", "partners": [{"family": "xgboost"}]}\n',
         HEADER_PREFIX + '["knn"]\n',
         "import os\n" + default_recipe("knn", 1).header() + "\n",
     ],
@@ -96,11 +112,28 @@ def test_parse_recipe_rejects_missing_or_malformed_headers(code: str) -> None:
     assert parse_recipe(code) is None
 
 
+def test_old_headers_still_parse_with_their_partner_family_as_a_partner_recipe() -> None:
+    # Written before the task gave the folds: cv_folds is ignored, ensemble_with becomes a
+    # partner with that family's defaults and the main recipe's data handling.
+    old = (HEADER_PREFIX + '{"cv_folds":5,"encode_categoricals":true,"ensemble_with":"knn",'
+           '"family":"lightgbm","feature_engineering":true,"impute":true,"learning_rate":0.05,'
+           '"max_depth":null,"min_samples_leaf":1,"missing_indicators":false,'
+           '"n_estimators":300,"n_neighbors":15,"reg_strength":0.0,"scale":false,"seed":4}\n')
+    recipe = parse_recipe(old)
+    assert recipe is not None
+    assert (recipe.family, recipe.n_estimators, recipe.impute) == ("lightgbm", 300, True)
+    assert recipe.models == ("lightgbm", "knn")
+    partner = recipe.partners[0]
+    assert partner.impute and partner.feature_engineering and partner.partners == ()
+
+
 def test_summary_is_machine_readable() -> None:
-    recipe = replace(default_recipe("lightgbm", 3), cv_folds=5, ensemble_with="knn")
+    partner = default_recipe("knn", 4)
+    recipe = replace(default_recipe("lightgbm", 3), dates=True, text=True, partners=(partner,))
     pairs = parse_summary(format_summary(recipe, "improve", change="ensemble"))
     assert pairs["model"] == "lightgbm"
-    assert pairs["cv"] == "kfold5"
+    assert pairs["cat"] == "native"
+    assert pairs["features"] == "dates+text"
     assert pairs["ensemble"] == "knn"
     assert (pairs["op"], pairs["change"]) == ("improve", "ensemble")
     assert summary_family("An LLM wrote a random_forest with 500 trees") == "random_forest"
@@ -119,13 +152,14 @@ async def test_drafts_given_sibling_memory_pick_different_families(metric: Metri
     assert sorted(drafted) == sorted(families_for(metric.is_regression))
 
 
-async def test_drafts_do_not_impute_and_validate_on_a_holdout() -> None:
-    response = await OfflineCoder().generate(_request(Operator.DRAFT))
+async def test_the_first_draft_is_lightgbm_without_imputation_on_the_task_folds() -> None:
+    response = await OfflineCoder().generate(_request(Operator.DRAFT, cv_folds=4, cv_seed=321))
     recipe = parse_recipe(response.code)
     assert recipe is not None
-    assert (recipe.impute, recipe.encode_categoricals, recipe.cv_folds) == (False, True, 0)
-    assert recipe.ensemble_with is None
-    assert 3 <= response.plan.count(". ") + 1 <= 5
+    assert (recipe.family, recipe.impute, recipe.encode_categoricals) == ("lightgbm", False, True)
+    assert recipe.partners == ()
+    assert "CV_FOLDS = 4\n" in response.code and "CV_SEED = 321\n" in response.code
+    assert 3 <= response.plan.count(". ") + 1 <= 6
 
 
 async def test_same_seed_and_request_give_the_same_code() -> None:
@@ -142,7 +176,8 @@ async def test_improve_prefers_changes_siblings_have_not_tried() -> None:
     parent = default_recipe("logistic_regression", 4)
     coder = OfflineCoder(seed=1)
     memory: list[MemoryItem] = []
-    for node_id in range(len(applicable_changes(parent))):
+    applicable = applicable_changes(parent, Evidence(Metric.ROC_AUC))
+    for node_id in range(len(applicable)):
         request = _request(
             Operator.IMPROVE,
             node_id=node_id,
@@ -152,7 +187,7 @@ async def test_improve_prefers_changes_siblings_have_not_tried() -> None:
         response = await coder.generate(request)
         memory.append(MemoryItem(node_id, Operator.IMPROVE, response.summary, 0.8, False))
     changes = [parse_summary(item.summary)["change"] for item in memory]
-    assert sorted(changes) == sorted(applicable_changes(parent))
+    assert sorted(changes) == sorted(applicable)
     assert set(changes) <= set(CHANGE_FIELDS)
 
 
@@ -174,8 +209,8 @@ async def test_improve_without_a_recipe_header_writes_a_fresh_recipe() -> None:
             "drop_lightgbm",
         ),
         (
-            replace(default_recipe("random_forest", 1), cv_folds=5),
-            "fold 1/5 done",
+            default_recipe("random_forest", 1),
+            "random_forest fold 1/5: roc_auc 0.9",
             "killed after 600 s timeout",
             "shrink_for_timeout",
         ),

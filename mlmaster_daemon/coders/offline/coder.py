@@ -2,7 +2,9 @@
 
 It is the default coder when no LLM endpoint is configured. Every script it writes starts
 with a `# mlmaster-recipe: {json}` line (see `recipe.py`), so improve, debug and
-crossover steps read their parents' recipes back instead of editing code.
+crossover steps read their parents' recipes back instead of editing code, and every script
+prints machine-readable facts about its data and run (see `facts.py`) that the next step reads
+from the parent's output.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from dataclasses import replace
 
 from mlmaster_daemon.coders.offline.crossover import crossover_response
 from mlmaster_daemon.coders.offline.debug import baseline_repair, diagnose, repair
-from mlmaster_daemon.coders.offline.improve import apply_change, choose_change
+from mlmaster_daemon.coders.offline.facts import read_facts
+from mlmaster_daemon.coders.offline.improve import Evidence, improve
+from mlmaster_daemon.coders.offline.plan import ScriptPlan, script_plan, train_cells
 from mlmaster_daemon.coders.offline.recipe import (
     Recipe,
     default_recipe,
@@ -33,18 +37,30 @@ from mlmaster_daemon.tasks.spec import TaskSpec
 
 __all__ = ["OfflineCoder", "Recipe", "parse_recipe", "render"]
 
+# Drafts try the families in this order (fast, strong ones first); a sibling's family is
+# skipped until every family has been drafted.
+DRAFT_ORDER = ("lightgbm", "logistic_regression", "ridge", "extra_trees",
+               "hist_gradient_boosting", "random_forest", "knn")
+# Above this many training cells (rows x columns), or below this budget, a LightGBM draft
+# learns faster (fewer rounds for the same fit).
+LARGE_CELLS = 2_000_000
+SHORT_BUDGET_S = 30.0
+# Time is short when what the task has left would not fit this many runs like the parent's.
+SHORT_TIME_RUNS = 4
+
 
 class OfflineCoder:
     """A deterministic `Coder` that writes tabular training scripts from recipes.
 
-    The same `seed` and request (node id, operator, parent code, parent output, memory) always
-    give the same code; randomness comes only from a `random.Random` seeded with
-    (seed, node id, operator). `generate` is pure CPU and does no I/O.
+    The same `seed` and request always give the same code; randomness comes only from a
+    `random.Random` seeded with (seed, node id, operator). `generate` is pure CPU and does no
+    I/O. Every script validates on the request's folds (`cv_folds`, `cv_seed`), so nodes are
+    compared on the same rows, and plans its work to end within a budget taken from the
+    node's time limit.
 
-    Drafts are deliberately simple, following ML-Master's draft guideline (no ensembling, no
-    tuning): categoricals are ordinal-encoded but missing values are NOT imputed. On data with
-    NaN the NaN-intolerant families (linear models, KNN) therefore fail with scikit-learn's
-    own "Input X contains NaN" error, which is the intended input to the debug operator.
+    Drafts are sensible defaults without imputation: on data with NaN the NaN-intolerant
+    families (linear models, KNN) fail with scikit-learn's own "Input X contains NaN" error,
+    which is the intended input to the debug operator.
     """
 
     def __init__(self, seed: int = 0) -> None:
@@ -57,74 +73,74 @@ class OfflineCoder:
         """The plan, script and one-line summary for one draft, improve, debug or crossover
         expansion (crossover rules: see `crossover.py`)."""
         rng = random.Random(f"offline-coder:{self._seed}:{request.node_id}:{request.operator}")
+        plan = script_plan(request)
         if request.operator is Operator.DRAFT:
-            return _draft(request, rng)
+            return _draft(request, plan, rng)
         if request.operator is Operator.IMPROVE:
-            return _improve(request, rng)
+            return _improve(request, plan, rng)
         if request.operator is Operator.CROSSOVER:
-            return _crossover(request, rng)
-        return _debug(request, rng)
+            return _crossover(request, plan, rng)
+        return _debug(request, plan, rng)
 
 
-def _draft(request: CodeRequest, rng: random.Random) -> CodeResponse:
+def _draft(request: CodeRequest, plan: ScriptPlan, rng: random.Random) -> CodeResponse:
     task = request.task
     siblings = [item for item in request.memory if item.operator is Operator.DRAFT]
-    family, used = _pick_family(task, siblings, rng)
-    recipe = default_recipe(family, rng.randrange(1, 100_000))
+    family, used = _pick_family(task, siblings)
+    cells = train_cells(request.data_preview) or 0
+    fast = cells > LARGE_CELLS or plan.time_budget_s < SHORT_BUDGET_S
+    recipe = default_recipe(family, rng.randrange(1, 100_000), 0.1 if fast else 0.05)
     used_text = ", ".join(sorted(used)) if used else "none yet"
-    plan = (
-        f"Draft a simple {family} baseline for this {_kind(task)} task, scored by "
-        f"{task.metric.value}. Categorical columns are ordinal-encoded and missing values are "
-        "left as they are, because drafts stay minimal (no imputation, tuning or ensembling). "
-        "Validation uses a single 80/20 holdout split, and the model is then refit on every "
-        f"training row for the submission. Sibling drafts already used: {used_text}."
+    text = (
+        f"Draft a {family} baseline with sensible defaults for this {_kind(task)} task, scored "
+        f"by {task.metric.value}. Categorical columns are {recipe.categorical}-encoded and "
+        "missing values are left as they are (no imputation, tuning or ensembling yet). "
+        f"{_validation(plan)} Sibling drafts already used: {used_text}."
     )
-    return CodeResponse(
-        plan=plan, code=render(recipe, task), summary=format_summary(recipe, "draft")
-    )
+    return CodeResponse(plan=text, code=render(recipe, task, plan),
+                        summary=format_summary(recipe, "draft"))
 
 
-def _improve(request: CodeRequest, rng: random.Random) -> CodeResponse:
+def _improve(request: CodeRequest, plan: ScriptPlan, rng: random.Random) -> CodeResponse:
     task = request.task
     parent = parse_recipe(request.parent_code or "")
     if parent is None:
-        family, _ = _pick_family(task, request.memory, rng)
+        family, _ = _pick_family(task, request.memory)
         recipe = replace(default_recipe(family, rng.randrange(1, 100_000)), impute=True)
-        plan = (
+        text = (
             "The parent script has no offline recipe header (it was probably written by an "
             f"LLM), so no single change can be applied to it. Instead write a fresh {family} "
             "solution in the style of a draft, with median imputation added so it runs on data "
-            "with missing values. Validation uses an 80/20 holdout split scored by "
-            f"{task.metric.value}."
+            f"with missing values. {_validation(plan)}"
         )
         summary = format_summary(recipe, "improve", change="fresh_recipe")
-        return CodeResponse(plan=plan, code=render(recipe, task), summary=summary)
+        return CodeResponse(plan=text, code=render(recipe, task, plan), summary=summary)
     parent = _fit_to_task(parent, task)
     tried = {parse_summary(item.summary).get("change", "") for item in request.memory}
-    change = choose_change(parent, tried, rng)
-    step = apply_change(parent, change, task.metric.is_regression, rng)
+    step = improve(parent, tried - {""}, rng, _evidence(request, request.parent_output))
     tried_text = ", ".join(sorted(name for name in tried if name)) or "nothing yet"
-    plan = (
-        f"Improve the working {parent.family} solution ({parent.cv_label} validation) with "
-        f"exactly one change, {change}: {step.description}. Every other part of the recipe "
-        "stays as it was, so the metric change can be attributed to this one edit. "
-        f"Sibling improvements already tried: {tried_text}. The validation metric is "
-        f"{task.metric.value} on held-out rows."
+    text = (
+        f"Improve the working {' + '.join(parent.models)} solution with exactly one change, "
+        f"{step.change}: {step.description}. Every other part of the recipe stays as it was, "
+        "so the metric change can be attributed to this one edit. Sibling improvements "
+        f"already tried: {tried_text}. {_validation(plan)}"
     )
-    summary = format_summary(step.recipe, "improve", change=change)
-    return CodeResponse(plan=plan, code=render(step.recipe, task), summary=summary)
+    summary = format_summary(step.recipe, "improve", change=step.change)
+    return CodeResponse(plan=text, code=render(step.recipe, task, plan), summary=summary)
 
 
-def _crossover(request: CodeRequest, rng: random.Random) -> CodeResponse:
+def _crossover(request: CodeRequest, plan: ScriptPlan, rng: random.Random) -> CodeResponse:
     task = request.task
     recipes = [parse_recipe(code or "") for code in (request.parent_code,
                                                       request.other_parent_code)]
     a, b = (None if r is None else _fit_to_task(r, task) for r in recipes)
     tried = {parse_summary(item.summary).get("change", "") for item in request.memory}
-    return crossover_response(a, b, task, tried - {""}, rng)
+    evidence = (_evidence(request, request.parent_output),
+                _evidence(request, request.other_parent_output))
+    return crossover_response(a, b, task, plan, evidence, tried - {""}, rng)
 
 
-def _debug(request: CodeRequest, rng: random.Random) -> CodeResponse:
+def _debug(request: CodeRequest, plan: ScriptPlan, rng: random.Random) -> CodeResponse:
     task = request.task
     parent = parse_recipe(request.parent_code or "")
     diagnosis = diagnose(request.parent_output, request.parent_error)
@@ -136,49 +152,58 @@ def _debug(request: CodeRequest, rng: random.Random) -> CodeResponse:
     else:
         evidence = f"{request.parent_output or ''}\n{request.parent_error or ''}"
         fix = repair(_fit_to_task(parent, task), diagnosis, evidence, seed)
-    code = render(fix.recipe, task)
+    code = render(fix.recipe, task, plan)
     if fix.fix == "rerender_contract" and code.strip() == (request.parent_code or "").strip():
         fix = baseline_repair(seed, "re-rendering the same recipe would reproduce the same script")
-        code = render(fix.recipe, task)
+        code = render(fix.recipe, task, plan)
     seen = (
         f"recognised that {diagnosis.description}"
         if diagnosis is not None
         else f"could not recognise the failure (last line: {_last_line(request)})"
     )
-    plan = (
+    text = (
         f"The parent script failed, and the offline coder {seen}. "
         f"Fix ({fix.fix}): {_sentence(fix.description)} "
-        f"The repaired {fix.recipe.family} script validates on "
-        f"{fix.recipe.cv_label} with {task.metric.value} and still writes "
-        "submission/submission.csv and metrics.json."
+        f"The repaired {' + '.join(fix.recipe.models)} script still writes "
+        f"submission/submission.csv and metrics.json. {_validation(plan)}"
     )
     summary = format_summary(fix.recipe, "debug", fix=fix.fix)
-    return CodeResponse(plan=plan, code=code, summary=summary)
+    return CodeResponse(plan=text, code=code, summary=summary)
 
 
-def _pick_family(
-    task: TaskSpec, siblings: Sequence[MemoryItem], rng: random.Random
-) -> tuple[str, set[str]]:
-    """A family no sibling used (seeded order); the least used one once all are taken."""
+def _evidence(request: CodeRequest, output: str | None) -> Evidence:
+    facts = read_facts(output)
+    left, took = request.time_left_s, facts.seconds
+    short = facts.time_bound or (left is not None and took is not None
+                                 and left < SHORT_TIME_RUNS * took)
+    return Evidence(request.task.metric, facts, short)
+
+
+def _pick_family(task: TaskSpec, siblings: Sequence[MemoryItem]) -> tuple[str, set[str]]:
+    """The first family in DRAFT_ORDER no sibling used; the least used once all are taken."""
     regression = task.metric.is_regression
     counts: Counter[str] = Counter()
     for item in siblings:
         family = summary_family(item.summary)
         if family is not None:
             counts[normalise_family(family, regression)] += 1
-    order = list(families_for(regression))
-    rng.shuffle(order)
+    order = [name for name in DRAFT_ORDER if name in families_for(regression)]
     return min(order, key=lambda name: counts[name]), set(counts)
 
 
 def _fit_to_task(recipe: Recipe, task: TaskSpec) -> Recipe:
     regression = task.metric.is_regression
-    partner = recipe.ensemble_with
-    return replace(
-        recipe,
-        family=normalise_family(recipe.family, regression),
-        ensemble_with=None if partner is None else normalise_family(partner, regression),
-    )
+    partners = tuple(replace(p, family=normalise_family(p.family, regression))
+                     for p in recipe.partners)
+    return replace(recipe, family=normalise_family(recipe.family, regression),
+                   partners=partners)
+
+
+def _validation(plan: ScriptPlan) -> str:
+    folds = (f"the task's {plan.cv_folds} cross-validation folds" if plan.cv_folds >= 2
+             else "the task's 80/20 split")
+    return (f"Validation uses {folds} (seed {plan.cv_seed}), the same rows for every node, "
+            f"and the script plans to finish within {plan.time_budget_s:.0f} s.")
 
 
 def _kind(task: TaskSpec) -> str:

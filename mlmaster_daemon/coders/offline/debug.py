@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from mlmaster_daemon.coders.offline.recipe import MIN_ESTIMATORS, Recipe, safe_baseline
+from mlmaster_daemon.coders.offline.recipe import (
+    BOOSTERS,
+    MIN_ESTIMATORS,
+    Recipe,
+    safe_baseline,
+)
 
 _MISSING_MODULE = re.compile(r"No module named '?([A-Za-z0-9_\.]+)'?")
 _NAN = re.compile(r"contains NaN|does not accept missing values|Input contains (NaN|infinity)")
@@ -88,29 +94,35 @@ def baseline_repair(seed: int, why: str) -> Repair:
 def _fix(recipe: Recipe, diagnosis: Diagnosis, evidence: str) -> Repair | None:
     if diagnosis.fault == "nan":
         text = "impute missing values with training medians before fitting"
-        return Repair("impute_nan", replace(recipe, impute=True), text)
+        return Repair("impute_nan", _everywhere(recipe, lambda r: replace(r, impute=True)), text)
     if diagnosis.fault == "strings":
         text = "ordinal-encode the categorical (object) columns and median-impute the rest"
         return Repair(
-            "encode_categoricals", replace(recipe, encode_categoricals=True, impute=True), text
+            "encode_categoricals",
+            _everywhere(recipe, lambda r: replace(r, encode_categoricals=True, impute=True)),
+            text,
         )
     if diagnosis.fault == "module":
         return _drop_lightgbm(recipe, evidence)
     if diagnosis.fault == "timeout":
         count = max(MIN_ESTIMATORS, recipe.n_estimators // 2)
-        text = f"halve the estimators to {count}, use a single holdout split and drop any ensemble"
+        rate = min(0.3, recipe.learning_rate * 2) if recipe.family in BOOSTERS else (
+            recipe.learning_rate)
+        text = (f"halve the estimators to {count}, double a booster's learning rate and drop "
+                "any blend partner")
         return Repair(
             "shrink_for_timeout",
-            replace(recipe, n_estimators=count, cv_folds=0, ensemble_with=None),
+            replace(recipe, n_estimators=count, learning_rate=rate, partners=()),
             text,
         )
     if diagnosis.fault == "memory":
         count = max(MIN_ESTIMATORS, recipe.n_estimators // 2)
         depth = 8 if recipe.max_depth is None else min(recipe.max_depth, 8)
-        text = f"shrink the model: {count} estimators, depth at most {depth}, no ensemble"
+        text = (f"shrink the model: {count} estimators, depth at most {depth}, no TF-IDF "
+                "features and no blend partner")
         return Repair(
             "shrink_for_memory",
-            replace(recipe, n_estimators=count, max_depth=depth, ensemble_with=None),
+            replace(recipe, n_estimators=count, max_depth=depth, text=False, partners=()),
             text,
         )
     if diagnosis.fault == "contract":
@@ -122,6 +134,11 @@ def _fix(recipe: Recipe, diagnosis: Diagnosis, evidence: str) -> Repair | None:
     return None
 
 
+def _everywhere(recipe: Recipe, edit: Callable[[Recipe], Recipe]) -> Recipe:
+    """`recipe` and its partners, each edited by `edit`."""
+    return replace(edit(recipe), partners=tuple(edit(partner) for partner in recipe.partners))
+
+
 def _drop_lightgbm(recipe: Recipe, evidence: str) -> Repair | None:
     missing = _MISSING_MODULE.search(evidence)
     if missing and missing.group(1).split(".")[0] != "lightgbm":
@@ -129,11 +146,11 @@ def _drop_lightgbm(recipe: Recipe, evidence: str) -> Repair | None:
     if "lightgbm" not in recipe.models:
         return None
     family = "hist_gradient_boosting" if recipe.family == "lightgbm" else recipe.family
-    partner = recipe.ensemble_with
-    if partner == "lightgbm":
-        partner = None if family == "hist_gradient_boosting" else "hist_gradient_boosting"
+    partners = tuple(p for p in recipe.partners if p.family != "lightgbm")
     text = "replace LightGBM with scikit-learn's HistGradientBoosting, which needs no extra module"
-    return Repair("drop_lightgbm", replace(recipe, family=family, ensemble_with=partner), text)
+    replaced = replace(recipe, family=family, n_estimators=min(recipe.n_estimators, 500),
+                       partners=partners)
+    return Repair("drop_lightgbm", replaced, text)
 
 
 def _first_line(text: str) -> str:

@@ -1,167 +1,170 @@
-"""The improve operator's single-change edits of a working recipe."""
+"""The improve operator: which single change to make to a working recipe, given the parent's
+run (its facts) and what sibling improvements already tried.
+
+Evidence first: date or text columns the parent left raw are parsed, a LightGBM that used
+every round gets more, a run the time budget cut gets a faster learning rate. Otherwise a
+seeded draw among the changes that apply, weighted towards those that usually pay, and away
+from costly ones while time is short.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
-from typing import TypeVar
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
+from mlmaster_daemon.coders.offline.changes import (
+    CHANGE_FIELDS,
+    FRACTIONS,
+    INVERSE,
+    MAX_LEAF_SAMPLES,
+    MAX_LEARNING_RATE,
+    MAX_LEAVES,
+    MAX_PENALTY,
+    MAX_TREES,
+    MIN_LEARNING_RATE,
+    Improvement,
+    apply_change,
+    encodings,
+)
+from mlmaster_daemon.coders.offline.facts import RunFacts
 from mlmaster_daemon.coders.offline.recipe import (
     BOOSTERS,
+    FORESTS,
+    LINEAR,
     MAX_ESTIMATORS,
+    MAX_PARTNERS,
     NAN_TOLERANT,
     SCALE_SENSITIVE,
     TREE_ENSEMBLES,
     Recipe,
     families_for,
 )
+from mlmaster_daemon.tasks.spec import Metric
 
-_T = TypeVar("_T")
+__all__ = ["CHANGE_FIELDS", "Evidence", "Improvement", "applicable_changes", "choose_change",
+           "improve"]
 
-# The recipe fields each change may touch; a change never touches any other field.
-CHANGE_FIELDS: dict[str, frozenset[str]] = {
-    "more_estimators": frozenset({"n_estimators", "learning_rate"}),
-    "tune_regularisation": frozenset(
-        {"reg_strength", "min_samples_leaf", "max_depth", "n_neighbors"}
-    ),
-    "add_scaling": frozenset({"scale"}),
-    "add_features": frozenset({"feature_engineering"}),
-    "kfold_cv": frozenset({"cv_folds"}),
-    "ensemble": frozenset({"ensemble_with"}),
-    "impute": frozenset({"impute", "missing_indicators"}),
+# How often each change is drawn when no evidence calls for one (relative weights).
+WEIGHTS: dict[str, float] = {
+    "more_estimators": 1.0,
+    "lower_learning_rate": 3.0,
+    "higher_learning_rate": 0.5,
+    "more_leaves": 2.0,
+    "fewer_leaves": 2.0,
+    "more_leaf_samples": 2.0,
+    "fewer_leaf_samples": 1.5,
+    "stronger_regularisation": 1.5,
+    "weaker_regularisation": 1.0,
+    "fewer_features_per_tree": 2.0,
+    "more_features_per_tree": 1.0,
+    "categorical_encoding": 2.0,
+    "parse_dates": 3.0,
+    "text_tfidf": 3.0,
+    "impute": 3.0,
+    "missing_indicators": 1.0,
+    "add_ratios": 1.0,
+    "add_features": 1.0,
+    "add_scaling": 3.0,
+    "class_weight": 2.0,
+    "switch_family": 0.5,
+    "ensemble": 2.5,
 }
-
-_C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
-_ALPHA_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
-_LEAF_GRID = (1, 2, 4, 8)
-_DEPTH_GRID: tuple[int | None, ...] = (3, 4, 6, 8, None)
-_NEIGHBOUR_GRID = (5, 10, 15, 25, 40)
+# Changes that make a script markedly slower; drawn rarely while time is short.
+COSTLY = frozenset({"lower_learning_rate", "more_estimators", "ensemble", "text_tfidf"})
+SHORT_TIME_FACTOR = 0.1
+# Metrics that count each class's hits, where balanced class weights tend to pay.
+BALANCED_METRICS = frozenset({Metric.F1, Metric.F1_MACRO, Metric.QWK})
 
 
 @dataclass(frozen=True)
-class Improvement:
-    """One applied change: its name, the new recipe and a sentence describing it."""
+class Evidence:
+    """What the improve step knows besides the recipe: the task's metric, the parent's run
+    facts, and whether time is short (the parent was cut by its budget, or the task has
+    little time left for a run like the parent's)."""
 
-    change: str
-    recipe: Recipe
-    description: str
+    metric: Metric
+    facts: RunFacts = field(default_factory=RunFacts)
+    time_short: bool = False
+
+    @property
+    def regression(self) -> bool:
+        return self.metric.is_regression
 
 
-def applicable_changes(recipe: Recipe) -> list[str]:
-    """Names of the changes that would alter `recipe`, in `CHANGE_FIELDS` order."""
+def applicable_changes(recipe: Recipe, evidence: Evidence) -> list[str]:
+    """Names of the changes that would alter `recipe` usefully, in `CHANGE_FIELDS` order."""
+    facts, family = evidence.facts, recipe.family
+    booster, lgbm = family in BOOSTERS, family == "lightgbm"
+    undo = INVERSE.get(recipe.changes[-1]) if recipe.changes else None
+    rounds_ok = not lgbm or facts.stopped is None or facts.hit_rounds_cap
     tests: dict[str, bool] = {
-        "more_estimators": recipe.family in TREE_ENSEMBLES and recipe.n_estimators < MAX_ESTIMATORS,
-        "tune_regularisation": True,
-        "add_scaling": not recipe.scale and any(m in SCALE_SENSITIVE for m in recipe.models),
-        "add_features": not recipe.feature_engineering,
-        "kfold_cv": recipe.cv_folds < 2,
-        "ensemble": recipe.ensemble_with is None,
-        "impute": not recipe.impute,
+        "more_estimators": family in TREE_ENSEMBLES and rounds_ok and recipe.n_estimators < (
+            MAX_ESTIMATORS if lgbm else MAX_TREES),
+        "lower_learning_rate": booster and recipe.learning_rate > MIN_LEARNING_RATE
+        and not facts.time_bound,
+        "higher_learning_rate": booster and recipe.learning_rate < MAX_LEARNING_RATE and (
+            facts.time_bound or (facts.best_iteration or 0) > 2000),
+        "more_leaves": (recipe.num_leaves < MAX_LEAVES) if booster else (
+            family in FORESTS and (recipe.min_samples_leaf > 1 or recipe.max_depth is not None)),
+        "fewer_leaves": (recipe.num_leaves > 4) if booster else (
+            family in FORESTS and recipe.min_samples_leaf < 64),
+        "more_leaf_samples": booster and recipe.min_samples_leaf < MAX_LEAF_SAMPLES,
+        "fewer_leaf_samples": booster and recipe.min_samples_leaf > 2,
+        "stronger_regularisation": (booster and recipe.reg_strength < MAX_PENALTY)
+        or family in LINEAR or (family == "knn" and recipe.n_neighbors < 200),
+        "weaker_regularisation": (booster and recipe.reg_strength > 0) or family in LINEAR
+        or (family == "knn" and recipe.n_neighbors > 1),
+        "fewer_features_per_tree": (lgbm or family in FORESTS)
+        and recipe.feature_fraction > FRACTIONS[0],
+        "more_features_per_tree": (lgbm or family in FORESTS) and recipe.feature_fraction < 1,
+        "categorical_encoding": recipe.encode_categoricals and facts.has("categorical")
+        and len(encodings(family)) > 1,
+        "parse_dates": not recipe.dates and facts.has("dates"),
+        "text_tfidf": not recipe.text and facts.has("texts"),
+        "impute": not recipe.impute and family not in NAN_TOLERANT and facts.has("missing"),
+        "missing_indicators": not recipe.missing_indicators and facts.has("missing"),
+        "add_ratios": not recipe.ratios and (facts.numeric is None or facts.numeric >= 2),
+        "add_features": not recipe.feature_engineering and facts.has("numeric"),
+        "add_scaling": not recipe.scale and family in SCALE_SENSITIVE,
+        "class_weight": not evidence.regression and not recipe.class_weight
+        and evidence.metric in BALANCED_METRICS and (facts.imbalance or 2.0) >= 1.5,
+        "switch_family": True,
+        "ensemble": len(recipe.partners) < MAX_PARTNERS,
     }
-    return [name for name in CHANGE_FIELDS if tests[name]]
+    return [name for name in CHANGE_FIELDS if tests[name] and name != undo]
 
 
-def choose_change(recipe: Recipe, tried: Collection[str], rng: random.Random) -> str:
-    """A seeded pick among applicable changes, preferring those no sibling has tried."""
-    applicable = applicable_changes(recipe)
-    fresh = [name for name in applicable if name not in tried]
-    return rng.choice(fresh or applicable)
+def urgent_changes(recipe: Recipe, evidence: Evidence) -> list[str]:
+    """Changes the parent's run calls for, most pressing first."""
+    facts = evidence.facts
+    calls = [
+        ("parse_dates", (facts.dates or 0) > 0),
+        ("text_tfidf", (facts.texts or 0) > 0),
+        ("more_estimators", recipe.family == "lightgbm" and facts.hit_rounds_cap),
+        ("higher_learning_rate", recipe.family in BOOSTERS and facts.time_bound),
+    ]
+    allowed = applicable_changes(recipe, evidence)
+    return [name for name, called in calls if called and name in allowed]
 
 
-def apply_change(
-    recipe: Recipe, change: str, is_regression: bool, rng: random.Random
-) -> Improvement:
-    """`recipe` with `change` applied; raises KeyError for an unknown change name."""
-    return _CHANGES[change](recipe, is_regression, rng)
+def choose_change(recipe: Recipe, tried: Collection[str], rng: random.Random,
+                  evidence: Evidence) -> str:
+    """The change to make: an urgent one no sibling tried, else a weighted seeded draw among
+    applicable changes no sibling tried (all applicable ones once every one was tried)."""
+    urgent = [name for name in urgent_changes(recipe, evidence) if name not in tried]
+    if urgent:
+        return urgent[0]
+    applicable = applicable_changes(recipe, evidence)
+    pool = [name for name in applicable if name not in tried] or applicable
+    weights = [WEIGHTS[name] * (SHORT_TIME_FACTOR if evidence.time_short and name in COSTLY
+                                else 1.0) for name in pool]
+    return rng.choices(pool, weights=weights)[0]
 
 
-def _more_estimators(recipe: Recipe, _: bool, __: random.Random) -> Improvement:
-    count = min(MAX_ESTIMATORS, int(recipe.n_estimators * 1.5))
-    if recipe.family in BOOSTERS:
-        rate = max(0.01, round(recipe.learning_rate * 0.6, 4))
-        text = (
-            f"raise the boosting rounds from {recipe.n_estimators} to {count} and lower the "
-            f"learning rate from {recipe.learning_rate:g} to {rate:g}"
-        )
-        return Improvement(
-            "more_estimators", replace(recipe, n_estimators=count, learning_rate=rate), text
-        )
-    text = f"grow the forest from {recipe.n_estimators} to {count} trees"
-    return Improvement("more_estimators", replace(recipe, n_estimators=count), text)
-
-
-def _pick_other(current: _T, grid: tuple[_T, ...], rng: random.Random) -> _T:
-    return rng.choice([value for value in grid if value != current])
-
-
-def _tune(recipe: Recipe, _: bool, rng: random.Random) -> Improvement:
-    name = "tune_regularisation"
-    if recipe.family == "logistic_regression":
-        value = _pick_other(recipe.reg_strength, _C_GRID, rng)
-        text = f"set the inverse regularisation C from {recipe.reg_strength:g} to {value:g}"
-        return Improvement(name, replace(recipe, reg_strength=value), text)
-    if recipe.family == "ridge":
-        value = _pick_other(recipe.reg_strength, _ALPHA_GRID, rng)
-        text = f"set the ridge penalty alpha from {recipe.reg_strength:g} to {value:g}"
-        return Improvement(name, replace(recipe, reg_strength=value), text)
-    if recipe.family == "knn":
-        count = _pick_other(recipe.n_neighbors, _NEIGHBOUR_GRID, rng)
-        text = f"use {count} neighbours instead of {recipe.n_neighbors}"
-        return Improvement(name, replace(recipe, n_neighbors=count), text)
-    if recipe.family in BOOSTERS:
-        depth = _pick_other(recipe.max_depth, _DEPTH_GRID, rng)
-        text = f"limit the tree depth to {depth} (was {recipe.max_depth})"
-        return Improvement(name, replace(recipe, max_depth=depth), text)
-    leaf = _pick_other(recipe.min_samples_leaf, _LEAF_GRID, rng)
-    text = f"require {leaf} samples per leaf instead of {recipe.min_samples_leaf}"
-    return Improvement(name, replace(recipe, min_samples_leaf=leaf), text)
-
-
-def _add_scaling(recipe: Recipe, _: bool, __: random.Random) -> Improvement:
-    text = "standardise the features, which distance and linear models are sensitive to"
-    return Improvement("add_scaling", replace(recipe, scale=True), text)
-
-
-def _add_features(recipe: Recipe, _: bool, __: random.Random) -> Improvement:
-    text = (
-        "add row-wise statistics (mean, std, min, max) over the numeric features and a "
-        "per-row missing-value count"
-    )
-    return Improvement("add_features", replace(recipe, feature_engineering=True), text)
-
-
-def _kfold(recipe: Recipe, _: bool, __: random.Random) -> Improvement:
-    text = (
-        "switch from the holdout split to 5-fold cross-validation, scoring out-of-fold "
-        "predictions and averaging the test predictions over the folds"
-    )
-    return Improvement("kfold_cv", replace(recipe, cv_folds=5), text)
-
-
-def _ensemble(recipe: Recipe, is_regression: bool, rng: random.Random) -> Improvement:
-    partners = [name for name in families_for(is_regression) if name != recipe.family]
-    if not recipe.impute:
-        # Without imputation only a NaN-tolerant partner is sure to run on this data.
-        partners = [name for name in partners if name in NAN_TOLERANT]
-    if not recipe.scale:
-        partners = [name for name in partners if name not in SCALE_SENSITIVE] or partners
-    partner = rng.choice(partners)
-    text = f"ensemble with a {partner} model by averaging the two models' predictions"
-    return Improvement("ensemble", replace(recipe, ensemble_with=partner), text)
-
-
-def _impute(recipe: Recipe, _: bool, __: random.Random) -> Improvement:
-    text = "impute missing values with training medians and add a missing-indicator per column"
-    return Improvement("impute", replace(recipe, impute=True, missing_indicators=True), text)
-
-
-_CHANGES: dict[str, Callable[[Recipe, bool, random.Random], Improvement]] = {
-    "more_estimators": _more_estimators,
-    "tune_regularisation": _tune,
-    "add_scaling": _add_scaling,
-    "add_features": _add_features,
-    "kfold_cv": _kfold,
-    "ensemble": _ensemble,
-    "impute": _impute,
-}
+def improve(recipe: Recipe, tried: Collection[str], rng: random.Random,
+            evidence: Evidence) -> Improvement:
+    """One change, chosen by `choose_change`, applied to `recipe`."""
+    change = choose_change(recipe, tried, rng, evidence)
+    families = families_for(evidence.regression)
+    return apply_change(recipe, change, evidence.facts, families, rng)

@@ -1,189 +1,184 @@
 """Render a `Recipe` into a complete, runnable training script for one task.
 
 The script follows the solution contract: it reads `input/<train|test|sample>`, writes
-`./submission/submission.csv` in the sample's exact columns and order and
-`./metrics.json` = `{"validation_metric": float}` computed on held-out rows with the task's
-metric, and keeps scratch files under `./working/`.
+`./submission/submission.csv` in the sample's exact columns and order and `./metrics.json` =
+`{"validation_metric": float, "fold_metrics": [float, ...]}`, scored with the task's metric
+on out-of-fold predictions over the task's folds (`ScriptPlan`), and keeps scratch files
+under `./working/`. It plans to end within `ScriptPlan.time_budget_s` seconds of its start.
 """
 
 from __future__ import annotations
 
-from mlmaster_daemon.coders.offline.recipe import Recipe, default_recipe, normalise_family
-from mlmaster_daemon.coders.offline.script import (
-    EVALUATE,
-    FEATURES,
-    HOLDOUT,
-    KFOLD,
-    LOAD,
-    PREDICT,
+from dataclasses import replace
+
+from mlmaster_daemon.coders.offline.members import (
+    ESTIMATOR_CLASSES,
+    estimators_literal,
+    members_literal,
+)
+from mlmaster_daemon.coders.offline.plan import ScriptPlan
+from mlmaster_daemon.coders.offline.recipe import LINEAR, Recipe, normalise_family
+from mlmaster_daemon.coders.offline.script_data import COLUMNS, LOAD, TARGET
+from mlmaster_daemon.coders.offline.script_features import (
+    CORE,
+    DATES,
+    RATIOS,
+    TARGET_ENCODING,
+    TEXT,
+)
+from mlmaster_daemon.coders.offline.script_metrics import EVALUATE
+from mlmaster_daemon.coders.offline.script_models import LIGHTGBM, SKLEARN, dispatcher
+from mlmaster_daemon.coders.offline.script_validate import (
+    BLEND,
+    FOLDS,
+    MAIN,
     SUBMISSION_TAIL,
-    TARGET,
 )
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 
-_SKLEARN_CLASSES: dict[str, tuple[str, str, str]] = {
-    "logistic_regression": ("sklearn.linear_model", "LogisticRegression", "LogisticRegression"),
-    "ridge": ("sklearn.linear_model", "Ridge", "Ridge"),
-    "random_forest": ("sklearn.ensemble", "RandomForestClassifier", "RandomForestRegressor"),
-    "extra_trees": ("sklearn.ensemble", "ExtraTreesClassifier", "ExtraTreesRegressor"),
-    "hist_gradient_boosting": (
-        "sklearn.ensemble",
-        "HistGradientBoostingClassifier",
-        "HistGradientBoostingRegressor",
-    ),
-    "knn": ("sklearn.neighbors", "KNeighborsClassifier", "KNeighborsRegressor"),
-}
 
-
-def render(recipe: Recipe, task: TaskSpec) -> str:
+def render(recipe: Recipe, task: TaskSpec, plan: ScriptPlan | None = None) -> str:
     """The full script for `recipe` on `task`; its first line is `recipe.header()`."""
+    plan = plan or ScriptPlan()
     regression = task.metric.is_regression
-    models = tuple(normalise_family(name, regression) for name in recipe.models)
+    members = tuple(
+        replace(member, family=normalise_family(member.family, regression))
+        for member in (recipe.alone, *recipe.partners)
+    )
+    families = {member.family for member in members}
     sections = [
         recipe.header(),
-        _docstring(recipe, task, models),
-        _imports(recipe, models, regression),
-        _constants(recipe, task, models),
+        _docstring(members, task, plan),
+        _imports(members, regression),
+        _constants(recipe, task, plan),
+        members_literal(members, regression),
+        estimators_literal(members, regression),
         LOAD,
-        _features(recipe),
+        COLUMNS,
         TARGET[regression],
-        _factory(recipe, models, regression),
-        PREDICT[regression],
         EVALUATE[task.metric],
-        KFOLD if recipe.cv_folds >= 2 else HOLDOUT,
+        _features(members),
+        LIGHTGBM if "lightgbm" in families else "",
+        SKLEARN if families - {"lightgbm"} else "",
+        dispatcher("lightgbm" in families, bool(families - {"lightgbm"})),
+        FOLDS,
+        BLEND,
+        MAIN,
         _submission(task.metric),
     ]
-    return "\n".join(section.rstrip("\n") + "\n" for section in sections)
+    return "\n".join(section.rstrip("\n") + "\n" for section in sections if section)
 
 
-def _docstring(recipe: Recipe, task: TaskSpec, models: tuple[str, ...]) -> str:
-    validation = (
-        "a single 80/20 holdout split"
-        if recipe.cv_folds < 2
-        else f"{recipe.cv_folds}-fold out-of-fold predictions"
+def _docstring(members: tuple[Recipe, ...], task: TaskSpec, plan: ScriptPlan) -> str:
+    described = "; ".join(_described(member) for member in members)
+    blend = (
+        " The members are blended with weights chosen on out-of-fold predictions, and the "
+        "blend is kept only when it beats the best member alone."
+        if len(members) > 1 else ""
     )
-    steps = [
-        "ordinal-encoded categoricals" if recipe.encode_categoricals else "raw categoricals",
-        "median imputation" if recipe.impute else "no imputation",
-    ]
-    if recipe.missing_indicators:
-        steps.append("missing indicators")
-    if recipe.feature_engineering:
-        steps.append("row statistics and a missing count")
-    if recipe.scale:
-        steps.append("standard scaling")
+    validation = (
+        f"{plan.cv_folds}-fold cross-validation" if plan.cv_folds >= 2 else "one 80/20 split"
+    )
     return (
-        f'"""{" + ".join(models)} for {task.name}: {", ".join(steps)}.\n\n'
-        f"Validated with {task.metric.value} on {validation}. Written by the offline coder.\n"
+        f'"""{" + ".join(m.family for m in members)} for {task.name}: {described}.\n\n'
+        f"Validated with {task.metric.value} on the task's {validation} (seed {plan.cv_seed}),"
+        f" the same rows for every node of the task.{blend} Written by the offline coder.\n"
         '"""\n'
     )
 
 
-def _imports(recipe: Recipe, models: tuple[str, ...], regression: bool) -> str:
+def _described(recipe: Recipe) -> str:
+    steps = [
+        f"{recipe.categorical} categoricals" if recipe.encode_categoricals
+        else "raw categoricals",
+        "median imputation" if recipe.impute else "no imputation",
+    ]
+    named = {
+        "missing_indicators": "missing indicators",
+        "feature_engineering": "row statistics",
+        "dates": "date parts",
+        "text": "TF-IDF text features",
+        "ratios": "ratios of numeric pairs",
+        "scale": "standard scaling",
+        "class_weight": "balanced class weights",
+    }
+    steps.extend(text for name, text in named.items() if getattr(recipe, name))
+    return f"{recipe.family} with {', '.join(steps)}"
+
+
+def _imports(members: tuple[Recipe, ...], regression: bool) -> str:
     lines = [
-        "import json",
-        "import os",
         "import time",
         "",
-        "# Small tabular data: one OpenMP thread avoids start-up cost and contention between runs.",
+        "STARTED = time.time()",
+        "",
+        "import json",
+        "import os",
+        "import warnings",
+        "",
+        "# Two scripts share two cores: one OpenMP thread each avoids contention.",
         'os.environ.setdefault("OMP_NUM_THREADS", "1")',
         "",
         "import numpy as np",
         "import pandas as pd",
     ]
-    if "lightgbm" in models:
+    families = {member.family for member in members}
+    if "lightgbm" in families:
         lines.append("import lightgbm as lgb")
     from_imports: dict[str, set[str]] = {
         "sklearn": {"metrics"},
         "sklearn.model_selection": {"KFold", "StratifiedKFold", "train_test_split"},
     }
-    if recipe.scale:
-        from_imports.setdefault("sklearn.preprocessing", set()).add("StandardScaler")
-    for name in models:
-        if name in _SKLEARN_CLASSES:
-            module, classifier, regressor = _SKLEARN_CLASSES[name]
-            from_imports.setdefault(module, set()).add(regressor if regression else classifier)
+    if any(member.text for member in members):
+        from_imports["scipy"] = {"sparse"}
+        from_imports["sklearn.feature_extraction.text"] = {"TfidfVectorizer"}
+        if any(member.family not in LINEAR for member in members if member.text):
+            from_imports["sklearn.decomposition"] = {"TruncatedSVD"}
+    for name in families - {"lightgbm"}:
+        module, classifier, regressor = ESTIMATOR_CLASSES[name]
+        from_imports.setdefault(module, set()).add(regressor if regression else classifier)
     for module in sorted(from_imports):
         lines.append(f"from {module} import {', '.join(sorted(from_imports[module]))}")
+    lines += ["", "# Library warnings (convergence, deprecations) would crowd the log's tail,",
+              "# where the next node reads this run's facts.", 'warnings.filterwarnings("ignore")']
     return "\n".join(lines) + "\n"
 
 
-def _constants(recipe: Recipe, task: TaskSpec, models: tuple[str, ...]) -> str:
+def _constants(recipe: Recipe, task: TaskSpec, plan: ScriptPlan) -> str:
+    limit = (f"its {plan.node_timeout_s:.0f}s limit" if plan.node_timeout_s is not None
+             else "the node's limit")
     return (
         f"TARGET = {task.target!r}\n"
         f"ID_COL = {task.id_column!r}\n"
         f"METRIC = {task.metric.value!r}\n"
+        f"HIGHER_IS_BETTER = {not task.metric.lower_is_better!r}\n"
         f"MAP_K = {task.map_k!r}\n"
         f"SEED = {recipe.seed!r}\n"
-        f"MODELS = {models!r}\n"
-        f"N_FOLDS = {max(recipe.cv_folds, 0)!r}\n"
+        "# The task's validation plan: every node of the task scores on these same folds.\n"
+        f"CV_FOLDS = {plan.cv_folds!r}\n"
+        f"CV_SEED = {plan.cv_seed!r}\n"
+        f"# Seconds this script plans to run, well inside {limit}: fits stop adding rounds\n"
+        "# and folds near the deadline.\n"
+        f"TIME_BUDGET = {plan.time_budget_s!r}\n"
+        "DEADLINE = STARTED + TIME_BUDGET\n"
         f'TRAIN_PATH = os.path.join("input", {task.train_file!r})\n'
         f'TEST_PATH = os.path.join("input", {task.test_file!r})\n'
         f'SAMPLE_PATH = os.path.join("input", {task.sample_submission_file!r})\n'
     )
 
 
-def _features(recipe: Recipe) -> str:
-    parts = [FEATURES["base"]]
-    if recipe.feature_engineering:
-        parts.append(FEATURES["engineering"])
-    if recipe.encode_categoricals:
-        parts.append(FEATURES["encode"])
-    if recipe.missing_indicators:
-        parts.append(FEATURES["indicators"])
-    if recipe.impute:
-        parts.append(FEATURES["impute"])
-    parts.append(FEATURES["matrix"])
-    if recipe.scale:
-        parts.append(FEATURES["scale"])
+def _features(members: tuple[Recipe, ...]) -> str:
+    parts = [CORE]
+    if any(member.dates for member in members):
+        parts.append(DATES)
+    if any(member.text for member in members):
+        parts.append(TEXT)
+    if any(member.ratios for member in members):
+        parts.append(RATIOS)
+    if any(member.categorical == "target" and member.encode_categoricals
+           for member in members):
+        parts.append(TARGET_ENCODING)
     return "\n".join(parts)
-
-
-def _factory(recipe: Recipe, models: tuple[str, ...], regression: bool) -> str:
-    lines = [
-        "",
-        "def build_model(name, n_rows):",
-        '    """A fresh, unfitted estimator of family `name` for `n_rows` training rows."""',
-    ]
-    for index, name in enumerate(models):
-        # The partner of an ensemble keeps its family defaults; only the main model is tuned.
-        params = recipe if index == 0 else default_recipe(name, recipe.seed)
-        lines.append(f"    if name == {name!r}:")
-        lines.append(f"        return {_constructor(name, params, regression)}")
-    lines.append('    raise ValueError(f"unknown model family {name}")')
-    return "\n".join(lines) + "\n"
-
-
-def _constructor(name: str, recipe: Recipe, regression: bool) -> str:
-    depth = recipe.max_depth
-    if name == "lightgbm":
-        kind = "LGBMRegressor" if regression else "LGBMClassifier"
-        leaves = 31 if depth is None else max(2, min(31, 2**depth - 1))
-        return (
-            f"lgb.{kind}(n_estimators={recipe.n_estimators}, "
-            f"learning_rate={recipe.learning_rate:g}, num_leaves={leaves}, "
-            f"max_depth={-1 if depth is None else depth}, reg_lambda={recipe.reg_strength:g}, "
-            "min_child_samples=10, subsample=0.9, subsample_freq=1, colsample_bytree=0.9, "
-            "random_state=SEED, n_jobs=1, verbose=-1)"
-        )
-    cls = _SKLEARN_CLASSES[name][2 if regression else 1]
-    if name == "logistic_regression":
-        return f"{cls}(C={recipe.reg_strength:g}, max_iter=2000)"
-    if name == "ridge":
-        return f"{cls}(alpha={recipe.reg_strength:g}, random_state=SEED)"
-    if name in ("random_forest", "extra_trees"):
-        return (
-            f"{cls}(n_estimators={recipe.n_estimators}, max_depth={depth!r}, "
-            f"min_samples_leaf={recipe.min_samples_leaf}, random_state=SEED, n_jobs=1)"
-        )
-    if name == "hist_gradient_boosting":
-        return (
-            f"{cls}(max_iter={recipe.n_estimators}, learning_rate={recipe.learning_rate:g}, "
-            f"max_depth={depth!r}, l2_regularization={recipe.reg_strength:g}, "
-            "early_stopping=False, random_state=SEED)"
-        )
-    # KNN cannot ask for more neighbours than there are training rows.
-    return f'{cls}(n_neighbors=min({recipe.n_neighbors}, max(1, n_rows - 1)), weights="distance")'
 
 
 def _submission(metric: Metric) -> str:
@@ -209,6 +204,7 @@ def _submission(metric: Metric) -> str:
             "        submission[col] = test_pred[:, position] if position is not None else 0.0\n"
         )
     head = (
+        "\n"
         "id_name = ID_COL if ID_COL in sample.columns else str(sample.columns[0])\n"
         "value_cols = [c for c in sample.columns if c != id_name]\n"
         "ids = test[ID_COL].to_numpy() if ID_COL in test.columns else sample[id_name].to_numpy()\n"
