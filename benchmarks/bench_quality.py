@@ -44,7 +44,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,9 @@ class Outcome:
     score: float | None
     wall_s: float
     detail: str
+    # The machine's 1-minute load average when the contestant ended: other work on the
+    # machine slows every contestant, and this says how much there was.
+    load_1m: float | None = None
 
 
 @dataclass(frozen=True)
@@ -307,11 +310,12 @@ def run_benchmark(names: Sequence[str], contestants: Sequence[str], budget_s: fl
         spec = load_task(build_task(name, workdir / name / "competition", seed))
         outcomes: dict[str, Outcome] = {}
         for contestant in contestants:
-            outcome = play(spec, contestant, workdir / name / contestant, budget_s)
+            outcome = replace(play(spec, contestant, workdir / name / contestant, budget_s),
+                              load_1m=round(os.getloadavg()[0], 2))
             outcomes[contestant] = outcome
             shown = "-" if outcome.score is None else f"{outcome.score:.5f}"
             emit(f"{name:<14} {contestant:<9} {spec.metric.value:<9} {shown:>10} "
-                 f"in {outcome.wall_s:6.1f} s  {outcome.detail}")
+                 f"in {outcome.wall_s:6.1f} s (load {outcome.load_1m:.1f})  {outcome.detail}")
         results.append(TaskResult(name, spec.metric.value, spec.lower_is_better, outcomes))
     return results
 
