@@ -216,3 +216,29 @@ async def test_a_cancel_before_the_search_starts_keeps_the_active_time_it_had(
     await running
     final = await bench.store.get_task(task.id)
     assert final.state is TaskState.CANCELLED and final.active_s == 12.5
+
+
+async def test_no_node_starts_once_too_little_of_the_tasks_time_is_left(
+    bench: Bench, breast_cancer: Path,
+) -> None:
+    bench.parts.coder = QuickCoder()
+    # One run slot for two picks: one node waits for a slot while the other runs.
+    bench.parts.executor = LocalExecutor(bench.parts.settings, SlotPool([], 1, 1),
+                                         bench.state_dir)
+    task = await _task(bench, breast_cancer, steps=10_000, time_limit_s=100.0)
+    queue = TaskQueue(bench.parts)
+    async with bench.parts.bus.subscribe(lambda e: True) as events:
+        await queue.start()
+        await _until_node_done(events)
+        # 3 s left: under the 5 s a node needs at least. Nothing new starts; the task ends.
+        bench.clock.advance(97)
+        cut = bench.clock.time()
+        await _until_ended(events, task.id)
+    await queue.stop()
+    final = await bench.store.get_task(task.id)
+    assert final.state is TaskState.FINISHED
+    nodes = await bench.store.list_nodes(task.id)
+    assert all(n.started_at is None or n.started_at < cut for n in nodes)
+    for node in nodes:
+        if node.state is NodeState.FAILED:
+            assert node.error is not None and node.error.startswith("not run: too little")

@@ -34,6 +34,10 @@ class KeptForRestart(Exception):
     """A node with code meets a draining daemon before it runs: it stays ready for later."""
 
 
+class TimeRanOut(Exception):
+    """A node's run slot came when too little of the task's time was left to run it."""
+
+
 async def expand(state: SearchState, node_id: int, pick: Pick,
                  existing: NodeRecord | None = None) -> None:
     """Take one node (new, or `existing` with code from before a restart) to its outcome.
@@ -61,6 +65,9 @@ async def expand(state: SearchState, node_id: int, pick: Pick,
             await _run_and_evaluate(state, node_id, pick, response)
         except KeptForRestart:
             log.info("node kept ready for the restart")
+        except TimeRanOut:
+            await fail(state, node_id, pick, "not run: too little of the task's time was left "
+                       "when a run slot became free")
         except asyncio.CancelledError:
             if has_code and not state.cancel_requested:
                 # The daemon is stopping: the paid-for code stays ready for the restart
@@ -177,10 +184,15 @@ async def _run_and_evaluate(state: SearchState, node_id: int, pick: Pick,
                     # Asked once a slot is granted: the task's time runs while it waits.
                     lambda: state.budget.node_timeout(state.now(), task.node_timeout_s)),
             started,
-            lambda: not state.draining)
+            # Asked once a slot is granted too: a stop keeps the node for the restart, and a
+            # task whose time ran out while it waited does not start it.
+            lambda: not state.draining and state.node_fits())
     if run is None:
-        raise KeptForRestart
+        if state.draining:
+            raise KeptForRestart
+        raise TimeRanOut
     result = run.result
+    state.run_seconds.append(result.duration_s)
     await state.publish.node_state(node_id, pick, NodeState.EVALUATING,
                                    exit_code=result.exit_code, gpu_peak_mb=run.gpu_peak_mb,
                                    gpu_seconds=run.gpu_seconds)

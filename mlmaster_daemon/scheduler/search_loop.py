@@ -128,7 +128,7 @@ class TaskSearch:
                 # code ahead, so it is ready when a run slot frees up.
                 limit = settings.config.search.parallel + settings.config.llm.prefetch
                 while (not state.draining and len(expansions) < limit
-                       and created < state.task.steps and not state.budget.expired(state.now())
+                       and created < state.task.steps and state.node_fits()
                        and not await self._over_budget()):
                     pick = state.policy.select()
                     if pick is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,11 @@ from mlmaster_daemon.scheduler.task_memory import TaskMemory
 from mlmaster_daemon.search.hcc import TaskProfile
 from mlmaster_daemon.search.policy import Pick, Policy
 from mlmaster_daemon.store.records import TaskRecord
+
+# No node starts with less of the task's time left than this (or than the node's own limit,
+# when that is shorter), nor than the median run of the task's recent nodes: a run cut to a
+# second or two is only killed, and holds a slot while it dies.
+MIN_NODE_S = 5.0
 
 
 class SearchState:
@@ -40,6 +47,9 @@ class SearchState:
         self.best_metric = task.best_metric
         self.preview = ""
         self.profile: TaskProfile | None = None
+        # How long the task's recent runs took (seconds), to tell when too little time is
+        # left to start another.
+        self.run_seconds: deque[float] = deque(maxlen=20)
         self.cancel_requested = False
         # Set when the daemon stops: no new expansion, no new run; running nodes finish.
         self.draining = False
@@ -56,6 +66,12 @@ class SearchState:
 
     def node_dir(self, node_id: int) -> Path:
         return node_dir(self.parts.state_dir, self.task.id, node_id)
+
+    def node_fits(self) -> bool:
+        """Whether enough of the task's time is left to start a node (see `MIN_NODE_S`)."""
+        typical = statistics.median(self.run_seconds) if self.run_seconds else 0.0
+        floor = min(MIN_NODE_S, self.task.node_timeout_s)
+        return self.budget.left_s(self.now()) >= max(floor, typical)
 
     def improves(self, metric: float) -> bool:
         if self.best_metric is None:
