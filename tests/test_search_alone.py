@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,3 +243,36 @@ async def test_no_node_starts_once_too_little_of_the_tasks_time_is_left(
     for node in nodes:
         if node.state is NodeState.FAILED:
             assert node.error is not None and node.error.startswith("not run: too little")
+
+
+class BrokenCoder:
+    """A coder with a bug: it raises on every request."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def generate(self, request: CodeRequest) -> CodeResponse:
+        self.calls += 1
+        raise AttributeError("'Recipe' object has no attribute 'ensemble_with'")
+
+    async def wait_available(self) -> None:
+        return None
+
+
+async def test_a_coder_that_always_raises_fails_the_task_instead_of_spinning(
+    bench: Bench, breast_cancer: Path,
+) -> None:
+    coder = BrokenCoder()
+    bench.parts.coder = coder
+    task = await _task(bench, breast_cancer, steps=10_000)
+    queue = TaskQueue(bench.parts)
+    async with bench.parts.bus.subscribe(lambda e: True) as events:
+        await queue.start()
+        await _until_ended(events, task.id)
+    await queue.stop()
+    final = await bench.store.get_task(task.id)
+    assert final.state is TaskState.FAILED and final.error is not None
+    assert re.search(r"1\d expansions in a row failed", final.error)
+    assert "no attribute 'ensemble_with'" in final.error
+    # It stopped soon: the parallel picks in flight at the tenth failure, no more.
+    assert coder.calls <= 10 + 2 * 2

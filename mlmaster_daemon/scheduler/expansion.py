@@ -88,7 +88,9 @@ async def expand(state: SearchState, node_id: int, pick: Pick,
             if is_storage_fault(exc):
                 raise  # the task pauses; this node resumes with it
             log.exception("expansion failed")
-            await fail(state, node_id, pick, f"{type(exc).__name__}: {exc}", quiet=False)
+            state.failed_in_a_row += 1
+            state.last_failure = f"{type(exc).__name__}: {exc}"
+            await fail(state, node_id, pick, state.last_failure, quiet=False)
 
 
 async def fail(state: SearchState, node_id: int, pick: Pick, reason: str,
@@ -218,6 +220,7 @@ async def _finish(state: SearchState, node_id: int, pick: Pick, outcome: Evaluat
     task, store = state.task, state.parts.store
     parent_metric = state.policy.tree[pick.parent_id].metric if pick.parent_ids else None
     changed = state.policy.complete(node_id, pick, outcome.metric, outcome.folds)
+    state.failed_in_a_row = 0
     state.open_picks.pop(node_id, None)
     phase = state.memory.record(node_id, pick, summary, outcome.metric, outcome.buggy,
                                 outcome.error, parent_metric, task.spec.lower_is_better)

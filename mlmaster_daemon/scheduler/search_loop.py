@@ -15,12 +15,16 @@ from mlmaster_daemon.models import NodeState, TaskState
 from mlmaster_daemon.scheduler.expansion import expand
 from mlmaster_daemon.scheduler.parts import SearchParts
 from mlmaster_daemon.scheduler.resume import ranked, repair_best, restore
-from mlmaster_daemon.scheduler.search_state import SearchState
+from mlmaster_daemon.scheduler.search_state import MAX_FAILED_IN_A_ROW, SearchState
 from mlmaster_daemon.search.policy import Pick
 from mlmaster_daemon.store.records import NodeRecord, TaskRecord
 from mlmaster_daemon.tasks.profile import data_preview, task_profile
 
 log = get_logger("mlmaster.scheduler")
+
+
+class ExpansionsFailing(Exception):
+    """Every recent expansion failed with an error (not a buggy script): the task fails."""
 # How often the active time is saved while the task runs, so a crash loses little of it.
 SAVE_ACTIVE_EVERY_S = 10.0
 
@@ -148,6 +152,10 @@ class TaskSearch:
                           if (e := f.exception()) is not None]
                 if errors:
                     raise errors[0]
+                if state.failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+                    raise ExpansionsFailing(
+                        f"{state.failed_in_a_row} expansions in a row failed before their "
+                        f"nodes had an outcome; the last: {state.last_failure[:300]}")
         except BaseException:
             for pending in expansions:
                 pending.cancel()

@@ -23,6 +23,9 @@ from mlmaster_daemon.store.records import TaskRecord
 # when that is shorter), nor than the median run of the task's recent nodes: a run cut to a
 # second or two is only killed, and holds a slot while it dies.
 MIN_NODE_S = 5.0
+# Expansions that fail in a row, with no node reaching an outcome in between, before the task
+# fails: a coder or harness that raises every time would otherwise spin through the steps.
+MAX_FAILED_IN_A_ROW = 10
 
 
 class SearchState:
@@ -50,6 +53,9 @@ class SearchState:
         # How long the task's recent runs took (seconds), to tell when too little time is
         # left to start another.
         self.run_seconds: deque[float] = deque(maxlen=20)
+        # Expansions that failed (an error, not a buggy script) since the last outcome.
+        self.failed_in_a_row = 0
+        self.last_failure = ""
         self.cancel_requested = False
         # Set when the daemon stops: no new expansion, no new run; running nodes finish.
         self.draining = False
