@@ -55,7 +55,7 @@ IMPROVE_CASES: list[tuple[str, Recipe, str]] = [
     ("binary", default_recipe("lightgbm", 11), "ensemble"),
     ("multiclass", default_recipe("hist_gradient_boosting", 12), "categorical_encoding"),
     ("multiclass", default_recipe("hist_gradient_boosting", 12), "more_leaf_samples"),
-    ("multiclass", replace(default_recipe("random_forest", 12), impute=True), "fewer_leaves"),
+    ("multiclass", replace(default_recipe("random_forest", 12), impute=True), "less_capacity"),
     ("regression", replace(default_recipe("ridge", 13), impute=True), "add_ratios"),
     ("regression", replace(default_recipe("ridge", 13), impute=True), "add_features"),
     ("regression", default_recipe("lightgbm", 14), "switch_family"),

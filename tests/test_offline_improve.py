@@ -115,9 +115,9 @@ def test_columns_the_data_lacks_rule_out_their_feature_work() -> None:
 
 
 def test_a_child_does_not_undo_its_parents_last_change() -> None:
-    parent = replace(default_recipe("lightgbm", 1), changes=("more_leaves",))
-    assert "fewer_leaves" not in applicable_changes(parent, Evidence(Metric.RMSE))
-    assert "more_leaves" in applicable_changes(parent, Evidence(Metric.RMSE))
+    parent = replace(default_recipe("lightgbm", 1), changes=("more_capacity",))
+    assert "less_capacity" not in applicable_changes(parent, Evidence(Metric.RMSE))
+    assert "more_capacity" in applicable_changes(parent, Evidence(Metric.RMSE))
 
 
 def test_class_weights_are_offered_only_where_the_metric_counts_per_class() -> None:

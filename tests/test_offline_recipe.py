@@ -153,13 +153,37 @@ async def test_drafts_given_sibling_memory_pick_different_families(metric: Metri
 
 
 async def test_the_first_draft_is_lightgbm_without_imputation_on_the_task_folds() -> None:
-    response = await OfflineCoder().generate(_request(Operator.DRAFT, cv_folds=4, cv_seed=321))
+    request = _request(Operator.DRAFT, node_id=1, cv_folds=4, cv_seed=321)
+    response = await OfflineCoder().generate(request)
     recipe = parse_recipe(response.code)
     assert recipe is not None
     assert (recipe.family, recipe.impute, recipe.encode_categoricals) == ("lightgbm", False, True)
     assert recipe.partners == ()
     assert "CV_FOLDS = 4\n" in response.code and "CV_SEED = 321\n" in response.code
     assert 3 <= response.plan.count(". ") + 1 <= 6
+
+
+async def test_drafts_made_at_once_without_memory_of_each_other_differ() -> None:
+    coder = OfflineCoder(seed=3)
+    drafted = [
+        parse_summary((await coder.generate(_request(Operator.DRAFT, node_id=n))).summary)
+        for n in (1, 2, 3)
+    ]
+    assert [pairs["model"] for pairs in drafted] == [
+        "lightgbm", "logistic_regression", "extra_trees"]
+
+
+@pytest.mark.parametrize(("missing", "imputed"), [(0, False), (12, True)])
+async def test_a_draft_imputes_when_the_preview_shows_missing_values(
+    missing: int, imputed: bool
+) -> None:
+    preview = (f"train.csv: 400 rows x 3 columns\nColumns:\n  row_id: int64, missing 0, "
+               f"unique 400\n  x: float64, missing {missing}, unique 380\n")
+    memory = (MemoryItem(1, Operator.DRAFT, "model=lightgbm; op=draft", 0.7, False),)
+    request = _request(Operator.DRAFT, node_id=2, data_preview=preview, memory=memory)
+    recipe = parse_recipe((await OfflineCoder().generate(request)).code)
+    assert recipe is not None and recipe.family == "logistic_regression"
+    assert recipe.impute is imputed
 
 
 async def test_same_seed_and_request_give_the_same_code() -> None:

@@ -32,8 +32,8 @@ CHANGE_FIELDS: dict[str, frozenset[str]] = {
     "more_estimators": frozenset({"n_estimators"}),
     "lower_learning_rate": frozenset({"learning_rate", "n_estimators"}),
     "higher_learning_rate": frozenset({"learning_rate", "n_estimators"}),
-    "more_leaves": frozenset({"num_leaves", "max_depth", "min_samples_leaf"}),
-    "fewer_leaves": frozenset({"num_leaves", "max_depth", "min_samples_leaf"}),
+    "more_capacity": frozenset({"num_leaves", "max_depth", "min_samples_leaf"}),
+    "less_capacity": frozenset({"num_leaves", "max_depth", "min_samples_leaf"}),
     "more_leaf_samples": frozenset({"min_samples_leaf"}),
     "fewer_leaf_samples": frozenset({"min_samples_leaf"}),
     "stronger_regularisation": frozenset({"reg_strength", "n_neighbors"}),
@@ -55,7 +55,7 @@ CHANGE_FIELDS: dict[str, frozenset[str]] = {
 # Changes that undo each other: a child does not undo its parent's last change.
 INVERSE = {
     "lower_learning_rate": "higher_learning_rate", "higher_learning_rate": "lower_learning_rate",
-    "more_leaves": "fewer_leaves", "fewer_leaves": "more_leaves",
+    "more_capacity": "less_capacity", "less_capacity": "more_capacity",
     "more_leaf_samples": "fewer_leaf_samples", "fewer_leaf_samples": "more_leaf_samples",
     "stronger_regularisation": "weaker_regularisation",
     "weaker_regularisation": "stronger_regularisation",
@@ -151,14 +151,17 @@ def _higher_rate(recipe: Recipe, facts: RunFacts, _: random.Random) -> tuple[Rec
             f"double the learning rate to {rate:g} (up to {cap} rounds){why}")
 
 
-def _leaves(grow: bool) -> Edit:
+def _capacity(grow: bool) -> Edit:
+    """Bigger trees with smaller leaves, or the reverse: one step along model complexity."""
     def edit(recipe: Recipe, _: RunFacts, __: random.Random) -> tuple[Recipe, str]:
+        leaf = (max(2 if recipe.family in BOOSTERS else 1, recipe.min_samples_leaf // 2) if grow
+                else min(MAX_LEAF_SAMPLES, recipe.min_samples_leaf * 2))
         if recipe.family in BOOSTERS:
             count = (min(MAX_LEAVES, recipe.num_leaves * 2) if grow
                      else max(4, recipe.num_leaves // 2))
-            return (replace(recipe, num_leaves=count, max_depth=None),
-                    f"use trees of up to {count} leaves instead of {recipe.num_leaves}")
-        leaf = max(1, recipe.min_samples_leaf // 2) if grow else recipe.min_samples_leaf * 2
+            return (replace(recipe, num_leaves=count, min_samples_leaf=leaf, max_depth=None),
+                    f"use trees of up to {count} leaves (was {recipe.num_leaves}) needing "
+                    f"{leaf} rows per leaf (was {recipe.min_samples_leaf})")
         return (replace(recipe, min_samples_leaf=leaf, max_depth=None if grow else
                         recipe.max_depth),
                 f"require {leaf} samples per leaf instead of {recipe.min_samples_leaf}")
@@ -261,8 +264,8 @@ _EDITS: dict[str, Edit] = {
     "more_estimators": _more_estimators,
     "lower_learning_rate": _lower_rate,
     "higher_learning_rate": _higher_rate,
-    "more_leaves": _leaves(grow=True),
-    "fewer_leaves": _leaves(grow=False),
+    "more_capacity": _capacity(grow=True),
+    "less_capacity": _capacity(grow=False),
     "more_leaf_samples": _leaf_samples(more=True),
     "fewer_leaf_samples": _leaf_samples(more=False),
     "stronger_regularisation": _regularise(stronger=True),

@@ -10,6 +10,7 @@ from the parent's output.
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,6 +21,7 @@ from mlmaster_daemon.coders.offline.facts import read_facts
 from mlmaster_daemon.coders.offline.improve import Evidence, improve
 from mlmaster_daemon.coders.offline.plan import ScriptPlan, script_plan, train_cells
 from mlmaster_daemon.coders.offline.recipe import (
+    NAN_TOLERANT,
     Recipe,
     default_recipe,
     families_for,
@@ -37,14 +39,16 @@ from mlmaster_daemon.tasks.spec import TaskSpec
 
 __all__ = ["OfflineCoder", "Recipe", "parse_recipe", "render"]
 
-# Drafts try the families in this order (fast, strong ones first); a sibling's family is
-# skipped until every family has been drafted.
-DRAFT_ORDER = ("lightgbm", "logistic_regression", "ridge", "extra_trees",
-               "hist_gradient_boosting", "random_forest", "knn")
+# Drafts try the families in this order (fast, strong and mutually different ones first); a
+# sibling's family is skipped until every family has been drafted.
+DRAFT_ORDER = ("lightgbm", "logistic_regression", "ridge", "extra_trees", "random_forest",
+               "hist_gradient_boosting", "knn")
 # Above this many training cells (rows x columns), or below this budget, a LightGBM draft
 # learns faster (fewer rounds for the same fit).
 LARGE_CELLS = 2_000_000
-SHORT_BUDGET_S = 30.0
+SHORT_BUDGET_S = 15.0
+# A column the data preview reports with missing values ("x: float64, missing 12, ...").
+_PREVIEW_GAPS = re.compile(r"^\s+\S.*: .*, missing [1-9]", re.MULTILINE)
 # Time is short when what the task has left would not fit this many runs like the parent's.
 SHORT_TIME_RUNS = 4
 
@@ -86,16 +90,24 @@ class OfflineCoder:
 def _draft(request: CodeRequest, plan: ScriptPlan, rng: random.Random) -> CodeResponse:
     task = request.task
     siblings = [item for item in request.memory if item.operator is Operator.DRAFT]
-    family, used = _pick_family(task, siblings)
+    family, used = _pick_family(task, siblings, request.node_id)
     cells = train_cells(request.data_preview) or 0
     fast = cells > LARGE_CELLS or plan.time_budget_s < SHORT_BUDGET_S
     recipe = default_recipe(family, rng.randrange(1, 100_000), 0.1 if fast else 0.05)
+    # A draft known to fail on missing values would only cost a node and a debug node; with
+    # no preview to go by, it stays minimal and the debug step repairs it if need be.
+    gaps = bool(_PREVIEW_GAPS.search(request.data_preview))
+    if gaps and family not in NAN_TOLERANT:
+        recipe = replace(recipe, impute=True)
     used_text = ", ".join(sorted(used)) if used else "none yet"
+    missing = ("missing values are imputed with medians, as the preview shows gaps and "
+               f"{family} does not accept them" if recipe.impute
+               else "missing values are left as they are")
     text = (
         f"Draft a {family} baseline with sensible defaults for this {_kind(task)} task, scored "
         f"by {task.metric.value}. Categorical columns are {recipe.categorical}-encoded and "
-        "missing values are left as they are (no imputation, tuning or ensembling yet). "
-        f"{_validation(plan)} Sibling drafts already used: {used_text}."
+        f"{missing} (no tuning or ensembling yet). {_validation(plan)} Sibling drafts "
+        f"already used: {used_text}."
     )
     return CodeResponse(plan=text, code=render(recipe, task, plan),
                         summary=format_summary(recipe, "draft"))
@@ -105,7 +117,7 @@ def _improve(request: CodeRequest, plan: ScriptPlan, rng: random.Random) -> Code
     task = request.task
     parent = parse_recipe(request.parent_code or "")
     if parent is None:
-        family, _ = _pick_family(task, request.memory)
+        family, _ = _pick_family(task, request.memory, request.node_id)
         recipe = replace(default_recipe(family, rng.randrange(1, 100_000)), impute=True)
         text = (
             "The parent script has no offline recipe header (it was probably written by an "
@@ -179,8 +191,11 @@ def _evidence(request: CodeRequest, output: str | None) -> Evidence:
     return Evidence(request.task.metric, facts, short)
 
 
-def _pick_family(task: TaskSpec, siblings: Sequence[MemoryItem]) -> tuple[str, set[str]]:
-    """The first family in DRAFT_ORDER no sibling used; the least used once all are taken."""
+def _pick_family(task: TaskSpec, siblings: Sequence[MemoryItem],
+                 node_id: int) -> tuple[str, set[str]]:
+    """A family no sibling used (the least used once all are taken). Among those, the one at
+    the node's place in DRAFT_ORDER or next after it: drafts generated at the same time do not
+    see each other in memory, but have different node ids."""
     regression = task.metric.is_regression
     counts: Counter[str] = Counter()
     for item in siblings:
@@ -188,7 +203,10 @@ def _pick_family(task: TaskSpec, siblings: Sequence[MemoryItem]) -> tuple[str, s
         if family is not None:
             counts[normalise_family(family, regression)] += 1
     order = [name for name in DRAFT_ORDER if name in families_for(regression)]
-    return min(order, key=lambda name: counts[name]), set(counts)
+    fewest = min(counts[name] for name in order)
+    start = max(node_id - 1, 0) % len(order)
+    rotated = order[start:] + order[:start]
+    return next(name for name in rotated if counts[name] == fewest), set(counts)
 
 
 def _fit_to_task(recipe: Recipe, task: TaskSpec) -> Recipe:

@@ -50,10 +50,10 @@ WEIGHTS: dict[str, float] = {
     "more_estimators": 1.0,
     "lower_learning_rate": 3.0,
     "higher_learning_rate": 0.5,
-    "more_leaves": 2.0,
-    "fewer_leaves": 2.0,
-    "more_leaf_samples": 2.0,
-    "fewer_leaf_samples": 1.5,
+    "more_capacity": 3.0,
+    "less_capacity": 2.5,
+    "more_leaf_samples": 1.0,
+    "fewer_leaf_samples": 1.0,
     "stronger_regularisation": 1.5,
     "weaker_regularisation": 1.0,
     "fewer_features_per_tree": 2.0,
@@ -105,10 +105,10 @@ def applicable_changes(recipe: Recipe, evidence: Evidence) -> list[str]:
         and not facts.time_bound,
         "higher_learning_rate": booster and recipe.learning_rate < MAX_LEARNING_RATE and (
             facts.time_bound or (facts.best_iteration or 0) > 2000),
-        "more_leaves": (recipe.num_leaves < MAX_LEAVES) if booster else (
+        "more_capacity": (recipe.num_leaves < MAX_LEAVES) if booster else (
             family in FORESTS and (recipe.min_samples_leaf > 1 or recipe.max_depth is not None)),
-        "fewer_leaves": (recipe.num_leaves > 4) if booster else (
-            family in FORESTS and recipe.min_samples_leaf < 64),
+        "less_capacity": (recipe.num_leaves > 4) if booster else (
+            family in FORESTS and recipe.min_samples_leaf < MAX_LEAF_SAMPLES),
         "more_leaf_samples": booster and recipe.min_samples_leaf < MAX_LEAF_SAMPLES,
         "fewer_leaf_samples": booster and recipe.min_samples_leaf > 2,
         "stronger_regularisation": (booster and recipe.reg_strength < MAX_PENALTY)
