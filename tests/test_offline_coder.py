@@ -18,10 +18,10 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
 from mlmaster_daemon.coders.offline.changes import CHANGE_FIELDS
 from mlmaster_daemon.coders.offline.coder import OfflineCoder
+from mlmaster_daemon.coders.offline.drafts import DRAFT_STYLES, style_recipe
 from mlmaster_daemon.coders.offline.recipe import (
     Recipe,
     default_recipe,
-    families_for,
     parse_recipe,
     parse_summary,
 )
@@ -176,11 +176,14 @@ def _check_valid(run: Run) -> float:
 
 
 def _draft_request(task: TaskSpec, family: str, node_id: int) -> CodeRequest:
-    """A draft request whose sibling memory leaves `family` as the only undrafted one."""
-    others = [f for f in families_for(task.metric.is_regression) if f != family]
+    """A draft request whose sibling memory leaves one style of `family` as the only
+    undrafted one."""
+    regression = task.metric.is_regression
+    wanted = next(style for style in DRAFT_STYLES
+                  if style_recipe(style, regression, 1, 0.05).family == family)
     memory = tuple(
-        MemoryItem(i, Operator.DRAFT, f"model={name}; op=draft", 0.5, False)
-        for i, name in enumerate(others)
+        MemoryItem(i, Operator.DRAFT, f"model=x; draft={style}; op=draft", 0.5, False)
+        for i, style in enumerate(s for s in DRAFT_STYLES if s != wanted)
     )
     return CodeRequest(Operator.DRAFT, task, node_id, "", memory=memory)
 

@@ -180,3 +180,12 @@ async def test_an_improve_response_names_the_change_and_the_evidence() -> None:
     child = parse_recipe(response.code)
     assert child is not None and child.dates and child.changes == ("parse_dates",)
     assert "parse_dates" in response.plan and "CV_SEED = 5\n" in response.code
+
+
+def test_a_model_without_lightgbm_is_blended_with_lightgbm() -> None:
+    parent = replace(default_recipe("extra_trees", 1), impute=True)
+    step = apply_change(parent, "ensemble", RunFacts(), families_for(False), random.Random(0))
+    assert step.recipe.models == ("extra_trees", "lightgbm")
+    picks = [choose_change(parent, (), random.Random(seed), Evidence(Metric.ROC_AUC))
+             for seed in range(40)]
+    assert max(set(picks), key=picks.count) == "ensemble"

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from mlmaster_daemon.coders.offline.changes import CHANGE_FIELDS
 from mlmaster_daemon.coders.offline.coder import OfflineCoder
+from mlmaster_daemon.coders.offline.drafts import DRAFT_STYLES
 from mlmaster_daemon.coders.offline.improve import Evidence, applicable_changes
 from mlmaster_daemon.coders.offline.recipe import (
     ALL_FAMILIES,
@@ -140,16 +141,20 @@ def test_summary_is_machine_readable() -> None:
 
 
 @pytest.mark.parametrize("metric", [Metric.ACCURACY, Metric.MAE])
-async def test_drafts_given_sibling_memory_pick_different_families(metric: Metric) -> None:
+async def test_drafts_given_sibling_memory_pick_different_styles(metric: Metric) -> None:
     coder = OfflineCoder(seed=2)
     task = _task(metric)
     memory: list[MemoryItem] = []
-    for node_id in range(6):
+    for node_id in range(1, len(DRAFT_STYLES) + 1):
         request = CodeRequest(Operator.DRAFT, task, node_id, "", memory=tuple(memory))
         response = await coder.generate(request)
         memory.append(MemoryItem(node_id, Operator.DRAFT, response.summary, None, False))
-    drafted = [parse_summary(item.summary)["model"] for item in memory]
-    assert sorted(drafted) == sorted(families_for(metric.is_regression))
+    drafted = [parse_summary(item.summary)["draft"] for item in memory]
+    assert sorted(drafted) == sorted(DRAFT_STYLES)
+    # The strong and mutually different ones come first.
+    assert set(drafted[:3]) == {"lightgbm", "linear", "extra_trees"}
+    families = {parse_summary(item.summary)["model"] for item in memory}
+    assert families == set(families_for(metric.is_regression))
 
 
 async def test_the_first_draft_is_lightgbm_without_imputation_on_the_task_folds() -> None:
@@ -167,10 +172,9 @@ async def test_drafts_made_at_once_without_memory_of_each_other_differ() -> None
     coder = OfflineCoder(seed=3)
     drafted = [
         parse_summary((await coder.generate(_request(Operator.DRAFT, node_id=n))).summary)
-        for n in (1, 2, 3)
+        for n in (1, 2)
     ]
-    assert [pairs["model"] for pairs in drafted] == [
-        "lightgbm", "logistic_regression", "extra_trees"]
+    assert [pairs["model"] for pairs in drafted] == ["lightgbm", "logistic_regression"]
 
 
 @pytest.mark.parametrize(("missing", "imputed"), [(0, False), (12, True)])
@@ -180,7 +184,7 @@ async def test_a_draft_imputes_when_the_preview_shows_missing_values(
     preview = (f"train.csv: 400 rows x 3 columns\nColumns:\n  row_id: int64, missing 0, "
                f"unique 400\n  x: float64, missing {missing}, unique 380\n")
     memory = (MemoryItem(1, Operator.DRAFT, "model=lightgbm; op=draft", 0.7, False),)
-    request = _request(Operator.DRAFT, node_id=2, data_preview=preview, memory=memory)
+    request = _request(Operator.DRAFT, node_id=3, data_preview=preview, memory=memory)
     recipe = parse_recipe((await OfflineCoder().generate(request)).code)
     assert recipe is not None and recipe.family == "logistic_regression"
     assert recipe.impute is imputed

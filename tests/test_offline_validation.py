@@ -103,7 +103,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     capped = replace(default_recipe("lightgbm", 4), learning_rate=0.01, n_estimators=10)
     jobs = {
         "lightgbm": (cancer, _draft(cancer, 1)),
-        "linear": (cancer, _draft(cancer, 2, (sibling,))),
+        "linear": (cancer, _draft(cancer, 3, (sibling,))),
         "holdout": (cancer, _draft(cancer, 3, cv_folds=0)),
         "capped": (cancer, render(capped, cancer, ScriptPlan(5, CV_SEED))),
         "tiny_budget": (big, render(slow, big, ScriptPlan(5, CV_SEED, time_budget_s=1.0))),

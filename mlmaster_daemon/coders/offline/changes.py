@@ -247,12 +247,12 @@ def _switch_family(recipe: Recipe, families: tuple[str, ...],
 
 def _ensemble(recipe: Recipe, families: tuple[str, ...],
               rng: random.Random) -> tuple[Recipe, str]:
-    # Partners unlike the main model blend best: trees with a linear model, boosters with
-    # randomised forests.
-    diverse: tuple[str, ...] = ("lightgbm", "extra_trees", "logistic_regression", "ridge")
+    # A model without LightGBM gains most from it; LightGBM from models unlike it: a linear
+    # model or randomised trees.
+    diverse: tuple[str, ...] = ("extra_trees", "logistic_regression", "ridge")
     liked = [name for name in diverse if name in families and name not in recipe.models]
     options = liked or [name for name in families if name not in recipe.models]
-    family = rng.choice(options)
+    family = "lightgbm" if "lightgbm" not in recipe.models else rng.choice(options)
     data = {name: getattr(recipe, name) for name in DATA_FIELDS}
     partner = _needs(replace(default_recipe(family, recipe.seed + 1), **data), family)
     text = (f"fit a {family} model on the same folds and blend it in, with a weight chosen on "

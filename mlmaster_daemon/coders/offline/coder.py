@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import random
 import re
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import replace
 
 from mlmaster_daemon.coders.offline.crossover import crossover_response
 from mlmaster_daemon.coders.offline.debug import baseline_repair, diagnose, repair
+from mlmaster_daemon.coders.offline.drafts import pick_style, style_recipe
 from mlmaster_daemon.coders.offline.facts import read_facts
 from mlmaster_daemon.coders.offline.improve import Evidence, improve
 from mlmaster_daemon.coders.offline.plan import ScriptPlan, script_plan, train_cells
@@ -24,25 +23,18 @@ from mlmaster_daemon.coders.offline.recipe import (
     NAN_TOLERANT,
     Recipe,
     default_recipe,
-    families_for,
     format_summary,
     normalise_family,
     parse_recipe,
     parse_summary,
-    summary_family,
 )
 from mlmaster_daemon.coders.offline.render import render
 from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
 from mlmaster_daemon.models import Operator
-from mlmaster_daemon.search.memory import MemoryItem
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 __all__ = ["OfflineCoder", "Recipe", "parse_recipe", "render"]
 
-# Drafts try the families in this order (fast, strong and mutually different ones first); a
-# sibling's family is skipped until every family has been drafted.
-DRAFT_ORDER = ("lightgbm", "logistic_regression", "ridge", "extra_trees", "random_forest",
-               "hist_gradient_boosting", "knn")
 # Above this many training cells (rows x columns), or below this budget, a LightGBM draft
 # learns faster (fewer rounds for the same fit).
 LARGE_CELLS = 2_000_000
@@ -89,11 +81,12 @@ class OfflineCoder:
 
 def _draft(request: CodeRequest, plan: ScriptPlan, rng: random.Random) -> CodeResponse:
     task = request.task
-    siblings = [item for item in request.memory if item.operator is Operator.DRAFT]
-    family, used = _pick_family(task, siblings, request.node_id)
+    regression = task.metric.is_regression
+    style, used = pick_style(request.memory, regression, request.node_id)
     cells = train_cells(request.data_preview) or 0
     fast = cells > LARGE_CELLS or plan.time_budget_s < SHORT_BUDGET_S
-    recipe = default_recipe(family, rng.randrange(1, 100_000), 0.1 if fast else 0.05)
+    recipe = style_recipe(style, regression, rng.randrange(1, 100_000), 0.1 if fast else 0.05)
+    family = recipe.family
     # A draft known to fail on missing values would only cost a node and a debug node; with
     # no preview to go by, it stays minimal and the debug step repairs it if need be.
     gaps = bool(_PREVIEW_GAPS.search(request.data_preview))
@@ -104,26 +97,25 @@ def _draft(request: CodeRequest, plan: ScriptPlan, rng: random.Random) -> CodeRe
                f"{family} does not accept them" if recipe.impute
                else "missing values are left as they are")
     text = (
-        f"Draft a {family} baseline with sensible defaults for this {_kind(task)} task, scored "
+        f"Draft a {family} baseline ({style} style) for this {_kind(task)} task, scored "
         f"by {task.metric.value}. Categorical columns are {recipe.categorical}-encoded and "
         f"{missing} (no tuning or ensembling yet). {_validation(plan)} Sibling drafts "
         f"already used: {used_text}."
     )
     return CodeResponse(plan=text, code=render(recipe, task, plan),
-                        summary=format_summary(recipe, "draft"))
+                        summary=format_summary(recipe, "draft", draft=style))
 
 
 def _improve(request: CodeRequest, plan: ScriptPlan, rng: random.Random) -> CodeResponse:
     task = request.task
     parent = parse_recipe(request.parent_code or "")
     if parent is None:
-        family, _ = _pick_family(task, request.memory, request.node_id)
-        recipe = replace(default_recipe(family, rng.randrange(1, 100_000)), impute=True)
+        recipe = default_recipe("lightgbm", rng.randrange(1, 100_000))
         text = (
             "The parent script has no offline recipe header (it was probably written by an "
-            f"LLM), so no single change can be applied to it. Instead write a fresh {family} "
-            "solution in the style of a draft, with median imputation added so it runs on data "
-            f"with missing values. {_validation(plan)}"
+            "LLM), so no single change can be applied to it. Instead write a fresh LightGBM "
+            "solution in the style of a draft; LightGBM takes missing values as they are. "
+            f"{_validation(plan)}"
         )
         summary = format_summary(recipe, "improve", change="fresh_recipe")
         return CodeResponse(plan=text, code=render(recipe, task, plan), summary=summary)
@@ -189,24 +181,6 @@ def _evidence(request: CodeRequest, output: str | None) -> Evidence:
     short = facts.time_bound or (left is not None and took is not None
                                  and left < SHORT_TIME_RUNS * took)
     return Evidence(request.task.metric, facts, short)
-
-
-def _pick_family(task: TaskSpec, siblings: Sequence[MemoryItem],
-                 node_id: int) -> tuple[str, set[str]]:
-    """A family no sibling used (the least used once all are taken). Among those, the one at
-    the node's place in DRAFT_ORDER or next after it: drafts generated at the same time do not
-    see each other in memory, but have different node ids."""
-    regression = task.metric.is_regression
-    counts: Counter[str] = Counter()
-    for item in siblings:
-        family = summary_family(item.summary)
-        if family is not None:
-            counts[normalise_family(family, regression)] += 1
-    order = [name for name in DRAFT_ORDER if name in families_for(regression)]
-    fewest = min(counts[name] for name in order)
-    start = max(node_id - 1, 0) % len(order)
-    rotated = order[start:] + order[:start]
-    return next(name for name in rotated if counts[name] == fewest), set(counts)
 
 
 def _fit_to_task(recipe: Recipe, task: TaskSpec) -> Recipe:

@@ -73,6 +73,7 @@ WEIGHTS: dict[str, float] = {
 # Changes that make a script markedly slower; drawn rarely while time is short.
 COSTLY = frozenset({"lower_learning_rate", "more_estimators", "ensemble", "text_tfidf"})
 SHORT_TIME_FACTOR = 0.1
+WITHOUT_LIGHTGBM_FACTOR = 6.0
 # Metrics that count each class's hits, where balanced class weights tend to pay.
 BALANCED_METRICS = frozenset({Metric.F1, Metric.F1_MACRO, Metric.QWK})
 
@@ -157,9 +158,18 @@ def choose_change(recipe: Recipe, tried: Collection[str], rng: random.Random,
         return urgent[0]
     applicable = applicable_changes(recipe, evidence)
     pool = [name for name in applicable if name not in tried] or applicable
-    weights = [WEIGHTS[name] * (SHORT_TIME_FACTOR if evidence.time_short and name in COSTLY
-                                else 1.0) for name in pool]
+    weights = [_weight(name, recipe, evidence) for name in pool]
     return rng.choices(pool, weights=weights)[0]
+
+
+def _weight(change: str, recipe: Recipe, evidence: Evidence) -> float:
+    weight = WEIGHTS[change]
+    if evidence.time_short and change in COSTLY:
+        weight *= SHORT_TIME_FACTOR
+    if change == "ensemble" and "lightgbm" not in recipe.models:
+        # Tuning a weaker family rarely catches up with LightGBM; blending it in usually does.
+        weight *= WITHOUT_LIGHTGBM_FACTOR
+    return weight
 
 
 def improve(recipe: Recipe, tried: Collection[str], rng: random.Random,

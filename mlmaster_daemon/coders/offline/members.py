@@ -122,7 +122,7 @@ def estimators_literal(members: tuple[Recipe, ...], regression: bool) -> str:
     used = [name for name in dict.fromkeys(r.family for r in members) if name != "lightgbm"]
     if not used:
         return ""
-    pairs = ", ".join(f"{name!r}: {ESTIMATOR_CLASSES[name][2 if regression else 1]}"
+    pairs = ", ".join(f"{_literal(name)}: {ESTIMATOR_CLASSES[name][2 if regression else 1]}"
                       for name in used)
     return f"ESTIMATORS = {{{pairs}}}\n"
 

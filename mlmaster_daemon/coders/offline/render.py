@@ -9,6 +9,7 @@ under `./working/`. It plans to end within `ScriptPlan.time_budget_s` seconds of
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from mlmaster_daemon.coders.offline.members import (
@@ -66,23 +67,25 @@ def render(recipe: Recipe, task: TaskSpec, plan: ScriptPlan | None = None) -> st
         MAIN,
         _submission(task.metric),
     ]
-    return "\n".join(section.rstrip("\n") + "\n" for section in sections if section)
+    return "\n\n".join(section.strip("\n") + "\n" for section in sections if section)
 
 
 def _docstring(members: tuple[Recipe, ...], task: TaskSpec, plan: ScriptPlan) -> str:
-    described = "; ".join(_described(member) for member in members)
+    described = "".join(f"- {_described(member)}\n" for member in members)
     blend = (
-        " The members are blended with weights chosen on out-of-fold predictions, and the "
-        "blend is kept only when it beats the best member alone."
+        "The members are blended with weights chosen on out-of-fold predictions, and the\n"
+        "blend is kept only when it beats the best member alone.\n"
         if len(members) > 1 else ""
     )
     validation = (
         f"{plan.cv_folds}-fold cross-validation" if plan.cv_folds >= 2 else "one 80/20 split"
     )
     return (
-        f'"""{" + ".join(m.family for m in members)} for {task.name}: {described}.\n\n'
-        f"Validated with {task.metric.value} on the task's {validation} (seed {plan.cv_seed}),"
-        f" the same rows for every node of the task.{blend} Written by the offline coder.\n"
+        f'"""{" + ".join(m.family for m in members)} for {task.name}, written by the offline '
+        "coder.\n\n"
+        f"{described}\n"
+        f"Validated with {task.metric.value} on the task's {validation} (seed {plan.cv_seed}),\n"
+        f"the same rows for every node of the task.\n{blend}"
         '"""\n'
     )
 
@@ -148,9 +151,9 @@ def _constants(recipe: Recipe, task: TaskSpec, plan: ScriptPlan) -> str:
     limit = (f"its {plan.node_timeout_s:.0f}s limit" if plan.node_timeout_s is not None
              else "the node's limit")
     return (
-        f"TARGET = {task.target!r}\n"
-        f"ID_COL = {task.id_column!r}\n"
-        f"METRIC = {task.metric.value!r}\n"
+        f"TARGET = {_text(task.target)}\n"
+        f"ID_COL = {_text(task.id_column)}\n"
+        f"METRIC = {_text(task.metric.value)}\n"
         f"HIGHER_IS_BETTER = {not task.metric.lower_is_better!r}\n"
         f"MAP_K = {task.map_k!r}\n"
         f"SEED = {recipe.seed!r}\n"
@@ -161,10 +164,15 @@ def _constants(recipe: Recipe, task: TaskSpec, plan: ScriptPlan) -> str:
         "# and folds near the deadline.\n"
         f"TIME_BUDGET = {plan.time_budget_s!r}\n"
         "DEADLINE = STARTED + TIME_BUDGET\n"
-        f'TRAIN_PATH = os.path.join("input", {task.train_file!r})\n'
-        f'TEST_PATH = os.path.join("input", {task.test_file!r})\n'
-        f'SAMPLE_PATH = os.path.join("input", {task.sample_submission_file!r})\n'
+        f'TRAIN_PATH = os.path.join("input", {_text(task.train_file)})\n'
+        f'TEST_PATH = os.path.join("input", {_text(task.test_file)})\n'
+        f'SAMPLE_PATH = os.path.join("input", {_text(task.sample_submission_file)})\n'
     )
+
+
+def _text(value: str) -> str:
+    """A string literal in double quotes, like the rest of the script."""
+    return json.dumps(value)
 
 
 def _features(members: tuple[Recipe, ...]) -> str:
