@@ -168,6 +168,10 @@ async def test_the_first_draft_is_lightgbm_without_imputation_on_the_task_folds(
     assert 3 <= response.plan.count(". ") + 1 <= 6
 
 
+def drafted_summary(pairs: dict[str, str]) -> str:
+    return "; ".join(f"{key}={value}" for key, value in pairs.items())
+
+
 async def test_drafts_made_at_once_without_memory_of_each_other_differ() -> None:
     coder = OfflineCoder(seed=3)
     drafted = [
@@ -175,6 +179,10 @@ async def test_drafts_made_at_once_without_memory_of_each_other_differ() -> None
         for n in (1, 2)
     ]
     assert [pairs["model"] for pairs in drafted] == ["lightgbm", "logistic_regression"]
+    # Node 3 sees node 2's linear draft but not node 1, which may be a LightGBM in the making.
+    memory = (MemoryItem(2, Operator.DRAFT, drafted_summary(drafted[1]), None, False),)
+    third = await coder.generate(_request(Operator.DRAFT, node_id=3, memory=memory))
+    assert parse_summary(third.summary)["draft"] == "extra_trees"
 
 
 @pytest.mark.parametrize(("missing", "imputed"), [(0, False), (12, True)])
@@ -184,7 +192,7 @@ async def test_a_draft_imputes_when_the_preview_shows_missing_values(
     preview = (f"train.csv: 400 rows x 3 columns\nColumns:\n  row_id: int64, missing 0, "
                f"unique 400\n  x: float64, missing {missing}, unique 380\n")
     memory = (MemoryItem(1, Operator.DRAFT, "model=lightgbm; op=draft", 0.7, False),)
-    request = _request(Operator.DRAFT, node_id=3, data_preview=preview, memory=memory)
+    request = _request(Operator.DRAFT, node_id=2, data_preview=preview, memory=memory)
     recipe = parse_recipe((await OfflineCoder().generate(request)).code)
     assert recipe is not None and recipe.family == "logistic_regression"
     assert recipe.impute is imputed

@@ -98,12 +98,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     large = pd.DataFrame(features, columns=[f"x{i}" for i in range(20)]).assign(target=labels)
     big = _task(root / "big", large)
     # A sibling drafted LightGBM, so this draft is a linear model.
-    sibling = MemoryItem(0, Operator.DRAFT, "model=lightgbm; op=draft", 0.9, False)
+    sibling = MemoryItem(1, Operator.DRAFT, "model=lightgbm; op=draft", 0.9, False)
     slow = replace(default_recipe("lightgbm", 3), learning_rate=0.01, n_estimators=20_000)
     capped = replace(default_recipe("lightgbm", 4), learning_rate=0.01, n_estimators=10)
     jobs = {
         "lightgbm": (cancer, _draft(cancer, 1)),
-        "linear": (cancer, _draft(cancer, 3, (sibling,))),
+        "linear": (cancer, _draft(cancer, 2, (sibling,))),
         "holdout": (cancer, _draft(cancer, 3, cv_folds=0)),
         "capped": (cancer, render(capped, cancer, ScriptPlan(5, CV_SEED))),
         "tiny_budget": (big, render(slow, big, ScriptPlan(5, CV_SEED, time_budget_s=1.0))),

@@ -40,6 +40,8 @@ CHANGE_FIELDS: dict[str, frozenset[str]] = {
     "weaker_regularisation": frozenset({"reg_strength", "n_neighbors"}),
     "fewer_features_per_tree": frozenset({"feature_fraction"}),
     "more_features_per_tree": frozenset({"feature_fraction"}),
+    "fewer_rows_per_tree": frozenset({"bagging_fraction"}),
+    "more_rows_per_tree": frozenset({"bagging_fraction"}),
     "categorical_encoding": frozenset({"categorical"}),
     "parse_dates": frozenset({"dates"}),
     "text_tfidf": frozenset({"text"}),
@@ -61,8 +63,10 @@ INVERSE = {
     "weaker_regularisation": "stronger_regularisation",
     "fewer_features_per_tree": "more_features_per_tree",
     "more_features_per_tree": "fewer_features_per_tree",
+    "fewer_rows_per_tree": "more_rows_per_tree", "more_rows_per_tree": "fewer_rows_per_tree",
 }
 FRACTIONS = (0.2, 0.35, 0.5, 0.65, 0.8, 1.0)
+ROW_FRACTIONS = (0.5, 0.65, 0.8, 1.0)
 MIN_LEARNING_RATE = 0.01
 MAX_LEARNING_RATE = 0.3
 MAX_TREES = 1500
@@ -199,15 +203,18 @@ def _regularise(stronger: bool) -> Edit:
     return edit
 
 
-def _fraction(fewer: bool) -> Edit:
+def _fraction(fewer: bool, rows: bool = False) -> Edit:
+    """One step down or up the grid of the share of features (or rows) each tree sees."""
+    grid, name = (ROW_FRACTIONS, "bagging_fraction") if rows else (FRACTIONS, "feature_fraction")
+    what = "rows" if rows else "features"
+
     def edit(recipe: Recipe, _: RunFacts, __: random.Random) -> tuple[Recipe, str]:
-        near = min(range(len(FRACTIONS)),
-                   key=lambda i: abs(FRACTIONS[i] - recipe.feature_fraction))
-        step = max(0, near - 1) if fewer else min(len(FRACTIONS) - 1, near + 1)
-        value = FRACTIONS[step]
-        return (replace(recipe, feature_fraction=value),
-                f"let each tree see {value:.0%} of the features "
-                f"(was {recipe.feature_fraction:.0%})")
+        current: float = getattr(recipe, name)
+        near = min(range(len(grid)), key=lambda i: abs(grid[i] - current))
+        value = grid[max(0, near - 1) if fewer else min(len(grid) - 1, near + 1)]
+        edited = (replace(recipe, bagging_fraction=value) if rows
+                  else replace(recipe, feature_fraction=value))
+        return edited, f"let each tree see {value:.0%} of the {what} (was {current:.0%})"
     return edit
 
 
@@ -272,6 +279,8 @@ _EDITS: dict[str, Edit] = {
     "weaker_regularisation": _regularise(stronger=False),
     "fewer_features_per_tree": _fraction(fewer=True),
     "more_features_per_tree": _fraction(fewer=False),
+    "fewer_rows_per_tree": _fraction(fewer=True, rows=True),
+    "more_rows_per_tree": _fraction(fewer=False, rows=True),
     "categorical_encoding": _encoding,
     "parse_dates": _flag(
         lambda r: replace(r, dates=True),

@@ -60,9 +60,12 @@ def draft_style(summary: str, regression: bool) -> str | None:
 
 def pick_style(siblings: Sequence[MemoryItem], regression: bool, node_id: int,
                ) -> tuple[str, set[str]]:
-    """The first style in DRAFT_STYLES no sibling draft used (the least used once all are),
-    or the second one for an even node id: two drafts generated at the same time do not see
-    each other in memory, but their node ids differ by one. Also returns the styles used."""
+    """The first style in DRAFT_STYLES no sibling draft used (the least used once all are).
+
+    Drafts generated at the same time do not see each other: when a node with a lower id is
+    missing from the siblings, it may be a draft in the making that took the first style, so
+    this one takes the next. Also returns the styles used.
+    """
     counts: Counter[str] = Counter()
     for item in siblings:
         style = draft_style(item.summary, regression) if item.operator is Operator.DRAFT else None
@@ -70,4 +73,7 @@ def pick_style(siblings: Sequence[MemoryItem], regression: bool, node_id: int,
             counts[style] += 1
     fewest = min(counts[style] for style in DRAFT_STYLES)
     candidates = [style for style in DRAFT_STYLES if counts[style] == fewest]
-    return candidates[(node_id - 1) % CONCURRENT_DRAFTS % len(candidates)], set(counts)
+    unseen = max(node_id - 1, 0) - len({item.node_id for item in siblings
+                                        if item.node_id < node_id})
+    skip = min(unseen, CONCURRENT_DRAFTS - 1, len(candidates) - 1)
+    return candidates[skip], set(counts)

@@ -23,6 +23,7 @@ from mlmaster_daemon.coders.offline.changes import (
     MAX_PENALTY,
     MAX_TREES,
     MIN_LEARNING_RATE,
+    ROW_FRACTIONS,
     Improvement,
     apply_change,
     encodings,
@@ -58,6 +59,8 @@ WEIGHTS: dict[str, float] = {
     "weaker_regularisation": 1.0,
     "fewer_features_per_tree": 2.0,
     "more_features_per_tree": 1.0,
+    "fewer_rows_per_tree": 1.0,
+    "more_rows_per_tree": 0.5,
     "categorical_encoding": 2.0,
     "parse_dates": 3.0,
     "text_tfidf": 3.0,
@@ -119,6 +122,8 @@ def applicable_changes(recipe: Recipe, evidence: Evidence) -> list[str]:
         "fewer_features_per_tree": (lgbm or family in FORESTS)
         and recipe.feature_fraction > FRACTIONS[0],
         "more_features_per_tree": (lgbm or family in FORESTS) and recipe.feature_fraction < 1,
+        "fewer_rows_per_tree": lgbm and recipe.bagging_fraction > ROW_FRACTIONS[0],
+        "more_rows_per_tree": lgbm and recipe.bagging_fraction < 1,
         "categorical_encoding": recipe.encode_categoricals and facts.has("categorical")
         and len(encodings(family)) > 1,
         "parse_dates": not recipe.dates and facts.has("dates"),

@@ -22,14 +22,15 @@ ESTIMATOR_CLASSES: dict[str, tuple[str, str, str]] = {
     ),
     "knn": ("sklearn.neighbors", "KNeighborsClassifier", "KNeighborsRegressor"),
 }
-# Rounds without progress before LightGBM stops: about 5 / learning rate, within these bounds.
-MIN_PATIENCE = 30
-MAX_PATIENCE = 300
+# Rounds without progress before LightGBM stops: 2.5 / learning rate (50 at 0.05), within
+# these bounds.
+MIN_PATIENCE = 25
+MAX_PATIENCE = 200
 
 
 def patience(recipe: Recipe) -> int:
     """Rounds LightGBM waits for a better validation score before it stops."""
-    return max(MIN_PATIENCE, min(MAX_PATIENCE, round(5.0 / max(recipe.learning_rate, 1e-3))))
+    return max(MIN_PATIENCE, min(MAX_PATIENCE, round(2.5 / max(recipe.learning_rate, 1e-3))))
 
 
 def model_params(recipe: Recipe, regression: bool) -> dict[str, object]:

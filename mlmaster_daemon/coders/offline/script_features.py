@@ -188,8 +188,9 @@ def ratio_features(columns):
     made = {}
     for i, a in enumerate(chosen):
         for b in chosen[i + 1:]:
-            denominator = columns[b].where(columns[b] != 0)
-            made[f"{a}_over_{b}"] = columns[a] / denominator
+            # A zero denominator gives 0, not NaN: only missing inputs give a missing ratio.
+            ratio = columns[a] / columns[b].where(columns[b] != 0)
+            made[f"{a}_over_{b}"] = ratio.where(columns[b] != 0, 0.0)
             made[f"{a}_minus_{b}"] = columns[a] - columns[b]
     return made
 """
