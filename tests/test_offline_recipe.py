@@ -168,10 +168,6 @@ async def test_the_first_draft_is_lightgbm_without_imputation_on_the_task_folds(
     assert 3 <= response.plan.count(". ") + 1 <= 6
 
 
-def drafted_summary(pairs: dict[str, str]) -> str:
-    return "; ".join(f"{key}={value}" for key, value in pairs.items())
-
-
 async def test_drafts_made_at_once_without_memory_of_each_other_differ() -> None:
     coder = OfflineCoder(seed=3)
     drafted = [
@@ -179,10 +175,13 @@ async def test_drafts_made_at_once_without_memory_of_each_other_differ() -> None
         for n in (1, 2)
     ]
     assert [pairs["model"] for pairs in drafted] == ["lightgbm", "logistic_regression"]
-    # Node 3 sees node 2's linear draft but not node 1, which may be a LightGBM in the making.
-    memory = (MemoryItem(2, Operator.DRAFT, drafted_summary(drafted[1]), None, False),)
-    third = await coder.generate(_request(Operator.DRAFT, node_id=3, memory=memory))
+    third = await coder.generate(_request(Operator.DRAFT, node_id=3))
     assert parse_summary(third.summary)["draft"] == "extra_trees"
+    # A later draft takes the first style memory shows unused.
+    memory = tuple(MemoryItem(n, Operator.DRAFT, f"model=x; draft={style}", None, False)
+                   for n, style in ((1, "lightgbm"), (2, "extra_trees")))
+    later = await coder.generate(_request(Operator.DRAFT, node_id=9, memory=memory))
+    assert parse_summary(later.summary)["draft"] == "linear"
 
 
 @pytest.mark.parametrize(("missing", "imputed"), [(0, False), (12, True)])

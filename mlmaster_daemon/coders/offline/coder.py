@@ -54,9 +54,10 @@ class OfflineCoder:
     compared on the same rows, and plans its work to end within a budget taken from the
     node's time limit.
 
-    Drafts are sensible defaults without imputation: on data with NaN the NaN-intolerant
-    families (linear models, KNN) fail with scikit-learn's own "Input X contains NaN" error,
-    which is the intended input to the debug operator.
+    Drafts follow a plan of styles (see `drafts.py`) with sensible defaults. A NaN-intolerant
+    family (linear models, KNN) imputes only when the data preview shows missing values:
+    without a preview it fails on NaN with scikit-learn's own "Input X contains NaN" error,
+    which the debug operator repairs.
     """
 
     def __init__(self, seed: int = 0) -> None:

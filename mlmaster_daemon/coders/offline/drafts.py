@@ -31,8 +31,8 @@ DRAFT_STYLES: tuple[str, ...] = (
     "hist_gradient_boosting",
     "knn",
 )
-# How many drafts may be generated at once without seeing each other (the default parallel).
-CONCURRENT_DRAFTS = 2
+# The first nodes of a search, drafts that may be generated before they see each other.
+FIRST_DRAFTS = 3
 
 
 def style_recipe(style: str, regression: bool, seed: int, learning_rate: float) -> Recipe:
@@ -62,18 +62,16 @@ def pick_style(siblings: Sequence[MemoryItem], regression: bool, node_id: int,
                ) -> tuple[str, set[str]]:
     """The first style in DRAFT_STYLES no sibling draft used (the least used once all are).
 
-    Drafts generated at the same time do not see each other: when a node with a lower id is
-    missing from the siblings, it may be a draft in the making that took the first style, so
-    this one takes the next. Also returns the styles used.
+    The first nodes of a search are drafts generated at once, before they can see each other
+    in memory: node n among them takes the n-th style unless memory shows it used. Also
+    returns the styles used.
     """
     counts: Counter[str] = Counter()
     for item in siblings:
         style = draft_style(item.summary, regression) if item.operator is Operator.DRAFT else None
         if style is not None:
             counts[style] += 1
+    if 1 <= node_id <= FIRST_DRAFTS and not counts[DRAFT_STYLES[node_id - 1]]:
+        return DRAFT_STYLES[node_id - 1], set(counts)
     fewest = min(counts[style] for style in DRAFT_STYLES)
-    candidates = [style for style in DRAFT_STYLES if counts[style] == fewest]
-    unseen = max(node_id - 1, 0) - len({item.node_id for item in siblings
-                                        if item.node_id < node_id})
-    skip = min(unseen, CONCURRENT_DRAFTS - 1, len(candidates) - 1)
-    return candidates[skip], set(counts)
+    return next(style for style in DRAFT_STYLES if counts[style] == fewest), set(counts)
