@@ -169,6 +169,8 @@ def test_the_script_budget_ends_well_inside_the_node_limit_and_shrinks_when_time
     assert roomy.time_budget_s <= 0.6 * 600
     assert short.time_budget_s < roomy.time_budget_s
     assert 0 < tiny.time_budget_s <= 0.6 * 10
+    # No fold starts past most of the limit, whatever the budget.
+    assert tiny.time_budget_s < tiny.hard_stop_s <= 0.8 * 10
 
 
 async def test_an_improve_response_names_the_change_and_the_evidence() -> None:

@@ -20,6 +20,8 @@ DEFAULT_NODE_TIMEOUT_S = 600.0
 BUDGET_SHARE = 0.6
 STARTUP_S = 3.0
 MIN_BUDGET_S = 1.0
+# Share of the node's limit after which a script starts no further fold.
+HARD_STOP_SHARE = 0.8
 # While the task has little time left, one node plans for at most this share of it (two nodes
 # run at once by default), but never for less than FLOOR_S when its limit allows.
 TASK_SHARE = 0.3
@@ -37,6 +39,13 @@ class ScriptPlan:
     cv_seed: int = 0
     time_budget_s: float = DEFAULT_NODE_TIMEOUT_S * BUDGET_SHARE - STARTUP_S
     node_timeout_s: float | None = None
+
+    @property
+    def hard_stop_s(self) -> float:
+        """Seconds after which the script starts no further fold: most of its limit (the
+        limit the budget implies when none is known)."""
+        limit = self.node_timeout_s or (self.time_budget_s + STARTUP_S) / BUDGET_SHARE
+        return round(HARD_STOP_SHARE * limit, 1)
 
 
 def script_plan(request: CodeRequest) -> ScriptPlan:

@@ -164,6 +164,8 @@ def _constants(recipe: Recipe, task: TaskSpec, plan: ScriptPlan) -> str:
         "# and folds near the deadline.\n"
         f"TIME_BUDGET = {plan.time_budget_s!r}\n"
         "DEADLINE = STARTED + TIME_BUDGET\n"
+        "# Past this the run risks its limit: no further fold starts.\n"
+        f"HARD_STOP = {plan.hard_stop_s!r}\n"
         f'TRAIN_PATH = os.path.join("input", {_text(task.train_file)})\n'
         f'TEST_PATH = os.path.join("input", {_text(task.test_file)})\n'
         f'SAMPLE_PATH = os.path.join("input", {_text(task.sample_submission_file)})\n'
