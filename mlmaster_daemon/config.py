@@ -99,8 +99,7 @@ class SearchConfig(_Section):
     time_limit_s: float = Field(default=3600, gt=0)
     parallel: int = Field(default=2, ge=1)
     seed: int = 0
-    # The task's validation plan: every node scores on the same cv_folds folds (seeded per
-    # task), so nodes are compared on the same rows; 0 or 1: one 80/20 split.
+    # Folds every node of a task validates on (seeded per task); 0 or 1: one 80/20 split.
     cv_folds: int = Field(default=5, ge=0, le=20)
     # Final selection keeps the best node in best/; above 1, also the k best in top/.
     keep_top_k: int = Field(default=1, ge=1)
@@ -109,9 +108,8 @@ class SearchConfig(_Section):
     back_debug_depth: int = Field(default=3, ge=1)
     max_debug_depth: int = Field(default=20, ge=1)
     max_improve_failure: int = Field(default=3, ge=1)
-    # See search/mcts.py: what "improves" means, when a node backpropagates, how long a
-    # worker's chain may run, and whether per-fold noise counts. "ml-master-v1" fixes all of
-    # these to v1's exact rule (for faithful comparison) whatever the keys below say.
+    # See search/mcts.py. "ml-master-v1" fixes the keys below to v1's exact rule (for a
+    # faithful comparison), whatever they say.
     mcts_rule: Literal["default", "ml-master-v1"] = "default"
     improve_threshold: float = Field(default=0.01, ge=0)
     threshold_mode: Literal["range", "relative", "absolute"] = "range"
