@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the daemon on a bundled example, offline, end to end")
     p.add_argument("--example", default="breast_cancer")
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--clean", action="store_true",
                    help="delete the demo's temporary folder when it succeeds")
     p.set_defaults(fn=cmd_demo)

@@ -79,7 +79,7 @@ async def _drive(workdir: Path, example: str, steps: int, daemon: subprocess.Pop
     return 0
 
 
-def run_demo(example: str = "breast_cancer", steps: int = 12, clean: bool = False) -> int:
+def run_demo(example: str = "breast_cancer", steps: int = 20, clean: bool = False) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mlmaster-demo-"))
     build_example(example, workdir / "competition")
     _say(f"built example competition {example!r} in {workdir / 'competition'}")
