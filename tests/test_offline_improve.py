@@ -141,11 +141,15 @@ facts_strategy = st.builds(
 @settings(max_examples=200, deadline=None)
 @given(family=st.sampled_from(sorted(ALL_FAMILIES)), metric=st.sampled_from(list(Metric)),
        facts=facts_strategy, last=st.sampled_from([None, *sorted(INVERSE)]),
-       seed=st.integers(0, 1000))
+       seed=st.integers(0, 1000), penalty=st.sampled_from([None, 0.0, 1e-4, 1.0, 1e4]))
 def test_every_applicable_change_edits_only_its_fields_and_is_recorded(
-    family: str, metric: Metric, facts: RunFacts, last: str | None, seed: int
+    family: str, metric: Metric, facts: RunFacts, last: str | None, seed: int,
+    penalty: float | None
 ) -> None:
+    # Penalties at the ends of their ranges too: a change that cannot move one is not offered.
     parent = replace(default_recipe(family, 5), changes=() if last is None else (last,))
+    if penalty is not None:
+        parent = replace(parent, reg_strength=penalty)
     evidence = Evidence(metric, facts)
     changes = applicable_changes(parent, evidence)
     assert changes and (last is None or INVERSE[last] not in changes)

@@ -73,6 +73,8 @@ MAX_TREES = 1500
 MAX_LEAVES = 256
 MAX_LEAF_SAMPLES = 400
 MAX_PENALTY = 100.0
+# The range a linear model's penalty (ridge's alpha, logistic regression's C) moves in.
+LINEAR_PENALTY_RANGE = (1e-4, 1e4)
 # Encodings worth trying per family, in order of preference.
 ENCODINGS: dict[str, tuple[str, ...]] = {
     "lightgbm": ("native", "target", "frequency", "ordinal"),
@@ -192,11 +194,13 @@ def _regularise(stronger: bool) -> Edit:
         # C is an inverse penalty; the others are penalties.
         up = stronger != (recipe.family == "logistic_regression")
         if up:
-            new = 1.0 if value == 0 and recipe.family in BOOSTERS else value * 4
-            new = min(new, MAX_PENALTY if recipe.family in BOOSTERS else 1e4)
+            # From no penalty at all, start where scikit-learn's and LightGBM's scales do.
+            new = 1.0 if value == 0 else value * 4
+            new = min(new, MAX_PENALTY if recipe.family in BOOSTERS else LINEAR_PENALTY_RANGE[1])
         else:
             new = value / 4
-            new = 0.0 if new < 0.1 and recipe.family in BOOSTERS else max(new, 1e-4)
+            floor = LINEAR_PENALTY_RANGE[0]
+            new = 0.0 if new < 0.1 and recipe.family in BOOSTERS else max(new, floor)
         what = {"logistic_regression": "C", "ridge": "alpha"}.get(recipe.family, "L2 penalty")
         return (replace(recipe, reg_strength=round(new, 6)),
                 f"set the {what} from {value:g} to {new:g}")

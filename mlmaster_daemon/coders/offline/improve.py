@@ -17,6 +17,7 @@ from mlmaster_daemon.coders.offline.changes import (
     CHANGE_FIELDS,
     FRACTIONS,
     INVERSE,
+    LINEAR_PENALTY_RANGE,
     MAX_LEAF_SAMPLES,
     MAX_LEARNING_RATE,
     MAX_LEAVES,
@@ -116,8 +117,10 @@ def applicable_changes(recipe: Recipe, evidence: Evidence) -> list[str]:
         "more_leaf_samples": booster and recipe.min_samples_leaf < MAX_LEAF_SAMPLES,
         "fewer_leaf_samples": booster and recipe.min_samples_leaf > 2,
         "stronger_regularisation": (booster and recipe.reg_strength < MAX_PENALTY)
-        or family in LINEAR or (family == "knn" and recipe.n_neighbors < 200),
-        "weaker_regularisation": (booster and recipe.reg_strength > 0) or family in LINEAR
+        or _linear_penalty_moves(recipe, stronger=True)
+        or (family == "knn" and recipe.n_neighbors < 200),
+        "weaker_regularisation": (booster and recipe.reg_strength > 0)
+        or _linear_penalty_moves(recipe, stronger=False)
         or (family == "knn" and recipe.n_neighbors > 1),
         "fewer_features_per_tree": (lgbm or family in FORESTS)
         and recipe.feature_fraction > FRACTIONS[0],
@@ -139,6 +142,16 @@ def applicable_changes(recipe: Recipe, evidence: Evidence) -> list[str]:
         "ensemble": len(recipe.partners) < MAX_PARTNERS,
     }
     return [name for name in CHANGE_FIELDS if tests[name] and name != undo]
+
+
+def _linear_penalty_moves(recipe: Recipe, stronger: bool) -> bool:
+    """Whether a linear model's penalty can move that way inside `LINEAR_PENALTY_RANGE` (C, the
+    logistic regression's, is an inverse penalty)."""
+    if recipe.family not in LINEAR:
+        return False
+    up = stronger != (recipe.family == "logistic_regression")
+    low, high = LINEAR_PENALTY_RANGE
+    return recipe.reg_strength < high if up else recipe.reg_strength > low
 
 
 def urgent_changes(recipe: Recipe, evidence: Evidence) -> list[str]:
