@@ -53,7 +53,8 @@ import pandas as pd
 from quality_tasks import TASKS, build_task
 
 from mlmaster_daemon.api.client import Client
-from mlmaster_daemon.errors import DaemonUnreachable, GradingError
+from mlmaster_daemon.demo import wait_ready
+from mlmaster_daemon.errors import GradingError
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.grading import grade
 from mlmaster_daemon.tasks.metrics import normalise_label, normalise_labels, sort_labels
@@ -65,7 +66,6 @@ POLICIES = ("mcts", "greedy")
 REFERENCES = ("lightgbm", "flaml")
 REACH_TOLERANCE = 0.005
 DAEMON_STEPS = 100_000
-READY_TIMEOUT_S = 60.0
 DAEMON_CONFIG = """[daemon]
 log_level = "warning"
 backup_interval_s = 0
@@ -246,18 +246,7 @@ def run_daemon(policy: str, spec: TaskSpec, workdir: Path, budget_s: float) -> A
 async def _search(policy: str, spec: TaskSpec, socket_path: Path, budget_s: float,
                   daemon: subprocess.Popen[bytes], log: Path) -> Attempt:
     async with Client(socket_path) as client:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if daemon.poll() is not None:
-                raise RuntimeError(f"the daemon exited with code {daemon.returncode}; see {log}")
-            try:
-                await client.health()
-                break
-            except DaemonUnreachable:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the daemon was not ready in {READY_TIMEOUT_S:.0f} s; "
-                                       f"see {log}") from None
-                await asyncio.sleep(0.2)
+        await wait_ready(client, daemon, log)
         started = time.monotonic()
         task = await client.submit({"task_dir": str(spec.root), "policy": policy,
                                     "steps": DAEMON_STEPS, "time_limit_s": float(budget_s)})

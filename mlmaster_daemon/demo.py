@@ -35,7 +35,9 @@ def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-3000:] if log.exists() else ""
 
 
-async def _wait_ready(client: Client, daemon: subprocess.Popen[bytes], log: Path) -> None:
+async def wait_ready(client: Client, daemon: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until the daemon answers on `client`'s socket; MlmasterError with the log's tail
+    when it exits first or is not ready within READY_TIMEOUT_S."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
         if daemon.poll() is not None:
@@ -55,7 +57,7 @@ async def _drive(workdir: Path, example: str, steps: int, daemon: subprocess.Pop
                  log: Path) -> int:
     competition = workdir / "competition"
     async with Client(workdir / "mlmaster.sock") as client:
-        await _wait_ready(client, daemon, log)
+        await wait_ready(client, daemon, log)
         _say(f"daemon ready (pid {daemon.pid}, log {log})")
         task = await client.submit({"task_dir": str(competition), "steps": steps})
         _say(f"submitted task {task['id']} over the socket: metric {task['metric']} "

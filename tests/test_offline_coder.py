@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,8 +28,8 @@ from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
 from mlmaster_daemon.models import Operator
 from mlmaster_daemon.search.memory import MemoryItem
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
+from tests.offline_runs import Run, run_script
 
-RUN_TIMEOUT_S = 120
 MAX_PARALLEL = 4
 NAN_ERROR = "Input X contains NaN"
 WINE_LABELS = {0: "barolo", 1: "grignolino", 2: "barbera"}
@@ -61,14 +59,6 @@ IMPROVE_CASES: list[tuple[str, Recipe, str]] = [
     ("regression", default_recipe("lightgbm", 14), "switch_family"),
 ]
 
-
-@dataclass(frozen=True)
-class Run:
-    task: TaskSpec
-    response: CodeResponse
-    workspace: Path
-    returncode: int
-    output: str
 
 
 def _generate(coder: OfflineCoder, request: CodeRequest) -> CodeResponse:
@@ -124,21 +114,6 @@ def _make_task(root: Path, kind: str) -> TaskSpec:
     )
 
 
-def _run_one(task: TaskSpec, response: CodeResponse, workspace: Path) -> Run:
-    workspace.mkdir()
-    (workspace / "input").symlink_to(task.public_dir, target_is_directory=True)
-    (workspace / "solution.py").write_text(response.code)
-    done = subprocess.run(
-        [sys.executable, "solution.py"],
-        cwd=workspace,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
-    )
-    return Run(task, response, workspace, done.returncode, done.stdout)
-
 
 def _run_all(jobs: list[tuple[TaskSpec, CodeResponse]], root: Path) -> list[Run]:
     """Run the scripts a few at a time, each in a workspace whose `input` links to public."""
@@ -146,7 +121,7 @@ def _run_all(jobs: list[tuple[TaskSpec, CodeResponse]], root: Path) -> list[Run]
     offset = len(list(root.iterdir()))
     with ThreadPoolExecutor(max_workers=MAX_PARALLEL) as pool:
         futures = [
-            pool.submit(_run_one, task, response, root / f"ws{offset + n}")
+            pool.submit(run_script, task, response, root / f"ws{offset + n}")
             for n, (task, response) in enumerate(jobs)
         ]
         return [future.result() for future in futures]

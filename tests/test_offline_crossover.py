@@ -8,11 +8,8 @@ import json
 import math
 import random
 import re
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -41,19 +38,11 @@ from mlmaster_daemon.models import Operator
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
+from tests.offline_runs import Run, run_script
 
-RUN_TIMEOUT_S = 120
 LLM_SCRIPT = "import pandas as pd\n# written by an LLM, no recipe header\nprint('hello')\n"
 MEMBER_LINE = re.compile(r"^member=\d+ family=(\w+) oof=([-\d.]+)", re.MULTILINE)
 
-
-@dataclass(frozen=True)
-class Run:
-    task: TaskSpec
-    response: CodeResponse
-    workspace: Path
-    returncode: int
-    output: str
 
 
 def _crossover(task: TaskSpec, a: str, b: str, node_id: int = 40) -> CodeResponse:
@@ -61,15 +50,6 @@ def _crossover(task: TaskSpec, a: str, b: str, node_id: int = 40) -> CodeRespons
                           other_parent_code=b, parent_output="ok", other_parent_output="ok")
     return asyncio.run(OfflineCoder(seed=3).generate(request))
 
-
-def _run_one(task: TaskSpec, response: CodeResponse, workspace: Path) -> Run:
-    workspace.mkdir()
-    (workspace / "input").symlink_to(task.public_dir, target_is_directory=True)
-    (workspace / "solution.py").write_text(response.code)
-    done = subprocess.run([sys.executable, "solution.py"], cwd=workspace, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          timeout=RUN_TIMEOUT_S, check=False)
-    return Run(task, response, workspace, done.returncode, done.stdout)
 
 
 def _check_valid(run: Run) -> float:
@@ -112,7 +92,7 @@ def runs(tasks: dict[str, TaskSpec], tmp_path_factory: pytest.TempPathFactory) -
     cases = _parents(tasks)
     with ThreadPoolExecutor(max_workers=len(cases)) as pool:
         futures = {
-            name: pool.submit(_run_one, task, _crossover(task, a, b), root / name)
+            name: pool.submit(run_script, task, _crossover(task, a, b), root / name)
             for name, (task, a, b) in cases.items()
         }
         return {name: future.result() for name, future in futures.items()}

@@ -6,11 +6,8 @@ numeric pairs. The child scripts run as real subprocesses; the feature names eac
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +22,8 @@ from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
 from mlmaster_daemon.models import Operator
 from mlmaster_daemon.search.memory import MemoryItem
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
+from tests.offline_runs import Run, run_script
 
-RUN_TIMEOUT_S = 120
 WORDS = np.array(["good", "bad", "great", "awful", "fine", "poor", "superb", "meh"])
 # What a parent's run printed about this data: every column kind is present.
 PARENT_OUTPUT = ("columns: rows=480 numeric=2 categorical=1 date=1 text=1 missing=2\n"
@@ -45,19 +42,6 @@ CASES: list[tuple[str, Recipe, str, Metric]] = [
     ("class_weight", LINEAR, "class_weight", Metric.F1),
 ]
 
-
-@dataclass(frozen=True)
-class Run:
-    task: TaskSpec
-    response: CodeResponse
-    workspace: Path
-    returncode: int
-    output: str
-
-    def feature_names(self) -> list[str]:
-        names: list[str] = json.loads((self.workspace / "working" / "features_1.json")
-                                      .read_text())
-        return names
 
 
 def _frame(n: int = 600) -> pd.DataFrame:
@@ -102,15 +86,6 @@ def _improve(task: TaskSpec, parent: Recipe, change: str) -> CodeResponse:
     return asyncio.run(OfflineCoder(seed=5).generate(request))
 
 
-def _run(task: TaskSpec, response: CodeResponse, workspace: Path) -> Run:
-    workspace.mkdir()
-    (workspace / "input").symlink_to(task.public_dir, target_is_directory=True)
-    (workspace / "solution.py").write_text(response.code)
-    done = subprocess.run([sys.executable, "solution.py"], cwd=workspace, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          timeout=RUN_TIMEOUT_S, check=False)
-    return Run(task, response, workspace, done.returncode, done.stdout)
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
@@ -123,7 +98,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     target = replace(LIGHTGBM, categorical="target")
     jobs["target_direct"] = (task, CodeResponse("", render(target, task), ""))
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {case: pool.submit(_run, task, response, root / case)
+        futures = {case: pool.submit(run_script, task, response, root / case)
                    for case, (task, response) in jobs.items()}
         return {case: future.result() for case, future in futures.items()}
 

@@ -5,13 +5,10 @@ rounds that the next node reads back. Scripts run as real subprocesses on small 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import re
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,23 +27,11 @@ from mlmaster_daemon.coders.protocol import CodeRequest
 from mlmaster_daemon.models import Operator
 from mlmaster_daemon.search.memory import MemoryItem
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
+from tests.offline_runs import Run, run_script
 
-RUN_TIMEOUT_S = 120
 CV_SEED = 1234
 BEST_ITERATION = re.compile(r"^member=1 .*best_iteration=(\d+)", re.MULTILINE)
 
-
-@dataclass(frozen=True)
-class Run:
-    task: TaskSpec
-    code: str
-    workspace: Path
-    returncode: int
-    output: str
-
-    def written(self) -> dict[str, object]:
-        loaded: dict[str, object] = json.loads((self.workspace / "metrics.json").read_text())
-        return loaded
 
 
 def _task(root: Path, frame: pd.DataFrame) -> TaskSpec:
@@ -62,15 +47,6 @@ def _task(root: Path, frame: pd.DataFrame) -> TaskSpec:
                     description="", metric=Metric.ROC_AUC, lower_is_better=False,
                     target="target", id_column="id")
 
-
-def _run(task: TaskSpec, code: str, workspace: Path) -> Run:
-    workspace.mkdir()
-    (workspace / "input").symlink_to(task.public_dir, target_is_directory=True)
-    (workspace / "solution.py").write_text(code)
-    done = subprocess.run([sys.executable, "solution.py"], cwd=workspace, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          timeout=RUN_TIMEOUT_S, check=False)
-    return Run(task, code, workspace, done.returncode, done.stdout)
 
 
 def _check_valid(run: Run) -> None:
@@ -109,7 +85,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
         "tiny_budget": (big, render(slow, big, ScriptPlan(5, CV_SEED, time_budget_s=1.0))),
     }
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(_run, task, code, root / name)
+        futures = {name: pool.submit(run_script, task, code, root / name)
                    for name, (task, code) in jobs.items()}
         return {name: future.result() for name, future in futures.items()}
 
