@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from mlmaster_daemon.coders.offline.facts import RunFacts
 from mlmaster_daemon.coders.offline.recipe import (
@@ -228,9 +229,11 @@ def _encoding(recipe: Recipe, _: RunFacts, rng: random.Random) -> tuple[Recipe, 
             f"encode categorical columns as {mode} instead of {recipe.categorical}")
 
 
-def _flag(turn_on: Callable[[Recipe], Recipe], text: str) -> Edit:
+def _flag(fields: tuple[str, ...], text: str) -> Edit:
+    """An edit that switches the recipe's boolean `fields` on."""
     def edit(recipe: Recipe, _: RunFacts, __: random.Random) -> tuple[Recipe, str]:
-        return turn_on(recipe), text
+        switched: dict[str, Any] = dict.fromkeys(fields, True)
+        return replace(recipe, **switched), text
     return edit
 
 
@@ -286,29 +289,24 @@ _EDITS: dict[str, Edit] = {
     "fewer_rows_per_tree": _fraction(fewer=True, rows=True),
     "more_rows_per_tree": _fraction(fewer=False, rows=True),
     "categorical_encoding": _encoding,
-    "parse_dates": _flag(
-        lambda r: replace(r, dates=True),
-        "parse date columns into year, month, day, weekday, hour and days since 1970"),
-    "text_tfidf": _flag(
-        lambda r: replace(r, text=True),
-        "add TF-IDF features of the text columns (sparse for linear models, SVD components "
-        "for trees)"),
-    "impute": _flag(
-        lambda r: replace(r, impute=True, missing_indicators=True),
-        "impute missing values with training medians and add a missing-indicator per column"),
-    "missing_indicators": _flag(
-        lambda r: replace(r, missing_indicators=True),
-        "add a missing-value indicator for each column with gaps"),
-    "add_ratios": _flag(
-        lambda r: replace(r, ratios=True),
-        "add ratios and differences of the numeric columns most correlated with the target"),
-    "add_features": _flag(
-        lambda r: replace(r, feature_engineering=True),
-        "add row-wise statistics (mean, std, min, max) and a per-row missing-value count"),
-    "add_scaling": _flag(
-        lambda r: replace(r, scale=True),
-        "standardise the features, which distance and linear models are sensitive to"),
-    "class_weight": _flag(
-        lambda r: replace(r, class_weight=True),
-        "weight the classes by inverse frequency, for the imbalanced classes"),
 }
+# Changes that switch features on: the recipe fields they set, and what they do.
+_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
+    "parse_dates": (("dates",), "parse date columns into year, month, day, weekday, hour and "
+                    "days since 1970"),
+    "text_tfidf": (("text",), "add TF-IDF features of the text columns (sparse for linear "
+                   "models, SVD components for trees)"),
+    "impute": (("impute", "missing_indicators"), "impute missing values with training medians "
+               "and add a missing-indicator per column"),
+    "missing_indicators": (("missing_indicators",), "add a missing-value indicator for each "
+                           "column with gaps"),
+    "add_ratios": (("ratios",), "add ratios and differences of the numeric columns most "
+                   "correlated with the target"),
+    "add_features": (("feature_engineering",), "add row-wise statistics (mean, std, min, max) "
+                     "and a per-row missing-value count"),
+    "add_scaling": (("scale",), "standardise the features, which distance and linear models "
+                    "are sensitive to"),
+    "class_weight": (("class_weight",), "weight the classes by inverse frequency, for the "
+                     "imbalanced classes"),
+}
+_EDITS.update({name: _flag(fields, text) for name, (fields, text) in _FLAGS.items()})
