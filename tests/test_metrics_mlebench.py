@@ -183,13 +183,27 @@ def test_f1_micro_and_macro_match_hand_computed_values() -> None:
     assert score(Metric.F1_MICRO, answers, submission, "id", "y") == pytest.approx(0.5)
 
 
-def test_f1_averages_only_over_labels_present_in_the_answers() -> None:
-    # the guess "z" is no answer label: a: tp 1, fn 1 -> 2/3; b: tp 1 -> 1
-    # macro = (2/3 + 1) / 2; micro: tp 2, fp 0, fn 1 -> 4/5
+def test_f1_counts_predicted_labels_absent_from_the_answers_as_scikit_learn_does() -> None:
+    # the guess "z" is no answer label but a label all the same (labels = union of both):
+    # a: tp 1, fn 1 -> 2/3; b: tp 1 -> 1; z: fp 1 -> 0. macro = (2/3 + 1 + 0) / 3
+    # micro: tp 2, fp 1, fn 1 -> 4/6, which for one label per row is the accuracy
     answers = frame(id=[1, 2, 3], y=["a", "a", "b"])
     submission = frame(id=[1, 2, 3], y=["a", "z", "b"])
-    assert score(Metric.F1_MACRO, answers, submission, "id", "y") == pytest.approx(5 / 6)
-    assert score(Metric.F1_MICRO, answers, submission, "id", "y") == pytest.approx(4 / 5)
+    assert score(Metric.F1_MACRO, answers, submission, "id", "y") == pytest.approx(5 / 9)
+    assert score(Metric.F1_MICRO, answers, submission, "id", "y") == pytest.approx(2 / 3)
+
+
+def test_f1_micro_is_the_accuracy_on_plant_seedlings_like_labels() -> None:
+    from sklearn.metrics import f1_score
+
+    truth = ["Maize", "Maize", "Cleavers", "Charlock", "Maize", "Cleavers", "Charlock", "Maize"]
+    guess = ["Maize", "Sugar beet", "Cleavers", "Maize", "Maize", "Loose Silky-bent",
+             "Charlock", "Maize"]
+    ids = list(range(len(truth)))
+    expected = f1_score(truth, guess, average="micro")
+    assert expected == pytest.approx(5 / 8, abs=1e-12)
+    result = score(Metric.F1_MICRO, frame(id=ids, y=truth), frame(id=ids, y=guess), "id", "y")
+    assert result == pytest.approx(expected, abs=1e-12)
 
 
 # --- several columns: mean column-wise ROC AUC, one-hot log loss ---------------------------

@@ -74,12 +74,23 @@ def test_binary_log_loss_matches_hand_computed_value() -> None:
     assert score(Metric.LOG_LOSS, answers, submission, "id", "y") == pytest.approx(expected)
 
 
-def test_multiclass_log_loss_normalises_rows() -> None:
+def test_multiclass_log_loss_refuses_rows_that_do_not_sum_to_1() -> None:
+    # MLE-bench refuses, scikit-learn >= 1.5 would not renormalise: row 1 sums to 0.8
     answers = frame(id=[1, 2], y=["a", "c"])
-    # row 1 sums to 0.8: p(a) = 0.4 / 0.8; row 2 already sums to 1: p(c) = 0.5
     submission = frame(id=[1, 2], a=[0.4, 0.2], b=[0.2, 0.3], c=[0.2, 0.5])
-    expected = -(math.log(0.5) + math.log(0.5)) / 2
-    assert score(Metric.LOG_LOSS, answers, submission, "id", "y") == pytest.approx(expected)
+    with pytest.raises(GradingError, match=r"must sum to 1.*row 1 .*0\.8"):
+        score(Metric.LOG_LOSS, answers, submission, "id", "y")
+
+
+def test_multiclass_log_loss_accepts_row_sums_within_mlebench_tolerance_unnormalised() -> None:
+    # |sum - 1| <= 1e-6 + 1e-5 passes np.isclose; the probabilities are used as they are
+    answers = frame(id=[1], y=["a"])
+    submission = frame(id=[1], a=[0.500005], b=[0.5])
+    expected = -math.log(0.500005)
+    assert score(Metric.LOG_LOSS, answers, submission, "id", "y") == pytest.approx(
+        expected, abs=1e-12)
+    with pytest.raises(GradingError, match="must sum to 1"):
+        score(Metric.LOG_LOSS, answers, frame(id=[1], a=[0.50002], b=[0.5]), "id", "y")
 
 
 def test_log_loss_matches_numeric_labels_to_text_column_names() -> None:
@@ -89,10 +100,11 @@ def test_log_loss_matches_numeric_labels_to_text_column_names() -> None:
     assert score(Metric.LOG_LOSS, answers, submission, "id", "y") == pytest.approx(expected)
 
 
-def test_log_loss_clips_zero_probabilities() -> None:
+def test_log_loss_clips_zero_probabilities_at_float64_epsilon() -> None:
+    # scikit-learn >= 1.5 (MLE-bench pins 1.5.1): eps = np.finfo(float64).eps, not 1e-15
     answers = frame(id=[1], y=["a"])
     submission = frame(id=[1], a=[0.0], b=[1.0])
-    expected = -math.log(1e-15)
+    expected = -math.log(2.220446049250313e-16)
     assert score(Metric.LOG_LOSS, answers, submission, "id", "y") == pytest.approx(expected)
 
 

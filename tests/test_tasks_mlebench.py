@@ -119,25 +119,26 @@ def test_a_sample_submission_kept_only_in_private(tmp_path: Path) -> None:
     assert (spec.public_dir / spec.sample_submission_file).is_file()
 
 
-def test_log_loss_over_class_columns_takes_the_label_from_the_entry(tmp_path: Path) -> None:
+def test_one_hot_log_loss_scores_the_class_columns_and_keeps_the_training_label(
+        tmp_path: Path) -> None:
     root = prepare(tmp_path, "spooky-author-identification", {
         "train.csv": "id,text,author\nid1,It was,EAP\n",
         "test.csv": "id,text\nid2,The\n",
         "sample_submission.csv": "id,EAP,HPL,MWS\nid2,0.4,0.3,0.3\n",
     })
     spec = load_task(root)
-    assert (spec.metric, spec.target, spec.targets) == (Metric.LOG_LOSS, "author", ())
+    assert (spec.metric, spec.target) == (Metric.LOG_LOSS, "author")
+    assert spec.scored_columns == ("EAP", "HPL", "MWS")
 
 
-def test_an_unsupported_competition_says_why_and_what_to_do(tmp_path: Path) -> None:
+def test_detecting_insults_loads_with_rows_matched_by_comment(tmp_path: Path) -> None:
     root = prepare(tmp_path, "detecting-insults-in-social-commentary", {
         "train.csv": "Insult,Date,Comment\n1,2012,x\n",
         "test.csv": "Date,Comment\n2012,y\n",
         "sample_submission_null.csv": "Insult,Date,Comment\n0,2012,y\n",
     })
-    with pytest.raises(InvalidTaskDir, match="no id column") as caught:
-        load_task(root)
-    assert "task.toml" in caught.value.message
+    spec = load_task(root)
+    assert (spec.id_column, spec.target) == ("Comment", "Insult")
 
 
 def test_task_toml_can_describe_an_unknown_competition_fully(tmp_path: Path) -> None:
@@ -171,3 +172,73 @@ def test_a_scored_column_missing_from_the_sample_is_named(tmp_path: Path) -> Non
     })
     with pytest.raises(InvalidTaskDir, match="'bandgap_energy_ev' is not a column"):
         load_task(root)
+
+
+def _zip(path: Path, member: str, text: str) -> None:
+    import zipfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(member, text)
+
+
+def test_training_data_kept_only_in_zip_archives_loads_and_previews(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "text-normalization-challenge-english-language", {}, {
+        "answers.csv": "id,after\n1_0,b\n", "sample_submission.csv": "id,after\n1_0,b\n"})
+    public = root / "prepared" / "public"
+    _zip(public / "en_train.csv.zip", "en_train.csv",
+         '"sentence_id","token_id","class","before","after"\n0,0,"PLAIN","a","a"\n'
+         '0,1,"DATE","1999","nineteen ninety nine"\n')
+    _zip(public / "en_test_2.csv.zip", "en_test_2.csv",
+         '"sentence_id","token_id","before"\n1,0,"b"\n')
+    _zip(public / "en_sample_submission_2.csv.zip", "en_sample_submission_2.csv",
+         '"id","after"\n"1_0","b"\n')
+    spec = load_task(root)
+    assert (spec.train_file, spec.test_file) == ("en_train.csv.zip", "en_test_2.csv.zip")
+    assert spec.sample_submission_file == "../private/sample_submission.csv"
+    preview = data_preview(spec)
+    assert "en_train.csv.zip: 2 rows x 5 columns" in preview
+    assert "en_test_2.csv.zip: 1 rows x 3 columns" in preview
+    assert "nineteen ninety nine" in preview
+
+
+def test_a_tsv_inside_a_zip_is_read_with_tabs(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "movie-review-sentiment-analysis-kernels-only", {
+        "sampleSubmission.csv": "PhraseId,Sentiment\n3,2\n",
+    }, {"answers.csv": "PhraseId,SentenceId,Phrase,Sentiment\n3,1,good,3\n"})
+    public = root / "prepared" / "public"
+    _zip(public / "train.tsv.zip", "train.tsv",
+         "PhraseId\tSentenceId\tPhrase\tSentiment\n1\t1\ta fine film\t3\n2\t1\tfine\t2\n")
+    _zip(public / "test.tsv.zip", "test.tsv", "PhraseId\tSentenceId\tPhrase\n3\t1\tgood\n")
+    spec = load_task(root)
+    preview = data_preview(spec)
+    assert "train.tsv.zip: 2 rows x 4 columns" in preview
+    assert "Target Sentiment distribution (2 classes)" in preview
+
+
+def test_invasive_species_loads_from_its_archives_and_the_private_sample(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "invasive-species-monitoring", {
+        "train.7z": "7z, holding no images (an mle-bench bug)", "test.7z": "7z",
+    }, {"answers.csv": "name,invasive\n3,1\n", "sample_submission.csv": "name,invasive\n3,0.5\n"})
+    public = root / "prepared" / "public"
+    _zip(public / "train_labels.csv.zip", "train_labels.csv", "name,invasive\n1,0\n2,1\n")
+    _zip(public / "sample_submission.csv.zip", "sample_submission.csv", "name,invasive\n3,0.5\n")
+    spec = load_task(root)
+    assert spec.train_file == "train_labels.csv.zip"
+    assert spec.sample_submission_file == "../private/sample_submission.csv"
+    assert "train_labels.csv.zip: 2 rows x 2 columns" in data_preview(spec)
+
+
+def test_an_archive_that_is_a_link_out_of_the_folder_is_never_read(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "movie-review-sentiment-analysis-kernels-only", {
+        "sampleSubmission.csv": "PhraseId,Sentiment\n3,2\n",
+    })
+    secret = tmp_path / "elsewhere.zip"
+    _zip(secret, "train.tsv", "PhraseId\tSecret\n1\thunter2\n")
+    public = root / "prepared" / "public"
+    (public / "train.tsv.zip").symlink_to(secret)
+    _zip(public / "test.tsv.zip", "test.tsv", "PhraseId\tPhrase\n3\tgood\n")
+    with pytest.raises(InvalidTaskDir, match=r"symbolic link.*replace it with a regular file"
+                       ) as caught:
+        load_task(root)
+    assert "hunter2" not in caught.value.message

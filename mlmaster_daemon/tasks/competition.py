@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import csv
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlmaster_daemon.errors import InvalidTaskDir
-from mlmaster_daemon.tasks import registry
+from mlmaster_daemon.tasks import archives, registry, task_toml
 from mlmaster_daemon.tasks.spec import Metric, TaskOverrides, TaskSpec
+from mlmaster_daemon.tasks.task_toml import read_task_toml
 
 TRAIN_FILE = "train.csv"
+TASK_TOML = task_toml.TASK_TOML
 TEST_FILE = "test.csv"
 # Every name MLE-bench's prepared competitions use for the sample submission.
 SAMPLE_SUBMISSION_NAMES = (
@@ -31,24 +32,9 @@ SAMPLE_SUBMISSION_NAMES = (
     "randomPredictions.csv",
     "kaggle_sample_submission.csv",
 )
-TASK_TOML = "task.toml"
 # Bounds on what is read of a user's files at submit: a header line, and the description.
 MAX_HEADER_BYTES = 1024 * 1024
 MAX_DESCRIPTION_BYTES = 256 * 1024
-MAX_TASK_TOML_BYTES = 64 * 1024
-TASK_TOML_TYPES: dict[str, type] = {
-    "metric": str,
-    "lower_is_better": bool,
-    "target": str,
-    "targets": list,
-    "id_column": str,
-    "name": str,
-    "train_file": str,
-    "test_file": str,
-    "sample_submission": str,
-    "competition_id": str,
-    "map_k": int,
-}
 KNOWN_METRICS = ", ".join(m.value for m in Metric)
 
 
@@ -91,10 +77,12 @@ def load_task(task_dir: str | Path, overrides: TaskOverrides | None = None) -> T
         # the direction given with a metric belongs to that metric, not to an overriding one
         settings.pop("lower_is_better", None)
     settings.update(given)
-    if known is not None and known.unsupported and "id_column" not in toml_settings:
+    if known is not None and known.unsupported and not {"metric", "id_column"} & set(
+            toml_settings):
         raise InvalidTaskDir(
-            f"MLE-bench competition {known.id} cannot be graded here yet: {known.unsupported}; "
-            f"describe it in {root / TASK_TOML} (id_column, target) to run it anyway"
+            f"MLE-bench competition {known.id} cannot be run here yet: {known.unsupported}; "
+            f"describe it in {root / TASK_TOML} (metric, id_column, target) to run it anyway "
+            "with a metric the project has"
         )
     name = str(settings.get("name") or root.name or "task")
     metric = _resolve_metric(settings.get("metric"), name, root)
@@ -143,8 +131,9 @@ def _known_settings(known: registry.Competition | None) -> dict[str, Any]:
     """A known competition's entry as task.toml settings."""
     if known is None:
         return {}
-    settings: dict[str, Any] = {"metric": known.metric.value, "id_column": known.id_column,
-                                "map_k": known.map_k}
+    settings: dict[str, Any] = {"id_column": known.id_column, "map_k": known.map_k}
+    if known.metric is not None:
+        settings["metric"] = known.metric.value
     if known.targets:
         settings["targets"] = list(known.targets)
     if known.label:
@@ -162,16 +151,31 @@ def _data_file(public: Path, configured: Any, usual: str) -> str:
     if configured is None:
         return usual if (public / usual).is_file() else ""
     name = str(configured)
-    if name and not (public / name).is_file():
-        raise InvalidTaskDir(f"{public / name} does not exist; fix the file name in task.toml "
-                             "or prepare the competition again")
-    return name
+    if not name or (public / name).is_file():
+        return name
+    # The same table zipped or unzipped (`mlebench prepare` keeps some only as archives).
+    other = archives.table_name(name) if archives.is_archive(name) else name + ".zip"
+    if (public / other).is_file():
+        return other
+    raise InvalidTaskDir(f"{public / name} does not exist; fix the file name in task.toml "
+                         "or prepare the competition again")
 
 
 def _csv_header_or_none(public: Path, name: str) -> list[str]:
-    if not name or not name.lower().endswith((".csv", ".tsv")):
+    if not name or not archives.is_table(name):
         return []
-    return read_csv_header(public / name)
+    return table_header(public, name)
+
+
+def table_header(public: Path, name: str) -> list[str]:
+    """The column names of the table `name` under `public/`, plain or zipped."""
+    if not archives.is_archive(name):
+        return read_csv_header(public / name, archives.separator(name))
+    try:
+        head = archives.read_head(public, name, MAX_HEADER_BYTES)
+    except OSError as exc:
+        raise InvalidTaskDir(f"cannot read {public / name}: {exc}; fix or replace it") from exc
+    return _parse_header(head, public / name, archives.separator(name))
 
 
 def _sample_submission(public: Path, private: Path, configured: Any) -> str:
@@ -194,7 +198,7 @@ def _sample_submission(public: Path, private: Path, configured: Any) -> str:
     )
 
 
-def read_csv_header(path: Path) -> list[str]:
+def read_csv_header(path: Path, delimiter: str = ",") -> list[str]:
     """The column names on the first line of the CSV at `path`. Reads at most
     MAX_HEADER_BYTES: a file whose first line is longer (a 2 GB file without a line break)
     is refused, never read whole."""
@@ -205,6 +209,11 @@ def read_csv_header(path: Path) -> list[str]:
         raise InvalidTaskDir(
             f"cannot read the header of {path}: {exc}; fix or replace the file"
         ) from exc
+    return _parse_header(head, path, delimiter)
+
+
+def _parse_header(head: bytes, path: Path, delimiter: str) -> list[str]:
+    """The column names on the first line of `head`, the first bytes of the table `path`."""
     end = head.find(b"\n")
     if end < 0 and len(head) > MAX_HEADER_BYTES:
         raise InvalidTaskDir(
@@ -212,7 +221,7 @@ def read_csv_header(path: Path) -> list[str]:
             "start with a header line of column names; fix or replace the file")
     line = (head if end < 0 else head[:end]).decode("utf-8-sig", errors="replace")
     try:
-        header = next(csv.reader([line]), None)
+        header = next(csv.reader([line], delimiter=delimiter), None)
     except csv.Error as exc:
         raise InvalidTaskDir(
             f"cannot read the header of {path}: {exc}; fix or replace the file"
@@ -222,48 +231,6 @@ def read_csv_header(path: Path) -> list[str]:
             f"{path} is empty or has no header line: it must start with column names"
         )
     return [col.strip() for col in header]
-
-
-def read_task_toml(root: Path) -> dict[str, Any]:
-    """The checked settings of `root/task.toml`, or an empty dict when there is none."""
-    toml_path = root / TASK_TOML
-    if not toml_path.is_file():
-        return {}
-    try:
-        with toml_path.open("rb") as handle:
-            data = handle.read(MAX_TASK_TOML_BYTES + 1)
-        if len(data) > MAX_TASK_TOML_BYTES:
-            raise InvalidTaskDir(f"{toml_path} is larger than {MAX_TASK_TOML_BYTES // 1024} KiB; "
-                                 "a task.toml holds a few settings: fix it")
-        raw = tomllib.loads(data.decode("utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidTaskDir(f"{toml_path} is not valid TOML ({exc}); fix the syntax") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidTaskDir(f"cannot read {toml_path}: {exc}") from exc
-    allowed = ", ".join(TASK_TOML_TYPES)
-    for key, value in raw.items():
-        expected = TASK_TOML_TYPES.get(key)
-        if expected is None:
-            raise InvalidTaskDir(
-                f"{toml_path} has unknown key {key!r}: remove it (allowed keys: {allowed})"
-            )
-        if expected is list and not (isinstance(value, list) and value
-                                     and all(isinstance(v, str) and v for v in value)):
-            raise InvalidTaskDir(f"{toml_path}: key {key!r} must be a list of column names, "
-                                 f'like ["a", "b"], got {value!r}')
-        if expected is int and (isinstance(value, bool) or not isinstance(value, int)
-                                or value < 1):
-            raise InvalidTaskDir(f"{toml_path}: key {key!r} must be a positive whole number, "
-                                 f"got {value!r}")
-        if not isinstance(value, expected):
-            kind = "true or false" if expected is bool else "a quoted string"
-            raise InvalidTaskDir(
-                f"{toml_path}: key {key!r} must be {kind}, got {type(value).__name__} {value!r}"
-            )
-        if isinstance(value, str) and not value.strip() and key not in ("train_file",
-                                                                        "test_file"):
-            raise InvalidTaskDir(f"{toml_path}: key {key!r} must not be empty")
-    return dict(raw)
 
 
 def _locate(path: Path) -> tuple[Path, Path]:

@@ -18,7 +18,13 @@ import pandas as pd
 from mlmaster_daemon.errors import GradingError
 from mlmaster_daemon.tasks.spec import Metric
 
-PROBABILITY_EPS = 1e-15
+# scikit-learn >= 1.5 (which MLE-bench pins) clips log-loss probabilities at float64's epsilon.
+PROBABILITY_EPS = float(np.finfo(np.float64).eps)
+# MLE-bench refuses class probabilities whose row sum is not 1 within np.isclose's tolerance.
+ROW_SUM_ATOL = 1e-6
+ROW_SUM_RTOL = 1e-5
+_TRUE_TEXT = ("True", "TRUE", "true")
+_FALSE_TEXT = ("False", "FALSE", "false")
 _EXAMPLES_SHOWN = 5
 _F1_METRICS = (Metric.F1, Metric.F1_MICRO, Metric.F1_MACRO)
 
@@ -29,13 +35,14 @@ def normalise_label(value: Any) -> str:
     """Canonical text of a label or id.
 
     Whole numbers (int, float or numeric text) become integer text (`1.0` -> `"1"`), other
-    numbers their shortest float text, booleans `"True"`/`"False"`, other text is stripped.
-    Missing values become `""`.
+    numbers their shortest float text, booleans and the texts pandas reads as booleans
+    (`True`, `true`, `TRUE`, ...) `"1"`/`"0"` (True == 1 in scikit-learn's comparisons), other
+    text is stripped. Missing values become `""`.
     """
     if isinstance(value, str):
         return _text_label(value.strip())
     if isinstance(value, bool | np.bool_):
-        return str(bool(value))
+        return "1" if value else "0"
     # exact for integers beyond 2**53, where a float round trip would merge distinct ids
     if isinstance(value, int | np.integer):
         return str(int(value))
@@ -80,11 +87,13 @@ def score(
     answer label (numeric order when labels are numbers, else text order). A roc_auc or
     log_loss submission of one prediction column holds the positive class's probability,
     otherwise it may hold one probability column per class, named by the class label. qwk
-    needs integer labels; rmsle values >= 0; roc_auc probabilities in [0, 1]. map@k reads
+    needs integer labels; rmsle values >= 0; roc_auc probabilities in [0, 1]; log_loss clips
+    probabilities at float64's epsilon and refuses class probabilities whose rows do not sum
+    to 1 (within 1e-6 + 1e-5), never renormalising them (scikit-learn >= 1.5). map@k reads
     space-separated labels: the true one(s) per answer row, up to `k` ranked guesses per
-    submission row (later ones are ignored). f1_micro and f1_macro average over the labels
-    present in the answers. Raises `GradingError` saying what is wrong when ids or columns do
-    not match or values are missing or unusable.
+    submission row (later ones are ignored). f1_micro and f1_macro average over every label
+    of the answers and the predictions, as scikit-learn does. Raises `GradingError` saying
+    what is wrong when ids or columns do not match or values are missing or unusable.
     """
     columns = _target_columns(target)
     if metric is Metric.MAP_AT_K and k < 1:
@@ -149,6 +158,8 @@ def _score_column(
 
 
 def _text_label(text: str) -> str:
+    if text in _TRUE_TEXT or text in _FALSE_TEXT:
+        return "1" if text in _TRUE_TEXT else "0"
     try:
         return str(int(text))
     except ValueError:
@@ -241,11 +252,12 @@ def _accuracy(y_true: list[str], predicted: list[str]) -> float:
 
 
 def _f1(metric: Metric, y_true: list[str], predicted: list[str], target: str) -> float:
-    """F1 of the positive (largest) label, or the micro / macro F1 over the answers' labels."""
+    """F1 of the positive (largest) label, or the micro / macro F1 over every label either
+    side uses (a predicted label the answers lack is a false positive, scoring F1 0)."""
     if metric is Metric.F1:
         labels = [_binary_classes(y_true, f"f1 on answers column {target!r}")[1]]
     else:
-        labels = sort_labels(y_true)
+        labels = sort_labels([*y_true, *predicted])
     truth, guess = np.asarray(y_true), np.asarray(predicted)
     # Per label: true positives, false positives, false negatives.
     counts = np.array(
@@ -262,7 +274,7 @@ def _f1(metric: Metric, y_true: list[str], predicted: list[str], target: str) ->
     if metric is Metric.F1_MICRO:
         tp, fp, fn = counts.sum(axis=0)
         return float(2 * tp / (2 * tp + fp + fn))
-    # Every label occurs in the answers, so 2 tp + fn > 0 and no denominator is 0.
+    # Every label occurs on one side at least, so 2 tp + fp + fn > 0.
     per_label = 2 * counts[:, 0] / (2 * counts[:, 0] + counts[:, 1] + counts[:, 2])
     return float(np.mean(per_label))
 
@@ -373,11 +385,13 @@ def _log_loss(aligned: pd.DataFrame, y_true: list[str], id_column: str) -> float
     if not prediction_columns:
         raise GradingError("the submission has no prediction columns")
     if len(prediction_columns) == 1:
-        negative, positive = _binary_classes(y_true, "log_loss on a single probability column")
+        _, positive = _binary_classes(y_true, "log_loss on a single probability column")
         column = prediction_columns[0]
-        p_positive = _numbers(aligned[column], f"submission column {column!r}")
+        p_positive = np.clip(_probabilities(aligned[column], f"submission column {column!r}"),
+                             PROBABILITY_EPS, 1.0 - PROBABILITY_EPS)
         probabilities = np.column_stack([1.0 - p_positive, p_positive])
-        classes = [negative, positive]
+        return _multiclass_log_loss(probabilities, [int(label == positive) for label in y_true],
+                                    check_sums=False)
     else:
         classes = normalise_labels(prediction_columns)
         unknown = set(y_true) - set(classes)
@@ -392,11 +406,25 @@ def _log_loss(aligned: pd.DataFrame, y_true: list[str], id_column: str) -> float
     return _multiclass_log_loss(probabilities, [classes.index(label) for label in y_true])
 
 
-def _multiclass_log_loss(probabilities: FloatArray, true_index: list[int]) -> float:
-    """Mean negative log probability of the true class after clipping and row normalising."""
+def _multiclass_log_loss(probabilities: FloatArray, true_index: list[int], *,
+                         check_sums: bool = True) -> float:
+    """Mean negative log probability of the true class, clipped to [eps, 1 - eps] and not
+    renormalised; with `check_sums`, rows must sum to 1 first (MLE-bench's check)."""
+    if check_sums:
+        sums = probabilities.sum(axis=1)
+        off = ~np.isclose(sums, 1.0, rtol=ROW_SUM_RTOL, atol=ROW_SUM_ATOL)
+        if off.any():
+            row = int(np.argmax(off))
+            raise GradingError(
+                f"each row's class probabilities must sum to 1, but {int(off.sum())} row(s) do "
+                f"not (row {row + 1} in the answers' order sums to {float(sums[row])!r}); "
+                "normalise them before writing")
+    outside = probabilities[(probabilities < 0.0) | (probabilities > 1.0)]
+    if len(outside):
+        raise GradingError(f"probabilities must lie in [0, 1] but {len(outside)} value(s) do "
+                           f"not, such as {float(outside[0])!r}")
     clipped = np.clip(probabilities, PROBABILITY_EPS, 1.0 - PROBABILITY_EPS)
-    normalised = clipped / clipped.sum(axis=1, keepdims=True)
-    picked = normalised[np.arange(len(true_index)), true_index]
+    picked = clipped[np.arange(len(true_index)), true_index]
     return float(-np.mean(np.log(picked)))
 
 

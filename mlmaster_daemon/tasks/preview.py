@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mlmaster_daemon.tasks.competition import count_rows
+from mlmaster_daemon.errors import InvalidTaskDir
+from mlmaster_daemon.tasks import archives
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 TRUNCATION_MARKER = "\n... [preview truncated]"
@@ -18,7 +19,8 @@ MAX_FILES = 30
 MAX_COUNTED = 100_000
 MAX_COLUMNS = 40
 MAX_CLASSES = 20
-_READ_ERRORS = (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError)
+_READ_ERRORS = (OSError, ValueError, InvalidTaskDir, pd.errors.ParserError,
+                pd.errors.EmptyDataError)
 
 
 def data_preview(spec: TaskSpec, max_chars: int = 6000) -> str:
@@ -76,24 +78,25 @@ def _files_section(public: Path) -> str:
     return "\n".join(lines)
 
 
-def _read_head(path: Path) -> tuple[pd.DataFrame, int]:
-    """Up to MAX_ROWS_READ rows of the CSV (from at most its first MAX_BYTES_READ bytes, so
-    one endless line cannot fill memory) and its total row count."""
-    with path.open("rb") as handle:
-        head = handle.read(MAX_BYTES_READ + 1)
+def _read_head(public: Path, name: str) -> tuple[pd.DataFrame, int]:
+    """Up to MAX_ROWS_READ rows of the table `name` (a CSV/TSV, or one inside a zip archive;
+    from at most its first MAX_BYTES_READ bytes, so one endless line cannot fill memory) and
+    its total row count."""
+    head = archives.read_head(public, name, MAX_BYTES_READ)
     whole = len(head) <= MAX_BYTES_READ
     if not whole:
         # Parse only whole lines; the rest is counted, not read.
         head = head[: head.rfind(b"\n") + 1]
         if not head:
             raise ValueError(f"its first line is longer than {MAX_BYTES_READ // 2**20} MiB")
-    frame = pd.read_csv(io.BytesIO(head), nrows=MAX_ROWS_READ)
-    rows = len(frame) if whole and len(frame) < MAX_ROWS_READ else count_rows(path)
-    return frame, rows
+    frame = pd.read_csv(io.BytesIO(head), nrows=MAX_ROWS_READ, sep=archives.separator(name))
+    if whole and len(frame) < MAX_ROWS_READ:
+        return frame, len(frame)
+    return frame, archives.count_rows(public, name)
 
 
 def _is_table(name: str) -> bool:
-    return name.lower().endswith(".csv")
+    return archives.is_table(name)
 
 
 def _train_section(spec: TaskSpec) -> str:
@@ -101,9 +104,8 @@ def _train_section(spec: TaskSpec) -> str:
         where = f" ({spec.train_file})" if spec.train_file else ""
         return (f"No training table{where}: the training data are the files under input/ "
                 "listed above; read them as their format needs.")
-    path = spec.public_dir / spec.train_file
     try:
-        train, rows = _read_head(path)
+        train, rows = _read_head(spec.public_dir, spec.train_file)
     except _READ_ERRORS as exc:
         return f"Could not read {spec.train_file}: {exc}"
     sampled = "" if rows == len(train) else f" (statistics from the first {len(train)} rows)"
@@ -145,7 +147,7 @@ def _test_section(spec: TaskSpec) -> str:
                      "their data the files under input/.")
     else:
         try:
-            test, rows = _read_head(spec.public_dir / spec.test_file)
+            test, rows = _read_head(spec.public_dir, spec.test_file)
             lines.append(f"{spec.test_file}: {rows} rows x {test.shape[1]} columns")
         except _READ_ERRORS as exc:
             lines.append(f"Could not read {spec.test_file}: {exc}")

@@ -4,8 +4,8 @@ the profile that L3 lessons are matched by. Blocking (pandas, file reads): run i
 from __future__ import annotations
 
 from mlmaster_daemon.search.hcc import TaskProfile
-from mlmaster_daemon.tasks import registry
-from mlmaster_daemon.tasks.competition import count_rows, read_csv_header
+from mlmaster_daemon.tasks import archives, registry
+from mlmaster_daemon.tasks.competition import table_header
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 
@@ -18,13 +18,12 @@ def data_preview(spec: TaskSpec) -> str:
 
 def task_profile(spec: TaskSpec) -> TaskProfile:
     """What L3 compares tasks by: modality, metric, task type and size."""
-    train = spec.public_dir / spec.train_file
     known = registry.lookup(spec.competition_id or "")
     modality = known.modality if known is not None else "tabular"
     rows = features = 0
-    if spec.train_file.lower().endswith(".csv"):
-        columns = read_csv_header(train)
-        rows = count_rows(train)
+    if archives.is_table(spec.train_file):
+        columns = table_header(spec.public_dir, spec.train_file)
+        rows = archives.count_rows(spec.public_dir, spec.train_file)
         features = len([c for c in columns if c not in (spec.target, spec.id_column)])
     return TaskProfile.build(modality, spec.metric.value, not spec.metric.is_regression,
                              rows, features)

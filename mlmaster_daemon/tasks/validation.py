@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mlmaster_daemon.errors import InvalidTaskDir
-from mlmaster_daemon.tasks.metrics import normalise_labels
+from mlmaster_daemon.tasks.metrics import ROW_SUM_ATOL, ROW_SUM_RTOL, normalise_labels
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 
 _EXAMPLES_SHOWN = 3
@@ -26,9 +26,10 @@ def validate_submission(spec: TaskSpec, submission_path: Path) -> str | None:
 
     Compared with the sample submission: the file parses as CSV, has the same columns, row
     count and ids (any order), no missing predictions, numbers where the metric needs them,
-    probabilities within [0, 1] for roc_auc and log_loss, no negatives for rmsle and whole
-    numbers for qwk (MLE-bench's graders refuse the same). Raises `InvalidTaskDir` only when the
-    task's own sample submission cannot be read.
+    probabilities within [0, 1] for roc_auc and log_loss (class probabilities summing to 1 per
+    row), no negatives for rmsle and whole numbers for qwk. This is stricter than some of
+    MLE-bench's graders (see `mlebench_graders`): a file that passes is right everywhere.
+    Raises `InvalidTaskDir` only when the task's own sample submission cannot be read.
     """
     if not submission_path.is_file():
         return validate_submission_file(spec, None, submission_path, 0)
@@ -87,10 +88,30 @@ def _problems(spec: TaskSpec, sample: pd.DataFrame, submission: pd.DataFrame) ->
         problems.append(f"it has {len(submission)} rows but {len(sample)} are expected")
     if spec.id_column in submission.columns:
         problems.extend(_id_problems(spec.id_column, sample, submission))
-    predictions = [c for c in sample.columns if c != spec.id_column and c in submission.columns]
+    predictions = [c for c in _prediction_columns(spec, sample) if c in submission.columns]
     for column in predictions:
         problems.extend(_value_problems(spec, str(column), submission[column]))
+    if not problems and spec.metric is Metric.LOG_LOSS and len(predictions) > 1:
+        problems.extend(_row_sum_problems(submission[predictions]))
     return problems
+
+
+def _prediction_columns(spec: TaskSpec, sample: pd.DataFrame) -> list[str]:
+    """The sample's columns the metric reads: the scored ones, else (class probabilities named
+    by label) every column but the id. Others, like detecting-insults' `Date`, are carried."""
+    scored = [c for c in spec.scored_columns if c in sample.columns]
+    return scored or [str(c) for c in sample.columns if c != spec.id_column]
+
+
+def _row_sum_problems(probabilities: pd.DataFrame) -> list[str]:
+    """Class probabilities must sum to 1 per row, as MLE-bench's log-loss graders require."""
+    sums = probabilities.to_numpy(dtype=np.float64).sum(axis=1)
+    off = ~np.isclose(sums, 1.0, rtol=ROW_SUM_RTOL, atol=ROW_SUM_ATOL)
+    if not off.any():
+        return []
+    return [f"{int(off.sum())} row(s) of class probabilities do not sum to 1 (e.g. row "
+            f"{int(np.argmax(off)) + 1} sums to {float(sums[np.argmax(off)])!r}); normalise "
+            "each row"]
 
 
 def _column_problems(sample: pd.DataFrame, submission: pd.DataFrame) -> list[str]:
