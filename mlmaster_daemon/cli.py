@@ -10,18 +10,13 @@ import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from mlmaster_daemon import __version__
 from mlmaster_daemon.api.client import Client
-from mlmaster_daemon.api.schemas import is_task_id
 from mlmaster_daemon.config import load_config, resolve_socket_path
 from mlmaster_daemon.errors import MlmasterError
 from mlmaster_daemon.watch import TERMINAL, follow, format_metric
-
-if TYPE_CHECKING:
-    from mlmaster_daemon.tasks.report import CompetitionReport
-    from mlmaster_daemon.tasks.spec import TaskSpec
 
 T = TypeVar("T")
 
@@ -190,84 +185,22 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return _client_call(args, go)
 
 
-def _daemon_task_spec(task: dict[str, Any]) -> TaskSpec:
-    """The daemon task's competition, loaded with the metric the task was searched with."""
-    from mlmaster_daemon.tasks.competition import load_task
-    from mlmaster_daemon.tasks.spec import TaskOverrides
-
-    overrides = TaskOverrides(metric=task.get("metric"),
-                              lower_is_better=task.get("lower_is_better"))
-    try:
-        return load_task(task["task_dir"], overrides)
-    except MlmasterError as exc:
-        raise MlmasterError(f"task {task['id']}: {exc.message}") from None
-
-
-def _best_submission(task: dict[str, Any]) -> Path | None:
-    best = task.get("best")
-    return Path(best["submission_path"]) if best else None
-
-
-def _grade_daemon_task(task: dict[str, Any], spec: TaskSpec, submission: Path | None,
-                       leaderboard: Path | None) -> CompetitionReport:
-    from mlmaster_daemon.tasks.grading import grade_report
-
-    try:
-        return grade_report(spec, submission, leaderboard=leaderboard)
-    except MlmasterError as exc:
-        raise MlmasterError(f"task {task['id']}: {exc.message}") from None
-
-
 def cmd_grade(args: argparse.Namespace) -> int:
-    from mlmaster_daemon.tasks.competition import load_task
-    from mlmaster_daemon.tasks.grading import grade_report
+    from mlmaster_daemon.grading_cli import grade
 
-    given = Path(args.task).expanduser()
-    submission = Path(args.submission).expanduser() if args.submission else None
-    leaderboard = Path(args.leaderboard).expanduser() if args.leaderboard else None
-    if is_task_id(args.task) and not given.exists():
-        task = _client_call(args, lambda client: client.task(args.task))
-        spec = _daemon_task_spec(task)
-        report = _grade_daemon_task(task, spec, submission or _best_submission(task),
-                                    leaderboard)
-    else:
-        if submission is None:
-            raise MlmasterError(
-                f"give the submission to grade: mlmaster grade {args.task} SUBMISSION.csv "
-                "(or pass a daemon task id, e.g. t0123456789a, to grade its best submission)")
-        spec = load_task(given)
-        report = grade_report(spec, submission, leaderboard=leaderboard, search=[given])
-    if not report.submission_exists:
-        print(f"mlmaster: note: no CSV submission at {report.submission_path or '(none)'}; "
-              "graded as a run without a submission", file=sys.stderr)
-    _print(json.dumps(report.to_dict(), indent=2))
-    return 0
+    return grade(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mlmaster_daemon.tasks.grading import competition_id
-    from mlmaster_daemon.tasks.report import aggregate, in_split, write_aggregate
+    from mlmaster_daemon.grading_cli import report
 
-    tasks = _client_call(args, lambda client: client.tasks())
-    reports = []
-    for task in tasks:
-        if task["state"] != "finished":
-            continue
-        try:
-            spec = _daemon_task_spec(task)
-        except MlmasterError:
-            # A task outside the split may have lost its folder without spoiling the report.
-            if not in_split(Path(task["task_dir"]).name, args.split):
-                continue
-            raise
-        if not in_split(competition_id(spec), args.split):
-            continue
-        reports.append(_grade_daemon_task(task, spec, _best_submission(task), None))
-    summary = aggregate(reports)
-    path = write_aggregate(summary, Path(args.output_dir).expanduser())
-    _print(json.dumps(summary, indent=2))
-    print(f"mlmaster: wrote {path}", file=sys.stderr)
-    return 0
+    return report(args)
+
+
+def cmd_competitions(args: argparse.Namespace) -> int:
+    from mlmaster_daemon.grading_cli import competitions
+
+    return competitions(args)
 
 
 def cmd_example(args: argparse.Namespace) -> int:
@@ -382,11 +315,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_socket(sub.add_parser(
         "report", help="grade every finished task's best submission into an MLE-bench report"))
-    p.add_argument("--split", choices=["lite"],
-                   help="only competitions of this MLE-bench split (lite: the 22 of Lite)")
+    p.add_argument("--split", choices=["lite", "medium", "high", "full", "dev"],
+                   help="only competitions of this MLE-bench split (lite: the 22 of Lite; "
+                        "full: the 75)")
     p.add_argument("--output-dir", default=".",
-                   help="where <timestamp>_grading_report.json is written (default: .)")
+                   help="where <UTC time>-GMT_grading_report.json is written (default: .)")
+    p.add_argument("--leaderboard-dir", metavar="DIR",
+                   help="leaderboards by competition id: DIR/<id>/leaderboard.csv (mle-bench's "
+                        "mlebench/competitions) or DIR/<id>.csv; default: found beside "
+                        "each competition")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("competitions",
+                       help="list the MLE-bench competitions the registry knows")
+    p.add_argument("--split", choices=["lite", "medium", "high", "full", "dev"],
+                   help="only this MLE-bench split")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_competitions)
 
     p = sub.add_parser("example", help="build a bundled example competition ('list' lists them)")
     p.add_argument("name")

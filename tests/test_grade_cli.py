@@ -110,10 +110,15 @@ def test_grade_without_private_answers_is_refused(tmp_path: Path) -> None:
              "no private answers", str(root / "prepared" / "private" / "test.csv"))
 
 
-def test_grade_without_a_leaderboard_is_refused(tmp_path: Path) -> None:
+def test_grade_without_a_leaderboard_prints_the_score_with_null_medals_and_a_note(
+        tmp_path: Path) -> None:
     root = build_competition(tmp_path, leaderboard_in="none")
-    _refused(_cli("grade", root, submission_with(tmp_path / "s.csv", 10)),
-             "no leaderboard", str(root / "leaderboard.csv"))
+    result = _cli("grade", root, submission_with(tmp_path / "s.csv", 9))
+    report = _report(result)
+    assert report["score"] == 0.9 and report["valid_submission"] is True
+    assert report["gold_medal"] is None and report["gold_threshold"] is None
+    assert "ranking needs leaderboard.csv" in result.stderr
+    assert str(root / "leaderboard.csv") in result.stderr
 
 
 # The daemon's tasks: mlmaster grade TASK_ID, mlmaster report
@@ -145,13 +150,34 @@ async def test_grade_and_report_grade_the_daemons_best_submissions(
     summary = _report(result)
     assert summary["total_runs"] == 1 and summary["total_valid_submissions"] == 1
     assert summary["total_runs_with_submissions"] == 1
-    written = list(out.glob("*_grading_report.json"))
+    written = list(out.glob("*-GMT_grading_report.json"))
     assert len(written) == 1 and json.loads(written[0].read_text()) == summary
     assert str(written[0]) in result.stderr
 
     lite = _report(await asyncio.to_thread(_cli, "report", "--split", "lite", "--output-dir",
                                            out, "--socket", sock))
     assert lite["total_runs"] == 0, "bc-example is not an MLE-bench Lite competition"
+
+    # Without its leaderboard the task is still reported, unranked, and the report written.
+    (root / "leaderboard.csv").rename(tmp_path / "board.csv")
+    bare_out = tmp_path / "bare"
+    result = await asyncio.to_thread(_cli, "report", "--output-dir", bare_out, "--socket", sock)
+    bare = _report(result)
+    assert bare["total_valid_submissions"] == 1 and bare["total_medals"] == 0
+    assert bare["competition_reports"][0]["gold_medal"] is None
+    assert bare["competition_reports"][0]["score"] == expected
+    assert f"task {task['id']} (bc-example): medals are null" in result.stderr
+    assert len(list(bare_out.glob("*-GMT_grading_report.json"))) == 1
+
+    # --leaderboard-dir: mle-bench's mlebench/competitions/<id>/leaderboard.csv layout.
+    boards = tmp_path / "competitions"
+    (boards / "bc-example").mkdir(parents=True)
+    (tmp_path / "board.csv").rename(boards / "bc-example" / "leaderboard.csv")
+    ranked = _report(await asyncio.to_thread(_cli, "report", "--output-dir", bare_out,
+                                             "--leaderboard-dir", boards, "--socket", sock))
+    assert ranked["competition_reports"][0] == {
+        **summary["competition_reports"][0],
+        "created_at": ranked["competition_reports"][0]["created_at"]}
 
 
 async def test_grade_of_an_unknown_task_id_is_refused(daemon: Daemon) -> None:

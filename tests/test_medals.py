@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -314,10 +314,26 @@ def test_no_private_answers_is_a_setup_error(tmp_path: Path) -> None:
         grade_report(load_task(root), submission_with(tmp_path / "s.csv", 10))
 
 
-def test_no_leaderboard_is_a_setup_error(tmp_path: Path) -> None:
+def test_without_a_leaderboard_the_score_is_reported_with_null_medals_and_a_note(
+        tmp_path: Path) -> None:
     root = build_competition(tmp_path, leaderboard_in="none")
-    with pytest.raises(LeaderboardError, match="no leaderboard"):
-        grade_report(load_task(root), submission_with(tmp_path / "s.csv", 10))
+    report = grade_report(load_task(root), submission_with(tmp_path / "s.csv", 9))
+    assert report.score == 0.9 and report.valid_submission
+    fields = report.to_dict()
+    assert list(fields) == REPORT_FIELDS
+    assert all(fields[key] is None for key in (
+        "gold_threshold", "silver_threshold", "bronze_threshold", "median_threshold",
+        "any_medal", "gold_medal", "silver_medal", "bronze_medal", "above_median",
+        "is_lower_better"))
+    assert any("leaderboard.csv" in note and "medals are null" in note for note in report.notes)
+    assert aggregate([report])["total_medals"] == 0
+
+
+def test_an_unreadable_leaderboard_is_still_a_setup_error(tmp_path: Path) -> None:
+    root = build_competition(tmp_path, leaderboard_in="none")
+    board = _csv(tmp_path / "board.csv", "team,points", ["a,1"])
+    with pytest.raises(LeaderboardError, match="no 'score' column"):
+        grade_report(load_task(root), submission_with(tmp_path / "s.csv", 10), leaderboard=board)
 
 
 def test_a_given_leaderboard_wins(tmp_path: Path) -> None:
@@ -378,8 +394,20 @@ def test_aggregate_counts_runs_submissions_and_medals() -> None:
 def test_aggregate_is_written_with_a_timestamped_name(tmp_path: Path) -> None:
     summary = aggregate([_report("a", 50.0)])
     path = write_aggregate(summary, tmp_path / "out", now=datetime(2025, 1, 2, 3, 4, 5))
-    assert path == tmp_path / "out" / "2025-01-02T03-04-05_grading_report.json"
+    assert path == tmp_path / "out" / "2025-01-02T03-04-05-GMT_grading_report.json"
     assert json.loads(path.read_text()) == summary
+
+
+def test_the_aggregate_is_named_by_utc_time_as_mlebench_names_it(tmp_path: Path) -> None:
+    # time.strftime("%Y-%m-%dT%H-%M-%S-%Z", time.gmtime()) in mlebench: UTC, zone "GMT"
+    plus_two = timezone(timedelta(hours=2))
+    path = write_aggregate(aggregate([]), tmp_path, now=datetime(2025, 1, 2, 3, 4, 5,
+                                                                tzinfo=plus_two))
+    assert path.name == "2025-01-02T01-04-05-GMT_grading_report.json"
+    before = datetime.now(UTC).replace(microsecond=0)
+    written = write_aggregate(aggregate([]), tmp_path / "now")
+    stamp = datetime.strptime(written.name.split("-GMT")[0], "%Y-%m-%dT%H-%M-%S")
+    assert abs((stamp.replace(tzinfo=UTC) - before).total_seconds()) < 60
 
 
 def test_lite_split_is_the_22_competitions_of_mlebench_lite() -> None:
