@@ -121,6 +121,19 @@ def test_grade_without_a_leaderboard_prints_the_score_with_null_medals_and_a_not
     assert str(root / "leaderboard.csv") in result.stderr
 
 
+def test_competitions_lists_the_registry_with_metric_modality_and_split() -> None:
+    result = _cli("competitions")
+    assert result.returncode == 0, result.stderr
+    lines = {line[2:].split()[0]: line for line in result.stdout.splitlines()
+             if not line.startswith("#")}
+    assert "lite" in lines["spooky-author-identification"]
+    assert "log_loss" in lines["spooky-author-identification"]
+    assert "dev" in lines["spaceship-titanic"]
+    listed = json.loads(_cli("competitions", "--split", "full", "--json").stdout)
+    assert len(listed) == 75 and {row["split"] for row in listed} == {"lite", "full"}
+    assert all({"id", "metric", "modality", "split"} <= set(row) for row in listed)
+
+
 # The daemon's tasks: mlmaster grade TASK_ID, mlmaster report
 
 

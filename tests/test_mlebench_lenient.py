@@ -179,3 +179,18 @@ def test_plant_seedlings_counts_an_unknown_species_as_a_false_positive(tmp_path:
     assert want == pytest.approx(34 / 40)
     assert grade_like_mlebench(built.spec, path) == pytest.approx(want, abs=TOLERANCE)
     assert grade(built.spec, path) == pytest.approx(want, abs=TOLERANCE)
+
+
+def test_a_known_competition_without_a_reproduced_grader_says_so(tmp_path: Path) -> None:
+    from mlmaster_daemon.tasks.competition import load_task
+
+    root = tmp_path / "petfinder-pawpularity-score"
+    (root / "prepared" / "public").mkdir(parents=True)
+    (root / "prepared" / "private").mkdir(parents=True)
+    sample = root / "prepared" / "public" / "sample_submission.csv"
+    sample.write_text("Id,Pawpularity\na,50\nb,50\n")
+    (root / "prepared" / "private" / "test.csv").write_text("Id,Pawpularity\na,40\nb,60\n")
+    spec = load_task(root)
+    report = grade_report(spec, sample)
+    assert report.score == 10.0
+    assert any("is not reproduced here" in note for note in _disagreements(report))

@@ -27,8 +27,11 @@ def prepare(data_dir: Path, competition: str, public: dict[str, str],
     return root
 
 
-def test_the_registry_knows_the_lite_22_and_the_dev_7() -> None:
+def test_the_registry_knows_the_lite_22_the_full_75_and_the_dev_7() -> None:
+    # experiments/splits in mle-bench 783b15a: low.txt 22, medium.txt 38, high.txt 15, dev.txt 7
     assert len(split_ids("lite")) == 22 and len(split_ids("dev")) == 7
+    assert (len(split_ids("medium")), len(split_ids("high"))) == (38, 15)
+    assert len(split_ids("full")) == 75 and set(split_ids("lite")) <= set(split_ids("full"))
     assert "spaceship-titanic" in split_ids("dev")
     assert competitions()["nomad2018-predict-transparent-conductors"].metric is Metric.RMSLE
     with pytest.raises(ValueError, match="unknown split"):
@@ -141,6 +144,17 @@ def test_detecting_insults_loads_with_rows_matched_by_comment(tmp_path: Path) ->
     assert (spec.id_column, spec.target) == ("Comment", "Insult")
 
 
+def test_a_competition_the_project_cannot_score_says_why_and_what_to_do(
+        tmp_path: Path) -> None:
+    root = prepare(tmp_path, "AI4Code", {
+        "train_orders.csv": "id,cell_order\na,x y\n",
+        "sample_submission.csv": "id,cell_order\nb,x y\n",
+    })
+    with pytest.raises(InvalidTaskDir, match="cannot be run here yet") as caught:
+        load_task(root)
+    assert "task.toml" in caught.value.message
+
+
 def test_task_toml_can_describe_an_unknown_competition_fully(tmp_path: Path) -> None:
     root = prepare(tmp_path, "my-comp", {
         "data.csv": "rid,a,y1,y2\n1,0.1,1,2\n",
@@ -242,3 +256,27 @@ def test_an_archive_that_is_a_link_out_of_the_folder_is_never_read(tmp_path: Pat
                        ) as caught:
         load_task(root)
     assert "hunter2" not in caught.value.message
+
+
+@pytest.mark.parametrize("competition", sorted(competitions()), ids=str)
+def test_every_registered_competition_loads_or_says_why_it_cannot_run(
+        tmp_path: Path, competition: str) -> None:
+    known = competitions()[competition]
+    columns = [known.id_column, *(known.targets or ("prediction",))]
+    sample = known.sample or "sample_submission.csv"
+    root = prepare(tmp_path, competition, {
+        "train.csv": ",".join(columns) + "\n" + ",".join("1" for _ in columns) + "\n",
+        sample: ",".join(columns) + "\n" + ",".join("0" for _ in columns) + "\n",
+        **{name: "x\n1\n" for name in (known.train_file, known.test_file)
+           if name and not name.endswith(".zip")},
+    })
+    for name in (known.train_file, known.test_file):
+        if name and name.endswith(".zip"):
+            _zip(root / "prepared" / "public" / name, name.removesuffix(".zip"), "x\n1\n")
+    if known.unsupported:
+        with pytest.raises(InvalidTaskDir, match="cannot be run here yet"):
+            load_task(root)
+        return
+    spec = load_task(root)
+    assert (spec.metric, spec.id_column) == (known.metric, known.id_column)
+    assert spec.scored_columns == known.targets and spec.competition_id == competition

@@ -186,6 +186,10 @@ def _score_and_compare(spec: TaskSpec, submission: Path, notes: list[str]) -> fl
     if known is None or known.grader is None:
         if official_problem:
             notes.append(f"invalid submission: {official_problem}")
+        if known is not None:
+            notes.append(f"mle-bench's own grader of {known.id} ({known.scoring}) is not "
+                         f"reproduced here: this is the project's {spec.metric.value} with "
+                         "its strict checks, and may differ from mle-bench's score")
         return official
     strict, strict_problem = _attempt(lambda: grade(spec, submission))
     if official is not None and strict is None:
