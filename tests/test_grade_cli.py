@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pytest
 from conftest import wait_terminal
 from test_medals import REPORT_FIELDS, build_competition, submission_with
 
@@ -132,6 +134,25 @@ def test_competitions_lists_the_registry_with_metric_modality_and_split() -> Non
     listed = json.loads(_cli("competitions", "--split", "full", "--json").stdout)
     assert len(listed) == 75 and {row["split"] for row in listed} == {"lite", "full"}
     assert all({"id", "metric", "modality", "split"} <= set(row) for row in listed)
+
+
+@pytest.mark.parametrize("name", ["breast_cancer", "wine", "diabetes"])
+def test_the_bundled_examples_ship_a_leaderboard_so_grade_shows_medals(
+        tmp_path: Path, name: str) -> None:
+    root = build_example(name, tmp_path / name)
+    answers = pd.read_csv(root / "prepared" / "private" / "test.csv")
+    spec = load_task(root)
+    perfect = tmp_path / "perfect.csv"
+    if name == "wine":
+        one_hot = pd.get_dummies(answers[spec.target]).astype(float)
+        one_hot.insert(0, "id", answers["id"])
+        one_hot.to_csv(perfect, index=False)
+    else:
+        answers.to_csv(perfect, index=False)
+    best = _report(_cli("grade", root, perfect))
+    assert best["gold_medal"] is True and best["above_median"] is True
+    sample = _report(_cli("grade", root, root / "prepared" / "public" / "sample_submission.csv"))
+    assert sample["any_medal"] is False and sample["above_median"] is False
 
 
 # The daemon's tasks: mlmaster grade TASK_ID, mlmaster report

@@ -148,7 +148,7 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
     first = build_example("wine", tmp_path / "a", seed=7)
     second = build_example("wine", tmp_path / "b", seed=7)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert len(files) == 6
+    assert len(files) == 7
     for relative in files:
         assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
 

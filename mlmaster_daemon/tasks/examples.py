@@ -26,6 +26,8 @@ MISSING_FRACTION = 0.05
 CATEGORY_MISSING_FRACTION = 0.03
 MESSY_COLUMNS = 3
 BANDS = ("low", "mid", "high")
+LEADERBOARD_FILE = "leaderboard.csv"
+LEADERBOARD_TEAMS = 60
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class _Recipe:
     submission_help: str
     band_source: str
     load: Callable[[], tuple[pd.DataFrame, pd.Series]]
+    # The first team's score on the bundled leaderboard (the last one scores the sample's).
+    leaderboard_best: float
 
 
 def _snake_case(name: str) -> str:
@@ -90,6 +94,7 @@ _RECIPES: dict[str, _Recipe] = {
         submission_help="`target` is the predicted probability that the mass is malignant",
         band_source="mean_area",
         load=_load_breast_cancer,
+        leaderboard_best=0.998,
     ),
     "wine": _Recipe(
         info=ExampleInfo(
@@ -107,6 +112,7 @@ _RECIPES: dict[str, _Recipe] = {
         submission_help="one column per cultivar holds its predicted probability",
         band_source="alcohol",
         load=_load_wine,
+        leaderboard_best=0.01,
     ),
     "diabetes": _Recipe(
         info=ExampleInfo(
@@ -125,6 +131,7 @@ _RECIPES: dict[str, _Recipe] = {
         submission_help="`progression` is the predicted progression",
         band_source="bmi",
         load=_load_diabetes,
+        leaderboard_best=50.0,
     ),
 }
 
@@ -170,7 +177,21 @@ def build_example(name: str, dest: Path, seed: int = 0) -> Path:
         _description(recipe, train, test, sample), encoding="utf-8"
     )
     (dest / "task.toml").write_text(_task_toml(recipe.info), encoding="utf-8")
+    _write_csv(_leaderboard(recipe, test[[ID_COLUMN, target]], sample), dest / LEADERBOARD_FILE)
     return dest
+
+
+def _leaderboard(recipe: _Recipe, answers: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
+    """A small made-up leaderboard, best first, so `mlmaster grade` shows medals: teams from
+    `leaderboard_best` down to the sample submission's score, most of them near the top."""
+    from mlmaster_daemon.tasks.metrics import score
+
+    info = recipe.info
+    baseline = score(info.metric, answers, sample, ID_COLUMN, info.target)
+    steps = (np.arange(LEADERBOARD_TEAMS) / (LEADERBOARD_TEAMS - 1)) ** 2
+    scores = recipe.leaderboard_best + (baseline - recipe.leaderboard_best) * steps
+    return pd.DataFrame({"teamName": [f"team {n + 1}" for n in range(LEADERBOARD_TEAMS)],
+                         "score": scores.round(5)})
 
 
 def _make_messy(features: pd.DataFrame, band_source: str, rng: np.random.Generator) -> pd.DataFrame:
