@@ -205,7 +205,8 @@ def _refusals(shape: Shape) -> dict[str, Any]:
             {shape.id_column: {f[shape.id_column].iloc[0]: "not-an-id"}})
     if shape.cid in ("leaf-classification", "spooky-author-identification",
                      "plant-pathology-2020-fgvc7", "jigsaw-toxic-comment-classification-challenge"):
-        cases["an_extra_column"] = lambda f: f.assign(extra=0.5)
+        cases["an_extra_column"] = lambda f: pd.concat(
+            [f, pd.DataFrame({"extra": [0.5] * len(f)})], axis=1)
     if kind == "one_hot":
         cases["a_row_summing_to_1_00002"] = lambda f: f.assign(
             **{target: f[target] + np.where(np.arange(len(f)) == 0, 2e-5, 0.0)})

@@ -88,7 +88,7 @@ def test_paddy_blank_labels_count_as_wrong(tmp_path: Path) -> None:
     _graded(built, path, (len(answer) - 6) / len(answer), "missing value")
 
 
-def test_text_normalization_compares_exact_text(tmp_path: Path) -> None:
+def test_text_normalization_compares_exact_text_in_both_checks(tmp_path: Path) -> None:
     built = build(tmp_path, BY_ID["text-normalization-challenge-english-language"])
     answer = perfect(built)
     texts = answer["after"].astype(str)
@@ -98,7 +98,18 @@ def test_text_normalization_compares_exact_text(tmp_path: Path) -> None:
     path = write_submission(tmp_path, built, answer, "one-point-zero")
     want = expected(built.shape, built.truth, answer)
     assert want == pytest.approx(1 - len(ones) / len(answer), abs=TOLERANCE)
-    _graded(built, path, want, "strict check")
+    assert grade_like_mlebench(built.spec, path) == pytest.approx(want, abs=TOLERANCE)
+    assert grade(built.spec, path) == pytest.approx(want, abs=TOLERANCE)
+
+
+def test_words_pandas_reads_as_missing_are_labels_to_the_strict_check(tmp_path: Path) -> None:
+    # text-normalization's answers hold "None" and "NA": a perfect file is valid and right
+    built = build(tmp_path, BY_ID["text-normalization-challenge-english-language"])
+    assert {"None", "NA"} <= set(built.truth["after"])
+    path = write_submission(tmp_path, built, perfect(built), "perfect")
+    assert validate_submission(built.spec, path) is None
+    assert grade(built.spec, path) == 1.0 == grade_like_mlebench(built.spec, path)
+    assert _disagreements(grade_report(built.spec, path)) == []
 
 
 def test_the_new_york_taxi_key_is_not_checked_rows_pair_in_key_order(tmp_path: Path) -> None:

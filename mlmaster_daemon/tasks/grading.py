@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlmaster_daemon import untrusted
 from mlmaster_daemon.errors import GradingError
@@ -64,10 +64,18 @@ def answers_path(spec: TaskSpec) -> Path:
     )
 
 
-def read_table(path: Path, max_bytes: int) -> pd.DataFrame:
-    """The CSV at `path` as mle-bench reads it (`float_precision="round_trip"`), refused when
-    it is a link, not a regular file, or over `max_bytes`. Raises `GradingError`."""
+def read_table(path: Path, max_bytes: int, *, strict: bool = False) -> pd.DataFrame:
+    """The CSV at `path` as mle-bench reads it (`float_precision="round_trip"`; `strict`: only
+    empty cells are missing, as the strict check reads), refused when it is a link, not a
+    regular file, or over `max_bytes`. Raises `GradingError`."""
     import pandas as pd
+
+    from mlmaster_daemon.tasks.validation import ONLY_BLANKS_MISSING
+
+    options: dict[str, Any] = dict(ONLY_BLANKS_MISSING) if strict else {}
+    if int(pd.__version__.split(".")[0]) < 3:
+        # pandas 3 parses floats exactly by default and deprecates the option.
+        options["float_precision"] = "round_trip"
 
     try:
         with untrusted.open_file(path.parent, path.name) as handle:
@@ -75,10 +83,8 @@ def read_table(path: Path, max_bytes: int) -> pd.DataFrame:
             if size > max_bytes:
                 raise GradingError(f"{path} is {size / 2**20:.1f} MiB, more than the "
                                    f"{max_bytes / 2**20:.1f} MiB a table for this task may hold")
-            if int(pd.__version__.split(".")[0]) >= 3:
-                # pandas 3 parses floats exactly by default and deprecates the option.
-                return pd.read_csv(handle)
-            return pd.read_csv(handle, float_precision="round_trip")
+            frame: pd.DataFrame = pd.read_csv(handle, **options)
+            return frame
     except GradingError:
         raise
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError,
@@ -86,11 +92,11 @@ def read_table(path: Path, max_bytes: int) -> pd.DataFrame:
         raise GradingError(f"cannot read {path} as CSV: {exc}") from None
 
 
-def _answers(spec: TaskSpec) -> pd.DataFrame:
+def _answers(spec: TaskSpec, *, strict: bool = False) -> pd.DataFrame:
     from mlmaster_daemon.tasks.validation import submission_size_limit
 
     limit = max(MIN_ANSWERS_LIMIT, ANSWERS_SIZE_FACTOR * submission_size_limit(spec))
-    return read_table(answers_path(spec), limit)
+    return read_table(answers_path(spec), limit, strict=strict)
 
 
 def grade(spec: TaskSpec, submission_path: Path) -> float:
@@ -106,8 +112,8 @@ def grade(spec: TaskSpec, submission_path: Path) -> float:
     problem = validate_submission(spec, submission_path)
     if problem is not None:
         raise GradingError(problem)
-    answers = _answers(spec)
-    submission = read_table(submission_path, submission_size_limit(spec))
+    answers = _answers(spec, strict=True)
+    submission = read_table(submission_path, submission_size_limit(spec), strict=True)
     columns = spec.scored_columns
     target = columns if len(columns) > 1 else spec.target
     return score(spec.metric, answers, submission, spec.id_column, target, k=spec.map_k)

@@ -1,13 +1,13 @@
 """Score a submission against answers with one of the supported metrics, as MLE-bench grades.
 
-Labels and ids are compared in a normalised text form (see `normalise_label`), so that
-`1`, `1.0` and `"1"` are the same label whichever way a CSV reader typed them. scikit-learn
+Ids, and labels whose answers are numbers or booleans, are compared in a normalised text form
+(`labels.normalise_label`), so that `1`, `1.0`, `"1"` and `True` are the same label whichever
+way a CSV reader typed them; text answers are compared as exact text. scikit-learn
 is imported only by the metrics that use it, when they are first scored.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -16,55 +16,21 @@ import numpy.typing as npt
 import pandas as pd
 
 from mlmaster_daemon.errors import GradingError
+from mlmaster_daemon.tasks.labels import normalise_label, normalise_labels, sort_labels, text_label
 from mlmaster_daemon.tasks.spec import Metric
+
+__all__ = ["PROBABILITY_EPS", "ROW_SUM_ATOL", "ROW_SUM_RTOL", "normalise_label",
+           "normalise_labels", "score", "sort_labels"]
 
 # scikit-learn >= 1.5 (which MLE-bench pins) clips log-loss probabilities at float64's epsilon.
 PROBABILITY_EPS = float(np.finfo(np.float64).eps)
 # MLE-bench refuses class probabilities whose row sum is not 1 within np.isclose's tolerance.
 ROW_SUM_ATOL = 1e-6
 ROW_SUM_RTOL = 1e-5
-_TRUE_TEXT = ("True", "TRUE", "true")
-_FALSE_TEXT = ("False", "FALSE", "false")
 _EXAMPLES_SHOWN = 5
 _F1_METRICS = (Metric.F1, Metric.F1_MICRO, Metric.F1_MACRO)
 
 FloatArray = npt.NDArray[np.float64]
-
-
-def normalise_label(value: Any) -> str:
-    """Canonical text of a label or id.
-
-    Whole numbers (int, float or numeric text) become integer text (`1.0` -> `"1"`), other
-    numbers their shortest float text, booleans and the texts pandas reads as booleans
-    (`True`, `true`, `TRUE`, ...) `"1"`/`"0"` (True == 1 in scikit-learn's comparisons), other
-    text is stripped. Missing values become `""`.
-    """
-    if isinstance(value, str):
-        return _text_label(value.strip())
-    if isinstance(value, bool | np.bool_):
-        return "1" if value else "0"
-    # exact for integers beyond 2**53, where a float round trip would merge distinct ids
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    if value is None or (np.ndim(value) == 0 and bool(pd.isna(value))):
-        return ""
-    if isinstance(value, float | np.floating):
-        return _number_text(float(value))
-    return str(value).strip()
-
-
-def normalise_labels(values: Iterable[Any]) -> list[str]:
-    """`normalise_label` applied to each value."""
-    return [normalise_label(value) for value in values]
-
-
-def sort_labels(labels: Iterable[str]) -> list[str]:
-    """Unique labels sorted numerically when all are numbers, else as text."""
-    unique = set(labels)
-    try:
-        return sorted(unique, key=float)
-    except ValueError:
-        return sorted(unique)
 
 
 def score(
@@ -136,10 +102,11 @@ def _score_column(
     y_true = normalise_labels(answers[target])
     if "" in y_true:
         raise GradingError(f"the answers have missing values in {target!r}")
-    if metric is Metric.ACCURACY:
-        return _accuracy(y_true, _labels(aligned, target))
-    if metric in _F1_METRICS:
-        return _f1(metric, y_true, _labels(aligned, target), target)
+    if metric is Metric.ACCURACY or metric in _F1_METRICS:
+        labels, guesses = _class_labels(answers[target], aligned, target, y_true)
+        if metric is Metric.ACCURACY:
+            return _accuracy(labels, guesses)
+        return _f1(metric, labels, guesses, target)
     if metric is Metric.MAP_AT_K:
         return _map_at_k(answers[target], _labels_column(aligned, target), k)
     if metric is Metric.ROC_AUC:
@@ -155,28 +122,6 @@ def _score_column(
     if metric is Metric.RMSE:
         return float(np.sqrt(np.mean((predicted - truth) ** 2)))
     return float(np.mean(np.abs(predicted - truth)))
-
-
-def _text_label(text: str) -> str:
-    if text in _TRUE_TEXT or text in _FALSE_TEXT:
-        return "1" if text in _TRUE_TEXT else "0"
-    try:
-        return str(int(text))
-    except ValueError:
-        pass
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    return _number_text(number)
-
-
-def _number_text(number: float) -> str:
-    if not math.isfinite(number):
-        return repr(number)
-    if number.is_integer():
-        return str(int(number))
-    return repr(number)
 
 
 def _align(answers: pd.DataFrame, submission: pd.DataFrame, id_column: str) -> pd.DataFrame:
@@ -247,6 +192,15 @@ def _labels(frame: pd.DataFrame, column: str) -> list[str]:
     return predicted
 
 
+def _class_labels(truth: pd.Series, aligned: pd.DataFrame, target: str,
+                  normalised: list[str]) -> tuple[list[str], list[str]]:
+    """Labels to compare: numbers and booleans in normalised form (`1 == 1.0 == True`), text
+    answers as exact text, as scikit-learn compares what pandas read ("007" is not "7")."""
+    if pd.api.types.is_numeric_dtype(truth) or pd.api.types.is_bool_dtype(truth):
+        return normalised, _labels(aligned, target)
+    return [str(v) for v in truth.tolist()], [str(v) for v in _labels_column(aligned, target)]
+
+
 def _accuracy(y_true: list[str], predicted: list[str]) -> float:
     return float(np.mean(np.asarray(y_true) == np.asarray(predicted)))
 
@@ -282,7 +236,7 @@ def _f1(metric: Metric, y_true: list[str], predicted: list[str], target: str) ->
 def _tokens(value: Any) -> list[str]:
     """The space-separated labels in one cell, each normalised."""
     if isinstance(value, str):
-        return [_text_label(token) for token in value.split()]
+        return [text_label(token) for token in value.split()]
     return [normalise_label(value)]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,9 @@ _EXAMPLES_SHOWN = 3
 MIB = 1024 * 1024
 MIN_SUBMISSION_LIMIT = 64 * MIB
 SUBMISSION_SIZE_FACTOR = 20
+# Only an empty cell is a missing value: "None", "NA" or "null" are words a label may be
+# (text-normalization's answers hold them), never a prediction left out.
+ONLY_BLANKS_MISSING: dict[str, Any] = {"keep_default_na": False, "na_values": [""]}
 _READ_ERRORS = (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError)
 
 
@@ -54,7 +57,7 @@ def validate_submission_file(spec: TaskSpec, handle: BinaryIO | None, shown: Pat
     the messages, and a file over `max_bytes` is refused without being parsed."""
     sample_path = spec.public_dir / spec.sample_submission_file
     try:
-        sample = pd.read_csv(sample_path)
+        sample = pd.read_csv(sample_path, **ONLY_BLANKS_MISSING)
     except (OSError, *_READ_ERRORS) as exc:
         raise InvalidTaskDir(f"cannot read the sample submission {sample_path}: {exc}") from exc
     expected = (
@@ -70,7 +73,7 @@ def validate_submission_file(spec: TaskSpec, handle: BinaryIO | None, shown: Pat
         return (f"The submission at {shown} is {size / MIB:.1f} MiB, too large to be a "
                 f"prediction for this test set (at most {max_bytes / MIB:.1f} MiB). {expected}")
     try:
-        submission = pd.read_csv(handle)
+        submission = pd.read_csv(handle, **ONLY_BLANKS_MISSING)
     except (OSError, *_READ_ERRORS) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return (
