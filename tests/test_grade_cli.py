@@ -155,6 +155,21 @@ def test_the_bundled_examples_ship_a_leaderboard_so_grade_shows_medals(
     assert sample["any_medal"] is False and sample["above_median"] is False
 
 
+def test_grade_gives_mlebench_score_and_notes_where_the_strict_check_differs(
+        tmp_path: Path) -> None:
+    from test_mlebench_conformance import BY_ID, build, expected, perfect, write_submission
+
+    built = build(tmp_path, BY_ID["nomad2018-predict-transparent-conductors"])
+    path = write_submission(tmp_path, built, perfect(built), "reversed", shuffle=False)
+    rows = pd.read_csv(path).iloc[::-1]
+    rows.to_csv(path, index=False)
+    paired = rows[list(built.shape.targets)].reset_index(drop=True)
+    result = _cli("grade", built.spec.root, path)
+    assert _report(result)["score"] == round(expected(built.shape, built.truth, paired), 5)
+    assert "mlmaster: note: mle-bench scores this file" in result.stderr
+    assert "the strict check (rows matched by id" in result.stderr
+
+
 # The daemon's tasks: mlmaster grade TASK_ID, mlmaster report
 
 

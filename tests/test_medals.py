@@ -415,3 +415,10 @@ def test_lite_split_is_the_22_competitions_of_mlebench_lite() -> None:
     assert in_split("spooky-author-identification", "lite")
     assert not in_split("spaceship-titanic", "lite")
     assert in_split("spaceship-titanic", None)
+
+
+def test_a_leaderboard_that_is_a_link_is_never_followed(tmp_path: Path) -> None:
+    elsewhere = _csv(tmp_path / "elsewhere.csv", "score", ["1", "0"])
+    (tmp_path / "leaderboard.csv").symlink_to(elsewhere)
+    with pytest.raises(LeaderboardError, match="symbolic link"):
+        read_leaderboard(tmp_path / "leaderboard.csv")

@@ -205,3 +205,13 @@ def test_a_known_competition_without_a_reproduced_grader_says_so(tmp_path: Path)
     report = grade_report(spec, sample)
     assert report.score == 10.0
     assert any("is not reproduced here" in note for note in _disagreements(report))
+
+
+@pytest.mark.parametrize("competition", ["plant-pathology-2020-fgvc7", "playground-series-s3e18"])
+def test_column_wise_auc_graders_without_a_range_check_score_a_probability_above_1(
+        tmp_path: Path, competition: str) -> None:
+    built = build(tmp_path, BY_ID[competition])
+    guess = noisy(built)
+    guess.iloc[0, 0] = 1.5
+    path = write_submission(tmp_path, built, guess, "above-1")
+    _graded(built, path, expected(built.shape, built.truth, guess), "probabilities in [0, 1]")

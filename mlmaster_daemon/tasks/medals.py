@@ -7,15 +7,18 @@ are ignored). Pure Python: the daemon and the CLI read it without loading pandas
 from __future__ import annotations
 
 import csv
+import io
 import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlmaster_daemon import untrusted
 from mlmaster_daemon.errors import MlmasterError
 
 LEADERBOARD_FILE = "leaderboard.csv"
+MAX_LEADERBOARD_BYTES = 64 * 1024 * 1024
 SCORE_COLUMN = "score"
 
 
@@ -123,7 +126,9 @@ def read_leaderboard(path: Path) -> list[float]:
     """The `score` column of the leaderboard at `path`, in file order (best first); blank
     scores read as NaN. Raises `LeaderboardError` when it cannot be read or is empty."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        # Bounded, and never through a link: a leaderboard is a few thousand short rows.
+        data = untrusted.read_bounded(path.parent, path.name, MAX_LEADERBOARD_BYTES)
+        with io.StringIO(data.decode("utf-8-sig"), newline="") as handle:
             reader = csv.DictReader(handle)
             if reader.fieldnames is None or SCORE_COLUMN not in reader.fieldnames:
                 columns = ", ".join(reader.fieldnames or []) or "none"
