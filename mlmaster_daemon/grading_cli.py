@@ -114,10 +114,10 @@ def report(args: argparse.Namespace) -> int:
             raise
         if not in_split(competition_id(spec), args.split):
             continue
-        report = _grade_daemon_task(task, spec, _best_submission(task),
+        graded = _grade_daemon_task(task, spec, _best_submission(task),
                                     _board_in(boards, competition_id(spec)))
-        _print_notes(report, f"task {task['id']} ({competition_id(spec)}): ")
-        reports.append(report)
+        _print_notes(graded, f"task {task['id']} ({competition_id(spec)}): ")
+        reports.append(graded)
     summary = aggregate(reports)
     path = write_aggregate(summary, Path(args.output_dir).expanduser())
     _print(json.dumps(summary, indent=2))
@@ -127,22 +127,25 @@ def report(args: argparse.Namespace) -> int:
 
 def competitions(args: argparse.Namespace) -> int:
     """`mlmaster competitions`: the registry, one competition a line."""
-    from mlmaster_daemon.tasks.registry import MLEBENCH_COMMIT, competitions, split_ids
+    from mlmaster_daemon.tasks import registry
 
-    chosen = set(split_ids(args.split)) if args.split else None
+    chosen = set(registry.split_ids(args.split)) if args.split else None
     rows = []
-    for known in sorted(competitions().values(), key=lambda c: (c.split == "dev", c.id)):
+    for known in sorted(registry.competitions().values(),
+                        key=lambda c: (c.split == "dev", c.id)):
         if chosen is not None and known.id not in chosen:
             continue
         split = "lite" if known.split == "lite" else ("full" if known.in_full else "dev")
         rows.append({"id": known.id, "metric": known.scoring,
+                     "project_metric": known.metric.value if known.metric else None,
                      "lower_is_better": known.lower_is_better, "modality": known.modality,
                      "split": split, "runs_here": known.unsupported is None,
                      "note": known.unsupported or ""})
     if args.json:
         _print(json.dumps(rows, indent=2))
         return 0
-    _print(f"# MLE-bench competitions as at openai/mle-bench {MLEBENCH_COMMIT[:7]}; split lite "
+    _print(f"# MLE-bench competitions as at openai/mle-bench {registry.MLEBENCH_COMMIT[:7]}; "
+           "split lite "
            "is also in full; * = cannot run here yet")
     for row in rows:
         mark = " " if row["runs_here"] else "*"
