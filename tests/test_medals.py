@@ -323,8 +323,8 @@ def test_without_a_leaderboard_the_score_is_reported_with_null_medals_and_a_note
     assert list(fields) == REPORT_FIELDS
     assert all(fields[key] is None for key in (
         "gold_threshold", "silver_threshold", "bronze_threshold", "median_threshold",
-        "any_medal", "gold_medal", "silver_medal", "bronze_medal", "above_median",
-        "is_lower_better"))
+        "any_medal", "gold_medal", "silver_medal", "bronze_medal", "above_median"))
+    assert fields["is_lower_better"] is False, "the metric's direction (accuracy)"
     assert any("leaderboard.csv" in note and "medals are null" in note for note in report.notes)
     assert aggregate([report])["total_medals"] == 0
 

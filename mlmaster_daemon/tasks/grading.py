@@ -169,7 +169,7 @@ def grade_report(spec: TaskSpec, submission_path: Path | None, *,
     return CompetitionReport.ranked(
         competition_id(spec), score, board, submission_exists=exists,
         submission_path="" if submission_path is None else str(submission_path),
-        notes=tuple(notes),
+        notes=tuple(notes), lower_is_better=spec.lower_is_better,
     )
 
 

@@ -51,10 +51,11 @@ class CompetitionReport:
     @classmethod
     def ranked(cls, competition_id: str, score: float | None, board: Thresholds | None, *,
                submission_exists: bool, submission_path: str,
-               created_at: datetime | None = None,
-               notes: tuple[str, ...] = ()) -> CompetitionReport:
+               created_at: datetime | None = None, notes: tuple[str, ...] = (),
+               lower_is_better: bool | None = None) -> CompetitionReport:
         """The report of `score` (None: no valid submission) on a leaderboard's thresholds
-        (None: no leaderboard, so no medals either).
+        (None: no leaderboard, so no medals either; the direction is then `lower_is_better`,
+        the metric's).
 
         The score is rounded to 5 decimals before it is ranked, as MLE-bench does.
         """
@@ -75,7 +76,7 @@ class CompetitionReport:
             above_median=None if medals is None else medals.above_median,
             submission_exists=submission_exists,
             valid_submission=score is not None,
-            is_lower_better=None if board is None else board.lower_is_better,
+            is_lower_better=lower_is_better if board is None else board.lower_is_better,
             # Local time without a zone, like MLE-bench's reports.
             created_at=created_at or datetime.now(),
             submission_path=submission_path,
