@@ -280,3 +280,42 @@ def test_every_registered_competition_loads_or_says_why_it_cannot_run(
     spec = load_task(root)
     assert (spec.metric, spec.id_column) == (known.metric, known.id_column)
     assert spec.scored_columns == known.targets and spec.competition_id == competition
+
+
+def test_a_huge_table_in_an_archive_is_previewed_from_its_first_bytes_only(
+        tmp_path: Path) -> None:
+    import zipfile
+
+    from mlmaster_daemon.tasks import archives
+
+    root = prepare(tmp_path, "movie-review-sentiment-analysis-kernels-only", {
+        "sampleSubmission.csv": "PhraseId,Sentiment\n3,2\n",
+    })
+    public = root / "prepared" / "public"
+    # 200 MB of rows compress to well under 1 MB: only a bounded head is ever decompressed
+    with zipfile.ZipFile(public / "train.tsv.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("train.tsv", "w") as member:
+            member.write(b"PhraseId\tSentiment\n")
+            row = b"1\t2\n" * 250_000
+            for _ in range(200):
+                member.write(row)
+    _zip(public / "test.tsv.zip", "test.tsv", "PhraseId\tPhrase\n3\tgood\n")
+    assert len(archives.read_head(public, "train.tsv.zip", 1000)) == 1001
+    preview = data_preview(load_task(root))
+    assert "train.tsv.zip: 50000000 rows x 2 columns (statistics from the first 20000 rows)" \
+        in preview
+
+
+def test_an_archive_holding_several_tables_says_which_it_wanted(tmp_path: Path) -> None:
+    import zipfile
+
+    root = prepare(tmp_path, "movie-review-sentiment-analysis-kernels-only", {
+        "sampleSubmission.csv": "PhraseId,Sentiment\n3,2\n",
+    })
+    public = root / "prepared" / "public"
+    with zipfile.ZipFile(public / "train.tsv.zip", "w") as archive:
+        archive.writestr("a.tsv", "x\n1\n")
+        archive.writestr("b.tsv", "x\n1\n")
+    _zip(public / "test.tsv.zip", "test.tsv", "PhraseId\tPhrase\n3\tgood\n")
+    with pytest.raises(InvalidTaskDir, match=r"holds 2 tables, not one named train\.tsv"):
+        load_task(root)
