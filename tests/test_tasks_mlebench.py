@@ -319,3 +319,17 @@ def test_an_archive_holding_several_tables_says_which_it_wanted(tmp_path: Path) 
     _zip(public / "test.tsv.zip", "test.tsv", "PhraseId\tPhrase\n3\tgood\n")
     with pytest.raises(InvalidTaskDir, match=r"holds 2 tables, not one named train\.tsv"):
         load_task(root)
+
+
+def test_the_profile_counts_the_rows_and_features_of_a_zipped_table(tmp_path: Path) -> None:
+    from mlmaster_daemon.tasks.profile import task_profile
+
+    root = prepare(tmp_path, "movie-review-sentiment-analysis-kernels-only", {
+        "sampleSubmission.csv": "PhraseId,Sentiment\n3,2\n",
+    })
+    public = root / "prepared" / "public"
+    _zip(public / "train.tsv.zip", "train.tsv",
+         "PhraseId\tSentenceId\tPhrase\tSentiment\n1\t1\ta fine film\t3\n2\t1\tfine\t2\n")
+    _zip(public / "test.tsv.zip", "test.tsv", "PhraseId\tSentenceId\tPhrase\n3\t1\tgood\n")
+    profile = task_profile(load_task(root))
+    assert (profile.modality, profile.n_rows, profile.n_features) == ("text", 2, 2)
