@@ -217,6 +217,15 @@ def test_roc_auc_on_several_columns_is_the_mean_of_column_aucs() -> None:
     assert result == pytest.approx(0.875)
 
 
+def test_column_wise_roc_auc_leaves_out_rows_whose_answers_are_all_minus_1() -> None:
+    # jigsaw's unscored test rows; without id 5 the columns score 0.75 and 1.0 as above
+    answers = frame(id=[1, 2, 3, 4, 5], toxic=[0, 0, 1, 1, -1], insult=[1, 0, 0, 1, -1])
+    submission = frame(id=[1, 2, 3, 4, 5], toxic=[0.1, 0.4, 0.35, 0.8, 0.9],
+                       insult=[0.9, 0.2, 0.3, 0.6, 0.0])
+    result = score(Metric.ROC_AUC, answers, submission, "id", ("toxic", "insult"))
+    assert result == pytest.approx(0.875)
+
+
 def test_column_wise_roc_auc_needs_every_column_in_the_submission() -> None:
     answers = frame(id=[1, 2], toxic=[0, 1], insult=[1, 0])
     submission = frame(id=[1, 2], toxic=[0.1, 0.9])

@@ -215,3 +215,14 @@ def test_column_wise_auc_graders_without_a_range_check_score_a_probability_above
     guess.iloc[0, 0] = 1.5
     path = write_submission(tmp_path, built, guess, "above-1")
     _graded(built, path, expected(built.shape, built.truth, guess), "probabilities in [0, 1]")
+
+
+def test_jigsaw_rows_of_minus_1_are_left_out_by_the_strict_check_too(tmp_path: Path) -> None:
+    built = build(tmp_path, BY_ID["jigsaw-toxic-comment-classification-challenge"])
+    assert (built.truth == -1).all(axis=1).any(), "the answers hold unscored rows"
+    guess = noisy(built)
+    path = write_submission(tmp_path, built, guess, "noisy")
+    want = expected(built.shape, built.truth, guess)
+    assert validate_submission(built.spec, path) is None
+    assert grade(built.spec, path) == pytest.approx(want, abs=TOLERANCE)
+    assert _disagreements(grade_report(built.spec, path)) == []

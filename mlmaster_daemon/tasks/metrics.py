@@ -47,7 +47,8 @@ def score(
     Rows are matched by id, in any order. `target` names the scored column, or several: with
     several, log_loss reads them as one-hot class columns (answers 0/1 with a single 1 per row,
     the submission a probability per column) and every other metric is the mean of its score
-    on each column (e.g. mean column-wise ROC AUC or RMSLE).
+    on each column (e.g. mean column-wise ROC AUC, leaving out rows whose answers are all -1,
+    or RMSLE).
 
     On one column: for roc_auc, binary log_loss and f1 the positive class is the largest
     answer label (numeric order when labels are numbers, else text order). A roc_auc or
@@ -74,11 +75,25 @@ def score(
         return _score_column(metric, answers, aligned, id_column, columns[0], k, lone=True)
     if metric is Metric.LOG_LOSS:
         return _one_hot_log_loss(answers, aligned, id_column, columns)
+    if metric is Metric.ROC_AUC:
+        answers, aligned = _scored_rows(answers, aligned, columns)
     per_column = [
         _score_column(metric, answers, aligned, id_column, column, k, lone=False)
         for column in columns
     ]
     return float(np.mean(per_column))
+
+
+def _scored_rows(answers: pd.DataFrame, aligned: pd.DataFrame,
+                 columns: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Without the rows whose answers are -1 in every column: Kaggle's mark for test rows that
+    are not scored (jigsaw's test labels), which MLE-bench drops too."""
+    values = answers[list(columns)].apply(pd.to_numeric, errors="coerce")
+    unscored = (values == -1).all(axis=1).to_numpy()
+    if not unscored.any():
+        return answers, aligned
+    keep = ~unscored
+    return (answers[keep].reset_index(drop=True), aligned[keep].reset_index(drop=True))
 
 
 def _target_columns(target: str | Sequence[str]) -> tuple[str, ...]:
