@@ -252,10 +252,21 @@ def test_an_archive_that_is_a_link_out_of_the_folder_is_never_read(tmp_path: Pat
     public = root / "prepared" / "public"
     (public / "train.tsv.zip").symlink_to(secret)
     _zip(public / "test.tsv.zip", "test.tsv", "PhraseId\tPhrase\n3\tgood\n")
-    with pytest.raises(InvalidTaskDir, match=r"symbolic link.*replace it with a regular file"
+    with pytest.raises(InvalidTaskDir, match=r"symbolic link leading out of .*copy the archive"
                        ) as caught:
         load_task(root)
     assert "hunter2" not in caught.value.message
+
+
+def test_an_archive_linked_within_the_public_folder_is_read(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "movie-review-sentiment-analysis-kernels-only", {
+        "sampleSubmission.csv": "PhraseId,Sentiment\n3,2\n",
+    })
+    public = root / "prepared" / "public"
+    _zip(public / "raw" / "train.tsv.zip", "train.tsv", "PhraseId\tSentiment\n1\t2\n")
+    (public / "train.tsv.zip").symlink_to(Path("raw") / "train.tsv.zip")
+    _zip(public / "test.tsv.zip", "test.tsv", "PhraseId\tPhrase\n3\tgood\n")
+    assert "train.tsv.zip: 1 rows x 2 columns" in data_preview(load_task(root))
 
 
 @pytest.mark.parametrize("competition", sorted(competitions()), ids=str)

@@ -2,9 +2,9 @@
 (`en_train.csv.zip`, `train.tsv.zip`, `train_labels.csv.zip`): their header, first bytes and
 row count, read without extracting anything.
 
-The archive is opened below the public folder without following any link (`untrusted`), and
-only a bounded number of decompressed bytes is ever held, so a zip bomb or a link to a host file
-costs nothing. The scripts get the archives themselves, under input/.
+An archive is opened below the public folder, never through a link leading out of it
+(`untrusted`), and only a bounded number of decompressed bytes is ever held, so a zip bomb or a
+link to a host file costs nothing. The scripts get the archives themselves, under input/.
 """
 
 from __future__ import annotations
@@ -48,21 +48,37 @@ def open_table(folder: Path, name: str) -> Iterator[IO[bytes]]:
     """The table `folder/name` as a binary stream: the file itself, or the table inside the
     zip archive (the member named like the archive without `.zip`, else its only table).
 
-    Raises `InvalidTaskDir` when it is a link, not a regular file, or an archive without
-    a table; FileNotFoundError when it is absent."""
+    A plain table is opened as the task folder's checks allowed it (a link the submitter may
+    read included). An archive is opened only where it lies inside `folder`, through no link
+    that leads out of it. Raises `InvalidTaskDir` when it cannot be read so, is not a regular
+    file, or is an archive without its table; FileNotFoundError when it is absent."""
     try:
-        with untrusted.open_file(folder, name) as handle:
-            if not is_archive(name):
-                yield handle
-                return
-            with zipfile.ZipFile(handle) as archive, archive.open(_member(archive, name)) as inner:
-                yield inner
+        if not is_archive(name):
+            with (folder / name).open("rb") as plain:
+                yield plain
+            return
+        with _open_in_place(folder, name) as handle, zipfile.ZipFile(handle) as archive, \
+                archive.open(_member(archive, name)) as inner:
+            yield inner
     except untrusted.UnsafeFile as exc:
         raise InvalidTaskDir(f"{folder / name} cannot be read safely ({exc.strerror}); "
                              "replace it with a regular file") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as exc:
         raise InvalidTaskDir(f"{folder / name} is not a readable zip archive ({exc}); "
                              "prepare the competition again") from None
+
+
+@contextmanager
+def _open_in_place(folder: Path, name: str) -> Iterator[IO[bytes]]:
+    """`folder/name` opened below `folder` itself: a link inside the folder is followed, one
+    that leads out of it is refused, and nothing on the way may change into a link."""
+    base = folder.resolve()
+    target = (folder / name).resolve()
+    if not target.is_relative_to(base) or target == base:
+        raise InvalidTaskDir(f"{folder / name} is a symbolic link leading out of {folder} "
+                             f"(to {target}); copy the archive into the folder instead")
+    with untrusted.open_file(base, target.relative_to(base)) as handle:
+        yield handle
 
 
 def _member(archive: zipfile.ZipFile, name: str) -> str:

@@ -3,6 +3,7 @@ the profile that L3 lessons are matched by. Blocking (pandas, file reads): run i
 
 from __future__ import annotations
 
+from mlmaster_daemon.errors import InvalidTaskDir
 from mlmaster_daemon.search.hcc import TaskProfile
 from mlmaster_daemon.tasks import archives, registry
 from mlmaster_daemon.tasks.competition import table_header
@@ -22,8 +23,12 @@ def task_profile(spec: TaskSpec) -> TaskProfile:
     modality = known.modality if known is not None else "tabular"
     rows = features = 0
     if archives.is_table(spec.train_file):
-        columns = table_header(spec.public_dir, spec.train_file)
-        rows = archives.count_rows(spec.public_dir, spec.train_file)
+        try:
+            columns = table_header(spec.public_dir, spec.train_file)
+            rows = archives.count_rows(spec.public_dir, spec.train_file)
+        except (OSError, InvalidTaskDir):
+            # A profile only ranks lessons: a table that cannot be read counts as empty.
+            columns, rows = [], 0
         features = len([c for c in columns if c not in (spec.target, spec.id_column)])
     return TaskProfile.build(modality, spec.metric.value, not spec.metric.is_regression,
                              rows, features)
