@@ -226,3 +226,13 @@ def test_jigsaw_rows_of_minus_1_are_left_out_by_the_strict_check_too(tmp_path: P
     assert validate_submission(built.spec, path) is None
     assert grade(built.spec, path) == pytest.approx(want, abs=TOLERANCE)
     assert _disagreements(grade_report(built.spec, path)) == []
+
+
+def test_a_submission_that_is_a_link_is_not_followed(tmp_path: Path) -> None:
+    built = build(tmp_path, BY_ID["spaceship-titanic"])
+    real = write_submission(tmp_path, built, perfect(built), "real")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    report = grade_report(built.spec, link)
+    assert report.score is None and report.submission_exists
+    assert any("not a link" in note for note in _disagreements(report))

@@ -87,6 +87,9 @@ def read_table(path: Path, max_bytes: int, *, strict: bool = False) -> pd.DataFr
             return frame
     except GradingError:
         raise
+    except untrusted.UnsafeFile as exc:
+        raise GradingError(f"{path} cannot be read safely ({exc.strerror}): grade the file "
+                           "itself, not a link to it") from None
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError,
             pd.errors.EmptyDataError) as exc:
         raise GradingError(f"cannot read {path} as CSV: {exc}") from None
