@@ -64,10 +64,12 @@ def answers_path(spec: TaskSpec) -> Path:
     )
 
 
-def read_table(path: Path, max_bytes: int, *, strict: bool = False) -> pd.DataFrame:
+def read_table(path: Path, max_bytes: int, *, strict: bool = False,
+               follow_link: bool = False) -> pd.DataFrame:
     """The CSV at `path` as mle-bench reads it (`float_precision="round_trip"`; `strict`: only
-    empty cells are missing, as the strict check reads), refused when it is a link, not a
-    regular file, or over `max_bytes`. Raises `GradingError`."""
+    empty cells are missing, as the strict check reads), refused when it is over `max_bytes`,
+    not a regular file, or a link (unless `follow_link`: the operator's own answers may be
+    one). Raises `GradingError`."""
     import pandas as pd
 
     from mlmaster_daemon.tasks.validation import ONLY_BLANKS_MISSING
@@ -78,7 +80,8 @@ def read_table(path: Path, max_bytes: int, *, strict: bool = False) -> pd.DataFr
         options["float_precision"] = "round_trip"
 
     try:
-        with untrusted.open_file(path.parent, path.name) as handle:
+        opened = path.open("rb") if follow_link else untrusted.open_file(path.parent, path.name)
+        with opened as handle:
             size = os.fstat(handle.fileno()).st_size
             if size > max_bytes:
                 raise GradingError(f"{path} is {size / 2**20:.1f} MiB, more than the "
@@ -99,7 +102,7 @@ def _answers(spec: TaskSpec, *, strict: bool = False) -> pd.DataFrame:
     from mlmaster_daemon.tasks.validation import submission_size_limit
 
     limit = max(MIN_ANSWERS_LIMIT, ANSWERS_SIZE_FACTOR * submission_size_limit(spec))
-    return read_table(answers_path(spec), limit, strict=strict)
+    return read_table(answers_path(spec), limit, strict=strict, follow_link=True)
 
 
 def grade(spec: TaskSpec, submission_path: Path) -> float:
