@@ -3,9 +3,9 @@
 Accepts either the competition root (holding `prepared/public`, MLE-bench layout) or the
 public folder itself. Settings come from, lowest first: the entry of a known MLE-bench
 competition (tasks/data/mlebench.toml, by the folder's name), `task.toml` in the competition
-root, then the submit's overrides. Only CSV header lines are read here, so multi-GB folders
-load fast; training data that is not CSV (images, audio, JSON) is fine, the scripts see all of
-`public/`.
+root, then the submit's overrides. Only the header lines of CSV/TSV tables are read here (of
+a table kept in a zip archive too), so multi-GB folders load fast; training data that is not a
+table (images, audio, JSON) is fine, the scripts see all of `public/`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from mlmaster_daemon.tasks.spec import Metric, TaskOverrides, TaskSpec
 from mlmaster_daemon.tasks.task_toml import read_task_toml
 
 TRAIN_FILE = "train.csv"
-TASK_TOML = task_toml.TASK_TOML
 TEST_FILE = "test.csv"
+TASK_TOML = task_toml.TASK_TOML
 # Every name MLE-bench's prepared competitions use for the sample submission.
 SAMPLE_SUBMISSION_NAMES = (
     "sample_submission.csv",
