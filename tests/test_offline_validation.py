@@ -114,6 +114,26 @@ def test_nodes_with_different_seeds_and_models_score_on_the_task_folds(
         assert run.written()["fold_metrics"] == pytest.approx(scores)
 
 
+FOLD_ROUNDS = re.compile(r"^lightgbm fold \d/5: .*\(rounds (\d+),", re.MULTILINE)
+REFIT = re.compile(r"^refit: lightgbm on all (\d+) rows \(rounds (\d+),", re.MULTILINE)
+
+
+def test_a_small_task_predicts_the_test_rows_with_a_refit_on_every_row(
+    runs: dict[str, Run],
+) -> None:
+    small, large, holdout = runs["lightgbm"], runs["tiny_budget"], runs["holdout"]
+    _check_valid(small)
+    refit = REFIT.search(small.output)
+    assert refit is not None, small.output[-3000:]
+    rounds = [int(r) for r in FOLD_ROUNDS.findall(small.output)]
+    assert len(rounds) == 5
+    # Every labelled row, and the folds' mean best round count plus a tenth for the extra rows.
+    assert int(refit.group(1)) == 320
+    assert int(refit.group(2)) == max(1, int(np.mean(rounds) * 1.1))
+    # 16,000 rows: the fold models' average is kept; one split: nothing to average or refit.
+    assert "refit:" not in large.output and "refit:" not in holdout.output
+
+
 def test_a_plan_below_two_folds_is_one_80_20_split(runs: dict[str, Run]) -> None:
     run = runs["holdout"]
     _check_valid(run)

@@ -2,8 +2,9 @@
 
 `fit_member(member, X_fit, y_fit, X_val, y_val, native, stop_at)` returns a predict function
 and a report (what the fit did: rounds or trees, and why it stopped). LightGBM stops on its
-fold's validation rows after `patience` rounds without progress, and stops adding rounds at
-`stop_at`; forests and histogram boosting grow in steps and stop growing at `stop_at`.
+fold's validation rows after `patience` rounds without progress (with no validation rows, a
+refit, it runs its `rounds`), and stops adding rounds at `stop_at`; forests and histogram
+boosting grow in steps and stop growing at `stop_at`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ class RoundGuard:
         self.best, self.best_round, self.results, self.stopped = None, 0, None, "cap"
 
     def __call__(self, env):
+        if not env.evaluation_result_list:
+            # A refit on every row has no validation rows: only the deadline stops it.
+            self.best_round = env.iteration
+            if time.time() >= self.stop_at:
+                self.stopped = "time"
+                raise lgb.callback.EarlyStopException(self.best_round, [])
+            return
         _, _, value, higher_better = env.evaluation_result_list[0][:4]
         score = value if higher_better else -value
         if self.best is None or score > self.best:
@@ -38,8 +46,8 @@ def lightgbm_objective():
     if REGRESSION:
         return {"objective": "regression", "metric": "l1" if METRIC == "mae" else "l2"}
     if N_CLASSES == 2:
-        metric = "auc" if METRIC == "roc_auc" else "binary_logloss"
-        return {"objective": "binary", "metric": metric}
+        # Log loss also for AUC tasks: rounds chosen on it stop less by chance than on AUC.
+        return {"objective": "binary", "metric": "binary_logloss"}
     return {"objective": "multiclass", "num_class": N_CLASSES, "metric": "multi_logloss"}
 
 
@@ -47,10 +55,11 @@ def fit_lightgbm(member, X_fit, y_fit, X_val, y_val, native, stop_at):
     params = {**lightgbm_objective(), "num_threads": 1, "verbosity": -1, **member["params"]}
     fit_set = lgb.Dataset(X_fit, y_fit, weight=sample_weights(member, y_fit),
                           categorical_feature=native)
-    val_set = lgb.Dataset(X_val, y_val, reference=fit_set, categorical_feature=native)
+    valid = [] if X_val is None else [
+        lgb.Dataset(X_val, y_val, reference=fit_set, categorical_feature=native)]
     guard = RoundGuard(member["patience"], stop_at)
     booster = lgb.train(params, fit_set, num_boost_round=member["rounds"],
-                        valid_sets=[val_set], callbacks=[guard])
+                        valid_sets=valid, callbacks=[guard])
     rounds = guard.best_round + 1
 
     def predict(X_out):
