@@ -195,15 +195,16 @@ def test_plant_seedlings_counts_an_unknown_species_as_a_false_positive(tmp_path:
 def test_a_known_competition_without_a_reproduced_grader_says_so(tmp_path: Path) -> None:
     from mlmaster_daemon.tasks.competition import load_task
 
-    root = tmp_path / "petfinder-pawpularity-score"
+    # AI4Code's Kendall tau is no project metric; task.toml runs it with one anyway
+    root = tmp_path / "AI4Code"
     (root / "prepared" / "public").mkdir(parents=True)
     (root / "prepared" / "private").mkdir(parents=True)
+    (root / "task.toml").write_text('metric = "accuracy"\n')
     sample = root / "prepared" / "public" / "sample_submission.csv"
-    sample.write_text("Id,Pawpularity\na,50\nb,50\n")
-    (root / "prepared" / "private" / "test.csv").write_text("Id,Pawpularity\na,40\nb,60\n")
-    spec = load_task(root)
-    report = grade_report(spec, sample)
-    assert report.score == 10.0
+    sample.write_text("id,cell_order\na,x y\nb,y x\n")
+    (root / "prepared" / "private" / "test_orders.csv").write_text("id,cell_order\na,x y\nb,x y\n")
+    report = grade_report(load_task(root), sample)
+    assert report.score == 0.5
     assert any("is not reproduced here" in note for note in _disagreements(report))
 
 

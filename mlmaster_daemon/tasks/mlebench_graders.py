@@ -36,7 +36,9 @@ def grade(family: str, submission: pd.DataFrame, answers: pd.DataFrame, id_colum
           targets: Sequence[str]) -> float:
     """The score mle-bench's grader of `family` gives `submission` (columns as read by
     pandas), unrounded. Raises `GradingError` saying why where mle-bench refuses it."""
-    grader = GRADERS.get(family)
+    from mlmaster_daemon.tasks import mlebench_graders_full
+
+    grader = GRADERS.get(family) or mlebench_graders_full.GRADERS.get(family)
     if grader is None:
         raise ValueError(f"unknown mle-bench grader family {family!r}")
     for column in (id_column, *targets):
@@ -53,19 +55,19 @@ def grade(family: str, submission: pd.DataFrame, answers: pd.DataFrame, id_colum
             from None
 
 
-def _require(submission: pd.DataFrame, columns: Sequence[str]) -> None:
+def require(submission: pd.DataFrame, columns: Sequence[str]) -> None:
     missing = [c for c in columns if c not in submission.columns]
     if missing:
         raise GradingError(f"the submission has no column(s) {', '.join(map(repr, missing))}")
 
 
-def _same_length(submission: pd.DataFrame, answers: pd.DataFrame) -> None:
+def same_length(submission: pd.DataFrame, answers: pd.DataFrame) -> None:
     if len(submission) != len(answers):
         raise GradingError(f"the submission has {len(submission)} rows, the answers "
                            f"{len(answers)}")
 
 
-def _sorted_by_id(submission: pd.DataFrame, answers: pd.DataFrame,
+def sorted_by_id(submission: pd.DataFrame, answers: pd.DataFrame,
                   id_column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both sorted by id, refused unless the ids then agree row by row."""
     sub = submission.sort_values(id_column).reset_index(drop=True)
@@ -75,7 +77,7 @@ def _sorted_by_id(submission: pd.DataFrame, answers: pd.DataFrame,
     return sub, ans
 
 
-def _floats(values: Any, where: str) -> FloatArray:
+def floats(values: Any, where: str) -> FloatArray:
     """Finite floats, as scikit-learn's input check requires."""
     try:
         array = np.asarray(values, dtype=np.float64)
@@ -92,7 +94,7 @@ def _roc_auc(y_true: Any, y_score: Any, where: str) -> float:
     truth = np.asarray(y_true)
     if len(pd.unique(truth)) != 2:
         raise GradingError(f"ROC AUC of {where} needs both classes in the answers")
-    return float(roc_auc_score(truth, _floats(y_score, f"submission column {where!r}")))
+    return float(roc_auc_score(truth, floats(y_score, f"submission column {where!r}")))
 
 
 # --- families ------------------------------------------------------------------------------
@@ -104,8 +106,8 @@ def _auroc(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
     (ranzcr) are averaged."""
     scores = []
     for target in targets:
-        _require(sub, (id_column, target))
-        _same_length(sub, ans)
+        require(sub, (id_column, target))
+        same_length(sub, ans)
         try:
             numeric = pd.to_numeric(sub[target])
         except (ValueError, TypeError):
@@ -113,7 +115,7 @@ def _auroc(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
         if numeric.min() < 0 or numeric.max() > 1:
             raise GradingError(f"submission column {target!r} must hold probabilities in "
                                "[0, 1]")
-        s, a = _sorted_by_id(sub, ans, id_column)
+        s, a = sorted_by_id(sub, ans, id_column)
         scores.append(_roc_auc(a[target], s[target], target))
     return float(np.mean(scores))
 
@@ -121,16 +123,16 @@ def _auroc(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
 def _column_auc(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
                 targets: tuple[str, ...]) -> float:
     """playground-series-s3e18: macro ROC AUC over the columns, by id, no range check."""
-    _require(sub, (id_column, *targets))
-    _same_length(sub, ans)
-    s, a = _sorted_by_id(sub, ans, id_column)
+    require(sub, (id_column, *targets))
+    same_length(sub, ans)
+    s, a = sorted_by_id(sub, ans, id_column)
     return float(np.mean([_roc_auc(a[t], s[t], t) for t in targets]))
 
 
 def _column_auc_exact_columns(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
                               targets: tuple[str, ...]) -> float:
     """plant-pathology-2020-fgvc7: exactly the id and class columns, by id, no range check."""
-    _same_length(sub, ans)
+    same_length(sub, ans)
     expected = {id_column, *targets}
     if set(sub.columns) != expected:
         raise GradingError(f"the submission's columns must be exactly {sorted(expected)}")
@@ -141,7 +143,7 @@ def _column_auc_by_position(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str
                             targets: tuple[str, ...]) -> float:
     """jigsaw-toxic: rows whose answers are all -1 are dropped; every non-id submission
     column is scored by its position against the answers' columns; no range check."""
-    _require(sub, (id_column, *targets))
+    require(sub, (id_column, *targets))
     if len(sub) != len(ans):
         raise GradingError(f"the submission has {len(sub)} rows, the answers {len(ans)}")
     s = sub.set_index(id_column).sort_index()
@@ -164,7 +166,7 @@ def _label_kind(values: npt.NDArray[Any]) -> str:
     return "text" if any(isinstance(v, str) for v in values) else "number"
 
 
-def _accuracy_values(y_true: npt.NDArray[Any], y_pred: npt.NDArray[Any]) -> float:
+def accuracy_values(y_true: npt.NDArray[Any], y_pred: npt.NDArray[Any]) -> float:
     """accuracy_score on the raw values: refused with missing or fractional labels, and
     when both sides are binary but one holds text and the other numbers."""
     for values, who in ((y_true, "answers"), (y_pred, "submission")):
@@ -184,21 +186,21 @@ def _accuracy(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
               targets: tuple[str, ...]) -> float:
     """utils.prepare_for_accuracy_metric, then accuracy_score."""
     target = targets[0]
-    _same_length(sub, ans)
-    _require(sub, (target, id_column))
-    s, a = _sorted_by_id(sub, ans, id_column)
-    return _accuracy_values(a[target].to_numpy(), s[target].to_numpy())
+    same_length(sub, ans)
+    require(sub, (target, id_column))
+    s, a = sorted_by_id(sub, ans, id_column)
+    return accuracy_values(a[target].to_numpy(), s[target].to_numpy())
 
 
 def _accuracy_blank_is_wrong(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
                              targets: tuple[str, ...]) -> float:
     """paddy-disease-classification: a blank label is "", so it counts as wrong."""
     target = targets[0]
-    _require(sub, (id_column, target))
-    _same_length(sub, ans)
-    s, a = _sorted_by_id(sub, ans, id_column)
+    require(sub, (id_column, target))
+    same_length(sub, ans)
+    s, a = sorted_by_id(sub, ans, id_column)
     predicted = s[target].astype(object).where(s[target].notna(), "")
-    return _accuracy_values(a[target].to_numpy(), np.asarray(predicted.tolist(), dtype=object))
+    return accuracy_values(a[target].to_numpy(), np.asarray(predicted.tolist(), dtype=object))
 
 
 def _as_text(values: pd.Series) -> list[str]:
@@ -212,9 +214,9 @@ def _text_accuracy(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
     """text-normalization: exact text equality of the values as pandas read them (NA-like
     tokens such as "None" or "NA" read as missing on both sides and compare equal)."""
     target = targets[0]
-    _same_length(sub, ans)
-    _require(sub, (target, id_column))
-    s, a = _sorted_by_id(sub, ans, id_column)
+    same_length(sub, ans)
+    require(sub, (target, id_column))
+    s, a = sorted_by_id(sub, ans, id_column)
     truth, guess = _as_text(a[target]), _as_text(s[target])
     return float(np.mean([t == g for t, g in zip(truth, guess, strict=True)]))
 
@@ -224,9 +226,9 @@ def _f1_micro(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
     """plant-seedlings: f1_score(average="micro") on lists, which numpy turns into text when
     any label is text (a blank becomes "nan", a wrong label); equal to accuracy."""
     target = targets[0]
-    _require(sub, (id_column, target))
-    _same_length(sub, ans)
-    s, a = _sorted_by_id(sub, ans, id_column)
+    require(sub, (id_column, target))
+    same_length(sub, ans)
+    s, a = sorted_by_id(sub, ans, id_column)
     sides = []
     for values in (a[target], s[target]):
         listed = values.tolist()
@@ -236,7 +238,7 @@ def _f1_micro(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
             sides.append(np.asarray(listed))
     if _label_kind(sides[0]) != _label_kind(sides[1]):
         raise GradingError("the submission mixes text and number labels with the answers'")
-    return _accuracy_values(sides[0], sides[1])
+    return accuracy_values(sides[0], sides[1])
 
 
 def _qwk(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
@@ -245,10 +247,10 @@ def _qwk(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
     from sklearn.metrics import cohen_kappa_score
 
     target = targets[0]
-    _require(sub, (target,))
+    require(sub, (target,))
     if sub.empty:
         raise GradingError("the submission has no rows")
-    _require(sub, (id_column,))
+    require(sub, (id_column,))
     if set(sub[id_column]) != set(ans[id_column]):
         raise GradingError(f"the submission's {id_column} values are not the answers' ids")
     s = sub.sort_values(id_column)
@@ -256,13 +258,13 @@ def _qwk(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
     if len(s) != len(a):
         raise GradingError(f"the submission has {len(s)} rows, the answers {len(a)}")
     predicted, truth = s[target].to_numpy(), a[target].to_numpy()
-    _accuracy_values(truth, predicted)  # the same label checks as scikit-learn's
+    accuracy_values(truth, predicted)  # the same label checks as scikit-learn's
     return float(cohen_kappa_score(predicted, truth, weights="quadratic"))
 
 
 def _rmse(truth: Any, predicted: Any, target: str) -> float:
-    t = _floats(truth, f"answers column {target!r}")
-    p = _floats(predicted, f"submission column {target!r}")
+    t = floats(truth, f"answers column {target!r}")
+    p = floats(predicted, f"submission column {target!r}")
     if len(t) != len(p):
         raise GradingError(f"the submission has {len(p)} rows, the answers {len(t)}")
     return float(np.sqrt(np.mean((t - p) ** 2)))
@@ -272,10 +274,10 @@ def _rmse_by_id(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
                 targets: tuple[str, ...]) -> float:
     """denoising-dirty-documents: numbers, same length, the same ids after sorting."""
     target = targets[0]
-    _require(sub, (id_column, target))
-    _floats(sub[target].dropna(), f"submission column {target!r}")
-    _same_length(sub, ans)
-    s, a = _sorted_by_id(sub, ans, id_column)
+    require(sub, (id_column, target))
+    floats(sub[target].dropna(), f"submission column {target!r}")
+    same_length(sub, ans)
+    s, a = sorted_by_id(sub, ans, id_column)
     return _rmse(a[target], s[target], target)
 
 
@@ -283,7 +285,7 @@ def _rmse_sorted_unchecked(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
                            targets: tuple[str, ...]) -> float:
     """new-york-city-taxi: both sorted by key and paired by position; keys are not compared."""
     target = targets[0]
-    _require(sub, (target, id_column))
+    require(sub, (target, id_column))
     s = sub.sort_values(id_column)
     a = ans.sort_values(id_column)
     return _rmse(a[target], s[target], target)
@@ -292,12 +294,12 @@ def _rmse_sorted_unchecked(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
 def _rmsle_by_position(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
                        targets: tuple[str, ...]) -> float:
     """nomad2018: mean RMSLE over the columns, rows paired by position (ids never read)."""
-    _require(sub, targets)
-    _same_length(sub, ans)
+    require(sub, targets)
+    same_length(sub, ans)
     scores = []
     for target in targets:
-        t = _floats(ans[target], f"answers column {target!r}")
-        p = _floats(sub[target], f"submission column {target!r}")
+        t = floats(ans[target], f"answers column {target!r}")
+        p = floats(sub[target], f"submission column {target!r}")
         if (t < 0).any() or (p < 0).any():
             raise GradingError(f"RMSLE cannot score negative values (column {target!r})")
         scores.append(float(np.sqrt(np.mean((np.log1p(t) - np.log1p(p)) ** 2))))
@@ -308,23 +310,23 @@ def _binary_log_loss(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
                      targets: tuple[str, ...]) -> float:
     """dogs-vs-cats: one probability column, in [0, 1], the same ids; clipped at eps."""
     target = targets[0]
-    _require(sub, (id_column, target))
+    require(sub, (id_column, target))
     if set(sub[id_column]) != set(ans[id_column]):
         raise GradingError(f"the submission's {id_column} values are not the answers' ids")
-    _same_length(sub, ans)
+    same_length(sub, ans)
     p = pd.to_numeric(sub[target], errors="coerce")
     if not ((p >= 0) & (p <= 1)).all():
         raise GradingError(f"submission column {target!r} must hold probabilities in [0, 1]")
     s = sub.sort_values(id_column)
     a = ans.sort_values(id_column)
-    truth = _floats(a[target], f"answers column {target!r}")
+    truth = floats(a[target], f"answers column {target!r}")
     if len(np.unique(truth)) != 2 or not np.isin(truth, (0.0, 1.0)).all():
         raise GradingError(f"answers column {target!r} must hold both classes 0 and 1")
-    clipped = np.clip(_floats(s[target], target), EPS, 1.0 - EPS)
+    clipped = np.clip(floats(s[target], target), EPS, 1.0 - EPS)
     return float(-np.mean(truth * np.log(clipped) + (1.0 - truth) * np.log(1.0 - clipped)))
 
 
-def _class_probabilities(frame: pd.DataFrame, columns: Sequence[str]) -> FloatArray:
+def class_probabilities(frame: pd.DataFrame, columns: Sequence[str]) -> FloatArray:
     """Class columns whose rows sum to 1 (np.isclose) and lie in [0, 1], as the log-loss
     graders check before scoring."""
     try:
@@ -340,27 +342,27 @@ def _class_probabilities(frame: pd.DataFrame, columns: Sequence[str]) -> FloatAr
     return values
 
 
-def _one_hot_log_loss_inputs(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
+def one_hot_log_loss_inputs(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
                              classes: tuple[str, ...]) -> float:
     """utils.one_hot_dfs_to_log_loss_inputs, then log_loss on one-hot answers."""
-    _require(sub, [id_column, *classes])
+    require(sub, [id_column, *classes])
     columns = [id_column, *classes]
     s = sub[columns].sort_values(id_column).reset_index(drop=True)
     a = ans[columns].sort_values(id_column).reset_index(drop=True)
     if s[id_column].tolist() != a[id_column].tolist():
         raise GradingError(f"the submission's {id_column} values are not the answers' ids")
-    truth = _floats(a[list(classes)], "the answers' class columns")
-    predicted = np.clip(_floats(s[list(classes)], "the class columns"), EPS, 1.0 - EPS)
+    truth = floats(a[list(classes)], "the answers' class columns")
+    predicted = np.clip(floats(s[list(classes)], "the class columns"), EPS, 1.0 - EPS)
     return float(-np.mean((truth * np.log(predicted)).sum(axis=1)))
 
 
 def _one_hot_log_loss(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
                       targets: tuple[str, ...]) -> float:
     """dog-breed-identification: every class column and the id (others ignored)."""
-    _require(sub, [*targets, id_column])
-    _same_length(sub, ans)
-    _class_probabilities(sub, targets)
-    return _one_hot_log_loss_inputs(sub, ans, id_column, targets)
+    require(sub, [*targets, id_column])
+    same_length(sub, ans)
+    class_probabilities(sub, targets)
+    return one_hot_log_loss_inputs(sub, ans, id_column, targets)
 
 
 def _one_hot_log_loss_exact_columns(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
@@ -369,9 +371,9 @@ def _one_hot_log_loss_exact_columns(sub: pd.DataFrame, ans: pd.DataFrame, id_col
     if set(sub.columns) != {id_column, *targets}:
         raise GradingError(f"the submission's columns must be exactly {id_column} and the "
                            f"{len(targets)} class columns")
-    _same_length(sub, ans)
-    _class_probabilities(sub, targets)
-    return _one_hot_log_loss_inputs(sub, ans, id_column, targets)
+    same_length(sub, ans)
+    class_probabilities(sub, targets)
+    return one_hot_log_loss_inputs(sub, ans, id_column, targets)
 
 
 def _one_hot_log_loss_by_shape(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
@@ -381,8 +383,8 @@ def _one_hot_log_loss_by_shape(sub: pd.DataFrame, ans: pd.DataFrame, id_column: 
     if sub.shape != (len(ans), len(targets) + 1):
         raise GradingError(f"the submission must have {len(ans)} rows and {len(targets) + 1} "
                            f"columns, it has {sub.shape[0]} and {sub.shape[1]}")
-    _class_probabilities(sub, [str(c) for c in sub.columns[1:]])
-    return _one_hot_log_loss_inputs(sub, ans, id_column, targets)
+    class_probabilities(sub, [str(c) for c in sub.columns[1:]])
+    return one_hot_log_loss_inputs(sub, ans, id_column, targets)
 
 
 GRADERS: dict[str, Grader] = {
