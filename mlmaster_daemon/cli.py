@@ -150,21 +150,21 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    async def go(client: Client) -> int:
-        task = await client.task(args.task_id)
-        nodes = await client.nodes(args.task_id)
-        if args.json:
-            _print(json.dumps({**task, "nodes": nodes}, indent=2))
-            return 0
-        _print(_task_summary(task))
-        for node in nodes:
-            parent = "root" if node["parent_id"] is None else node["parent_id"]
-            _print(f"  node {node['id']:<4} <- {parent!s:<5} {node['operator']:<8} "
-                   f"{node['status']:<10} metric={format_metric(node['metric'])}  "
-                   f"{node.get('summary') or node.get('error') or ''}"[:160])
-        return 0
+    from mlmaster_daemon.node_cli import show
 
-    return _client_call(args, go)
+    return show(args)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from mlmaster_daemon.node_cli import logs
+
+    return logs(args)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from mlmaster_daemon.node_cli import diff
+
+    return diff(args)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -234,6 +234,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(example=args.example, steps=args.steps, clean=args.clean)
 
 
+def _node_id(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 10**9:
+        raise argparse.ArgumentTypeError(
+            f"a node id is a positive whole number as `mlmaster show ID` lists, got {value!r}")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlmaster", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mlmaster {__version__}")
@@ -290,10 +297,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_ls)
 
-    p = with_socket(sub.add_parser("show", help="show a task and its nodes"))
+    p = with_socket(sub.add_parser(
+        "show", help="show a task and its nodes, or one node's plan, code, output and memory"))
     p.add_argument("task_id")
+    p.add_argument("node", nargs="?", type=_node_id, help="a node id: show that node in full")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_show)
+
+    p = with_socket(sub.add_parser("logs", help="a node's stdout and stderr (their tail)"))
+    p.add_argument("task_id")
+    p.add_argument("node", type=_node_id)
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="keep printing new output until the node ends")
+    p.set_defaults(fn=cmd_logs)
+
+    p = with_socket(sub.add_parser(
+        "diff", help="unified diff of a node's code against its parent's (or OTHER's)"))
+    p.add_argument("task_id")
+    p.add_argument("node", type=_node_id)
+    p.add_argument("other", nargs="?", type=_node_id,
+                   help="node to compare with, the diff's old side (default: NODE's parent)")
+    p.set_defaults(fn=cmd_diff)
 
     p = with_socket(sub.add_parser("watch", help="follow a task's progress until it ends"))
     p.add_argument("task_id")
