@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from mlmaster_daemon.config import load_config
+from mlmaster_daemon.config import Config, EndpointConfig, load_config
 from mlmaster_daemon.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,3 +69,41 @@ def test_a_removed_key_with_another_value_says_to_delete_the_line(tmp_path: Path
     file.write_text('[coder]\nkind = "llm"\n')
     with pytest.raises(ConfigError, match="delete the line"):
         load_config(file, environ={})
+
+
+def _config_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Dotted keys of every setting the config accepts; a sub-table's keys, not its name."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys |= _config_keys(sub, f"{prefix}{name}.")
+        elif sub is not None and EndpointConfig in getattr(sub, "__args__", ()):
+            continue  # endpoint tables are shown commented out: checked below
+        else:
+            keys.add(prefix + name)
+    return keys
+
+
+def _toml_keys(table: dict[str, object], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for name, value in table.items():
+        if isinstance(value, dict):
+            keys |= _toml_keys(value, f"{prefix}{name}.")
+        else:
+            keys.add(prefix + name)
+    return keys
+
+
+def test_default_toml_holds_every_key_the_config_accepts() -> None:
+    text = (REPO / "configs" / "default.toml").read_text()
+    shipped = _toml_keys(tomllib.loads(text))
+    assert _config_keys(Config) - shipped == set(), "add them to configs/default.toml"
+    assert shipped - _config_keys(Config) == set(), "keys the config no longer accepts"
+
+
+def test_default_toml_shows_every_model_endpoint_key_in_its_example() -> None:
+    text = (REPO / "configs" / "default.toml").read_text()
+    shown = set(re.findall(r"^# ([a-z_]+) = ", text, flags=re.MULTILINE))
+    shown |= set(re.findall(r"# or ([a-z_]+) = ", text))
+    assert set(EndpointConfig.model_fields) - shown == set(), "add them to the [llm.code] example"
