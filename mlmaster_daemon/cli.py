@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import os
 import sqlite3
@@ -16,6 +17,8 @@ from mlmaster_daemon import __version__
 from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.config import load_config, resolve_socket_path
 from mlmaster_daemon.errors import MlmasterError
+from mlmaster_daemon.policy_config import POLICIES
+from mlmaster_daemon.tasks.spec import Metric
 from mlmaster_daemon.watch import TERMINAL, follow, format_metric
 
 T = TypeVar("T")
@@ -185,6 +188,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return _client_call(args, go)
 
 
+def cmd_socket(args: argparse.Namespace) -> int:
+    _print(str(_socket(args)))
+    return 0
+
+
 def cmd_grade(args: argparse.Namespace) -> int:
     from mlmaster_daemon.grading_cli import grade
 
@@ -276,8 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="nodes to expand")
     p.add_argument("--time-limit", dest="time_limit_s", type=float, help="seconds for the task")
     p.add_argument("--node-timeout", dest="node_timeout_s", type=float, help="seconds per node")
-    p.add_argument("--policy")
-    p.add_argument("--metric", help="accuracy, roc_auc, log_loss, rmse or mae")
+    p.add_argument("--policy", choices=POLICIES, metavar="POLICY",
+                   help="search policy: mcts (ML-Master), greedy (AIDE) or evolutionary "
+                        "(AIRA-dojo); default: [search] policy")
+    p.add_argument("--metric", type=str.lower, choices=[m.value for m in Metric],
+                   metavar="METRIC", help="validation metric, one of: "
+                   + ", ".join(m.value for m in Metric) + "; default: the task's task.toml")
     p.add_argument("--target", help="target column in train.csv")
     p.add_argument("--id-column")
     direction = p.add_mutually_exclusive_group()
@@ -322,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_socket(sub.add_parser("watch", help="follow a task's progress until it ends"))
     p.add_argument("task_id")
     p.set_defaults(fn=cmd_watch)
+
+    p = with_socket(sub.add_parser(
+        "socket", help="print the daemon socket path the CLI uses (e.g. for curl --unix-socket)"))
+    p.set_defaults(fn=cmd_socket)
 
     p = with_socket(sub.add_parser("cancel", help="cancel a task"))
     p.add_argument("task_id")
@@ -375,8 +391,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _did_you_mean(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """A hint for a mistyped command (the first word that is not an option), or None."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    commands = next((list(a.choices) for a in parser._actions
+                     if isinstance(a, argparse._SubParsersAction)), [])
+    if word is None or word in commands:
+        return None
+    close = difflib.get_close_matches(word, commands, n=1)
+    return (f"unknown command {word!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+            + " (mlmaster --help lists the commands)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    hint = _did_you_mean(parser, sys.argv[1:] if argv is None else argv)
+    if hint is not None:
+        parser.print_usage(sys.stderr)
+        print(f"mlmaster: error: {hint}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)
         return code

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import grp
 import json
+import os
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
@@ -20,6 +24,56 @@ class ApiError(MlmasterError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+# sun_path holds 108 bytes with the terminating NUL.
+MAX_SOCKET_PATH_BYTES = 107
+_START = "start it with `mlmaster daemon` or point --socket / MLMASTER_SOCKET at it"
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def unreachable_reason(path: Path, exc: BaseException) -> str:
+    """Why the daemon at `path` could not be reached, naming the path and what to do."""
+    # aiohttp wraps the connect's OSError; look at that one.
+    cause = getattr(exc, "os_error", None) or exc
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+        return (f"socket path {path} is {len(os.fsencode(path))} bytes, longer than the "
+                f"{MAX_SOCKET_PATH_BYTES} a Unix socket allows; give a shorter --socket")
+    try:
+        info = os.stat(path)
+    except PermissionError:
+        return (f"permission denied on the folder holding {path}: you may not enter "
+                f"{path.parent}; ask the daemon's admin for access, or give --socket another "
+                "path")
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            return (f"no daemon socket at {path}: the folder {path.parent} does not exist; "
+                    "check --socket / MLMASTER_SOCKET, or start the daemon with "
+                    "`mlmaster daemon`")
+        return f"no daemon socket at {path}; {_START}"
+    except OSError as err:
+        return f"cannot use {path} as the daemon socket ({err.strerror}); check --socket"
+    if not stat.S_ISSOCK(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a socket"
+        return (f"{path} is {kind}, not the daemon's socket; give --socket the socket "
+                "(`mlmaster socket` prints the one the CLI uses by default)")
+    if isinstance(cause, PermissionError) or getattr(cause, "errno", None) == errno.EACCES:
+        group = _group_name(info.st_gid)
+        member = info.st_gid == os.getegid() or info.st_gid in os.getgroups()
+        why = ("your session's groups do not show it yet: log in again" if member else
+               f"you are not in group {group}: ask the daemon's admin to add you "
+               f"(`sudo usermod -aG {group} $USER`, then log in again)")
+        return f"permission denied on {path} (mode {stat.S_IMODE(info.st_mode):o}); {why}"
+    if isinstance(cause, ConnectionRefusedError):
+        return (f"no daemon is listening on {path} (a socket left behind by a daemon that "
+                f"stopped?); {_START}")
+    return f"cannot reach the daemon at {path} ({exc}); {_START}"
 
 
 class Client:
@@ -43,10 +97,7 @@ class Client:
         await self._session.close()
 
     def _unreachable(self, exc: Exception) -> DaemonUnreachable:
-        hint = "start it with `mlmaster daemon` or point --socket / MLMASTER_SOCKET at it"
-        if not self.socket_path.exists():
-            return DaemonUnreachable(f"no daemon socket at {self.socket_path}; {hint}")
-        return DaemonUnreachable(f"cannot reach the daemon at {self.socket_path} ({exc}); {hint}")
+        return DaemonUnreachable(unreachable_reason(self.socket_path, exc))
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
         try:
