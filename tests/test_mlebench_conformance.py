@@ -152,19 +152,13 @@ def test_the_prepared_folder_loads_with_the_scored_columns_of_its_grader(
     assert built.spec.scored_columns == shape.targets
 
 
+@pytest.mark.parametrize("kind", ["perfect", "noisy"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.cid)
-def test_a_perfect_submission_scores_as_scikit_learn_does(tmp_path: Path, shape: Shape) -> None:
+def test_a_perfect_and_a_noisy_submission_score_as_scikit_learn_does(
+        tmp_path: Path, shape: Shape, kind: str) -> None:
     built = build(tmp_path, shape)
-    answer = perfect(built)
-    assert_scored(built, write_submission(tmp_path, built, answer, "perfect"),
-                  expected(shape, built.truth, answer))
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.cid)
-def test_a_noisy_submission_scores_as_scikit_learn_does(tmp_path: Path, shape: Shape) -> None:
-    built = build(tmp_path, shape)
-    guess = noisy(built)
-    assert_scored(built, write_submission(tmp_path, built, guess, "noisy"),
+    guess = perfect(built) if kind == "perfect" else noisy(built)
+    assert_scored(built, write_submission(tmp_path, built, guess, kind),
                   expected(shape, built.truth, guess))
 
 
