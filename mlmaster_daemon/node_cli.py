@@ -11,10 +11,12 @@ from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.cli import _client_call, _print, _task_summary
 from mlmaster_daemon.errors import MlmasterError
 from mlmaster_daemon.models import NodeState
-from mlmaster_daemon.node_view import code_diff, new_output, node_sections, task_lines
+from mlmaster_daemon.node_view import code_diff, node_sections, task_lines
 
-# How often `logs --follow` asks for a running node's output.
+# How often `logs --follow` asks for a running node's output, and how much of what was
+# written before it started it shows.
 FOLLOW_POLL_S = 0.5
+FOLLOW_START_BYTES = 16 * 1024
 
 
 def show(args: argparse.Namespace) -> int:
@@ -57,24 +59,43 @@ def _print_code(code: str) -> None:
 
 def logs(args: argparse.Namespace) -> int:
     async def go(client: Client) -> int:
-        shown = ""
-        while True:
-            node = await client.node(args.task_id, args.node)
+        node = await client.node(args.task_id, args.node)
+        if not args.follow:
             text = node.get("output_tail") or ""
-            if text != shown:
-                sys.stdout.write(new_output(shown, text))
-                sys.stdout.flush()
-                shown = text
-            if not args.follow or NodeState(node["status"]).terminal:
-                break
-            await asyncio.sleep(FOLLOW_POLL_S)
-        if shown and not shown.endswith("\n"):
-            _print("")
-        if not shown:
-            _print(f"node {args.node} has no output yet ({node['status']})")
+            _print(text.rstrip("\n") if text else
+                   f"node {args.node} has no output yet ({node['status']})")
+            return 0
+        await _follow_logs(client, args.task_id, args.node)
         return 0
 
     return _client_call(args, go)
+
+
+async def _follow_logs(client: Client, task_id: str, node_id: int) -> None:
+    """Print the node's stdout to stdout and its stderr to stderr as they grow (starting with
+    their last FOLLOW_START_BYTES), until the node has ended and both are read to the end."""
+    sinks = {"stdout": sys.stdout, "stderr": sys.stderr}
+    offsets: dict[str, int | None] = dict.fromkeys(sinks)
+    while True:
+        # The state is read before the logs, so output written before the end is not missed.
+        ended = NodeState((await client.node(task_id, node_id))["status"]).terminal
+        behind = False
+        for stream, sink in sinks.items():
+            offset = offsets[stream]
+            if offset is None:
+                first = await client.node_log(task_id, node_id, stream, 0)
+                offset = max(first["size"] - FOLLOW_START_BYTES, 0)
+                if offset:
+                    sink.write(f"[... {offset} bytes of {stream} before]\n")
+            chunk = await client.node_log(task_id, node_id, stream, offset)
+            sink.write(chunk["text"])
+            sink.flush()
+            offsets[stream] = chunk["next_offset"]
+            behind = behind or chunk["next_offset"] < chunk["size"]
+        if ended and not behind:
+            return
+        if not behind:
+            await asyncio.sleep(FOLLOW_POLL_S)
 
 
 def diff(args: argparse.Namespace) -> int:

@@ -100,11 +100,3 @@ def code_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
         (new.get("code") or "").splitlines(keepends=True),
         fromfile=f"node {old['id']}", tofile=f"node {new['id']}")
     return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
-
-
-def new_output(before: str, after: str) -> str:
-    """What `after` adds to `before` when a node's output tail grew; all of `after` when the
-    tail moved on past what was shown (the API keeps only a bounded head and tail)."""
-    if after.startswith(before):
-        return after[len(before):]
-    return after

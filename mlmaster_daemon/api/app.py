@@ -33,6 +33,7 @@ from mlmaster_daemon.api.access import (
 )
 from mlmaster_daemon.api.folders import Placement, check_task_folder, check_task_spec
 from mlmaster_daemon.api.job_peers import job_refusal, peer_job_reason
+from mlmaster_daemon.api.node_logs import node_log
 from mlmaster_daemon.api.openapi import openapi_json
 from mlmaster_daemon.api.schemas import SubmitRequest, is_node_id, is_task_id
 from mlmaster_daemon.artefacts import best_submission, node_dir, task_root, top_submissions
@@ -351,6 +352,17 @@ async def get_node(request: web.Request) -> web.Response:
     })
 
 
+async def get_node_log(request: web.Request) -> web.Response:
+    """A node's stdout or stderr from `?offset=` (see node_logs.py)."""
+    parts = request.app[API_PARTS]
+    task_id = _task_id(request)
+    raw_id = request.match_info["node_id"]
+    if not is_node_id(raw_id):
+        raise InvalidRequest(f"node id must be a positive integer, got {raw_id[:40]!r}")
+    node = await parts.store.get_node(task_id, int(raw_id))
+    return await node_log(request, node_dir(parts.state_dir, task_id, node.id))
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """Newline-delimited JSON events; `?task_id=` narrows to one task (which must exist)."""
     parts = request.app[API_PARTS]
@@ -405,6 +417,8 @@ def build_app(parts: ApiParts) -> web.Application:
     app.router.add_post("/v1/tasks/{task_id}/cancel", cancel_task)
     app.router.add_get("/v1/tasks/{task_id}/nodes", list_nodes, allow_head=False)
     app.router.add_get("/v1/tasks/{task_id}/nodes/{node_id}", get_node, allow_head=False)
+    app.router.add_get("/v1/tasks/{task_id}/nodes/{node_id}/log", get_node_log,
+                       allow_head=False)
     app.router.add_get("/v1/events", events, allow_head=False)
     app.router.add_get("/v1/slots", slots, allow_head=False)
     return app

@@ -135,6 +135,13 @@ class Client:
         result: dict[str, Any] = await self.request("GET", f"/v1/tasks/{task_id}/nodes/{node_id}")
         return result
 
+    async def node_log(self, task_id: str, node_id: int, stream: str,
+                       offset: int) -> dict[str, Any]:
+        """A chunk of the node's `stream` ("stdout" or "stderr") from byte `offset`."""
+        result: dict[str, Any] = await self.request(
+            "GET", f"/v1/tasks/{task_id}/nodes/{node_id}/log?stream={stream}&offset={offset}")
+        return result
+
     async def cancel(self, task_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", f"/v1/tasks/{task_id}/cancel")
         return result

@@ -45,6 +45,16 @@ _TASK_ID = {
     "description": "a task id as the daemon gives it",
     "schema": {"type": "string", "pattern": TASK_ID_PATTERN},
 }
+_LOG_QUERY = [
+    {"name": "stream", "in": "query", "required": False,
+     "schema": {"type": "string", "enum": ["stdout", "stderr"], "default": "stdout"}},
+    {"name": "offset", "in": "query", "required": False,
+     "description": "first byte to read; past the end (a log started again) reads from 0",
+     "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+    {"name": "limit", "in": "query", "required": False,
+     "description": "bytes to read, at most 65536",
+     "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+]
 _NODE_ID = {
     "name": "node_id", "in": "path", "required": True,
     "description": "a node id within the task (1, 2, ...)",
@@ -105,6 +115,12 @@ _PATHS: dict[str, Any] = {
         "operationId": "getNode", "summary": "One node: plan, code, output, analysis",
         "parameters": [_TASK_ID, _NODE_ID],
         "responses": _responses(("200", "the node", "Node"), "400", "404"),
+    }},
+    "/v1/tasks/{task_id}/nodes/{node_id}/log": {"get": {
+        "operationId": "getNodeLog",
+        "summary": "A node's stdout or stderr from a byte offset, at most 64 KiB",
+        "parameters": [_TASK_ID, _NODE_ID, *_LOG_QUERY],
+        "responses": _responses(("200", "the chunk", "NodeLog"), "400", "404"),
     }},
     "/v1/events": {"get": {
         "operationId": "events",
@@ -171,6 +187,12 @@ def _components() -> dict[str, Any]:
                  "properties": {"id": {"type": "integer"}, "parent_id": {
                      "type": ["integer", "null"]}, "status": {"type": "string"},
                      "operator": {"type": "string"}, "metric": _NUMBER_OR_NULL}},
+        "NodeLog": {"type": "object",
+                    "required": ["stream", "offset", "next_offset", "size", "text"],
+                    "properties": {"stream": {"type": "string", "enum": ["stdout", "stderr"]},
+                                   "offset": {"type": "integer"},
+                                   "next_offset": {"type": "integer"},
+                                   "size": {"type": "integer"}, "text": {"type": "string"}}},
         "NodeList": {"type": "object", "required": ["task_id", "nodes"],
                      "properties": {"task_id": {"type": "string"},
                                     "nodes": {"type": "array", "items": _ref("Node")}}},

@@ -1,0 +1,92 @@
+"""GET /v1/tasks/{id}/nodes/{node}/log, which `mlmaster logs --follow` reads: a node's stdout or
+stderr from a byte offset, bounded, never through a link."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import wait_terminal
+
+from mlmaster_daemon.api.client import ApiError, Client
+from mlmaster_daemon.api.node_logs import read_chunk
+from mlmaster_daemon.artefacts import node_dir
+from mlmaster_daemon.daemon import Daemon
+
+
+def test_a_character_split_by_the_chunk_comes_whole_with_the_next(tmp_path: Path) -> None:
+    (tmp_path / "stdout.log").write_text("ab\u00e9cd")  # é is two bytes: 3 and 4
+    first = read_chunk(tmp_path, "stdout.log", 0, limit=3)
+    assert (first.text, first.next_offset) == ("ab", 2)
+    second = read_chunk(tmp_path, "stdout.log", first.next_offset, limit=3)
+    assert second.text == "\u00e9c"
+
+
+def test_an_offset_past_the_end_reads_the_restarted_log_from_the_start(tmp_path: Path) -> None:
+    (tmp_path / "stderr.log").write_text("new run\n")
+    chunk = read_chunk(tmp_path, "stderr.log", 10_000)
+    assert (chunk.offset, chunk.text, chunk.next_offset) == (0, "new run\n", 8)
+
+
+def test_a_log_that_is_a_link_reads_as_empty(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for jobs")
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "stdout.log").symlink_to(secret)
+    assert read_chunk(tmp_path / "ws", "stdout.log", 0).text == ""
+
+
+@pytest.fixture
+async def finished(daemon: Daemon, client: Client, breast_cancer: Path) -> str:
+    task = await client.submit({"task_dir": str(breast_cancer), "steps": 2})
+    done = await wait_terminal(client, task["id"])
+    assert done["state"] == "finished"
+    return str(task["id"])
+
+
+async def test_the_log_route_reads_a_nodes_stdout_from_an_offset(
+        daemon: Daemon, client: Client, finished: str) -> None:
+    written = (node_dir(daemon.state_dir, finished, 1) / "stdout.log").read_bytes()
+    assert written, "the offline coder's script prints its progress"
+    whole = await client.node_log(finished, 1, "stdout", 0)
+    assert whole["text"].encode() == written and whole["next_offset"] == len(written)
+    rest = await client.node_log(finished, 1, "stdout", 5)
+    assert rest["text"].encode() == written[5:]
+
+
+async def test_the_log_route_refuses_a_bad_stream_or_offset_and_an_unknown_node(
+        client: Client, finished: str) -> None:
+    for query, what in (("stream=env", "stdout or stderr"), ("offset=-1", "whole number")):
+        with pytest.raises(ApiError) as caught:
+            await client.request("GET", f"/v1/tasks/{finished}/nodes/1/log?{query}")
+        assert caught.value.status == 400 and what in str(caught.value)
+    with pytest.raises(ApiError) as missing:
+        await client.node_log(finished, 99, "stdout", 0)
+    assert missing.value.status == 404
+
+
+async def test_the_log_route_never_follows_a_link_out_of_the_node_folder(
+        daemon: Daemon, client: Client, finished: str, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the daemon's secrets")
+    log = node_dir(daemon.state_dir, finished, 1) / "stderr.log"
+    log.unlink(missing_ok=True)
+    log.symlink_to(outside)
+    chunk = await client.node_log(finished, 1, "stderr", 0)
+    assert chunk["text"] == "" and chunk["size"] == 0
+
+
+async def test_logs_follow_prints_a_finished_nodes_whole_stdout(
+        daemon: Daemon, finished: str) -> None:
+    written = (node_dir(daemon.state_dir, finished, 1) / "stdout.log").read_text()
+    # The daemon runs in this event loop: the CLI must not block it.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mlmaster_daemon", "logs", finished, "1", "--follow",
+        "--socket", str(daemon.socket_path), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(120):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode() == written
