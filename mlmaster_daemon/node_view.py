@@ -79,7 +79,7 @@ def node_sections(node: dict[str, Any]) -> list[tuple[str, str]]:
         (f"node {node['id']} of task {node['task_id']}",
          f"{node['operator']} from {parent}, {node['status']}, "
          f"metric {format_metric(node['metric'])}"),
-        ("plan", node.get("plan") or "(none)"),
+        ("plan", "\n".join(wrapped(node.get("plan") or "(none)", ""))),
         ("code", node.get("code") or ""),
     ]
     if node.get("error"):
@@ -87,7 +87,7 @@ def node_sections(node: dict[str, Any]) -> list[tuple[str, str]]:
     sections.append(("output (tail of stdout and stderr)",
                      node.get("output_tail") or "(no output)"))
     if node.get("summary"):
-        sections.append(("summary", str(node["summary"])))
+        sections.append(("summary", "\n".join(wrapped(str(node["summary"]), ""))))
     sections.append(("memory", node.get("memory") or "(none)"))
     sections.append(("tokens", usage_line(node.get("usage") or {})))
     return sections

@@ -17,7 +17,13 @@ from typing import Any
 
 import pytest
 
-from mlmaster_daemon.node_view import code_diff, node_note, path_from_root, task_lines
+from mlmaster_daemon.node_view import (
+    code_diff,
+    node_note,
+    node_sections,
+    path_from_root,
+    task_lines,
+)
 
 MLMASTER = [sys.executable, "-m", "mlmaster_daemon"]
 
@@ -78,6 +84,16 @@ def test_a_long_summary_is_wrapped_whole() -> None:
     text = " ".join(line.strip() for line in lines[1:])
     assert text == summary
     assert all(len(line) <= 100 for line in lines[1:])
+
+
+def test_a_nodes_plan_is_wrapped_whole_and_its_code_kept_as_written() -> None:
+    plan = " ".join(f"step{i}" for i in range(60))
+    code = "x = [" + ", ".join(str(i) for i in range(60)) + "]\n"
+    node = _node(2, 1, task_id="t0123456789a", plan=plan, code=code, usage={})
+    sections = dict(node_sections(node))
+    assert " ".join(sections["plan"].split("\n")) == plan
+    assert all(len(line) <= 100 for line in sections["plan"].split("\n"))
+    assert sections["code"] == code
 
 
 def test_the_best_path_runs_from_the_root() -> None:
