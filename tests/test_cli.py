@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-MLMASTER = [sys.executable, "-m", "mlmaster_daemon"]
+from tests.daemon_process import MLMASTER, running_daemon
 
 
 def _env() -> dict[str, str]:
@@ -33,20 +30,8 @@ def _cli(*args: str, socket: Path | None = None, check: bool = True,
 
 @pytest.fixture
 def daemon_process(short_dir: Path) -> Iterator[Path]:
-    sock = short_dir / "d.sock"
-    log = (short_dir / "daemon.log").open("wb")
-    proc = subprocess.Popen([*MLMASTER, "daemon", "--socket", str(sock), "--state-dir",
-                             str(short_dir / "state")], stdout=log, stderr=subprocess.STDOUT,
-                            env=_env())
-    deadline = time.monotonic() + 60
-    while not sock.exists():
-        assert proc.poll() is None, (short_dir / "daemon.log").read_text()
-        assert time.monotonic() < deadline, "daemon did not start"
-        time.sleep(0.1)
-    yield sock
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
-    log.close()
+    with running_daemon(short_dir, _env()) as sock:
+        yield sock
     assert not sock.exists(), "a clean stop removes the socket"
     for line in (short_dir / "daemon.log").read_text().splitlines():
         json.loads(line)  # every log line is one JSON object

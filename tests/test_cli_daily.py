@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +16,8 @@ from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.errors import DaemonUnreachable
 from mlmaster_daemon.policy_config import POLICIES
 from mlmaster_daemon.tasks.spec import Metric
+from tests.daemon_process import MLMASTER, running_daemon
 
-MLMASTER = [sys.executable, "-m", "mlmaster_daemon"]
 NOBODY = 65534
 
 
@@ -47,17 +44,8 @@ def _unreachable(path: Path) -> str:
 
 @pytest.fixture
 def daemon_socket(short_dir: Path) -> Iterator[Path]:
-    sock = short_dir / "d.sock"
-    with (short_dir / "daemon.log").open("wb") as log:
-        proc = subprocess.Popen([*MLMASTER, "daemon", "--socket", str(sock), "--state-dir",
-                                 str(short_dir / "state")], stdout=log,
-                                stderr=subprocess.STDOUT, env=_env())
-        while not sock.exists():
-            assert proc.poll() is None, (short_dir / "daemon.log").read_text()
-            time.sleep(0.1)
+    with running_daemon(short_dir, _env()) as sock:
         yield sock
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
 
 
 def test_submit_help_lists_every_metric_and_policy() -> None:

@@ -6,11 +6,8 @@ import json
 import os
 import pty
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +21,7 @@ from mlmaster_daemon.node_view import (
     path_from_root,
     task_lines,
 )
-
-MLMASTER = [sys.executable, "-m", "mlmaster_daemon"]
+from tests.daemon_process import MLMASTER, running_daemon
 
 
 def _env() -> dict[str, str]:
@@ -44,17 +40,8 @@ def _cli(*args: str, socket: Path, check: bool = True) -> subprocess.CompletedPr
 def daemon_socket() -> Iterator[Path]:
     """One daemon for the module: its tests only read the task it ran."""
     short_dir = Path(tempfile.mkdtemp(prefix="mlm-"))
-    sock = short_dir / "d.sock"
-    with (short_dir / "daemon.log").open("wb") as log:
-        proc = subprocess.Popen([*MLMASTER, "daemon", "--socket", str(sock), "--state-dir",
-                                 str(short_dir / "state")], stdout=log,
-                                stderr=subprocess.STDOUT, env=_env())
-        while not sock.exists():
-            assert proc.poll() is None, (short_dir / "daemon.log").read_text()
-            time.sleep(0.1)
+    with running_daemon(short_dir, _env()) as sock:
         yield sock
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
     shutil.rmtree(short_dir, ignore_errors=True)
 
 
