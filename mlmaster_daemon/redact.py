@@ -40,6 +40,23 @@ def redact(text: str) -> str:
     return text
 
 
+def longest_secret_bytes() -> int:
+    """The length in UTF-8 bytes of the longest registered secret (0 when none)."""
+    return max((len(secret.encode()) for secret in _secrets), default=0)
+
+
+def secret_spans(data: bytes) -> list[tuple[int, int]]:
+    """The [start, end) byte ranges of every registered secret found in `data`."""
+    spans: list[tuple[int, int]] = []
+    for secret in _secrets:
+        needle = secret.encode()
+        start = data.find(needle)
+        while start != -1:
+            spans.append((start, start + len(needle)))
+            start = data.find(needle, start + 1)
+    return sorted(spans)
+
+
 def redact_value(value: Any) -> Any:
     """`redact` applied to a string, or to the strings inside lists, tuples and dicts."""
     if isinstance(value, str):

@@ -14,6 +14,7 @@ from mlmaster_daemon.api.client import ApiError, Client
 from mlmaster_daemon.api.node_logs import read_chunk
 from mlmaster_daemon.artefacts import node_dir
 from mlmaster_daemon.daemon import Daemon
+from mlmaster_daemon.redact import forget_secrets, register_secret
 
 
 def test_a_character_split_by_the_chunk_comes_whole_with_the_next(tmp_path: Path) -> None:
@@ -22,6 +23,25 @@ def test_a_character_split_by_the_chunk_comes_whole_with_the_next(tmp_path: Path
     assert (first.text, first.next_offset) == ("ab", 2)
     second = read_chunk(tmp_path, "stdout.log", first.next_offset, limit=3)
     assert second.text == "\u00e9c"
+
+
+def test_a_secret_cut_by_a_chunk_edge_is_masked_in_both_chunks(tmp_path: Path) -> None:
+    key = "sk-live-0123456789abcdef"
+    (tmp_path / "stdout.log").write_text(f"token {key} printed by a job\n")
+    register_secret(key)
+    try:
+        for limit in range(1, 40):
+            for start in range(0, 40):
+                # Any chunk, read from any offset: no piece of the key longer than a few
+                # characters shows, whether it is whole, cut at the end, or cut at the start.
+                text = read_chunk(tmp_path, "stdout.log", start, limit=limit).text
+                for width in range(4, len(key) + 1):
+                    for at in range(len(key) - width + 1):
+                        assert key[at:at + width] not in text, (start, limit, text)
+        whole = read_chunk(tmp_path, "stdout.log", 0).text
+        assert whole == "token [redacted] printed by a job\n"
+    finally:
+        forget_secrets()
 
 
 def test_an_offset_past_the_end_reads_the_restarted_log_from_the_start(tmp_path: Path) -> None:

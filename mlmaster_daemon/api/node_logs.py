@@ -12,7 +12,7 @@ from aiohttp import web
 
 from mlmaster_daemon import untrusted
 from mlmaster_daemon.errors import InvalidRequest
-from mlmaster_daemon.redact import redact
+from mlmaster_daemon.redact import longest_secret_bytes, redact, secret_spans
 
 STREAMS = ("stdout", "stderr")
 # At most this many bytes per answer; a client asks again from next_offset.
@@ -30,16 +30,20 @@ class LogChunk:
 def read_chunk(root: Path, name: str, offset: int, limit: int = MAX_CHUNK_BYTES) -> LogChunk:
     """Bytes [offset, offset + limit) of `root/name` as text, cut before a character the chunk
     splits; an absent or linked file reads as empty. An offset past the end (the log was
-    started again) reads from 0."""
+    started again) reads from 0. Secrets are redacted, one the edges cut masked with "*"."""
     try:
         with untrusted.open_file(root, name) as handle:
             fd = handle.fileno()
             size = os.fstat(fd).st_size
             if offset > size:
                 offset = 0
-            data = os.pread(fd, limit, offset)
+            # A secret the chunk's edges cut is found in a window reaching past both edges.
+            margin = max(0, longest_secret_bytes() - 1)
+            lead = min(margin, offset)
+            window = os.pread(fd, lead + limit + margin, offset - lead)
     except OSError:
         return LogChunk("", 0, 0, 0)
+    data = _mask_cut_secrets(window, lead, min(len(window), lead + limit))
     try:
         text = data.decode()
     except UnicodeDecodeError as exc:
@@ -50,6 +54,17 @@ def read_chunk(root: Path, name: str, offset: int, limit: int = MAX_CHUNK_BYTES)
             data = data[:exc.start]
         text = data.decode(errors="replace")
     return LogChunk(redact(text.replace("\0", "")), offset, offset + len(data), size)
+
+
+def _mask_cut_secrets(window: bytes, start: int, end: int) -> bytes:
+    """`window[start:end]` with every byte of a secret that crosses `start` or `end` masked
+    (the part inside would not match `redact` on its own); whole ones are left to `redact`."""
+    chunk = bytearray(window[start:end])
+    for first, last in secret_spans(window):
+        if first < start < last or first < end < last:
+            lo, hi = max(first, start) - start, min(last, end) - start
+            chunk[lo:hi] = b"*" * (hi - lo)
+    return bytes(chunk)
 
 
 def _int_query(request: web.Request, key: str, default: int, maximum: int) -> int:
