@@ -52,13 +52,12 @@ def _task_summary(task: dict[str, Any]) -> str:
 
 
 def _print_result(task: dict[str, Any]) -> None:
-    _print(f"task {task['id']} {task['state']}"
-           + (f": {task['error']}" if task.get("error") else ""))
-    best = task.get("best")
-    if best:
-        _print(f"best validation {task['metric']}: {format_metric(best['metric'])} "
-               f"(node {best['node_id']})")
-        _print(f"best submission: {best['submission_path']}")
+    """The block the demo ends with: state, best metric and submission, hidden score."""
+    from mlmaster_daemon.demo import result_lines
+
+    _print("")
+    for line in result_lines(task):
+        _print(line)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:

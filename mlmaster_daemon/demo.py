@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.errors import DaemonUnreachable, MlmasterError
@@ -53,6 +54,35 @@ async def wait_ready(client: Client, daemon: subprocess.Popen[bytes], log: Path)
             await asyncio.sleep(0.2)
 
 
+def result_lines(final: dict[str, Any], competition: Path | None = None) -> list[str]:
+    """How a followed task ended: its state, nodes and time, the best metric and submission,
+    and that submission's score on the hidden answers when the competition folder
+    (`competition`, else the task's `task_dir`) has them."""
+    started, ended = final.get("started_at"), final.get("finished_at")
+    took = f" in {ended - started:.1f} s" if started is not None and ended is not None else ""
+    done = final["nodes_done"]
+    lines = [f"search {final['state']}: {done} node{'' if done == 1 else 's'}{took}"]
+    best = final.get("best")
+    if not best:
+        return [*lines, f"no working solution: {final.get('error')}"]
+    if final.get("error"):
+        lines.append(f"stopped by: {final['error']}")
+    lines += [f"best validation {final['metric']}: {format_metric(best['metric'])} "
+              f"(node {best['node_id']})",
+              f"best submission:  {best['submission_path']}"]
+    try:
+        spec = load_task(competition or Path(final["task_dir"]))
+        if spec.private_dir is None:
+            return [*lines, "score on the hidden answers: none (the folder has no "
+                            "prepared/private answers)"]
+        hidden = grade(spec, Path(best["submission_path"]))
+        baseline = grade_sample_submission(spec)
+    except (MlmasterError, OSError) as exc:
+        return [*lines, f"score on the hidden answers: not graded ({exc})"]
+    return [*lines, f"score on the hidden answers: {format_metric(hidden)} "
+                    f"(sample submission scores {format_metric(baseline)})"]
+
+
 async def _drive(workdir: Path, example: str, steps: int, daemon: subprocess.Popen[bytes],
                  log: Path) -> int:
     competition = workdir / "competition"
@@ -63,22 +93,10 @@ async def _drive(workdir: Path, example: str, steps: int, daemon: subprocess.Pop
         _say(f"submitted task {task['id']} over the socket: metric {task['metric']} "
              f"({'lower' if task['lower_is_better'] else 'higher'} is better), {steps} nodes")
         final = await follow(client, task["id"], _say)
-    best = final.get("best")
     _say("")
-    _say(f"search {final['state']}: {final['nodes_done']} nodes in "
-         f"{(final['finished_at'] or time.time()) - (final['started_at'] or time.time()):.1f} s")
-    if not best:
-        _say(f"no working solution: {final.get('error')}")
-        return 1
-    spec = load_task(competition)
-    hidden = grade(spec, Path(best["submission_path"]))
-    baseline = grade_sample_submission(spec)
-    _say(f"best validation {final['metric']}: {format_metric(best['metric'])} "
-         f"(node {best['node_id']})")
-    _say(f"best submission:  {best['submission_path']}")
-    _say(f"score on the hidden answers: {format_metric(hidden)} "
-         f"(sample submission scores {format_metric(baseline)})")
-    return 0
+    for line in result_lines(final, competition):
+        _say(line)
+    return 0 if final.get("best") else 1
 
 
 def run_demo(example: str = "breast_cancer", steps: int = 20, clean: bool = False) -> int:

@@ -60,6 +60,12 @@ def test_submit_wait_json_ls_and_show(daemon_process: Path, tmp_path: Path) -> N
     assert len(shown["nodes"]) == 3
     watched = _cli("watch", task["id"], socket=daemon_process).stdout
     assert "best validation rmse" in watched
+    # The same result block as the demo's, hidden score included (diabetes has answers).
+    assert "search finished: 3 nodes in" in watched
+    assert "score on the hidden answers: " in watched and "sample submission scores" in watched
+    again = _cli("submit", str(tmp_path / "diabetes"), "--steps", "1", "--wait",
+                 socket=daemon_process).stdout
+    assert "search finished: 1 node in" in again and "score on the hidden answers: " in again
 
 
 def test_bad_submit_prints_a_clear_error(daemon_process: Path, tmp_path: Path) -> None:
