@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mlmaster_daemon.watch import progress_line
 from tests.daemon_process import MLMASTER, running_daemon
 
 
@@ -66,6 +67,14 @@ def test_submit_wait_json_ls_and_show(daemon_process: Path, tmp_path: Path) -> N
     again = _cli("submit", str(tmp_path / "diabetes"), "--steps", "1", "--wait",
                  socket=daemon_process).stdout
     assert "search finished: 1 node in" in again and "score on the hidden answers: " in again
+    assert "[  1/1   done] node 1 " in again
+
+
+def test_the_progress_counter_counts_against_the_step_budget() -> None:
+    event = {"type": "node.state", "state": "done", "node_id": 3, "operator": "improve",
+             "metric": 0.5, "nodes_done": 2, "nodes_total": 3}
+    line = progress_line(event, {"node_id": 3, "metric": 0.5}, steps=20)
+    assert line is not None and line.startswith("[  2/20  done] node 3 ")
 
 
 def test_bad_submit_prints_a_clear_error(daemon_process: Path, tmp_path: Path) -> None:
