@@ -36,9 +36,7 @@ def grade(family: str, submission: pd.DataFrame, answers: pd.DataFrame, id_colum
           targets: Sequence[str]) -> float:
     """The score mle-bench's grader of `family` gives `submission` (columns as read by
     pandas), unrounded. Raises `GradingError` saying why where mle-bench refuses it."""
-    from mlmaster_daemon.tasks import mlebench_graders_full
-
-    grader = GRADERS.get(family) or mlebench_graders_full.GRADERS.get(family)
+    grader = families().get(family)
     if grader is None:
         raise ValueError(f"unknown mle-bench grader family {family!r}")
     for column in (id_column, *targets):
@@ -53,6 +51,26 @@ def grade(family: str, submission: pd.DataFrame, answers: pd.DataFrame, id_colum
         # What scikit-learn or pandas raise inside mle-bench's grader: invalid there too.
         raise GradingError(f"mle-bench's grader fails on it ({type(exc).__name__}: {exc})") \
             from None
+
+
+def families() -> dict[str, Grader]:
+    """Every reproduced grader by family name: Lite's here, the full benchmark's in the
+    modules beside this one (one per kind of answer), imported on first use."""
+    from mlmaster_daemon.tasks import (
+        mlebench_graders_detection,
+        mlebench_graders_full,
+        mlebench_graders_labels,
+        mlebench_graders_masks,
+        mlebench_graders_numeric,
+        mlebench_graders_text,
+    )
+
+    found: dict[str, Grader] = dict(GRADERS)
+    for module in (mlebench_graders_full, mlebench_graders_text, mlebench_graders_labels,
+                   mlebench_graders_numeric, mlebench_graders_masks,
+                   mlebench_graders_detection):
+        found.update(module.GRADERS)
+    return found
 
 
 def require(submission: pd.DataFrame, columns: Sequence[str]) -> None:
