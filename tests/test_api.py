@@ -213,3 +213,16 @@ def test_event_lines_are_json(breast_cancer: Path) -> None:
                                        state="done", metric=0.5).to_dict())
     assert json.loads(line)["type"] == "node.state"
     assert pd.notna(json.loads(line)["metric"])
+
+
+async def test_a_competition_scored_by_its_own_metric_is_refused_when_no_model_is_configured(
+        client: Client, tmp_path: Path) -> None:
+    # AI4Code is scored by Kendall tau over cell orders: no tabular model of the offline coder
+    # writes that, so the daemon says so at submit instead of failing every node.
+    public = tmp_path / "AI4Code" / "prepared" / "public"
+    public.mkdir(parents=True)
+    (public / "train_orders.csv").write_text("id,cell_order\na,x y\n")
+    (public / "sample_submission.csv").write_text("id,cell_order\nb,x y\n")
+    refusal = await _refused(client, {"task_dir": str(tmp_path / "AI4Code")})
+    assert "Kendall tau" in refusal.message and "[llm.code]" in refusal.message
+    assert await client.tasks() == []

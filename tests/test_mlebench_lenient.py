@@ -192,20 +192,25 @@ def test_plant_seedlings_counts_an_unknown_species_as_a_false_positive(tmp_path:
     assert grade(built.spec, path) == pytest.approx(want, abs=TOLERANCE)
 
 
-def test_a_known_competition_without_a_reproduced_grader_says_so(tmp_path: Path) -> None:
+def test_a_known_competition_run_with_another_metric_is_reported_by_its_own(
+        tmp_path: Path) -> None:
     from mlmaster_daemon.tasks.competition import load_task
 
-    # AI4Code's Kendall tau is no project metric; task.toml runs it with one anyway
-    root = tmp_path / "AI4Code"
+    # task.toml runs aerial-cactus's AUC task on log loss; the report is still mle-bench's
+    # AUC, ranked higher-is-better, and says what the search's own metric made of the file
+    root = tmp_path / "aerial-cactus-identification"
     (root / "prepared" / "public").mkdir(parents=True)
     (root / "prepared" / "private").mkdir(parents=True)
-    (root / "task.toml").write_text('metric = "accuracy"\n')
+    (root / "task.toml").write_text('metric = "log_loss"\n')
     sample = root / "prepared" / "public" / "sample_submission.csv"
-    sample.write_text("id,cell_order\na,x y\nb,y x\n")
-    (root / "prepared" / "private" / "test_orders.csv").write_text("id,cell_order\na,x y\nb,x y\n")
-    report = grade_report(load_task(root), sample)
-    assert report.score == 0.5
-    assert any("is not reproduced here" in note for note in _disagreements(report))
+    sample.write_text("id,has_cactus\na,0.9\nb,0.2\nc,0.6\n")
+    (root / "prepared" / "private" / "test.csv").write_text("id,has_cactus\na,1\nb,0\nc,0\n")
+    spec = load_task(root)
+    assert spec.lower_is_better
+    report = grade_report(spec, sample)
+    assert report.score == pytest.approx(roc_auc_score([1, 0, 0], [0.9, 0.2, 0.6]))
+    assert report.is_lower_better is False
+    assert any("strict check" in note for note in _disagreements(report))
 
 
 @pytest.mark.parametrize("competition", ["plant-pathology-2020-fgvc7", "playground-series-s3e18"])

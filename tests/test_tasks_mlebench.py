@@ -11,7 +11,7 @@ from mlmaster_daemon.errors import InvalidTaskDir
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.preview import data_preview
 from mlmaster_daemon.tasks.registry import competitions, split_ids
-from mlmaster_daemon.tasks.spec import Metric
+from mlmaster_daemon.tasks.spec import Metric, TaskOverrides
 
 
 def prepare(data_dir: Path, competition: str, public: dict[str, str],
@@ -144,15 +144,36 @@ def test_detecting_insults_loads_with_rows_matched_by_comment(tmp_path: Path) ->
     assert (spec.id_column, spec.target) == ("Comment", "Insult")
 
 
-def test_a_competition_the_project_cannot_score_says_why_and_what_to_do(
+def test_a_competition_scored_by_its_own_metric_loads_with_the_competitions_direction(
         tmp_path: Path) -> None:
     root = prepare(tmp_path, "AI4Code", {
         "train_orders.csv": "id,cell_order\na,x y\n",
         "sample_submission.csv": "id,cell_order\nb,x y\n",
     })
-    with pytest.raises(InvalidTaskDir, match="cannot be run here yet") as caught:
-        load_task(root)
-    assert "task.toml" in caught.value.message
+    spec = load_task(root)
+    assert spec.metric is Metric.COMPETITION and spec.lower_is_better is False
+    with pytest.raises(InvalidTaskDir, match="contradicts AI4Code's own metric"):
+        load_task(root, TaskOverrides(lower_is_better=True))
+
+
+def test_the_competition_metric_needs_a_known_competition(tmp_path: Path) -> None:
+    root = prepare(tmp_path, "my-comp", {
+        "train.csv": "id,a,y\n1,0.1,1\n", "test.csv": "id,a\n2,0.2\n",
+        "sample_submission.csv": "id,y\n2,0\n",
+    })
+    with pytest.raises(InvalidTaskDir, match="is not one"):
+        load_task(root, TaskOverrides(metric="competition"))
+
+
+def test_a_registry_entry_without_a_grader_or_a_reason_is_refused() -> None:
+    from mlmaster_daemon.tasks.registry import _competition
+
+    entry = {"id_column": "id", "split": "full", "modality": "text"}
+    with pytest.raises(ValueError, match="names no grader"):
+        _competition("x", {**entry, "split": "medium", "metric": "competition",
+                           "lower_is_better": False})
+    with pytest.raises(ValueError, match="needs lower_is_better"):
+        _competition("x", {**entry, "split": "medium", "unsupported": "why"})
 
 
 def test_task_toml_can_describe_an_unknown_competition_fully(tmp_path: Path) -> None:

@@ -38,8 +38,9 @@ from mlmaster_daemon.api.openapi import openapi_json
 from mlmaster_daemon.api.schemas import SubmitRequest, is_node_id, is_task_id
 from mlmaster_daemon.artefacts import best_submission, node_dir, task_root, top_submissions
 from mlmaster_daemon.bus import Event, EventBus
+from mlmaster_daemon.coders.offline.coder import offline_refusal
 from mlmaster_daemon.config import Config, Settings
-from mlmaster_daemon.errors import Forbidden, InvalidRequest, MlmasterError
+from mlmaster_daemon.errors import Forbidden, InvalidRequest, InvalidTaskDir, MlmasterError
 from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.faults import describe, is_storage_fault
 from mlmaster_daemon.logs import get_logger
@@ -48,7 +49,7 @@ from mlmaster_daemon.policy_config import check_policy
 from mlmaster_daemon.scheduler import TaskQueue
 from mlmaster_daemon.store import Store, TaskRecord
 from mlmaster_daemon.tasks.competition import load_task
-from mlmaster_daemon.tasks.spec import TaskOverrides
+from mlmaster_daemon.tasks.spec import Metric, TaskOverrides
 
 log = get_logger("mlmaster.api")
 HEARTBEAT_S = 15.0
@@ -260,6 +261,8 @@ async def submit_task(request: web.Request) -> web.Response:
     task_dir = Path(req.task_dir)
     await asyncio.to_thread(check_task_folder, task_dir, peer, placement)
     spec = await asyncio.to_thread(load_task, task_dir, overrides)
+    if spec.metric is Metric.COMPETITION and parts.config.llm.code is None:
+        raise InvalidTaskDir(offline_refusal(spec))
     await asyncio.to_thread(check_task_spec, spec, peer, placement)
     search = parts.config.search
     task = TaskRecord(

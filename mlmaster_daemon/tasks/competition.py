@@ -18,7 +18,7 @@ from typing import Any
 
 from mlmaster_daemon.errors import InvalidTaskDir
 from mlmaster_daemon.tasks import archives, registry, task_toml
-from mlmaster_daemon.tasks.spec import Metric, TaskOverrides, TaskSpec
+from mlmaster_daemon.tasks.spec import PROJECT_METRICS, Metric, TaskOverrides, TaskSpec
 from mlmaster_daemon.tasks.task_toml import read_task_toml
 
 TRAIN_FILE = "train.csv"
@@ -85,8 +85,8 @@ def load_task(task_dir: str | Path, overrides: TaskOverrides | None = None) -> T
             "with a metric the project has"
         )
     name = str(settings.get("name") or root.name or "task")
-    metric = _resolve_metric(settings.get("metric"), name, root)
-    lower_is_better = _resolve_direction(settings.get("lower_is_better"), metric, root)
+    metric = _resolve_metric(settings.get("metric"), name, root, known)
+    lower_is_better = _resolve_direction(settings.get("lower_is_better"), metric, root, known)
 
     if known is None:
         _check_required_files(public, private, settings)
@@ -113,7 +113,7 @@ def load_task(task_dir: str | Path, overrides: TaskOverrides | None = None) -> T
         root=root,
         public_dir=public,
         private_dir=private if private.is_dir() else None,
-        description=_read_description(public, name, target, metric),
+        description=_read_description(public, name, target, metric, lower_is_better),
         metric=metric,
         lower_is_better=lower_is_better,
         target=target,
@@ -282,26 +282,41 @@ def _override_values(overrides: TaskOverrides | None) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def _resolve_metric(value: Any, name: str, root: Path) -> Metric:
+def _resolve_metric(value: Any, name: str, root: Path,
+                    known: registry.Competition | None) -> Metric:
     if value is None:
         raise InvalidTaskDir(
             f'no metric for task {name}: add `metric = "roc_auc"` to {root / TASK_TOML} '
             f"or pass --metric (one of {KNOWN_METRICS})"
         )
     try:
-        return Metric(str(value).strip().lower())
+        metric = Metric(str(value).strip().lower())
     except ValueError:
         raise InvalidTaskDir(
             f"unknown metric {value!r} for task {name}: use one of {KNOWN_METRICS}"
         ) from None
+    if metric is Metric.COMPETITION and (known is None or known.grader is None):
+        raise InvalidTaskDir(
+            f'metric "competition" means a known MLE-bench competition\'s own grader, and task '
+            f"{name} is not one (`mlmaster competitions` lists them; set competition_id in "
+            f"{root / TASK_TOML} if the folder is one under another name): use one of "
+            f"{', '.join(m.value for m in PROJECT_METRICS)}"
+        )
+    return metric
 
 
-def _resolve_direction(value: Any, metric: Metric, root: Path) -> bool:
-    if value is None or bool(value) == metric.lower_is_better:
-        return metric.lower_is_better
-    natural = "lower" if metric.lower_is_better else "higher"
+def _resolve_direction(value: Any, metric: Metric, root: Path,
+                       known: registry.Competition | None) -> bool:
+    if metric is Metric.COMPETITION:
+        assert known is not None  # _resolve_metric refuses it otherwise
+        natural_lower, named = known.lower_is_better, f"{known.id}'s own metric ({known.scoring})"
+    else:
+        natural_lower, named = metric.lower_is_better, f"metric {metric.value}"
+    if value is None or bool(value) == natural_lower:
+        return natural_lower
+    natural = "lower" if natural_lower else "higher"
     raise InvalidTaskDir(
-        f"lower_is_better = {str(bool(value)).lower()} contradicts metric {metric.value}, "
+        f"lower_is_better = {str(bool(value)).lower()} contradicts {named}, "
         f"for which {natural} is better: remove lower_is_better from {root / TASK_TOML} "
         "(or the override) or fix the metric"
     )
@@ -367,7 +382,8 @@ def count_rows(path: Path) -> int:
     return max(lines + (0 if last == b"\n" else 1) - 1, 0)
 
 
-def _read_description(public: Path, name: str, target: str, metric: Metric) -> str:
+def _read_description(public: Path, name: str, target: str, metric: Metric,
+                      lower_is_better: bool) -> str:
     """description.md, cut at MAX_DESCRIPTION_BYTES (prompts use far less; a huge file is
     stored and sent nowhere whole)."""
     path = public / "description.md"
@@ -383,7 +399,7 @@ def _read_description(public: Path, name: str, target: str, metric: Metric) -> s
             text += (f"\n\n[description cut at {MAX_DESCRIPTION_BYTES // 1024} KiB of "
                      f"{size / 1024 / 1024:.1f} MiB; the whole text is input/description.md]")
         return text
-    direction = "lower" if metric.lower_is_better else "higher"
+    direction = "lower" if lower_is_better else "higher"
     return (
         f"Competition {name}: predict `{target}` for each row of test.csv from the features "
         f"in train.csv; scored by {metric.value} ({direction} is better)."

@@ -30,7 +30,7 @@ from mlmaster_daemon.tasks.medals import (
     thresholds,
 )
 from mlmaster_daemon.tasks.report import CompetitionReport
-from mlmaster_daemon.tasks.spec import TaskSpec
+from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,7 +107,8 @@ def _answers(spec: TaskSpec, *, strict: bool = False) -> pd.DataFrame:
 
 def grade(spec: TaskSpec, submission_path: Path) -> float:
     """The strict score: the submission must pass `validate_submission` (the sample's columns,
-    rows and ids), then the task's metric scores it with rows matched by id.
+    rows and ids), then the task's metric scores it with rows matched by id (the "competition"
+    metric: mle-bench's grader of the competition, reproduced).
 
     Raises `GradingError` when there are no answers or the submission is invalid.
     """
@@ -118,6 +119,9 @@ def grade(spec: TaskSpec, submission_path: Path) -> float:
     problem = validate_submission(spec, submission_path)
     if problem is not None:
         raise GradingError(problem)
+    if spec.metric is Metric.COMPETITION:
+        # The competition's own metric exists only as mle-bench's grader of it.
+        return grade_like_mlebench(spec, submission_path)
     answers = _answers(spec, strict=True)
     submission = read_table(submission_path, submission_size_limit(spec), strict=True)
     columns = spec.scored_columns
@@ -175,8 +179,15 @@ def grade_report(spec: TaskSpec, submission_path: Path | None, *,
     return CompetitionReport.ranked(
         competition_id(spec), score, board, submission_exists=exists,
         submission_path="" if submission_path is None else str(submission_path),
-        notes=tuple(notes), lower_is_better=spec.lower_is_better,
+        notes=tuple(notes), lower_is_better=_direction(spec),
     )
+
+
+def _direction(spec: TaskSpec) -> bool:
+    """Whether lower scores rank higher: the competition's direction for a known one (its
+    grader gives the score, whichever metric the search was told to use), else the task's."""
+    known = registry.lookup(spec.competition_id or "")
+    return known.lower_is_better if known is not None else spec.lower_is_better
 
 
 def _board(spec: TaskSpec, leaderboard: Path | None, search: Iterable[Path],
@@ -198,10 +209,6 @@ def _score_and_compare(spec: TaskSpec, submission: Path, notes: list[str]) -> fl
     if known is None or known.grader is None:
         if official_problem:
             notes.append(f"invalid submission: {official_problem}")
-        if known is not None:
-            notes.append(f"mle-bench's own grader of {known.id} ({known.scoring}) is not "
-                         f"reproduced here: this is the project's {spec.metric.value} with "
-                         "its strict checks, and may differ from mle-bench's score")
         return official
     strict, strict_problem = _attempt(lambda: grade(spec, submission))
     if official is not None and strict is None:

@@ -62,6 +62,9 @@ def score(
     of the answers and the predictions, as scikit-learn does. Raises `GradingError` saying
     what is wrong when ids or columns do not match or values are missing or unusable.
     """
+    if metric is Metric.COMPETITION:
+        raise ValueError("the competition metric is scored by the competition's grader "
+                         "(grading.grade), not by metrics.score")
     columns = _target_columns(target)
     if metric is Metric.MAP_AT_K and k < 1:
         raise GradingError(f"map@k needs k >= 1, got k={k}")

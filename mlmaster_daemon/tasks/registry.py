@@ -22,7 +22,8 @@ FULL_SPLITS = ("lite", "medium", "high")
 @dataclass(frozen=True)
 class Competition:
     """One known competition. `train_file`/`test_file` None: the usual name; "": none.
-    `metric` None: the project cannot score it (`unsupported` says why)."""
+    `metric` None: the project cannot score it (`unsupported` says why); COMPETITION: the
+    search and `grade` use the reproduction of mle-bench's `grader` and `scoring` names it."""
 
     id: str
     metric: Metric | None
@@ -60,9 +61,14 @@ def _competition(cid: str, raw: dict[str, Any]) -> Competition:
         raise ValueError(f"mlebench.toml: {cid} has no metric and no `unsupported` reason")
     if raw["split"] not in SPLITS:
         raise ValueError(f"mlebench.toml: {cid} has unknown split {raw['split']!r}")
-    lower = raw.get("lower_is_better", metric.lower_is_better if metric else None)
+    if metric is not None and "grader" not in raw:
+        raise ValueError(f"mlebench.toml: {cid} has a metric but names no grader (every "
+                         "runnable competition is graded as mle-bench grades it)")
+    own = None if metric in (None, Metric.COMPETITION) else metric
+    lower = raw.get("lower_is_better", own.lower_is_better if own is not None else None)
     if lower is None:
-        raise ValueError(f"mlebench.toml: {cid} needs lower_is_better (it has no metric)")
+        raise ValueError(f"mlebench.toml: {cid} needs lower_is_better (its metric has no "
+                         "direction of its own)")
     return Competition(
         id=cid, metric=metric, id_column=str(raw["id_column"]),
         targets=tuple(raw.get("targets", ())), split=str(raw["split"]),

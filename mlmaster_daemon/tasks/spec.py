@@ -26,9 +26,18 @@ class Metric(StrEnum):
     F1 = "f1"
     F1_MICRO = "f1_micro"
     F1_MACRO = "f1_macro"
+    # A known MLE-bench competition's own metric (mean Levenshtein distance, Dice over
+    # run-length masks, ...), computed by the reproduction of mle-bench's grader for it
+    # (`registry.Competition.grader`); its direction is the competition's.
+    COMPETITION = "competition"
 
     @property
     def lower_is_better(self) -> bool:
+        """The metric's direction. COMPETITION has none of its own: read the task's
+        (`TaskSpec.lower_is_better`, the registry's)."""
+        if self is Metric.COMPETITION:
+            raise ValueError("the competition metric's direction is the competition's: read "
+                             "TaskSpec.lower_is_better")
         return self in (Metric.LOG_LOSS, Metric.RMSE, Metric.MAE, Metric.RMSLE)
 
     @property
@@ -38,6 +47,11 @@ class Metric(StrEnum):
     @property
     def needs_probabilities(self) -> bool:
         return self in (Metric.ROC_AUC, Metric.LOG_LOSS)
+
+
+# The metrics the project computes itself, for any task (COMPETITION needs a known
+# competition's grader).
+PROJECT_METRICS: tuple[Metric, ...] = tuple(m for m in Metric if m is not Metric.COMPETITION)
 
 
 @dataclass(frozen=True)

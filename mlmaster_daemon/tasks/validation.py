@@ -30,7 +30,8 @@ def validate_submission(spec: TaskSpec, submission_path: Path) -> str | None:
     Compared with the sample submission: the file parses as CSV, has the same columns, row
     count and ids (any order), no missing predictions, numbers where the metric needs them,
     probabilities within [0, 1] for roc_auc and log_loss (class probabilities summing to 1 per
-    row), no negatives for rmsle and whole numbers for qwk. This is stricter than some of
+    row), no negatives for rmsle and whole numbers for qwk (the "competition" metric leaves
+    the values to its grader, which `grading.grade` runs). This is stricter than some of
     MLE-bench's graders (see `mlebench_graders`): a file that passes is right everywhere.
     Raises `InvalidTaskDir` only when the task's own sample submission cannot be read.
     """
@@ -148,6 +149,10 @@ def _id_problems(id_column: str, sample: pd.DataFrame, submission: pd.DataFrame)
 
 
 def _value_problems(spec: TaskSpec, column: str, values: pd.Series) -> list[str]:
+    if spec.metric is Metric.COMPETITION:
+        # The competition's grader judges the values: a blank may be a prediction there (an
+        # empty mask, no box, no answer).
+        return []
     missing = int(values.isna().sum())
     if missing:
         return [f"column {column} has {missing} missing value(s)"]

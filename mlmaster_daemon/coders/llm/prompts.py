@@ -150,6 +150,18 @@ def metric_name(metric: Metric) -> str:
     return _METRIC_NAMES.get(metric, metric.value)
 
 
+def task_metric_name(task: TaskSpec) -> str:
+    """What the task is scored by: the metric's name, or for a competition's own metric what
+    mle-bench's grader computes ("mean Levenshtein distance")."""
+    if task.metric is not Metric.COMPETITION:
+        return metric_name(task.metric)
+    from mlmaster_daemon.tasks import registry
+
+    known = registry.lookup(task.competition_id or "")
+    scoring = known.scoring if known is not None else "the competition's metric"
+    return f"{scoring} (the competition's own metric, as MLE-bench grades it)"
+
+
 def format_duration(seconds: float | None) -> str:
     """Human-readable time left: "2 h 05 min", "14 min 30 s", "40 s", or "no limit given"."""
     if seconds is None:
@@ -170,7 +182,7 @@ def _task_values(task: TaskSpec) -> dict[str, str]:
     return {
         "task_name": task.name,
         "task_description": clip(task.description.strip(), MAX_DESCRIPTION_CHARS),
-        "metric_name": metric_name(task.metric),
+        "metric_name": task_metric_name(task),
         "direction": "lower is better" if task.lower_is_better else "higher is better",
         "target": task.target,
         "id_column": task.id_column,

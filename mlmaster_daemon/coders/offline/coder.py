@@ -30,8 +30,9 @@ from mlmaster_daemon.coders.offline.recipe import (
 )
 from mlmaster_daemon.coders.offline.render import render
 from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
+from mlmaster_daemon.errors import InvalidTaskDir
 from mlmaster_daemon.models import Operator
-from mlmaster_daemon.tasks.spec import TaskSpec
+from mlmaster_daemon.tasks.spec import Metric, TaskSpec
 
 __all__ = ["OfflineCoder", "Recipe", "parse_recipe", "render"]
 
@@ -69,6 +70,8 @@ class OfflineCoder:
     async def generate(self, request: CodeRequest) -> CodeResponse:
         """The plan, script and one-line summary for one draft, improve, debug or crossover
         expansion (crossover rules: see `crossover.py`)."""
+        if request.task.metric is Metric.COMPETITION:
+            raise InvalidTaskDir(offline_refusal(request.task))
         rng = random.Random(f"offline-coder:{self._seed}:{request.node_id}:{request.operator}")
         plan = script_plan(request)
         if request.operator is Operator.DRAFT:
@@ -78,6 +81,20 @@ class OfflineCoder:
         if request.operator is Operator.CROSSOVER:
             return _crossover(request, plan, rng)
         return _debug(request, plan, rng)
+
+
+def offline_refusal(task: TaskSpec) -> str:
+    """Why the offline coder cannot take `task` (scored by a competition's own metric), and
+    what to do."""
+    from mlmaster_daemon.tasks import registry
+
+    known = registry.lookup(task.competition_id or "")
+    scoring = known.scoring if known is not None else "its own metric"
+    return (f"{task.competition_id or task.name} is scored by {scoring}, which the built-in "
+            "offline coder cannot write solutions for (it writes tabular models for the "
+            "project's own metrics): configure a model under [llm.code] in the daemon's "
+            "config to run it, or give the task one of the project's metrics with --metric "
+            "or task.toml")
 
 
 def _draft(request: CodeRequest, plan: ScriptPlan, rng: random.Random) -> CodeResponse:

@@ -1,0 +1,83 @@
+"""The "competition" metric: a known MLE-bench competition scored by its own metric (the
+reproduction of mle-bench's grader), with the competition's direction, through the strict
+check, the prompts and the coders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from mlmaster_daemon.coders.llm.prompts import task_metric_name
+from mlmaster_daemon.coders.offline.coder import OfflineCoder
+from mlmaster_daemon.coders.protocol import CodeRequest
+from mlmaster_daemon.errors import GradingError, InvalidTaskDir
+from mlmaster_daemon.models import Operator
+from mlmaster_daemon.tasks.competition import load_task
+from mlmaster_daemon.tasks.grading import grade, grade_report
+from mlmaster_daemon.tasks.spec import Metric, TaskOverrides, TaskSpec
+from mlmaster_daemon.tasks.validation import validate_submission
+
+
+def _cactus(tmp_path: Path) -> Path:
+    """aerial-cactus-identification (AUC) with three hidden answers."""
+    root = tmp_path / "aerial-cactus-identification"
+    (root / "prepared" / "public").mkdir(parents=True)
+    (root / "prepared" / "private").mkdir(parents=True)
+    (root / "prepared" / "public" / "sample_submission.csv").write_text(
+        "id,has_cactus\na,0.5\nb,0.5\nc,0.5\n")
+    (root / "prepared" / "private" / "test.csv").write_text("id,has_cactus\na,1\nb,0\nc,0\n")
+    return root
+
+
+def _ai4code(tmp_path: Path) -> TaskSpec:
+    public = tmp_path / "AI4Code" / "prepared" / "public"
+    public.mkdir(parents=True)
+    (public / "train_orders.csv").write_text("id,cell_order\na,x y\n")
+    (public / "sample_submission.csv").write_text("id,cell_order\nb,x y\nc,y x\n")
+    return load_task(tmp_path / "AI4Code")
+
+
+def test_the_strict_score_of_the_competition_metric_is_its_graders_on_a_valid_file(
+        tmp_path: Path) -> None:
+    spec = load_task(_cactus(tmp_path), TaskOverrides(metric="competition"))
+    assert spec.metric is Metric.COMPETITION and spec.lower_is_better is False
+    path = tmp_path / "submission.csv"
+    path.write_text("id,has_cactus\nc,0.6\na,0.9\nb,0.2\n")
+    assert grade(spec, path) == pytest.approx(roc_auc_score([1, 0, 0], [0.9, 0.2, 0.6]))
+    # the strict check still holds it to the sample's ids
+    path.write_text("id,has_cactus\nc,0.6\na,0.9\nz,0.2\n")
+    with pytest.raises(GradingError, match="not in the test set"):
+        grade(spec, path)
+    assert grade_report(spec, path).score is None
+
+
+def test_blank_cells_are_left_to_the_competitions_grader(tmp_path: Path) -> None:
+    # An empty prediction (no mask, no box, no answer) is a value some graders score.
+    spec = _ai4code(tmp_path)
+    path = tmp_path / "submission.csv"
+    path.write_text("id,cell_order\nb,\nc,y x\n")
+    assert validate_submission(spec, path) is None
+    path.write_text("id,cell_order\nb,x y\n")
+    assert "1 id(s) of the test set have no row" in (validate_submission(spec, path) or "")
+
+
+def test_the_prompts_name_what_the_competitions_grader_computes(tmp_path: Path) -> None:
+    spec = _ai4code(tmp_path)
+    assert task_metric_name(spec) == ("Kendall tau (cell order) (the competition's own metric, "
+                                      "as MLE-bench grades it)")
+    assert task_metric_name(load_task(_cactus(tmp_path))) == "ROC AUC"
+
+
+async def test_the_offline_coder_says_it_cannot_write_for_a_competitions_own_metric(
+        tmp_path: Path) -> None:
+    spec = _ai4code(tmp_path)
+    with pytest.raises(InvalidTaskDir, match=r"\[llm\.code\]") as refused:
+        await OfflineCoder().generate(CodeRequest(Operator.DRAFT, spec, 1, ""))
+    assert "Kendall tau" in refused.value.message
+
+
+def test_the_competition_metric_has_no_direction_of_its_own() -> None:
+    with pytest.raises(ValueError, match=r"TaskSpec\.lower_is_better"):
+        _ = Metric.COMPETITION.lower_is_better
