@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from mlmaster_daemon.api.schemas import is_task_id
 from mlmaster_daemon.cli import _client_call, _print
 from mlmaster_daemon.errors import MlmasterError
+from mlmaster_daemon.tasks.spec import Metric
 
 if TYPE_CHECKING:
     from mlmaster_daemon.tasks.report import CompetitionReport
@@ -140,14 +141,17 @@ def competitions(args: argparse.Namespace) -> int:
                      "project_metric": known.metric.value if known.metric else None,
                      "lower_is_better": known.lower_is_better, "modality": known.modality,
                      "split": split, "runs_here": known.unsupported is None,
+                     "offline_coder": known.metric is not None
+                     and known.metric is not Metric.COMPETITION,
                      "note": known.unsupported or ""})
     if args.json:
         _print(json.dumps(rows, indent=2))
         return 0
     _print(f"# MLE-bench competitions as at openai/mle-bench {registry.MLEBENCH_COMMIT[:7]}; "
-           "split lite "
-           "is also in full; * = cannot run here yet")
+           "split lite is also in full; m = scored by its own metric, so it needs a model "
+           "([llm.code]): the offline coder writes tabular models for the project's metrics; "
+           "* = cannot run here yet")
     for row in rows:
-        mark = " " if row["runs_here"] else "*"
+        mark = "*" if not row["runs_here"] else (" " if row["offline_coder"] else "m")
         _print(f"{mark} {row['id']:<56} {row['split']:<5} {row['modality']:<14} {row['metric']}")
     return 0

@@ -134,6 +134,11 @@ def test_competitions_lists_the_registry_with_metric_modality_and_split() -> Non
     listed = json.loads(_cli("competitions", "--split", "full", "--json").stdout)
     assert len(listed) == 75 and {row["split"] for row in listed} == {"lite", "full"}
     assert all({"id", "metric", "modality", "split"} <= set(row) for row in listed)
+    # every one runs; those scored by their own metric need a model, and say so
+    assert all(row["runs_here"] for row in listed)
+    own = {row["id"] for row in listed if not row["offline_coder"]}
+    assert len(own) == 35 and lines["AI4Code"].startswith("m ")
+    assert lines["spooky-author-identification"].startswith("  ")
 
 
 @pytest.mark.parametrize("name", ["breast_cancer", "wine", "diabetes"])
