@@ -352,6 +352,15 @@ def test_tensorflow2_scores_micro_f1_of_predictions_found_among_the_annotations(
     assert score(case, "sample", tmp_path) == pytest.approx(2 / 6, abs=TOLERANCE)
 
 
+def test_tensorflow2_reads_annotations_given_as_json_text(tmp_path: Path) -> None:
+    case = questions()
+    as_text = case.answers.assign(annotations=[json.dumps(a) for a in case.answers.annotations])
+    answers = through_csv(as_text, tmp_path, "answers")
+    noisy = through_csv(case.submissions["noisy"], tmp_path, "noisy")
+    assert mlebench_graders.grade(case.competition, noisy, answers, "example_id",
+                                  ("annotations",)) == pytest.approx(3 / 6, abs=TOLERANCE)
+
+
 @pytest.mark.parametrize("name", ["not_a_span", "three_parts", "words_for_tokens",
                                   "short_missing", "one_row_per_example"])
 def test_tensorflow2_refuses_what_mlebench_refuses(tmp_path: Path, name: str) -> None:

@@ -19,8 +19,10 @@ import pandas as pd
 from mlmaster_daemon.errors import GradingError
 from mlmaster_daemon.tasks.mlebench_graders import Grader, require, same_length, sorted_by_id
 
-# tensorflow2-question-answering: the submission's answer column (the answers hold annotations).
+# tensorflow2-question-answering: the submission's answer column and the answers' annotations
+# (test.jsonl's records), named in its grade.py whatever the registry's targets say.
 PREDICTION_STRING = "PredictionString"
+ANNOTATIONS = "annotations"
 
 
 def _missing(value: Any) -> bool:
@@ -261,14 +263,17 @@ def _answer_spans_micro_f1(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
     A prediction is a positive; it is true when it is one of the annotated answers, and a
     blank is a false negative where an answer exists. Micro F1 over the rows.
 
-    The answers are test.jsonl's records, one a row (`id_column` and the `annotations` list,
-    named by targets[0], as read from JSON or as its JSON text)."""
+    The answers are test.jsonl's records, one a row, as `pd.read_json(path, lines=True,
+    dtype=False)` reads them: `id_column` and the `annotations` list (or its JSON text)."""
     from sklearn.metrics import f1_score
 
     if len(sub) != 2 * len(ans):
         raise GradingError(f"the submission has {len(sub)} rows, it needs two (_long and "
                            f"_short) for each of the {len(ans)} answered examples")
     require(sub, (id_column, PREDICTION_STRING))
+    if ANNOTATIONS not in ans.columns:
+        raise GradingError(f"the answers have no column {ANNOTATIONS!r}: grade against "
+                           "test.jsonl as `mlebench prepare` writes it")
     ids = [str(v) for v in _blank_as_empty(sub[id_column])]
     predictions = [str(v).strip() for v in _blank_as_empty(sub[PREDICTION_STRING])]
     examples = [f"{v}" for v in ans[id_column].tolist()]
@@ -279,7 +284,7 @@ def _answer_spans_micro_f1(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
     if len(set(ids)) != len(ids):
         raise GradingError(f"the submission repeats {id_column} values")
     annotations = {e: _annotation(cell, e)
-                   for e, cell in zip(examples, ans[targets[0]].tolist(), strict=True)}
+                   for e, cell in zip(examples, ans[ANNOTATIONS].tolist(), strict=True)}
     y_true, y_pred = [], []
     for row_id, text in zip(ids, predictions, strict=True):
         prediction = _parsed_prediction(text)
