@@ -246,9 +246,10 @@ def _osic(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
 def _trip_score(guess_lat: FloatArray, guess_lng: FloatArray, true_lat: FloatArray,
                 true_lng: FloatArray) -> float:
     """The mean of the 50th and 95th percentile haversine distances, rows paired by position."""
-    a = (np.sin((true_lat - guess_lat) / 2) ** 2
-         + np.cos(guess_lat) * np.cos(true_lat) * np.sin((true_lng - guess_lng) / 2) ** 2)
-    distance = 2 * HAVERSINE_RADIUS_M * np.arcsin(np.sqrt(a))
+    with np.errstate(invalid="ignore"):  # an infinite coordinate gives NaN, as in mle-bench
+        a = (np.sin((true_lat - guess_lat) / 2) ** 2
+             + np.cos(guess_lat) * np.cos(true_lat) * np.sin((true_lng - guess_lng) / 2) ** 2)
+        distance = 2 * HAVERSINE_RADIUS_M * np.arcsin(np.sqrt(a))
     return float(np.mean([np.quantile(distance, 0.50), np.quantile(distance, 0.95)]))
 
 
