@@ -26,7 +26,7 @@ ANNOTATIONS = "annotations"
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
 def _as_text(values: pd.Series) -> list[str]:
