@@ -81,3 +81,31 @@ async def test_the_offline_coder_says_it_cannot_write_for_a_competitions_own_met
 def test_the_competition_metric_has_no_direction_of_its_own() -> None:
     with pytest.raises(ValueError, match=r"TaskSpec\.lower_is_better"):
         _ = Metric.COMPETITION.lower_is_better
+
+
+def test_answers_kept_as_json_lines_are_graded_from_the_prepared_folder(
+        tmp_path: Path) -> None:
+    from test_mlebench_graders_text import questions
+
+    # tensorflow2-question-answering: prepare.py leaves the answers as private/test.jsonl,
+    # holding `annotations` rather than the submission's PredictionString.
+    case = questions()
+    root = tmp_path / "tensorflow2-question-answering"
+    public, private = root / "prepared" / "public", root / "prepared" / "private"
+    public.mkdir(parents=True)
+    private.mkdir(parents=True)
+    case.answers.to_json(private / "test.jsonl", orient="records", lines=True)
+    for name in ("simplified-nq-train.jsonl", "simplified-nq-test.jsonl"):
+        case.answers.head(1).to_json(public / name, orient="records", lines=True)
+    case.submissions["sample"].to_csv(public / "sample_submission.csv", index=False)
+    spec = load_task(root)
+    assert (spec.train_file, spec.test_file) == ("simplified-nq-train.jsonl",
+                                                 "simplified-nq-test.jsonl")
+    perfect, noisy = tmp_path / "perfect.csv", tmp_path / "noisy.csv"
+    case.submissions["perfect"].to_csv(perfect, index=False)
+    case.submissions["noisy"].to_csv(noisy, index=False)
+    assert grade(spec, perfect) == 1.0
+    assert grade_report(spec, noisy).score == round(3 / 6, 5)
+    (private / "test.jsonl").write_text("{not json\n")
+    with pytest.raises(GradingError, match="as JSON lines"):
+        grade(spec, perfect)

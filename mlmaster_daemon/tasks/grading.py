@@ -67,7 +67,8 @@ def answers_path(spec: TaskSpec) -> Path:
 def read_table(path: Path, max_bytes: int, *, strict: bool = False,
                follow_link: bool = False) -> pd.DataFrame:
     """The CSV at `path` as mle-bench reads it (`float_precision="round_trip"`; `strict`: only
-    empty cells are missing, as the strict check reads), refused when it is over `max_bytes`,
+    empty cells are missing, as the strict check reads; a `.jsonl` file as JSON lines), refused
+    when it is over `max_bytes`,
     not a regular file, or a link (unless `follow_link`: the operator's own answers may be
     one). Raises `GradingError`."""
     import pandas as pd
@@ -86,6 +87,10 @@ def read_table(path: Path, max_bytes: int, *, strict: bool = False,
             if size > max_bytes:
                 raise GradingError(f"{path} is {size / 2**20:.1f} MiB, more than the "
                                    f"{max_bytes / 2**20:.1f} MiB a table for this task may hold")
+            if path.suffix.lower() == ".jsonl":
+                # JSON lines (tensorflow2-question-answering's answers), values as written.
+                lines: pd.DataFrame = pd.read_json(handle, lines=True, dtype=False)
+                return lines
             frame: pd.DataFrame = pd.read_csv(handle, **options)
             return frame
     except GradingError:
@@ -95,7 +100,8 @@ def read_table(path: Path, max_bytes: int, *, strict: bool = False,
                            "itself, not a link to it") from None
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError,
             pd.errors.EmptyDataError) as exc:
-        raise GradingError(f"cannot read {path} as CSV: {exc}") from None
+        kind = "JSON lines" if path.suffix.lower() == ".jsonl" else "CSV"
+        raise GradingError(f"cannot read {path} as {kind}: {exc}") from None
 
 
 def _answers(spec: TaskSpec, *, strict: bool = False) -> pd.DataFrame:
@@ -142,7 +148,7 @@ def grade_like_mlebench(spec: TaskSpec, submission_path: Path) -> float:
     answers = _answers(spec)
     submission = read_table(submission_path, submission_size_limit(spec))
     return mlebench_graders.grade(known.grader, submission, answers, spec.id_column,
-                                  known.targets or spec.scored_columns)
+                                  known.targets or spec.scored_columns, known.answer_columns)
 
 
 def grade_sample_submission(spec: TaskSpec) -> float:

@@ -33,13 +33,14 @@ Grader = Callable[[pd.DataFrame, pd.DataFrame, str, tuple[str, ...]], float]
 
 
 def grade(family: str, submission: pd.DataFrame, answers: pd.DataFrame, id_column: str,
-          targets: Sequence[str]) -> float:
+          targets: Sequence[str], answer_columns: Sequence[str] = ()) -> float:
     """The score mle-bench's grader of `family` gives `submission` (columns as read by
-    pandas), unrounded. Raises `GradingError` saying why where mle-bench refuses it."""
+    pandas), unrounded. The answers must hold `answer_columns`, by default the id column and
+    `targets`. Raises `GradingError` saying why where mle-bench refuses it."""
     grader = families().get(family)
     if grader is None:
         raise ValueError(f"unknown mle-bench grader family {family!r}")
-    for column in (id_column, *targets):
+    for column in answer_columns or (id_column, *targets):
         if column not in answers.columns:
             raise GradingError(f"the answers have no column {column!r}: prepare the "
                                "competition again with `mlebench prepare`")

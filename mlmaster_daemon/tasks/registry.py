@@ -41,6 +41,7 @@ class Competition:
     answers: str | None = None
     map_k: int = 5
     unsupported: str | None = None
+    answer_columns: tuple[str, ...] = ()
 
     @property
     def in_full(self) -> bool:
@@ -78,6 +79,7 @@ def _competition(cid: str, raw: dict[str, Any]) -> Competition:
         train_file=raw.get("train_file"), test_file=raw.get("test_file"),
         sample=raw.get("sample"), answers=raw.get("answers"), map_k=int(raw.get("map_k", 5)),
         unsupported=raw.get("unsupported"),
+        answer_columns=tuple(raw.get("answer_columns", ())),
     )
 
 
