@@ -1,5 +1,7 @@
 # Sourced by scripts/demo and scripts/test: find Python 3.11+, create or reuse .venv, and
-# (re)install the project with its dev tools when pyproject.toml changed since the last install.
+# (re)install the project when pyproject.toml changed since the last install. EXTRAS (set by the
+# caller) names the optional dependencies to add: scripts/test sets "dev" (pytest, ruff, mypy);
+# scripts/demo installs only what the daemon needs.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -24,17 +26,37 @@ if ! .venv/bin/python -c 'import sys; raise SystemExit(sys.version_info < (3, 11
     "$PY" -m venv .venv
 fi
 
-STAMP=.venv/.mlmaster-installed
-WANT="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! .venv/bin/python -c 'import mlmaster_daemon' 2>/dev/null; then
-    echo "installing mlmaster-daemon and its dependencies into .venv (first run takes a few minutes)" >&2
+EXTRAS="${EXTRAS:-}"
+WANT="$(sha256sum < pyproject.toml | cut -d' ' -f1)"
+# One stamp per set of extras, holding the pyproject.toml hash it was installed from; the dev
+# install holds everything the plain one does.
+installed() {
+    local extras
+    for extras in "$@"; do
+        [ "$(cat ".venv/.mlmaster-installed${extras:+-$extras}" 2>/dev/null)" = "$WANT" ] && return 0
+    done
+    return 1
+}
+if [ -n "$EXTRAS" ]; then satisfied=("$EXTRAS"); else satisfied=("" dev); fi
+if ! installed "${satisfied[@]}" || ! .venv/bin/python -c 'import mlmaster_daemon' 2>/dev/null; then
+    what="mlmaster-daemon and what it needs"
+    [ -n "$EXTRAS" ] && what="$what, with [$EXTRAS]"
+    echo "installing $what into .venv (the first run takes a few minutes; each package is listed as it comes)" >&2
     LOG=.venv/install.log
-    if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[dev]'; } >"$LOG" 2>&1; then
+    target="."
+    [ -n "$EXTRAS" ] && target=".[$EXTRAS]"
+    set +e
+    { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install --progress-bar off -e "$target"; } 2>&1 \
+        | tee "$LOG" | grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed)' \
+        | sed -u -e 's/^Collecting /  fetching /' -e 's/^Successfully installed .*/  installed/' >&2
+    status=("${PIPESTATUS[@]}")
+    set -e
+    if [ "${status[0]}" != 0 ]; then
         tail -n 40 "$LOG" >&2
         echo "error: installing the project failed; the full log is $ROOT/$LOG" >&2
         exit 1
     fi
-    echo "$WANT" > "$STAMP"
+    echo "$WANT" > ".venv/.mlmaster-installed${EXTRAS:+-$EXTRAS}"
 fi
 
 # The sandbox for generated code. Installed when we can (root with apt); without it jobs run
