@@ -48,7 +48,8 @@ if ! installed "${satisfied[@]}" || ! .venv/bin/python -c 'import mlmaster_daemo
     set +e
     { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install --progress-bar off -e "$target"; } 2>&1 \
         | tee "$LOG" | grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed)' \
-        | sed -u -e 's/^Collecting /  fetching /' -e 's/^Successfully installed .*/  installed/' >&2
+        | sed -u -e 's/^Collecting /  fetching /' -e 's/^Installing collected packages: .*/  installing them/' \
+              -e 's/^Successfully installed .*/  installed/' >&2
     status=("${PIPESTATUS[@]}")
     set -e
     if [ "${status[0]}" != 0 ]; then
