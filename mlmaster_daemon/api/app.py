@@ -46,6 +46,7 @@ from mlmaster_daemon.faults import describe, is_storage_fault
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import TaskState, new_task_id
 from mlmaster_daemon.policy_config import check_policy
+from mlmaster_daemon.report_html import report_page
 from mlmaster_daemon.scheduler import TaskQueue
 from mlmaster_daemon.store import Store, TaskRecord
 from mlmaster_daemon.tasks.competition import load_task
@@ -366,6 +367,15 @@ async def get_node_log(request: web.Request) -> web.Response:
     return await node_log(request, node_dir(parts.state_dir, task_id, node.id))
 
 
+async def get_report(request: web.Request) -> web.Response:
+    """The task's search as one self-contained HTML page (see report_html.py)."""
+    parts = request.app[API_PARTS]
+    task = await parts.store.get_task(_task_id(request))
+    page = await report_page(parts.store, parts.state_dir, await task_view(parts, task),
+                             time.time())
+    return web.Response(text=page, content_type="text/html", charset="utf-8")
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """Newline-delimited JSON events; `?task_id=` narrows to one task (which must exist)."""
     parts = request.app[API_PARTS]
@@ -422,6 +432,7 @@ def build_app(parts: ApiParts) -> web.Application:
     app.router.add_get("/v1/tasks/{task_id}/nodes/{node_id}", get_node, allow_head=False)
     app.router.add_get("/v1/tasks/{task_id}/nodes/{node_id}/log", get_node_log,
                        allow_head=False)
+    app.router.add_get("/v1/tasks/{task_id}/report.html", get_report, allow_head=False)
     app.router.add_get("/v1/events", events, allow_head=False)
     app.router.add_get("/v1/slots", slots, allow_head=False)
     return app

@@ -142,6 +142,20 @@ class Client:
             "GET", f"/v1/tasks/{task_id}/nodes/{node_id}/log?stream={stream}&offset={offset}")
         return result
 
+    async def report_html(self, task_id: str) -> str:
+        """The task's self-contained HTML report (GET /v1/tasks/{id}/report.html)."""
+        try:
+            async with self._session.get(
+                    f"http://localhost/v1/tasks/{task_id}/report.html") as resp:
+                if resp.status >= 400:
+                    payload = await resp.json(content_type=None)
+                    err = payload.get("error", {}) if isinstance(payload, dict) else {}
+                    raise ApiError(resp.status, str(err.get("code", "http_error")),
+                                   str(err.get("message", f"HTTP {resp.status}")))
+                return await resp.text()
+        except (aiohttp.ClientConnectionError, FileNotFoundError) as exc:
+            raise self._unreachable(exc) from None
+
     async def cancel(self, task_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", f"/v1/tasks/{task_id}/cancel")
         return result

@@ -16,6 +16,7 @@ from mlmaster_daemon.models import TaskState
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
+HTML = "text/html"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -33,7 +34,7 @@ def _error(description: str) -> dict[str, Any]:
 def _responses(ok: tuple[str, str, str], *codes: str) -> dict[str, Any]:
     """`ok` (status, description, schema), the errors `codes` and those every route has."""
     status, description, schema = ok
-    media = NDJSON if schema == "EventLine" else JSON
+    media = {"EventLine": NDJSON, "HtmlPage": HTML}.get(schema, JSON)
     responses: dict[str, Any] = {status: _reply(description, schema, media)}
     for code in (*codes, "403", "405", "500", "503"):
         responses[code] = {"$ref": f"#/components/responses/{code}"}
@@ -122,6 +123,17 @@ _PATHS: dict[str, Any] = {
         "parameters": [_TASK_ID, _NODE_ID, *_LOG_QUERY],
         "responses": _responses(("200", "the chunk", "NodeLog"), "400", "404"),
     }},
+    "/v1/tasks/{task_id}/report.html": {"get": {
+        "operationId": "getTaskReport",
+        "summary": "The task's search as one self-contained HTML page (`mlmaster report-html`)",
+        "description": (
+            "Tree (zoom, pan, colour by status or metric, click a node for its plan, code, "
+            "output and memory), best score, tokens and cost, and slot occupancy over time, "
+            "operator and failure-cause counts. Scripts, styles and data are inline: the page "
+            "reaches no network. Each node's texts are cut to a cap, said where it applies."),
+        "parameters": [_TASK_ID],
+        "responses": _responses(("200", "the page", "HtmlPage"), "400", "404"),
+    }},
     "/v1/events": {"get": {
         "operationId": "events",
         "summary": "Events as newline-delimited JSON; the stream stays open",
@@ -203,6 +215,7 @@ def _components() -> dict[str, Any]:
                                   "llm": {"type": "array"}}},
         "Slots": {"type": "object"},
         "OpenApiDocument": {"type": "object", "required": ["openapi", "paths"]},
+        "HtmlPage": {"type": "string", "description": "an HTML document (UTF-8)"},
         "EventLine": {"type": "object", "required": ["type"],
                       "properties": {"type": {"type": "string"}}},
     }
