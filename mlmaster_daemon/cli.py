@@ -19,7 +19,7 @@ from mlmaster_daemon.config import load_config, resolve_socket_path
 from mlmaster_daemon.errors import MlmasterError
 from mlmaster_daemon.policy_config import POLICIES
 from mlmaster_daemon.tasks.spec import Metric
-from mlmaster_daemon.watch import TERMINAL, follow, format_metric
+from mlmaster_daemon.watch import TERMINAL, follow, format_metric, live_console, watch_task
 
 T = TypeVar("T")
 
@@ -127,7 +127,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         emit = (lambda _line: None) if args.json else _print
         if not args.json:
             _print(f"submitted {task['id']}; following it (Ctrl-C stops following, not the task)")
-        final = await follow(client, task["id"], emit)
+        final = await (follow(client, task["id"], emit) if args.json else
+                       watch_task(client, task["id"], emit, live_console(args.plain)))
         if args.json:
             _print(json.dumps(final, indent=2))
         else:
@@ -171,7 +172,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     async def go(client: Client) -> int:
-        final = await follow(client, args.task_id, _print)
+        final = await watch_task(client, args.task_id, _print, live_console(args.plain))
         _print_result(final)
         return 0 if final["state"] in TERMINAL else 1
 
@@ -302,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop new generation after this much model cost (USD)")
     p.add_argument("--wait", action="store_true", help="follow the task until it ends")
     p.add_argument("--json", action="store_true", help="print the task as JSON")
+    p.add_argument("--plain", action="store_true",
+                   help="one line per event even on a terminal (the default when stdout is "
+                        "not one) instead of the live tree")
     p.set_defaults(fn=cmd_submit)
 
     p = with_socket(sub.add_parser("ls", help="list tasks"))
@@ -332,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_socket(sub.add_parser("watch", help="follow a task's progress until it ends"))
     p.add_argument("task_id")
+    p.add_argument("--plain", action="store_true",
+                   help="one line per event even on a terminal (the default when stdout is "
+                        "not one) instead of the live tree")
     p.set_defaults(fn=cmd_watch)
 
     p = with_socket(sub.add_parser(

@@ -23,7 +23,7 @@ from mlmaster_daemon.errors import DaemonUnreachable, MlmasterError
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example
 from mlmaster_daemon.tasks.grading import grade, grade_sample_submission
-from mlmaster_daemon.watch import follow, format_metric
+from mlmaster_daemon.watch import format_metric, live_console, watch_task
 
 READY_TIMEOUT_S = 60.0
 
@@ -84,7 +84,7 @@ def result_lines(final: dict[str, Any], competition: Path | None = None) -> list
 
 
 async def _drive(workdir: Path, example: str, steps: int, daemon: subprocess.Popen[bytes],
-                 log: Path) -> int:
+                 log: Path, plain: bool) -> int:
     competition = workdir / "competition"
     async with Client(workdir / "mlmaster.sock") as client:
         await wait_ready(client, daemon, log)
@@ -92,14 +92,17 @@ async def _drive(workdir: Path, example: str, steps: int, daemon: subprocess.Pop
         task = await client.submit({"task_dir": str(competition), "steps": steps})
         _say(f"submitted task {task['id']} over the socket: metric {task['metric']} "
              f"({'lower' if task['lower_is_better'] else 'higher'} is better), {steps} nodes")
-        final = await follow(client, task["id"], _say)
+        final = await watch_task(client, task["id"], _say, live_console(plain))
     _say("")
     for line in result_lines(final, competition):
         _say(line)
     return 0 if final.get("best") else 1
 
 
-def run_demo(example: str = "breast_cancer", steps: int = 20, clean: bool = False) -> int:
+def run_demo(example: str = "breast_cancer", steps: int = 20, clean: bool = False,
+             plain: bool = False) -> int:
+    """Run the demo; its progress is the live view on a terminal, lines otherwise or when
+    `plain`."""
     workdir = Path(tempfile.mkdtemp(prefix="mlmaster-demo-"))
     build_example(example, workdir / "competition")
     _say(f"built example competition {example!r} in {workdir / 'competition'}")
@@ -113,7 +116,7 @@ def run_demo(example: str = "breast_cancer", steps: int = 20, clean: bool = Fals
         )
     code = 1
     try:
-        code = asyncio.run(_drive(workdir, example, steps, daemon, log))
+        code = asyncio.run(_drive(workdir, example, steps, daemon, log, plain))
     finally:
         if daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
