@@ -13,6 +13,10 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from mlmaster_daemon.logs import get_logger
+
+log = get_logger("mlmaster.bus")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Event:
@@ -53,17 +57,21 @@ class BestImproved(Event):
 
 
 class Subscription:
-    """One subscriber's bounded queue. When it is full the oldest event is dropped."""
+    """One subscriber's bounded queue. When it is full the oldest event is dropped (and
+    `on_drop` is told)."""
 
-    def __init__(self, maxsize: int, accept: Callable[[Event], bool]):
+    def __init__(self, maxsize: int, accept: Callable[[Event], bool],
+                 on_drop: Callable[[], None] = lambda: None):
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self.accept = accept
+        self._on_drop = on_drop
 
     def offer(self, event: Event) -> None:
         if not self.accept(event):
             return
         if self.queue.full():
             self.queue.get_nowait()
+            self._on_drop()
         self.queue.put_nowait(event)
 
     async def get(self) -> Event:
@@ -74,16 +82,33 @@ class EventBus:
     def __init__(self, queue_size: int = 1000):
         self._queue_size = queue_size
         self._subscribers: set[Subscription] = set()
+        self._taps: list[Callable[[Event], None]] = []
+        # Events dropped from full subscriber queues since start (a slow reader).
+        self.dropped = 0
 
     def publish(self, event: Event) -> None:
+        for tap in list(self._taps):
+            try:
+                tap(event)
+            except Exception:
+                # A tap (metrics, a task's log) never stops the publisher's own work.
+                log.exception("an event tap failed", event_type=event.type)
         for sub in list(self._subscribers):
             sub.offer(event)
+
+    def tap(self, listener: Callable[[Event], None]) -> None:
+        """Call `listener` with every event as it is published, in order and without loss; it
+        runs inside `publish`, so it must be quick and never wait."""
+        self._taps.append(listener)
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
 
     @asynccontextmanager
     async def subscribe(
         self, accept: Callable[[Event], bool] = lambda _event: True
     ) -> AsyncIterator[Subscription]:
-        sub = Subscription(self._queue_size, accept)
+        sub = Subscription(self._queue_size, accept, self._count_drop)
         self._subscribers.add(sub)
         try:
             yield sub

@@ -5,7 +5,6 @@ Precedence, lowest first: built-in defaults, the TOML file, the environment, CLI
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -15,6 +14,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlmaster_daemon.errors import ConfigError
+
+# Re-exported (`X as X`): their sections are part of this config.
+from mlmaster_daemon.loopback_config import MetricsConfig as MetricsConfig  # noqa: PLC0414
+from mlmaster_daemon.loopback_config import (
+    ValidationServerConfig as ValidationServerConfig,  # noqa: PLC0414
+)
 
 ENV_PREFIX = "MLMASTER_"
 # Short forms that users expect to type; each maps to a [section] key.
@@ -230,31 +235,6 @@ class CoderConfig(_Section):
         return _drop_removed(raw, "kind", "offline")
 
 
-class ValidationServerConfig(_Section):
-    """MLE-bench's validation server (POST /validate, GET /health) on a loopback TCP port,
-    for agent containers that call it; it answers anyone who can reach the port, so it never
-    listens beyond this machine."""
-
-    # 0: off.
-    port: int = Field(default=0, ge=0, le=65535)
-    host: str = "127.0.0.1"
-    # Uploads over this size are refused with 413.
-    max_upload_mb: int = Field(default=1024, ge=1)
-
-    @field_validator("host")
-    @classmethod
-    def _loopback_only(cls, value: str) -> str:
-        try:
-            loopback = ipaddress.ip_address(value).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ValueError(
-                "the validation server answers without authentication, so it listens only on "
-                "a loopback address: use 127.0.0.1 or ::1")
-        return value
-
-
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     search: SearchConfig = SearchConfig()
@@ -263,6 +243,7 @@ class Config(_Section):
     llm: LlmConfig = LlmConfig()
     coder: CoderConfig = CoderConfig()
     validation_server: ValidationServerConfig = ValidationServerConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def state_dir(self) -> Path:
         """Where the database and task folders live."""

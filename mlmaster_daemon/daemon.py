@@ -30,6 +30,8 @@ from mlmaster_daemon.execution.processes import kill_identity
 from mlmaster_daemon.execution.sandbox import resolve_sandbox
 from mlmaster_daemon.execution.slots import GpuSampler, SlotPool
 from mlmaster_daemon.logs import get_logger, set_log_level
+from mlmaster_daemon.metrics import DaemonMetrics, start_metrics_server
+from mlmaster_daemon.metrics import address as metrics_address
 from mlmaster_daemon.scheduler import SearchParts, TaskQueue
 from mlmaster_daemon.store import Store
 from mlmaster_daemon.store.backup import check_integrity, make_backup
@@ -37,6 +39,7 @@ from mlmaster_daemon.store.lock import StateDirLock
 from mlmaster_daemon.store.lost import guard_committed_work
 from mlmaster_daemon.store.writable import check_writable
 from mlmaster_daemon.systemd import Heartbeat, Notifier, listen_sockets, run_watchdog
+from mlmaster_daemon.task_log import TaskLogs
 from mlmaster_daemon.tokenizer import TiktokenCounter
 
 log = get_logger("mlmaster.daemon")
@@ -114,6 +117,12 @@ class Daemon:
         self.state_dir = config.state_dir()
         self.socket_path = config.socket_path()
         self.bus = EventBus()
+        # tasks/<id>/task.log: every task's events in words.
+        self.task_logs = TaskLogs(self.state_dir)
+        self.task_logs.follow(self.bus)
+        # Prometheus metrics, only when [metrics] port is set.
+        self.metrics = DaemonMetrics() if config.metrics.port else None
+        self._metrics_server: web.AppRunner | None = None
         self.store: Store | None = None
         self.queue: TaskQueue | None = None
         self._runner: web.AppRunner | None = None
@@ -183,10 +192,10 @@ class Daemon:
             max_crashes=self.config.execution.max_node_crashes)
         assert self.slots is not None
         executor = LocalExecutor(self.settings, self.slots, self.state_dir, self.sampler,
-                                 self.socket_path)
+                                 self.socket_path, self.metrics, self.clock)
         self.queue = TaskQueue(SearchParts(
             self.store, self.bus, self.coders.coder, executor, self.settings, self.state_dir,
-            counter, self.coders.reviewer, self.clock))
+            counter, self.coders.reviewer, self.clock), self.metrics)
         self.api_parts = ApiParts(self.store, self.bus, self.queue, self.settings,
                                  self.state_dir, self.clock.time(), self.coders.status,
                                  self.slots_status)
@@ -207,6 +216,13 @@ class Daemon:
             self._validation = await start_validation_server(
                 self.store, validation, self.state_dir / "validation-uploads", SHUTDOWN_GRACE_S)
             log.info("validation server listening", url=address(validation))
+        if self.metrics is not None:
+            self.metrics.watch(self.store, self.slots, self.bus)
+            for endpoint in self.coders.llm.endpoints if self.coders.llm else []:
+                endpoint.observe = self.metrics.llm_called
+            self._metrics_server = await start_metrics_server(
+                self.metrics, self.config.metrics, SHUTDOWN_GRACE_S)
+            log.info("metrics endpoint listening", url=metrics_address(self.config.metrics))
         for problem in await self.coders.probe():
             # Reported, not fatal: tasks wait for the endpoint (see the circuit breaker).
             log.warning("llm endpoint unreachable at start", problem=problem)
@@ -240,6 +256,10 @@ class Daemon:
             await self._runner.cleanup()
         if self._validation is not None:
             await self._validation.cleanup()
+        if self._metrics_server is not None:
+            await self._metrics_server.cleanup()
+        # The last events of the stop (tasks drained, cancelled) reach their task logs.
+        await self.task_logs.flush()
         if self.sampler is not None:
             await self.sampler.stop()
         if self.probe is not None:

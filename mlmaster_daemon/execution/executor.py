@@ -13,12 +13,14 @@ from typing import Protocol
 
 import psutil
 
+from mlmaster_daemon.clock import Clock, SystemClock
 from mlmaster_daemon.config import Settings
 from mlmaster_daemon.execution.lease import Lease, ProcessIdentity
 from mlmaster_daemon.execution.limits import Machine, job_limits
 from mlmaster_daemon.execution.runner import RunResult, run_script
 from mlmaster_daemon.execution.slots import GpuSampler, SlotPool
 from mlmaster_daemon.execution.workspace import Workspace
+from mlmaster_daemon.metrics import DaemonMetrics
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 
@@ -69,23 +71,32 @@ class LocalExecutor:
     and the task's hidden answers are kept out of every job's view."""
 
     def __init__(self, settings: Settings, slots: SlotPool, state_dir: Path,
-                 sampler: GpuSampler | None = None, socket_path: Path | None = None) -> None:
+                 sampler: GpuSampler | None = None, socket_path: Path | None = None,
+                 metrics: DaemonMetrics | None = None, clock: Clock | None = None) -> None:
         self.settings = settings
         self.slots = slots
         self.state_dir = state_dir
         self.sampler = sampler
         self.socket_path = socket_path
+        self.metrics = metrics
+        self.clock: Clock = clock or SystemClock()
 
     async def run(self, job: NodeJob, started: Started,
                   still_wanted: Callable[[], bool]) -> NodeRun | None:
         sampler = self.sampler
+        asked = self.clock.time()
         lease = await self.slots.acquire(job.task_id,
                                          sampler.free_memory_mb if sampler else None,
                                          holder=job.holder)
         try:
+            if self.metrics is not None:
+                self.metrics.slot_waited(self.clock.time() - asked)
             if not still_wanted():
                 return None
-            return await self._run_on(job, lease, started)
+            run = await self._run_on(job, lease, started)
+            if self.metrics is not None:
+                self.metrics.node_ran(run.result)
+            return run
         finally:
             self.slots.release(lease)
 

@@ -22,6 +22,7 @@ from mlmaster_daemon.faults import (
     probe_storage,
 )
 from mlmaster_daemon.logs import get_logger
+from mlmaster_daemon.metrics import DaemonMetrics
 from mlmaster_daemon.models import TaskState
 from mlmaster_daemon.scheduler.parts import SearchParts
 from mlmaster_daemon.scheduler.search_loop import TaskSearch
@@ -32,8 +33,9 @@ HEARTBEAT_EVERY_S = 1.0
 
 
 class TaskQueue:
-    def __init__(self, parts: SearchParts) -> None:
+    def __init__(self, parts: SearchParts, metrics: DaemonMetrics | None = None) -> None:
         self.parts = parts
+        self.metrics = metrics
         self.searches: dict[str, tuple[TaskSearch, asyncio.Task[None]]] = {}
         # Tasks a storage fault stopped, waiting out a back-off before they resume:
         # task id -> (failed launches in a row, the error).
@@ -87,6 +89,8 @@ class TaskQueue:
             self._side_task(self.fill())
 
     def _launch(self, task: TaskRecord) -> None:
+        if self.metrics is not None and task.state is TaskState.QUEUED:
+            self.metrics.task_waited(self.parts.clock.time() - task.created_at)
         search = TaskSearch(task, self.parts)
         with structlog.contextvars.bound_contextvars(task_id=task.id):
             handle = asyncio.create_task(search.run(), name=f"task-{task.id}")

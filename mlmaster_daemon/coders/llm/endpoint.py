@@ -33,6 +33,7 @@ from mlmaster_daemon.coders.llm.limits import (
 from mlmaster_daemon.config import EndpointConfig
 from mlmaster_daemon.errors import ConfigError, EndpointUnavailable, LlmError
 from mlmaster_daemon.logs import get_logger
+from mlmaster_daemon.metrics import LlmCall
 from mlmaster_daemon.models import CallRecord
 from mlmaster_daemon.redact import redact, redact_value, register_secret
 from mlmaster_daemon.tokenizer import TiktokenCounter
@@ -108,6 +109,8 @@ class Endpoint:
         self._probe_lock = asyncio.Lock()
         self._rng = random.Random(seed)
         self._counter = TiktokenCounter()
+        # Told of every call's end (the daemon's metrics), when set.
+        self.observe: Callable[[LlmCall], None] | None = None
 
     @property
     def label(self) -> str:
@@ -214,6 +217,7 @@ class Endpoint:
                         content, reasoning, arguments, usage = await make()
             except openai.APIStatusError as exc:
                 if exc.status_code != 429 and exc.status_code < 500:
+                    self._report(attempts, started, None)
                     raise LlmError(f"{self.label} refused the request with HTTP "
                                    f"{exc.status_code}: {_message(exc)}") from None
                 error = f"HTTP {exc.status_code}: {_message(exc)}"
@@ -222,15 +226,21 @@ class Endpoint:
                 error = f"{type(exc).__name__}: {str(exc)[:200] or 'no detail'}"
             else:
                 self.breaker.record_success()
-                return Reply(content, reasoning, arguments,
-                             self._record(prompt_text, content, reasoning, usage, started,
-                                          attempts))
+                record = self._record(prompt_text, content, reasoning, usage, started, attempts)
+                self._report(attempts, started, record)
+                return Reply(content, reasoning, arguments, record)
             log.warning("llm call failed", role=self.role, endpoint=self.cfg.base_url,
                         attempt=attempts, error=error)
             if attempts > self.cfg.max_retries:
                 self.breaker.record_failure(error)
+                self._report(attempts, started, None)
                 raise EndpointUnavailable(f"{self.label} failed {attempts} times; last: {error}")
             await self._sleep(delay)
+
+    def _report(self, attempts: int, started: float, record: CallRecord | None) -> None:
+        if self.observe is not None:
+            self.observe(LlmCall(self.role, self.cfg.model, self.cfg.base_url, attempts,
+                                 self._clock() - started, record))
 
     def _record(self, prompt_text: str, content: str, reasoning: str, usage: Any,
                 started: float, attempts: int) -> CallRecord:
