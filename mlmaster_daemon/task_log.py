@@ -39,7 +39,8 @@ def _metric(value: float) -> str:
 
 
 def _error(text: str) -> str:
-    flat = " ".join(text.split())
+    # Redacted before the cut: a key cut in two would no longer be recognised.
+    flat = " ".join(redact(text).split())
     return flat if len(flat) <= MAX_ERROR_CHARS else flat[:MAX_ERROR_CHARS - 3] + "..."
 
 
