@@ -48,9 +48,13 @@ COVID_UNSCORED = ("deg_pH10", "deg_50C")
 
 def _raw(values: pd.Series) -> npt.NDArray[Any]:
     """The array pandas 2 holds: objects for a text column, the numpy array otherwise."""
-    if isinstance(values.dtype, np.dtype):
-        return values.to_numpy()
-    return values.to_numpy(dtype=object)
+    if not isinstance(values.dtype, np.dtype):
+        return values.to_numpy(dtype=object)
+    raw = values.to_numpy()
+    if raw.dtype == object:
+        # pandas 3 reads whole numbers past uint64 as Python ints, pandas 2 as their text.
+        raw = np.array([str(v) if type(v) is int else v for v in raw], dtype=object)
+    return raw
 
 
 def _numbers(values: pd.Series, where: str) -> FloatArray:
@@ -265,8 +269,8 @@ def _smartphone(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
     radians = {}
     for who, frame in (("submission", sub), ("answers", ans)):
         try:
-            radians[who] = (np.deg2rad(frame["LatitudeDegrees"].to_numpy()),
-                            np.deg2rad(frame["LongitudeDegrees"].to_numpy()))
+            radians[who] = (np.deg2rad(_raw(frame["LatitudeDegrees"])),
+                            np.deg2rad(_raw(frame["LongitudeDegrees"])))
         except TypeError:
             raise GradingError(f"the {who}' latitudes and longitudes must be numbers") \
                 from None
@@ -353,7 +357,7 @@ def _ventilator(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
     _answers_have(ans, ("u_out",))
     s, a = _sorted(sub, "id"), _sorted(ans, "id")
     _ids_agree(s["id"], a["id"], "id")
-    a = a[(a["u_out"] == 0).to_numpy()]
+    a = a[np.asarray(_raw(a["u_out"]) == 0, dtype=bool)]
     s = _sorted(s[s["id"].isin(a["id"]).to_numpy()], "id")
     a = _sorted(a, "id")
     truth = _nonempty(_numbers(a["pressure"], "answers column 'pressure'"), "u_out == 0")
