@@ -323,13 +323,14 @@ class Forest:
 
 def visible_nodes(state: WatchState, forest: Forest, rows: int) -> set[int]:
     """The nodes that fit in `rows` lines, each hidden group taking one line of its own: the
-    best node first, then the nodes in flight (newest first), the best node's path up to the
-    root, the parents of those in flight, then the newest nodes."""
+    best node and the root of its branch first, then the nodes in flight (newest first), the
+    best node's path upwards, the parents of those in flight, then the newest nodes."""
     if len(state.nodes) <= rows:
         return set(state.nodes)
     best = [state.best_node] if state.best_node in state.nodes else []
     flying = sorted((i for i, n in state.nodes.items() if n.status in IN_FLIGHT), reverse=True)
-    wanted = [*best, *flying, *(a for b in best for a in forest.ancestors(b)),
+    path = [a for b in best for a in forest.ancestors(b)]
+    wanted = [*best, *path[-1:], *flying, *path,
               *(forest.parent[i] for i in flying if forest.parent[i] != TOP),
               *sorted(state.nodes, reverse=True)]
     shown: set[int] = set()
