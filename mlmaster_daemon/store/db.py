@@ -21,12 +21,14 @@ from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import CallRecord, NodeState, TaskState
 from mlmaster_daemon.redact import redact
 from mlmaster_daemon.store.migrations import migrate
-from mlmaster_daemon.store.records import NodeRecord, TaskRecord
+from mlmaster_daemon.store.records import NodeRecord, PromptedCall, TaskRecord
 from mlmaster_daemon.store.rows import (
+    CALL_COLUMNS,
     NODE_COLUMNS,
     NODE_UPDATABLE,
     TASK_COLUMNS,
     TASK_UPDATABLE,
+    call_of,
     insert_calls,
     node_of,
     task_of,
@@ -258,6 +260,13 @@ class Store:
         return {"calls": row[0], "prompt_tokens": row[1], "completion_tokens": row[2],
                 "reasoning_tokens": row[3], "total_tokens": row[1] + row[2],
                 "cost": round(float(row[4]), 6), "latency_s": round(float(row[5]), 3)}
+
+    async def node_calls(self, task_id: str, node_id: int) -> list[PromptedCall]:
+        """The model calls recorded for one node, oldest first, with their prompts."""
+        rows = await self._fetch(
+            f"SELECT {CALL_COLUMNS} FROM llm_calls WHERE task_id = ? AND node_id = ? ORDER BY id",
+            (task_id, node_id))
+        return [call_of(r) for r in rows]
 
     async def get_node(self, task_id: str, node_id: int) -> NodeRecord:
         row = await self._fetch_one(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from mlmaster_daemon.models import NodeState, Operator, TaskState
+from mlmaster_daemon.models import CallRecord, NodeState, Operator, TaskState
+from mlmaster_daemon.redact import redact
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 
@@ -88,3 +90,51 @@ class NodeRecord:
             "summary": self.summary,
             "error": self.error,
         }
+
+
+# What is kept of one call's prompt: the prompt builder caps each part well below this, so only
+# a prompt nobody foresaw is cut.
+MAX_PROMPT_CHARS = 256_000
+PROMPT_CUT = "\n[... {} characters cut]"
+
+
+@dataclass(frozen=True)
+class PromptedCall(CallRecord):
+    """A model call with the prompt it was sent, as `prompt_json` writes it ("" when not kept):
+    the store keeps it with the call, and trajectory export reads it back."""
+
+    prompt: str = ""
+
+    def messages(self) -> list[dict[str, str]] | str | None:
+        """The chat messages sent, the completion prompt sent, or None when not kept."""
+        if not self.prompt:
+            return None
+        value = json.loads(self.prompt)
+        if isinstance(value, str):
+            return value
+        return [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))}
+                for m in value if isinstance(m, dict)]
+
+
+def prompt_json(prompt: list[dict[str, str]] | str) -> str:
+    """`prompt` (chat messages or a completion prompt) as stored: redacted before it is
+    serialised (a key inside JSON escapes would no longer match), each text cut so that all of
+    them hold at most MAX_PROMPT_CHARS characters."""
+    left = MAX_PROMPT_CHARS
+
+    def bounded(text: str) -> str:
+        nonlocal left
+        text = redact(text)
+        kept = text[:left]
+        left -= len(kept)
+        return kept if len(kept) == len(text) else kept + PROMPT_CUT.format(len(text) - len(kept))
+
+    if isinstance(prompt, str):
+        return json.dumps(bounded(prompt))
+    return json.dumps([{"role": m.get("role", ""), "content": bounded(m.get("content", ""))}
+                       for m in prompt])
+
+
+def with_prompt(record: CallRecord, prompt: list[dict[str, str]] | str) -> PromptedCall:
+    """`record` with the prompt it was sent, ready for the store."""
+    return PromptedCall(**asdict(record), prompt=prompt_json(prompt))

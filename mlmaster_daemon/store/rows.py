@@ -11,7 +11,7 @@ import aiosqlite
 
 from mlmaster_daemon.models import CallRecord, NodeState, Operator, TaskState
 from mlmaster_daemon.redact import redact, redact_value
-from mlmaster_daemon.store.records import NodeRecord, TaskRecord
+from mlmaster_daemon.store.records import NodeRecord, PromptedCall, TaskRecord
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 TASK_COLUMNS = (
@@ -29,6 +29,10 @@ NODE_UPDATABLE = frozenset(
      "finished_at", "analysis", "pid_start_time", "boot_id", "slot", "gpu_peak_mb",
      "gpu_seconds", "interrupted"}
 )
+CALL_COLUMNS = (
+    "role, model, endpoint, prompt_tokens, completion_tokens, reasoning_tokens, latency_s, cost,"
+    " attempts, content, reasoning, prompt"
+)
 TASK_UPDATABLE = frozenset(
     {"state", "error", "best_node_id", "best_metric", "started_at", "finished_at", "active_s"}
 )
@@ -37,12 +41,13 @@ TASK_UPDATABLE = frozenset(
 async def insert_calls(db: aiosqlite.Connection, task_id: str, node_id: int | None,
                         calls: Iterable[CallRecord], now: float) -> None:
     await db.executemany(
-        "INSERT INTO llm_calls (task_id, node_id, role, model, endpoint, prompt_tokens,"
-        " completion_tokens, reasoning_tokens, latency_s, cost, attempts, content, reasoning,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO llm_calls (task_id, node_id, {CALL_COLUMNS}, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(task_id, node_id, c.role, c.model, c.endpoint, c.prompt_tokens, c.completion_tokens,
           c.reasoning_tokens, c.latency_s, c.cost, c.attempts, redact(c.content),
-          redact(c.reasoning), now)
+          redact(c.reasoning),
+          # The prompt was redacted before it became JSON (see records.prompt_json).
+          redact(c.prompt) if isinstance(c, PromptedCall) and c.prompt else None, now)
          for c in calls],
     )
 
@@ -89,4 +94,13 @@ def node_of(row: Any) -> NodeRecord:
         analysis=row[18], pid_start_time=row[19], boot_id=row[20], slot=row[21],
         gpu_peak_mb=row[22], gpu_seconds=row[23], interrupted=bool(row[24]), uct=row[25],
         pick_reason=row[26],
+    )
+
+
+def call_of(row: Any) -> PromptedCall:
+    """A row read with CALL_COLUMNS ("" for a prompt that was not kept)."""
+    return PromptedCall(
+        role=row[0], model=row[1], endpoint=row[2], prompt_tokens=row[3],
+        completion_tokens=row[4], reasoning_tokens=row[5], latency_s=row[6], cost=row[7],
+        attempts=row[8], content=row[9], reasoning=row[10], prompt=row[11] or "",
     )

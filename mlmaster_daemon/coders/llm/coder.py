@@ -25,6 +25,7 @@ from mlmaster_daemon.config import Settings
 from mlmaster_daemon.errors import LlmError, NoCodeInAnswer
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import CallRecord
+from mlmaster_daemon.store.records import with_prompt
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 log = get_logger("mlmaster.llm")
@@ -80,7 +81,8 @@ class LlmCoder:
                                                    self.code.cfg.chat_template)
         for attempt in range(self.settings.config.llm.no_code_retries + 1):
             reply = await (self.code.chat(messages) if chat else self.code.complete(prompt))
-            calls.append(reply.record)
+            # Kept with the call: trajectory export pairs what the model saw with its answer.
+            calls.append(with_prompt(reply.record, messages if chat else prompt))
             parsed = parse_code_response(reply.content, reply.reasoning or None)
             if parsed.code is not None:
                 plan = parsed.plan or "The model gave no plan before its code."
@@ -112,8 +114,8 @@ class LlmCoder:
                 verdict = parse_judge_text(reply.content)
         except ValueError as exc:
             log.warning("judge answer unreadable", error=str(exc))
-            return None, [reply.record]
-        return verdict, [reply.record]
+            return None, [with_prompt(reply.record, messages)]
+        return verdict, [with_prompt(reply.record, messages)]
 
     async def _ask_judge(self, messages: list[dict[str, str]]) -> Reply:
         assert self.feedback is not None
@@ -125,9 +127,10 @@ class LlmCoder:
                                                                         Sequence[CallRecord]]:
         """A phase summary for the memory hierarchy from the feedback model (None if down)."""
         endpoint = self.feedback or self.code
+        messages = summary_messages(entries_text, task)
         try:
-            reply = await endpoint.chat(summary_messages(entries_text, task), max_tokens=1024)
+            reply = await endpoint.chat(messages, max_tokens=1024)
         except LlmError as exc:
             log.warning("summary unavailable", error=exc.message)
             return None, []
-        return reply.content.strip() or None, [reply.record]
+        return reply.content.strip() or None, [with_prompt(reply.record, messages)]
