@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ from mlmaster_daemon.watch_view import (
 # its nodes and the slots after events, or every SNAPSHOT_S without any.
 TICK_S = 1.0
 SNAPSHOT_S = 5.0
+# A burst of events redraws at most this often; the ticker draws what the burst left.
+MIN_REDRAW_S = 0.1
 # Once the task ends the last frame is printed, not redrawn: it may be taller than the screen.
 FINAL_ROWS = 200
 
@@ -92,6 +95,7 @@ class _LiveWatch:
         self.state = WatchState(task_id)
         self.stale = True
         self.last_read = clock.time()
+        self.last_draw = -math.inf
 
     async def read_snapshots(self) -> dict[str, Any]:
         """Re-read the task, its nodes and the slots into the state; return the task."""
@@ -108,6 +112,11 @@ class _LiveWatch:
         self.state.notice = None
         return task
 
+    def draw(self, live: Live, now: bool = False) -> None:
+        if now or self.clock.time() - self.last_draw >= MIN_REDRAW_S:
+            self.last_draw = self.clock.time()
+            live.update(self.frame(), refresh=True)
+
     def frame(self, rows: int | None = None) -> RenderableType:
         size = self.console.size
         return render(self.state, self.clock.time(), rows or size.height, size.width)
@@ -121,7 +130,7 @@ class _LiveWatch:
                 except (MlmasterError, aiohttp.ClientError, TimeoutError) as exc:
                     # The event stream says when the daemon is gone; here, only say so.
                     self.state.notice = f"could not refresh: {exc}"
-            live.update(self.frame(), refresh=True)
+            self.draw(live, now=True)
 
     async def run(self) -> dict[str, Any]:
         ticker: asyncio.Task[None] | None = None
@@ -138,7 +147,7 @@ class _LiveWatch:
                     else:
                         apply_event(self.state, event)
                         self.stale = True
-                    live.update(self.frame(), refresh=True)
+                    self.draw(live)
                     if self.state.state in TERMINAL:
                         break
             finally:

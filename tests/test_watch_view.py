@@ -266,6 +266,7 @@ async def test_following_live_ends_with_a_frame_of_every_node(client: Client,
     final = await follow_live(client, task["id"], console, ManualClock(STARTED))
     assert final["state"] == "finished"
     text = console.export_text()
+    assert re.search(rf"mlmaster watch {task['id']} (queued|running)", text), "drawn live"
     last = text[text.rindex(f"mlmaster watch {task['id']} finished"):]
     for node in await client.nodes(task["id"]):
         assert re.search(rf"#{node['id']} {node['operator']}\s+{node['status']}", last)
