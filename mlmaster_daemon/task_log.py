@@ -98,6 +98,8 @@ class TaskLogs:
         self.max_bytes = max_bytes
         self._pending: dict[str, list[str]] = {}
         self._writer: asyncio.Task[None] | None = None
+        # Tasks whose log could not be written last time: said once, not at every line.
+        self._failing: set[str] = set()
 
     def follow(self, bus: EventBus) -> None:
         bus.tap(self.record)
@@ -125,8 +127,13 @@ class TaskLogs:
                 append_lines(self.path(task_id), lines, self.max_bytes)
             except OSError as exc:
                 # The task goes on; its JSON log lines still say what happened.
-                log.warning("could not write the task's log", task_id=task_id,
-                            path=str(self.path(task_id)), error=str(exc))
+                if task_id not in self._failing:
+                    self._failing.add(task_id)
+                    log.warning("could not write the task's log; its lines are lost until "
+                                "a write works again", task_id=task_id,
+                                path=str(self.path(task_id)), error=str(exc))
+            else:
+                self._failing.discard(task_id)
 
     async def flush(self) -> None:
         while self._writer is not None and not self._writer.done():

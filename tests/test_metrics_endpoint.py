@@ -19,12 +19,15 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlmaster_daemon.api.client import Client
+from mlmaster_daemon.bus import EventBus, NodeStateChanged, TaskStateChanged
 from mlmaster_daemon.coders.offline.recipe import safe_baseline
 from mlmaster_daemon.coders.offline.render import render
 from mlmaster_daemon.config import Config, load_config
 from mlmaster_daemon.daemon import Daemon
 from mlmaster_daemon.errors import ConfigError
-from mlmaster_daemon.metrics import endpoint_label
+from mlmaster_daemon.execution.slots import SlotPool
+from mlmaster_daemon.metrics import DaemonMetrics, endpoint_label
+from mlmaster_daemon.store import Store
 from mlmaster_daemon.tasks.competition import load_task
 
 KEY = "sk-metrics-never-shows-5a4b3c"
@@ -152,6 +155,42 @@ async def test_model_calls_are_counted_by_endpoint_and_role(
     assert total(families, "mlmaster_llm_latency_seconds",
                  "mlmaster_llm_latency_seconds_count", **labels) == calls
     assert KEY not in text
+
+
+async def test_live_figures_follow_the_parts_at_each_scrape(tmp_path: Path) -> None:
+    """Slots leased, nodes under way and bus drops, read from real parts when rendered."""
+    store = await Store.open(tmp_path / "mlmaster.db")
+    try:
+        slots, bus, metrics = SlotPool([], 3, 1, cpus=[0]), EventBus(queue_size=2), DaemonMetrics()
+        metrics.watch(store, slots, bus)
+        lease = await slots.acquire("t1")
+        async with bus.subscribe() as _never_read:
+            for node_id, state in [(1, "generating"), (2, "running"), (3, "running")]:
+                bus.publish(NodeStateChanged(task_id="t1", node_id=node_id, parent_id=None,
+                                             operator="draft", state=state))
+            families = {f.name: f for f in text_string_to_metric_families(
+                (await metrics.render()).decode())}
+            assert total(families, "mlmaster_slots_busy") == 1
+            assert total(families, "mlmaster_nodes_open", state="running") == 2
+            assert total(families, "mlmaster_nodes_open", state="generating") == 1
+            # Three events into a queue of two that nobody reads: one dropped.
+            assert total(families, "mlmaster_event_bus_dropped",
+                         "mlmaster_event_bus_dropped_total") == 1
+            assert total(families, "mlmaster_tasks") == 0
+            slots.release(lease)
+            bus.publish(NodeStateChanged(task_id="t1", node_id=2, parent_id=None,
+                                         operator="draft", state="buggy"))
+            bus.publish(TaskStateChanged(task_id="t1", state="cancelled"))
+            families = {f.name: f for f in text_string_to_metric_families(
+                (await metrics.render()).decode())}
+        assert total(families, "mlmaster_slots_busy") == 0
+        assert families["mlmaster_nodes_open"].samples == []
+        assert total(families, "mlmaster_nodes_finished", "mlmaster_nodes_finished_total",
+                     operator="draft", status="buggy") == 1
+        assert total(families, "mlmaster_event_bus_dropped",
+                     "mlmaster_event_bus_dropped_total") == 3
+    finally:
+        await store.close()
 
 
 def test_endpoint_labels_keep_no_credentials() -> None:
