@@ -143,8 +143,10 @@ def series(task: dict[str, Any], nodes: list[NodeRecord],
         if node.state in (NodeState.BUGGY, NodeState.FAILED) and node.error:
             cause = failure_cause(node.error)
             causes[cause] = causes.get(cause, 0) + 1
+    # A finished task's charts end where it ended, not when the page was written.
+    end = task.get("finished_at") or now
     return {"best": best, "tokens": tokens, "runs": runs, "operators": operators,
-            "causes": causes, "now": now - start}
+            "causes": causes, "now": end - start}
 
 
 def _node_texts(state_dir: Path, task_id: str, node_ids: list[int],

@@ -307,9 +307,11 @@
     return [svg("text", { class: "empty", x: W / 2, y: H / 2, "text-anchor": "middle", text })];
   }
 
-  // A step line through points [{t, v, label}], held flat until `until`.
-  function stepChart(title, id, points, until, yFmt, cls) {
+  // A step line through points [{t, v, label}], held flat until `until`; a running total
+  // (`fromZero`) starts at 0 when the task starts.
+  function stepChart(title, id, points, until, yFmt, fromZero) {
     if (!points.length) return chartCard(title, id, empty("nothing yet"));
+    if (fromZero) points = [{ t: 0, v: 0, label: "start" }, ...points];
     const vs = points.map((p) => p.v);
     let lo = Math.min(...vs), hi = Math.max(...vs);
     if (lo === hi) { lo -= Math.abs(lo) * 0.05 || 1; hi += Math.abs(hi) * 0.05 || 1; }
@@ -318,9 +320,9 @@
     let d = `M${f.x(points[0].t)},${f.y(points[0].v)}`;
     for (const p of points.slice(1)) d += ` H${f.x(p.t)} V${f.y(p.v)}`;
     d += ` H${f.x(xMax)}`;
-    const dots = points.map((p) => svg("circle", { class: "dot", r: 3, cx: f.x(p.t), cy: f.y(p.v) },
+    const dots = points.slice(fromZero ? 1 : 0).map((p) => svg("circle", { class: "dot", r: 3, cx: f.x(p.t), cy: f.y(p.v) },
       [svg("title", { text: p.label })]));
-    return chartCard(title, id, [...f.parts, svg("path", { class: "line " + (cls || ""), d }), ...dots]);
+    return chartCard(title, id, [...f.parts, svg("path", { class: "line", d }), ...dots]);
   }
 
   function slotChart() {
@@ -368,8 +370,9 @@
     const cost = s.tokens.map((p) => ({ t: p.t, v: p.cost, label: `after node ${p.node}: $${p.cost.toFixed(4)}` }));
     return el("div", { class: "charts" }, [
       stepChart(`Best ${task.metric} over time`, "chart-best", best, s.now, fmtMetric),
-      stepChart("Tokens over time (cumulative)", "chart-tokens", tokens, s.now, (v) => String(Math.round(v))),
-      stepChart("Cost over time (cumulative, $)", "chart-cost", cost, s.now, (v) => v.toFixed(4), "cost"),
+      stepChart("Tokens over time (cumulative)", "chart-tokens", tokens, s.now,
+        (v) => String(Math.round(v)), true),
+      stepChart("Cost over time (cumulative, $)", "chart-cost", cost, s.now, (v) => v.toFixed(4), true),
       slotChart(),
       barChart("Nodes by operator", "chart-operators", s.operators),
       barChart("Failure causes", "chart-causes", s.causes),
