@@ -243,6 +243,9 @@ def test_freesound_is_label_weighted_lrap_over_the_clips_with_labels() -> None:
     want = label_ranking_average_precision_score(truth, scores[:3],
                                                  sample_weight=truth.sum(axis=1))
     assert graded(FREESOUND, guess, answers) == pytest.approx(want, abs=TOLERANCE)
+    # the clip without a label is left out, blank scores and all
+    assert graded(FREESOUND, with_cell(guess, "Bark", 3, np.nan), answers) == pytest.approx(
+        want, abs=TOLERANCE)
 
 
 def test_freesound_needs_fname_first_then_the_80_classes_in_order() -> None:
@@ -315,6 +318,9 @@ def test_jigsaw_refuses_text_both_prediction_columns_or_other_ids() -> None:
     refused(JIGSAW, exact.assign(toxicity=0.5), answers, "both")
     refused(JIGSAW, exact.drop(columns="prediction"), answers, "'prediction'")
     refused(JIGSAW, exact.iloc[1:], answers, "ids")
+    # mentioned only in toxic comments: that subgroup's AUC has one class
+    only_toxic = answers.assign(male=np.where(answers["toxicity"] >= 0.5, 1.0, 0.0))
+    refused(JIGSAW, exact, only_toxic, "only toxic or only non-toxic")
 
 
 # --- probabilistic F1 ----------------------------------------------------------------------

@@ -148,7 +148,7 @@ def _inaturalist(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
     s, a = _ids_equal_sorted(sub, ans, "id")
     try:
         truth = [int(y) for y in a["predicted"].tolist()]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise GradingError("the answers' labels must be whole numbers") from None
     guesses = [_first_label(y) for y in _object_values(s["predicted"]).tolist()]
     if any(abs(v) >= 2**63 for v in (*truth, *guesses)):
@@ -181,10 +181,11 @@ def _freesound(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
     except (TypeError, ValueError):
         raise GradingError("the submission's class scores must be numbers") from None
     truth = a[classes].apply(pd.to_numeric).to_numpy(dtype=np.float64)
-    if not np.isfinite(scores).all():
-        raise GradingError("the submission has missing or infinite scores")
     weight = (truth > 0).sum(axis=1)
     rows = np.flatnonzero(weight > 0)
+    if not np.isfinite(scores[rows]).all():
+        # Clips without a label are left out before scikit-learn checks the scores.
+        raise GradingError("the submission has missing or infinite scores")
     return float(label_ranking_average_precision_score(
         truth[rows] > 0, scores[rows], sample_weight=weight[rows]))
 
@@ -280,6 +281,10 @@ def _jigsaw_unintended_bias(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str
     def auc(rows: npt.NDArray[np.bool_]) -> float:
         # The submission's rows are picked by id, as grade.py picks them.
         picked = s["id"].isin(ids[rows]).to_numpy()
+        if len(np.unique(toxic[rows])) != 2:
+            # scikit-learn 1.5 refuses (later ones return NaN).
+            raise GradingError("an identity subgroup of the answers holds only toxic or only "
+                               "non-toxic comments, so its ROC AUC is undefined")
         return float(roc_auc_score(toxic[rows], predicted[picked]))
 
     bias = []
@@ -291,7 +296,7 @@ def _jigsaw_unintended_bias(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str
     with np.errstate(divide="ignore"):
         # An AUC of 0 makes its power infinite and the mean 0, as in numpy.
         means = (np.sum(np.asarray(bias) ** -5.0, axis=0) / len(JIGSAW_IDENTITIES)) ** (1 / -5)
-    overall = float(roc_auc_score(toxic, predicted))
+    overall = auc(np.ones(len(toxic), dtype=bool))
     return float(0.25 * overall + sum(0.25 * float(m) for m in means))
 
 
