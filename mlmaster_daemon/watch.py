@@ -1,5 +1,6 @@
 """Following a task until it ends, from its event stream: a live view on a terminal (see
-watch_view.py), or one line per event when stdout is not a terminal or --plain asks for it."""
+watch_state.py, watch_view.py), or one line per event when stdout is not a terminal or --plain
+asks for it."""
 
 from __future__ import annotations
 
@@ -16,17 +17,15 @@ from rich.live import Live
 from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.clock import Clock, SystemClock
 from mlmaster_daemon.errors import MlmasterError
-from mlmaster_daemon.watch_view import (
+from mlmaster_daemon.watch_state import (
     TERMINAL,
     WatchState,
     apply_event,
     apply_nodes,
     apply_slots,
     apply_task,
-    format_metric,
-    progress_line,
-    render,
 )
+from mlmaster_daemon.watch_view import format_metric, progress_line, render
 
 # The live view redraws this often (for the elapsed time and ETA), and re-reads the task,
 # its nodes and the slots after events, or every SNAPSHOT_S without any.

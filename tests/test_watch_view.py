@@ -20,16 +20,15 @@ from rich.console import Console
 from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.clock import ManualClock
 from mlmaster_daemon.watch import follow_live, live_console
-from mlmaster_daemon.watch_view import (
+from mlmaster_daemon.watch_state import (
     WatchState,
     apply_event,
     apply_nodes,
     apply_slots,
     apply_task,
     estimate,
-    progress_line,
-    render,
 )
+from mlmaster_daemon.watch_view import progress_line, render
 from tests.daemon_process import MLMASTER, running_daemon
 
 TASK = "t0123456789a"
