@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -300,7 +300,7 @@ def trajectory_record(task: TaskRecord, node: NodeRecord, step: int, reward: Ste
 
 
 async def export_chunks(store: Store, state_dir: Path, task_id: str, fmt: ExportFormat,
-                        output_chars: int) -> AsyncIterator[bytes]:
+                        output_chars: int) -> AsyncGenerator[bytes, None]:
     """The export of one task, in pieces to stream: the journal whole, trajectories a line at
     a time (a node's prompts are read only when its line is written). Raises TaskNotFound."""
     task = await store.get_task(task_id)

@@ -35,17 +35,24 @@ async def export_task(request: web.Request) -> web.StreamResponse:
     fmt = export_format(request.query.get("format"))
     chunks = export_chunks(parts.store, parts.state_dir, task_id, fmt,
                            parts.config.execution.output_tail_chars)
-    # The first piece is read before the answer starts, so an unknown task is still a 404.
-    first = await anext(chunks, b"")
-    response = web.StreamResponse(headers={
-        "Content-Type": fmt.media_type,
-        "Content-Disposition": f'attachment; filename="{fmt.file_name(task_id)}"'})
-    await response.prepare(request)
-    await response.write(first)
-    async for chunk in chunks:
-        await response.write(chunk)
-    await response.write_eof()
-    return response
+    try:
+        # The first piece is read before the answer starts, so an unknown task is still a 404.
+        first = await anext(chunks, b"")
+        response = web.StreamResponse(headers={
+            "Content-Type": fmt.media_type,
+            "Content-Disposition": f'attachment; filename="{fmt.file_name(task_id)}"'})
+        await response.prepare(request)
+        try:
+            await response.write(first)
+            async for chunk in chunks:
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionResetError:
+            # The reader left: nothing more to send, and nothing wrong with the daemon.
+            pass
+        return response
+    finally:
+        await chunks.aclose()
 
 
 def routes() -> list[web.RouteDef]:
