@@ -86,7 +86,7 @@ def _label_sets(values: pd.Series, who: str) -> list[list[str]]:
 def _multilabel_micro_f1(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
                          label: str) -> float:
     """MultiLabelBinarizer over the answers' labels (others predicted are dropped), then
-    f1_score(average="micro"): 2·TP / (true labels + predicted labels), 0 when both are 0."""
+    f1_score(average="micro"): 2·TP / (true labels + predicted labels)."""
     require(sub, (id_column, label))
     same_length(sub, ans)
     s, a = _ids_equal_sorted(sub, ans, id_column)
@@ -106,8 +106,6 @@ def _multilabel_micro_f1(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
         hits += len(actual & predicted)
         true_count += len(actual)
         guessed_count += len(predicted)
-    if true_count + guessed_count == 0:
-        return 0.0
     return float(2 * hits / (true_count + guessed_count))
 
 
