@@ -132,6 +132,18 @@ class _LiveWatch:
             self.draw(live, now=True)
 
     async def run(self) -> dict[str, Any]:
+        try:
+            await self.follow()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # Ctrl-C stops following, not the task: leave its last state on the screen.
+            self.console.print(self.frame())
+            raise
+        final = await self.read_snapshots()
+        self.console.print(self.frame(max(FINAL_ROWS, self.console.size.height)))
+        return final
+
+    async def follow(self) -> None:
+        """Redraw on events until the task ends (or the stream does)."""
         ticker: asyncio.Task[None] | None = None
         with Live(console=self.console, auto_refresh=False, transient=True,
                   redirect_stdout=False, redirect_stderr=False) as live:
@@ -154,9 +166,6 @@ class _LiveWatch:
                     ticker.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await ticker
-        final = await self.read_snapshots()
-        self.console.print(self.frame(max(FINAL_ROWS, self.console.size.height)))
-        return final
 
 
 async def follow_live(client: Client, task_id: str, console: Console,

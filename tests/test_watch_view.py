@@ -3,6 +3,7 @@ text without a terminal; and the real command on a forced terminal against a rea
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -32,6 +33,7 @@ from mlmaster_daemon.watch_view import progress_line, render
 from tests.daemon_process import MLMASTER, running_daemon
 
 TASK = "t0123456789a"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 STARTED = 1_000_000.0
 
 
@@ -272,6 +274,37 @@ async def test_following_live_ends_with_a_frame_of_every_node(client: Client,
     assert "\x1b[" in out.getvalue(), "drawn for a terminal"
 
 
+class _Screen(io.StringIO):
+    """A terminal's output that says when a frame of the view has been drawn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drawn = asyncio.Event()
+
+    def write(self, text: str) -> int:
+        if "mlmaster watch" in text:
+            self.drawn.set()
+        return super().write(text)
+
+
+async def test_stopping_the_watch_leaves_the_last_frame_on_the_screen(
+        client: Client, breast_cancer: Path) -> None:
+    task = await client.submit({"task_dir": str(breast_cancer), "steps": 20})
+    screen = _Screen()
+    console = Console(file=screen, force_terminal=True, width=150, height=60)
+    watching = asyncio.create_task(follow_live(client, task["id"], console,
+                                               ManualClock(STARTED)))
+    await screen.drawn.wait()
+    watching.cancel()  # what Ctrl-C does to `mlmaster watch`
+    with pytest.raises(asyncio.CancelledError):
+        await watching
+    after_live = ANSI.sub("", screen.getvalue().rsplit("\x1b[2K", 1)[-1])
+    assert re.search(rf"mlmaster watch {task['id']} (queued|running)", after_live)
+    assert (await client.task(task["id"]))["state"] in ("queued", "running"), \
+        "the task goes on"
+    await client.cancel(task["id"])
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MLMASTER_") and k not in ("FORCE_COLOR", "NO_COLOR")}
@@ -285,7 +318,6 @@ def _mlmaster(sock: Path, *args: str, **env: str) -> subprocess.CompletedProcess
     return result
 
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 TERMINAL_ENV = {"TTY_COMPATIBLE": "1", "TERM": "xterm", "COLUMNS": "160", "LINES": "50"}
 
 
