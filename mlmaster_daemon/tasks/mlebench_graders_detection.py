@@ -10,10 +10,10 @@ any cell that does not parse, or a blank where mle-bench calls a string method, 
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -240,13 +240,30 @@ def _vinbig_predictions(sub: pd.DataFrame, image_index: dict[Any, int]) -> list[
     return found
 
 
+@contextlib.contextmanager
+def _silenced(*modules: ModuleType) -> Iterator[None]:
+    """The modules' print() does nothing meanwhile. pycocotools reports progress on stdout,
+    which carries the daemon's logs, written by other threads too: so not a stdout redirect."""
+    for module in modules:
+        module.print = _no_print  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module in modules:
+            vars(module).pop("print", None)
+
+
+def _no_print(*args: object, **kwargs: object) -> None:
+    del args, kwargs
+
+
 def _vinbig_map(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
                 targets: tuple[str, ...]) -> float:
     """vinbigdata-chest-xray-abnormalities-detection: the same set of image ids (rows may
     repeat); pycocotools' COCOeval, one IoU threshold of 0.4, on the answers' boxes, and
     its AP over all areas at 100 detections (stats[0])."""
-    from pycocotools.coco import COCO  # type: ignore[import-untyped]
-    from pycocotools.cocoeval import COCOeval  # type: ignore[import-untyped]
+    import pycocotools.coco  # type: ignore[import-untyped]
+    import pycocotools.cocoeval  # type: ignore[import-untyped]
 
     for column in ("class_id", *_VINBIG_BOX, "image_id"):
         if column not in ans.columns:
@@ -273,16 +290,16 @@ def _vinbig_map(sub: pd.DataFrame, ans: pd.DataFrame, id_column: str,
     categories = [{"id": c, "name": c, "supercategory": "none"}
                   for c in np.unique(ans["class_id"].to_numpy()).tolist()]
     predictions = _vinbig_predictions(sub, image_index)
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    with _silenced(pycocotools.coco, pycocotools.cocoeval), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        truth_set, guess_set = COCO(), COCO()
+        truth_set, guess_set = pycocotools.coco.COCO(), pycocotools.coco.COCO()
         truth_set.dataset = {"type": "instances", "images": images, "categories": categories,
                              "annotations": annotations}
         guess_set.dataset = {"images": list(images), "categories": list(categories),
                              "annotations": predictions}
         truth_set.createIndex()
         guess_set.createIndex()
-        evaluation = COCOeval(truth_set, guess_set, "bbox")
+        evaluation = pycocotools.cocoeval.COCOeval(truth_set, guess_set, "bbox")
         evaluation.params.imgIds = sorted(truth_set.getImgIds())
         evaluation.params.useCats = True
         evaluation.params.iouThrs = np.array([0.4])
