@@ -113,12 +113,29 @@ class Page:
             await self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left",
                             clickCount=1)
 
-    async def wheel(self, selector: str, delta_y: float) -> None:
+    async def _middle(self, selector: str) -> tuple[float, float]:
         x, y = await self.evaluate(
             f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
             ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        return x, y
+
+    async def wheel(self, selector: str, delta_y: float) -> None:
+        """Turn the mouse wheel over the middle of `selector`."""
+        x, y = await self._middle(selector)
         await self.send("Input.dispatchMouseEvent", type="mouseWheel", x=x, y=y, deltaX=0,
                         deltaY=delta_y)
+
+    async def drag(self, selector: str, dx: float, dy: float, steps: int = 5) -> None:
+        """Press the left button at the middle of `selector`, move by (dx, dy), release."""
+        x, y = await self._middle(selector)
+        await self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        await self.send("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y,
+                        button="left", buttons=1, clickCount=1)
+        for step in range(1, steps + 1):
+            await self.send("Input.dispatchMouseEvent", type="mouseMoved", button="left",
+                            buttons=1, x=x + dx * step / steps, y=y + dy * step / steps)
+        await self.send("Input.dispatchMouseEvent", type="mouseReleased", x=x + dx, y=y + dy,
+                        button="left", buttons=0, clickCount=1)
 
     async def screenshot(self) -> bytes:
         """A PNG of the viewport."""

@@ -17,6 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from browser import MISSING, browser_page, chromium
 from conftest import daemon_config, wait_terminal
@@ -66,6 +67,7 @@ class Report:
     cli_printed: str
     default_page: Path
     refusals: dict[str, tuple[int, str]]
+    content_type: str
     path: Path
 
 
@@ -100,6 +102,10 @@ async def _run_task(folder: Path, breast_cancer: Path) -> Report:
             nodes = [await client.node(task["id"], n["id"])
                      for n in await client.nodes(task["id"])]
             page = await client.report_html(task["id"])
+            async with aiohttp.ClientSession(
+                    connector=aiohttp.UnixConnector(path=str(daemon.socket_path))) as raw, \
+                    raw.get(f"http://localhost/v1/tasks/{task['id']}/report.html") as resp:
+                content_type = resp.headers["Content-Type"]
             refusals = {}
             for label, task_id in (("unknown", "t00000000000"), ("malformed", "nope")):
                 try:
@@ -120,7 +126,7 @@ async def _run_task(folder: Path, breast_cancer: Path) -> Report:
     path = folder / "page.html"
     path.write_text(page)
     return Report(task, nodes, page, out.read_text(), printed.getvalue(),
-                  folder / "out" / default_output(task["id"]), refusals, path)
+                  folder / "out" / default_output(task["id"]), refusals, content_type, path)
 
 
 def _run_cli(args: argparse.Namespace) -> None:
@@ -224,6 +230,11 @@ def test_the_page_needs_nothing_from_outside(report: Report) -> None:
 def test_no_secret_reaches_the_page(report: Report) -> None:
     assert KEY not in report.page and KEY not in report.cli_page
     assert "[redacted]" in _data(report.page)["nodes"][0]["code"]
+
+
+def test_the_page_is_served_as_utf8_html(report: Report) -> None:
+    assert report.content_type == "text/html; charset=utf-8"
+    assert report.page.startswith("<!DOCTYPE html>")
 
 
 def test_an_unknown_task_is_404_and_a_bad_id_400(report: Report) -> None:
@@ -371,15 +382,25 @@ async def test_clicking_a_node_shows_its_code_as_text(report: Report, tmp_path: 
         assert page.console_errors() == []
 
 
+def _scale(transform: str) -> float:
+    return float(transform.split("scale(")[1].rstrip(")"))
+
+
 @needs_chromium
-async def test_the_tree_zooms_and_colours_by_metric(report: Report, tmp_path: Path) -> None:
+async def test_the_tree_zooms_pans_and_colours_by_metric(report: Report, tmp_path: Path) -> None:
     transform = "document.querySelector('#tree > g').getAttribute('transform')"
     fills = "[...document.querySelectorAll('#tree .node circle')].map(c => c.getAttribute('fill'))"
     async with browser_page(tmp_path / "profile") as page:
         await page.open(report.path.as_uri())
         before = await page.evaluate(transform)
         await page.wheel("#tree", -300)
-        assert await page.evaluate(transform) != before
+        zoomed = await page.evaluate(transform)
+        assert _scale(zoomed) > _scale(before)  # the wheel turned up zooms in
+        # A drag pans, even one that starts on a node, and selects nothing.
+        await page.drag('#tree .node[data-id="2"]', 120, 40)
+        panned = await page.evaluate(transform)
+        assert panned != zoomed and _scale(panned) == _scale(zoomed)
+        assert await page.evaluate("document.querySelectorAll('#tree .selected').length") == 0
         by_status = await page.evaluate(fills)
         await page.evaluate("(() => { const s = document.getElementById('colour-by');"
                             " s.value = 'metric'; s.dispatchEvent(new Event('change')); })()")
