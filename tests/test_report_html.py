@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import redirect_stdout
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from mlmaster_daemon.report_html import (
     embed_json,
     failure_cause,
     node_entry,
+    render,
     series,
 )
 from mlmaster_daemon.report_html_cli import add_parser, default_output, write_page
@@ -423,3 +424,37 @@ async def test_a_screenshot_of_the_page_is_not_blank(report: Report, tmp_path: P
     assert inked > 0.03 * area, f"{inked} of {area} pixels are not white"
     colours = image.getcolors(maxcolors=area)
     assert colours is not None and len(colours) > 50
+
+
+def _synthetic_page(nodes: list[NodeRecord], caps: Caps) -> str:
+    task: dict[str, Any] = {
+        "id": "t0123456789a", "name": "synthetic", "state": "running", "error": None,
+        "policy": "mcts", "metric": "accuracy", "lower_is_better": False, "steps": 5,
+        "time_limit_s": 600.0, "nodes_total": len(nodes), "nodes_done": 0, "best": None,
+        "usage": {}, "budget": {}, "created_at": 100.0, "started_at": 100.0,
+        "finished_at": None}
+    return render({"generated_at": 200.0, "task": task, "caps": asdict(caps),
+                   "nodes": [node_entry(n, "", "", {}, caps) for n in nodes],
+                   "series": series(task, nodes, {}, now=200.0)})
+
+
+@needs_chromium
+@pytest.mark.parametrize("nodes", [[], [_node(1, NodeState.RUNNING, None, 150,
+                                               code="print(1)\n" * 2_000, slot="cpu0")]],
+                         ids=["no-nodes-yet", "running-node-with-cut-code"])
+async def test_a_young_task_and_cut_code_draw_without_errors(
+        nodes: list[NodeRecord], tmp_path: Path) -> None:
+    path = tmp_path / "page.html"
+    path.write_text(_synthetic_page(nodes, Caps(code=1_000)))
+    async with browser_page(tmp_path / "profile") as page:
+        await page.open(path.as_uri())
+        assert await page.evaluate("document.body.dataset.ready") == "true"
+        assert await page.evaluate("document.querySelectorAll('#tree .node').length") == \
+            len(nodes)
+        header = await page.evaluate("document.querySelector('header').textContent")
+        assert ("Some node texts are cut" in header) == bool(nodes)
+        if nodes:
+            await page.click('#tree .node[data-id="1"]')
+            note = await page.evaluate("document.querySelector('#details .cut').textContent")
+            assert note.startswith("cut: 18000 characters in all")
+        assert page.console_errors() == []
