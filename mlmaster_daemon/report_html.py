@@ -109,32 +109,50 @@ def _better(a: float, b: float, lower_is_better: bool) -> bool:
     return a < b if lower_is_better else a > b
 
 
-def series(task: dict[str, Any], nodes: list[NodeRecord],
-           usage: dict[int, dict[str, Any]], now: float) -> dict[str, Any]:
-    """The charts' data, in seconds since the task started: the best metric as each node
-    finished, cumulative tokens and cost, each slot's runs, operator and failure counts."""
-    start = task.get("started_at") or task.get("created_at") or now
-    lower = bool(task.get("lower_is_better"))
+def _best_over_time(nodes: list[NodeRecord], start: float,
+                    lower_is_better: bool) -> list[dict[str, Any]]:
+    """Each node that beat the best so far, as it finished."""
     best: list[dict[str, Any]] = []
     current: float | None = None
     finished = sorted((n.finished_at, n.id, n.metric) for n in nodes
                       if n.finished_at is not None and n.state is NodeState.DONE)
     for at, node_id, metric in finished:
-        if metric is not None and (current is None or _better(metric, current, lower)):
+        if metric is not None and (current is None or _better(metric, current, lower_is_better)):
             current = metric
             best.append({"t": at - start, "metric": metric, "node": node_id})
-    tokens: list[dict[str, Any]] = []
-    total_tokens, total_cost = 0, 0.0
+    return best
+
+
+def _spend_over_time(nodes: list[NodeRecord], usage: dict[int, dict[str, Any]],
+                     task_usage: dict[str, Any], start: float,
+                     end: float) -> list[dict[str, Any]]:
+    """Tokens and cost so far after each node's model calls."""
+    spend: list[dict[str, Any]] = []
+    tokens, cost = 0, 0.0
     for node in sorted(nodes, key=lambda n: (_node_time(n), n.id)):
         spent = usage.get(node.id, {})
         if spent.get("calls"):
-            total_tokens += int(spent["total_tokens"])
-            total_cost += float(spent["cost"])
-            tokens.append({"t": _node_time(node) - start, "tokens": total_tokens,
-                           "cost": round(total_cost, 6), "node": node.id})
-    runs = [{"slot": node.slot or "?", "node": node.id, "status": node.state.value,
-             "start": node.started_at - start,
-             "end": (node.finished_at or now) - start}
+            tokens += int(spent["total_tokens"])
+            cost += float(spent["cost"])
+            spend.append({"t": _node_time(node) - start, "tokens": tokens,
+                          "cost": round(cost, 6), "node": node.id})
+    # Calls tied to no node (phase summaries, lessons) count at the end, so the line ends at
+    # the task's total.
+    if int(task_usage.get("total_tokens", 0)) > tokens:
+        spend.append({"t": end - start, "tokens": int(task_usage["total_tokens"]),
+                      "cost": round(float(task_usage["cost"]), 6), "node": None})
+    return spend
+
+
+def series(task: dict[str, Any], nodes: list[NodeRecord],
+           usage: dict[int, dict[str, Any]], now: float) -> dict[str, Any]:
+    """The charts' data, in seconds since the task started: the best metric as each node
+    finished, cumulative tokens and cost, each slot's runs, operator and failure counts."""
+    start = task.get("started_at") or task.get("created_at") or now
+    # A finished task's charts end where it ended, not when the page was written.
+    end = task.get("finished_at") or now
+    runs = [{"slot": node.slot, "node": node.id, "status": node.state.value,
+             "start": node.started_at - start, "end": (node.finished_at or now) - start}
             for node in nodes if node.started_at is not None and node.slot]
     operators: dict[str, int] = {}
     causes: dict[str, int] = {}
@@ -143,10 +161,9 @@ def series(task: dict[str, Any], nodes: list[NodeRecord],
         if node.state in (NodeState.BUGGY, NodeState.FAILED) and node.error:
             cause = failure_cause(node.error)
             causes[cause] = causes.get(cause, 0) + 1
-    # A finished task's charts end where it ended, not when the page was written.
-    end = task.get("finished_at") or now
-    return {"best": best, "tokens": tokens, "runs": runs, "operators": operators,
-            "causes": causes, "now": end - start}
+    return {"best": _best_over_time(nodes, start, bool(task.get("lower_is_better"))),
+            "tokens": _spend_over_time(nodes, usage, task.get("usage") or {}, start, end),
+            "runs": runs, "operators": operators, "causes": causes, "now": end - start}
 
 
 def _node_texts(state_dir: Path, task_id: str, node_ids: list[int],

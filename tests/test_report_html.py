@@ -316,11 +316,14 @@ def test_slot_runs_and_tokens_follow_the_nodes() -> None:
     nodes[1] = NodeRecord(**{**nodes[1].__dict__, "finished_at": None})
     usage = {1: {"calls": 1, "total_tokens": 150, "cost": 0.5},
              2: {"calls": 2, "total_tokens": 300, "cost": 1.0}}
-    drawn = series({"started_at": 100.0}, nodes, usage, now=140.0)
+    task = {"started_at": 100.0, "usage": {"total_tokens": 500, "cost": 1.75}}
+    drawn = series(task, nodes, usage, now=140.0)
     assert drawn["runs"] == [
         {"slot": "cpu0", "node": 1, "status": "done", "start": 5.0, "end": 10.0},
         {"slot": "gpu0", "node": 2, "status": "running", "start": 25.0, "end": 40.0}]
-    assert [(p["tokens"], p["cost"]) for p in drawn["tokens"]] == [(150, 0.5), (450, 1.5)]
+    # The calls tied to no node (a phase summary) come last, so the line ends at the total.
+    assert [(p["tokens"], p["cost"], p["node"]) for p in drawn["tokens"]] == [
+        (150, 0.5, 1), (450, 1.5, 2), (500, 1.75, None)]
 
 
 def test_long_texts_are_cut_and_say_so() -> None:

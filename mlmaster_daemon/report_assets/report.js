@@ -366,8 +366,9 @@
   function charts() {
     const s = data.series;
     const best = s.best.map((p) => ({ t: p.t, v: p.metric, label: `node ${p.node}: ${fmtMetric(p.metric)}` }));
-    const tokens = s.tokens.map((p) => ({ t: p.t, v: p.tokens, label: `after node ${p.node}: ${p.tokens} tokens` }));
-    const cost = s.tokens.map((p) => ({ t: p.t, v: p.cost, label: `after node ${p.node}: $${p.cost.toFixed(4)}` }));
+    const after = (p) => (p.node === null ? "with calls tied to no node" : `after node ${p.node}`);
+    const tokens = s.tokens.map((p) => ({ t: p.t, v: p.tokens, label: `${after(p)}: ${p.tokens} tokens` }));
+    const cost = s.tokens.map((p) => ({ t: p.t, v: p.cost, label: `${after(p)}: $${p.cost.toFixed(4)}` }));
     return el("div", { class: "charts" }, [
       stepChart(`Best ${task.metric} over time`, "chart-best", best, s.now, fmtMetric),
       stepChart("Tokens over time (cumulative)", "chart-tokens", tokens, s.now,
