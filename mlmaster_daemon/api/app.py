@@ -22,6 +22,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from mlmaster_daemon import __version__, untrusted
+from mlmaster_daemon.api import export
 from mlmaster_daemon.api.access import (
     Peer,
     cancel_refusal,
@@ -433,6 +434,7 @@ def build_app(parts: ApiParts) -> web.Application:
     app.router.add_get("/v1/tasks/{task_id}/nodes/{node_id}/log", get_node_log,
                        allow_head=False)
     app.router.add_get("/v1/tasks/{task_id}/report.html", get_report, allow_head=False)
+    app.router.add_routes(export.routes())
     app.router.add_get("/v1/events", events, allow_head=False)
     app.router.add_get("/v1/slots", slots, allow_head=False)
     return app

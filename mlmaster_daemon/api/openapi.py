@@ -134,6 +134,22 @@ _PATHS: dict[str, Any] = {
         "parameters": [_TASK_ID],
         "responses": _responses(("200", "the page", "HtmlPage"), "400", "404"),
     }},
+    "/v1/tasks/{task_id}/export": {"get": {
+        "operationId": "exportTask",
+        "summary": "The task's finished nodes for machines (`mlmaster export`)",
+        "description": (
+            "format=journal: AIDE's journal.json (application/json). format=trajectories: one "
+            "JSON line per finished node, in node id order: the prompt context, plan and code, "
+            "outcome, step reward and SFT pair (application/x-ndjson). mlmaster_daemon/export.py "
+            "documents the rewards."),
+        "parameters": [_TASK_ID, {"name": "format", "in": "query", "required": True,
+                                  "schema": {"type": "string",
+                                             "enum": ["journal", "trajectories"]}}],
+        "responses": {**_responses(("200", "", "Journal"), "400", "404"), "200": {
+            "description": "the export, streamed",
+            "content": {JSON: {"schema": _ref("Journal")},
+                        NDJSON: {"schema": _ref("TrajectoryStep")}}}},
+    }},
     "/v1/events": {"get": {
         "operationId": "events",
         "summary": "Events as newline-delimited JSON; the stream stays open",
@@ -216,6 +232,9 @@ def _components() -> dict[str, Any]:
         "Slots": {"type": "object"},
         "OpenApiDocument": {"type": "object", "required": ["openapi", "paths"]},
         "HtmlPage": {"type": "string", "description": "an HTML document (UTF-8)"},
+        "Journal": {"type": "object", "required": ["nodes", "node2parent", "__version"]},
+        "TrajectoryStep": {"type": "object", "required": ["task_id", "step", "node_id",
+                           "state", "action", "outcome", "reward", "sft"]},
         "EventLine": {"type": "object", "required": ["type"],
                       "properties": {"type": {"type": "string"}}},
     }
