@@ -158,7 +158,9 @@ class _LiveWatch:
                     else:
                         apply_event(self.state, event)
                         self.stale = True
-                    self.draw(live)
+                    # A change of the task's state is drawn at once, whatever the pace.
+                    kind = event.get("type") if isinstance(event, dict) else None
+                    self.draw(live, now=kind in ("hello", "task.state"))
                     if self.state.state in TERMINAL:
                         break
             finally:

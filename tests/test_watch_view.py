@@ -4,6 +4,7 @@ text without a terminal; and the real command on a forced terminal against a rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -275,16 +276,21 @@ async def test_following_live_ends_with_a_frame_of_every_node(client: Client,
 
 
 class _Screen(io.StringIO):
-    """A terminal's output that says when a frame of the view has been drawn."""
+    """A terminal's output that can be waited on until it shows something."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.drawn = asyncio.Event()
+        self.written = asyncio.Event()
 
     def write(self, text: str) -> int:
-        if "mlmaster watch" in text:
-            self.drawn.set()
+        self.written.set()
         return super().write(text)
+
+    async def shows(self, pattern: str) -> None:
+        async with asyncio.timeout(120):
+            while not re.search(pattern, ANSI.sub("", self.getvalue())):
+                self.written.clear()
+                await self.written.wait()
 
 
 async def test_stopping_the_watch_leaves_the_last_frame_on_the_screen(
@@ -294,7 +300,7 @@ async def test_stopping_the_watch_leaves_the_last_frame_on_the_screen(
     console = Console(file=screen, force_terminal=True, width=150, height=60)
     watching = asyncio.create_task(follow_live(client, task["id"], console,
                                                ManualClock(STARTED)))
-    await screen.drawn.wait()
+    await screen.shows("mlmaster watch")
     watching.cancel()  # what Ctrl-C does to `mlmaster watch`
     with pytest.raises(asyncio.CancelledError):
         await watching
@@ -303,6 +309,27 @@ async def test_stopping_the_watch_leaves_the_last_frame_on_the_screen(
     assert (await client.task(task["id"]))["state"] in ("queued", "running"), \
         "the task goes on"
     await client.cancel(task["id"])
+
+
+async def test_the_injected_clock_paces_the_redraws_and_the_elapsed_time(
+        client: Client, breast_cancer: Path) -> None:
+    task = await client.submit({"task_dir": str(breast_cancer), "steps": 20})
+    screen = _Screen()
+    console = Console(file=screen, force_terminal=True, width=150, height=60)
+    # On the daemon's scale (it stamps times with the real clock), from the task's creation.
+    clock = ManualClock(task["created_at"])
+    watching = asyncio.create_task(follow_live(client, task["id"], console, clock))
+    try:
+        await screen.shows(rf"mlmaster watch {task['id']} running")
+        assert not re.search(r"elapsed 2m\d\ds", ANSI.sub("", screen.getvalue()))
+        clock.advance(150)  # the ticker wakes, re-reads the task and redraws
+        # 150 s less the time the task waited in the queue.
+        await screen.shows(r"elapsed 2m[0-5]\ds of 1h00m · ETA ~\d+m\d\ds")
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        await client.cancel(task["id"])
 
 
 def _env(**extra: str) -> dict[str, str]:
