@@ -61,6 +61,7 @@ def families() -> dict[str, Grader]:
         mlebench_graders_detection,
         mlebench_graders_full,
         mlebench_graders_labels,
+        mlebench_graders_lidar,
         mlebench_graders_masks,
         mlebench_graders_numeric,
         mlebench_graders_text,
@@ -69,7 +70,7 @@ def families() -> dict[str, Grader]:
     found: dict[str, Grader] = dict(GRADERS)
     for module in (mlebench_graders_full, mlebench_graders_text, mlebench_graders_labels,
                    mlebench_graders_numeric, mlebench_graders_masks,
-                   mlebench_graders_detection):
+                   mlebench_graders_detection, mlebench_graders_lidar):
         found.update(module.GRADERS)
     return found
 
