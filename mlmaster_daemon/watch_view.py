@@ -293,6 +293,9 @@ def render(state: WatchState, now: float, height: int, width: int) -> Renderable
     header = header_lines(state, now)
     recent = [Text(clean(progress_line(p.event, p.best, p.steps), 200) or "", style="dim",
                    no_wrap=True, overflow="ellipsis") for p in state.recent]
-    # One line is kept free: a frame as tall as the terminal scrolls it.
+    # One line is kept free: a frame as tall as the terminal scrolls it. On a short terminal
+    # the tree goes before the latest events.
     rows = height - len(header) - len(recent) - 2
+    if rows < 4:
+        rows, recent = rows + len(recent), []
     return Group(*header, *tree_lines(state, rows, width), *recent)
