@@ -109,3 +109,15 @@ def test_answers_kept_as_json_lines_are_graded_from_the_prepared_folder(
     (private / "test.jsonl").write_text("{not json\n")
     with pytest.raises(GradingError, match="as JSON lines"):
         grade(spec, perfect)
+
+
+def test_a_scored_column_that_is_not_the_training_label_keeps_both(tmp_path: Path) -> None:
+    # jigsaw-unintended-bias trains on train.csv's `target` and scores the submission's
+    # `prediction` against the answers' `toxicity`.
+    public = tmp_path / "jigsaw-unintended-bias-in-toxicity-classification" / "prepared" / "public"
+    public.mkdir(parents=True)
+    (public / "train.csv").write_text("id,comment_text,target\n1,hi,0.1\n")
+    (public / "test.csv").write_text("id,comment_text\n2,yo\n")
+    (public / "sample_submission.csv").write_text("id,prediction\n2,0.5\n")
+    spec = load_task(public.parent.parent)
+    assert (spec.target, spec.scored_columns) == ("target", ("prediction",))

@@ -104,7 +104,8 @@ def load_task(task_dir: str | Path, overrides: TaskOverrides | None = None) -> T
     targets = tuple(str(t) for t in settings.get("targets") or ())
     target = _resolve_target(settings.get("target") or settings.get("label")
                              or (targets[0] if targets else None), id_column, headers, root)
-    if len(targets) <= 1:
+    if len(targets) <= 1 and targets in ((), (target,)):
+        # One scored column that is the training label too: `target` says it.
         targets = ()
     _check_columns(headers, id_column, target, targets, strict=known is None)
 

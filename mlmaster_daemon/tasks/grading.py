@@ -131,7 +131,7 @@ def grade(spec: TaskSpec, submission_path: Path) -> float:
     answers = _answers(spec, strict=True)
     submission = read_table(submission_path, submission_size_limit(spec), strict=True)
     columns = spec.scored_columns
-    target = columns if len(columns) > 1 else spec.target
+    target = columns if len(columns) > 1 else columns[0]
     return score(spec.metric, answers, submission, spec.id_column, target, k=spec.map_k)
 
 

@@ -70,8 +70,9 @@ class TaskSpec:
     train_file: str = "train.csv"
     test_file: str = "test.csv"
     sample_submission_file: str = "sample_submission.csv"
-    # Every column the metric scores when there are several (e.g. 6 toxicity labels); empty
-    # when `target` alone is scored.
+    # Every column the metric scores when there are several (e.g. 6 toxicity labels) or when
+    # the one scored column is not the training label `target` (jigsaw-unintended-bias scores
+    # `prediction`, trains on `target`); empty when `target` alone is scored.
     targets: tuple[str, ...] = ()
     # k of MAP@k.
     map_k: int = 5
