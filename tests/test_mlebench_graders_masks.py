@@ -43,6 +43,7 @@ class Case:
     targets: tuple[str, ...]
     submissions: dict[str, pd.DataFrame] = field(default_factory=dict)
     answers_name: str = "test.csv"
+    answer_columns: tuple[str, ...] = ()  # the registry's, where not the id and targets
 
 
 def through_csv(frame: pd.DataFrame, tmp_path: Path, name: str) -> pd.DataFrame:
@@ -56,7 +57,7 @@ def score(case: Case, name: str, tmp_path: Path) -> float:
     return mlebench_graders.grade(case.competition,
                                   through_csv(case.submissions[name], tmp_path, name),
                                   through_csv(case.answers, tmp_path, "answers"),
-                                  case.id_column, case.targets)
+                                  case.id_column, case.targets, case.answer_columns)
 
 
 def replaced(frame: pd.DataFrame, column: str, row: int, value: Any) -> pd.DataFrame:
@@ -118,12 +119,16 @@ def test_tgs_refuses_what_mlebench_refuses(tmp_path: Path, name: str) -> None:
         score(_tgs(), name, tmp_path)
 
 
+HUBMAP_ANSWERS = ("id", "encoding", "width_pixels", "height_pixels")
+
+
 def _hubmap() -> Case:
     # test.csv: id, encoding, width_pixels, height_pixels (the sizes kept for grading).
     answers = pd.DataFrame({"id": ["aaa", "bbb"], "encoding": ["1 4 9 2", "2 3"],
                             "width_pixels": [4, 3], "height_pixels": [5, 2]})
     noisy = pd.DataFrame({"id": ["bbb", "aaa"], "predicted": [NAN, "1 4"]})
-    return Case(HUBMAP, answers, "id", ("encoding",), {
+    return Case(HUBMAP, answers, "id", ("predicted",), answer_columns=HUBMAP_ANSWERS,
+                submissions={
         "perfect": pd.DataFrame({"id": ["aaa", "bbb"], "predicted": answers["encoding"]}),
         "noisy": noisy,
         "sample": pd.DataFrame({"id": ["aaa", "bbb"], "predicted": [NAN, NAN]}),
@@ -356,7 +361,7 @@ def damaged(case: Case) -> dict[str, pd.DataFrame]:
 def outcome(case: Case, answers: pd.DataFrame, path: Path) -> float | str | None:
     try:
         value = mlebench_graders.grade(case.competition, pd.read_csv(path), answers,
-                                       case.id_column, case.targets)
+                                       case.id_column, case.targets, case.answer_columns)
     except GradingError:
         return None
     return "nan" if math.isnan(value) else value
