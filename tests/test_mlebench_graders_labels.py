@@ -29,12 +29,8 @@ from sklearn.preprocessing import MultiLabelBinarizer
 
 from mlmaster_daemon.errors import GradingError
 from mlmaster_daemon.tasks import mlebench_graders
-from mlmaster_daemon.tasks.mlebench_graders_labels import (
-    FREESOUND_CLASSES,
-    HMS_VOTES,
-    JIGSAW_IDENTITIES,
-    SPINE_PARTS,
-)
+from mlmaster_daemon.tasks.mlebench_graders_labels import FREESOUND_CLASSES, JIGSAW_IDENTITIES
+from mlmaster_daemon.tasks.mlebench_graders_probabilities import HMS_VOTES, SPINE_PARTS
 
 TOLERANCE = 1e-9
 IMET = "imet-2020-fgvc7"

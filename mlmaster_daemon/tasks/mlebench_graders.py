@@ -64,13 +64,15 @@ def families() -> dict[str, Grader]:
         mlebench_graders_lidar,
         mlebench_graders_masks,
         mlebench_graders_numeric,
+        mlebench_graders_probabilities,
         mlebench_graders_text,
     )
 
     found: dict[str, Grader] = dict(GRADERS)
     for module in (mlebench_graders_full, mlebench_graders_text, mlebench_graders_labels,
                    mlebench_graders_numeric, mlebench_graders_masks,
-                   mlebench_graders_detection, mlebench_graders_lidar):
+                   mlebench_graders_detection, mlebench_graders_lidar,
+                   mlebench_graders_probabilities):
         found.update(module.GRADERS)
     return found
 
