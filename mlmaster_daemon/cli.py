@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mlmaster_daemon import __version__
+from mlmaster_daemon import __version__, export_cli, report_html_cli
 from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.config import load_config, resolve_socket_path
 from mlmaster_daemon.errors import MlmasterError
@@ -66,7 +66,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     overrides = {"daemon.socket": args.socket, "daemon.state_dir": args.state_dir,
                  "daemon.log_level": args.log_level,
-                 "validation_server.port": args.validate_port}
+                 "validation_server.port": args.validate_port,
+                 "metrics.port": args.metrics_port}
     config = load_config(args.config, overrides=overrides)
     configure_logging(config.daemon.log_level)
     # SIGHUP reads the same file, environment and flags again.
@@ -239,7 +240,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mlmaster_daemon.demo import run_demo
 
-    return run_demo(example=args.example, steps=args.steps, clean=args.clean)
+    return run_demo(example=args.example, steps=args.steps, clean=args.clean, plain=args.plain)
 
 
 def _node_id(value: str) -> int:
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-port", type=int, metavar="PORT",
                    help="port of the MLE-bench-style validation server "
                         "(config validation_server.port)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics "
+                        "(config metrics.port; off by default)")
     p.add_argument("--accept-lost-work", action="store_true",
                    help="start even if the task folders prove commits the database lost (a "
                         "lost or cut-short mlmaster.db-wal): what it does not know is moved "
@@ -345,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
         "socket", help="print the daemon socket path the CLI uses (e.g. for curl --unix-socket)"))
     p.set_defaults(fn=cmd_socket)
 
+    report_html_cli.add_parser(sub, with_socket)
+    export_cli.add_parser(sub, with_socket)
+
     p = with_socket(sub.add_parser("cancel", help="cancel a task"))
     p.add_argument("task_id")
     p.set_defaults(fn=cmd_cancel)
@@ -393,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--clean", action="store_true",
                    help="delete the demo's temporary folder when it succeeds")
+    p.add_argument("--plain", action="store_true",
+                   help="one line per event even on a terminal")
     p.set_defaults(fn=cmd_demo)
     return parser
 

@@ -128,3 +128,26 @@ def test_permission_denied_names_the_socket_and_its_group(daemon_socket: Path) -
     os.waitpid(pid, 0)
     assert f"permission denied on {daemon_socket}" in message
     assert "you are not in group root" in message
+
+
+def test_report_html_and_export_write_a_finished_tasks_files(
+        daemon_socket: Path, tmp_path: Path) -> None:
+    import json
+
+    from mlmaster_daemon.tasks.examples import build_example
+
+    root = build_example("breast_cancer", tmp_path / "breast_cancer")
+    sock = str(daemon_socket)
+    submitted = _cli("submit", str(root), "--steps", "2", "--wait", "--json", "--socket", sock)
+    assert submitted.returncode == 0, submitted.stderr
+    task_id = json.loads(submitted.stdout)["id"]
+    page, journal = tmp_path / "page.html", tmp_path / "journal.json"
+    wrote = _cli("report-html", task_id, "-o", str(page), "--socket", sock)
+    assert wrote.returncode == 0, wrote.stderr
+    assert str(page) in wrote.stdout and page.read_text().startswith("<!DOCTYPE html>")
+    exported = _cli("export", task_id, "--format", "journal", "-o", str(journal),
+                    "--socket", sock)
+    assert exported.returncode == 0, exported.stderr
+    assert len(json.loads(journal.read_text())["nodes"]) == 2
+    unknown = _cli("export", "t000000000000", "--format", "journal", "--socket", sock)
+    assert unknown.returncode == 1 and "t000000000000" in unknown.stderr
