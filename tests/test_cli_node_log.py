@@ -110,3 +110,57 @@ async def test_logs_follow_prints_a_finished_nodes_whole_stdout(
         out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert out.decode() == written
+
+
+# A model's script that prints a line, then waits for the test to let it go on.
+GATED = """\
+import json, os, time
+print("first line", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("second line", flush=True)
+os.makedirs("submission", exist_ok=True)
+with open("metrics.json", "w") as handle:
+    json.dump({"validation_metric": 0.5, "fold_metrics": [0.5]}, handle)
+"""
+
+
+async def test_logs_follow_streams_a_running_nodes_output_until_it_ends(
+        short_dir: Path, tmp_path: Path, breast_cancer: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import daemon_config
+    from openai_server import FakeOpenAI
+
+    monkeypatch.setenv("FAKE_KEY", "sk-test-key-0000")
+    server = FakeOpenAI(code=GATED)
+    await server.start()
+    endpoint = {"base_url": server.base_url, "model": "fake", "api_key_env": "FAKE_KEY",
+                "max_retries": 1, "backoff_s": 0.01, "timeout_s": 20}
+    daemon = Daemon(daemon_config(short_dir / "state", short_dir / "api.sock",
+                                  extra={"llm.code": endpoint}))
+    await daemon.start()
+    try:
+        async with Client(daemon.socket_path) as client, asyncio.timeout(120):
+            events = client.events()
+            assert (await anext(events))["type"] == "hello"
+            task = await client.submit({"task_dir": str(breast_cancer), "steps": 1})
+            async for event in events:
+                if (event.get("type"), event.get("node_id"), event.get("state")) == (
+                        "node.state", 1, "running"):
+                    break
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mlmaster_daemon", "logs", task["id"], "1", "--follow",
+                "--socket", str(daemon.socket_path), stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            assert proc.stdout is not None
+            # The first line arrives while the node still runs: it cannot end before "go".
+            assert await proc.stdout.readline() == b"first line\n"
+            assert proc.returncode is None
+            (node_dir(daemon.state_dir, task["id"], 1) / "go").touch()
+            rest, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            assert rest == b"second line\n"
+            await wait_terminal(client, task["id"])
+    finally:
+        await daemon.stop()
+        await server.stop()
