@@ -332,12 +332,21 @@ def _volume(day: list[tuple[str, list[_Slice]]]) -> npt.NDArray[np.uint8]:
                      for _, parts in day]).astype(np.uint8)
 
 
+def _directed_hausdorff(source: npt.NDArray[np.float64],
+                        target: npt.NDArray[np.float64]) -> float:
+    """scipy's `directed_hausdorff(source, target)[0]`, the farthest any source point lies
+    from its nearest target point, found with a k-d tree: the same distances, without
+    directed_hausdorff's scan, which takes hours on a day's worth of overlapping masks."""
+    from scipy.spatial import cKDTree  # type: ignore[import-untyped]
+
+    nearest, _ = cKDTree(target).query(source, k=1)
+    return float(np.max(nearest))
+
+
 def _hausdorff(predicted: npt.NDArray[np.uint8], true: npt.NDArray[np.uint8]) -> float:
     """uw's `hausdorff_distance`: symmetric, on pixel coordinates scaled by the true volume's
     shape, over the unit cube's diagonal; NaN when both are empty, 1 when one is or the
     prediction is over ten times larger."""
-    from scipy.spatial.distance import directed_hausdorff  # type: ignore[import-untyped]
-
     guessed, real = int(predicted.sum()), int(true.sum())
     if guessed == 0 and real == 0:
         return float("nan")
@@ -348,8 +357,8 @@ def _hausdorff(predicted: npt.NDArray[np.uint8], true: npt.NDArray[np.uint8]) ->
     scale = true.shape
     real_points = np.argwhere(true) / scale
     guessed_points = np.argwhere(predicted) / scale
-    distance = max(directed_hausdorff(real_points, guessed_points)[0],
-                   directed_hausdorff(guessed_points, real_points)[0])
+    distance = max(_directed_hausdorff(real_points, guessed_points),
+                   _directed_hausdorff(guessed_points, real_points))
     return float(distance / np.sqrt(3))
 
 
