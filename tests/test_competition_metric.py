@@ -121,3 +121,41 @@ def test_a_scored_column_that_is_not_the_training_label_keeps_both(tmp_path: Pat
     (public / "sample_submission.csv").write_text("id,prediction\n2,0.5\n")
     spec = load_task(public.parent.parent)
     assert (spec.target, spec.scored_columns) == ("target", ("prediction",))
+
+
+@pytest.mark.parametrize("competition", ["hubmap-kidney-segmentation",
+                                         "vinbigdata-chest-xray-abnormalities-detection"])
+def test_answers_that_hold_other_columns_than_the_submission_grade_from_the_folder(
+        tmp_path: Path, competition: str) -> None:
+    # hubmap's answers hold `encoding` and image sizes, vinbigdata's one box per row; the
+    # submission has `predicted` / `PredictionString` (the registry's answer_columns).
+    import pandas as pd
+    from test_mlebench_graders_detection import vinbig_answers, vinbig_submission
+    from test_mlebench_graders_masks import _hubmap
+
+    from mlmaster_daemon.tasks import mlebench_graders
+    from mlmaster_daemon.tasks.grading import grade_like_mlebench
+    from mlmaster_daemon.tasks.registry import lookup
+
+    if competition.startswith("hubmap"):
+        case = _hubmap()
+        answers, submission = case.answers, case.submissions["noisy"]
+    else:
+        answers, submission = vinbig_answers(), vinbig_submission(0.9, 0.4)
+    known = lookup(competition)
+    assert known is not None and known.grader is not None
+    root = tmp_path / competition
+    (root / "prepared" / "public").mkdir(parents=True)
+    (root / "prepared" / "private").mkdir(parents=True)
+    answers.to_csv(root / "prepared" / "private" / (known.answers or "test.csv"), index=False)
+    submission.to_csv(root / "prepared" / "public" / (known.sample or "sample_submission.csv"),
+                      index=False)
+    path = tmp_path / "submission.csv"
+    submission.to_csv(path, index=False)
+    spec = load_task(root)
+    direct = mlebench_graders.grade(known.grader, pd.read_csv(path),
+                                    pd.read_csv(root / "prepared" / "private"
+                                                / (known.answers or "test.csv")),
+                                    spec.id_column, known.targets, known.answer_columns)
+    assert grade_like_mlebench(spec, path) == pytest.approx(direct, abs=1e-12)
+    assert grade(spec, path) == pytest.approx(direct, abs=1e-12)
