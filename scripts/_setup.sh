@@ -1,6 +1,7 @@
 # Sourced by scripts/demo and scripts/test: find Python 3.11+, create or reuse .venv, and
 # (re)install the project when pyproject.toml changed since the last install. EXTRAS (set by the
-# caller) names the optional dependencies to add: scripts/test sets "dev" (pytest, ruff, mypy);
+# caller) names the optional dependencies to add: scripts/test sets "dev,ray" (pytest, ruff,
+# mypy; Ray for the cluster backend's tests);
 # scripts/demo installs only what the daemon needs.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,7 +38,7 @@ installed() {
     done
     return 1
 }
-if [ -n "$EXTRAS" ]; then satisfied=("$EXTRAS"); else satisfied=("" dev); fi
+if [ -n "$EXTRAS" ]; then satisfied=("$EXTRAS"); else satisfied=("" dev "dev,ray"); fi
 if ! installed "${satisfied[@]}" || ! .venv/bin/python -c 'import mlmaster_daemon' 2>/dev/null; then
     what="mlmaster-daemon and what it needs"
     [ -n "$EXTRAS" ] && what="$what, with [$EXTRAS]"
