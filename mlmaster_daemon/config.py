@@ -20,6 +20,7 @@ from mlmaster_daemon.loopback_config import MetricsConfig as MetricsConfig  # no
 from mlmaster_daemon.loopback_config import (
     ValidationServerConfig as ValidationServerConfig,  # noqa: PLC0414
 )
+from mlmaster_daemon.ray_config import ClusterBackendConfig
 
 ENV_PREFIX = "MLMASTER_"
 # Short forms that users expect to type; each maps to a [section] key.
@@ -131,7 +132,7 @@ class SearchConfig(_Section):
     evolutionary: EvolutionarySearchConfig = EvolutionarySearchConfig()
 
 
-class ExecutionConfig(_Section):
+class ExecutionConfig(ClusterBackendConfig):
     # CPU slots when no GPU is usable (the node scripts that run at once across all tasks).
     max_concurrent_nodes: int = Field(default=2, ge=1)
     # Slots per GPU: 1 = exclusive, n > 1 = shared, each with 1/n of its memory.
