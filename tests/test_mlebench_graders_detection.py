@@ -6,15 +6,13 @@ where MLEBENCH_SRC and MLEBENCH_PYTHON say where it is."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from mlebench_reference import Manifest, differing, mlebench_scores, needs_mlebench, ours_or_none
 from sklearn.metrics import average_precision_score
 
 from mlmaster_daemon.errors import GradingError
@@ -287,28 +285,6 @@ def test_lyft_refuses_what_mlebench_refuses(
 
 # side by side with mle-bench
 
-SOURCE = os.environ.get("MLEBENCH_SRC", "")
-PYTHON = os.environ.get("MLEBENCH_PYTHON", "")
-RUN_MLEBENCH = """
-import io, json, sys, warnings, logging, contextlib, yaml
-from pathlib import Path
-warnings.filterwarnings("ignore"); logging.disable(logging.CRITICAL)
-source, manifest = sys.argv[1], json.load(open(sys.argv[2]))
-sys.path.insert(0, source)
-from mlebench.grade_helpers import Grader
-from mlebench.utils import load_answers, read_csv
-scores = {}
-for key, (cid, answers, submission) in manifest.items():
-    config = yaml.safe_load(open(f"{source}/mlebench/competitions/{cid}/config.yaml"))
-    grader = Grader(config["grader"]["name"], config["grader"]["grade_fn"])
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            answer_frame = load_answers(Path(answers))
-            scores[key] = float(grader.grade_fn(read_csv(Path(submission)), answer_frame))
-    except Exception:
-        scores[key] = None
-print(json.dumps(scores))
-"""
 
 
 def _reference_cases() -> dict[str, tuple[str, pd.DataFrame, pd.DataFrame]]:
@@ -352,33 +328,18 @@ def _reference_cases() -> dict[str, tuple[str, pd.DataFrame, pd.DataFrame]]:
     return cases
 
 
-@pytest.mark.skipif(not (SOURCE and PYTHON),
-                    reason="set MLEBENCH_SRC and MLEBENCH_PYTHON to run mle-bench")
+@needs_mlebench
 def test_mlebench_itself_gives_the_same_scores_and_refusals(tmp_path: Path) -> None:
-    cases = _reference_cases()
-    manifest = {}
-    for i, (key, (competition, answers, submission)) in enumerate(cases.items()):
+    manifest: Manifest = {}
+    ours: dict[str, float | None] = {}
+    for i, (key, (competition, answers, submission)) in enumerate(_reference_cases().items()):
         answers_path, submission_path = tmp_path / f"{i}_answers.csv", tmp_path / f"{i}_sub.csv"
         answers.to_csv(answers_path, index=False)
         submission.to_csv(submission_path, index=False)
         manifest[key] = (competition, str(answers_path), str(submission_path))
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    script = tmp_path / "run_mlebench.py"
-    script.write_text(RUN_MLEBENCH)
-    out = subprocess.run([PYTHON, str(script), SOURCE, str(tmp_path / "manifest.json")],
-                         capture_output=True, text=True, check=True, timeout=600)
-    theirs = json.loads(out.stdout.strip().splitlines()[-1])
-    refused = 0
-    for key, (competition, answers_file, submission_file) in manifest.items():
-        answers = pd.read_csv(answers_file)
-        submission = pd.read_csv(submission_file)
-        try:
-            ours: float | None = graded(competition, submission, answers)
-        except GradingError:
-            ours = None
-        if theirs[key] is None or ours is None:
-            assert ours is None and theirs[key] is None, (key, ours, theirs[key])
-            refused += 1
-        else:
-            assert ours == pytest.approx(theirs[key], abs=TOLERANCE), key
+        ours[key] = ours_or_none(graded, competition, pd.read_csv(submission_path),
+                                 pd.read_csv(answers_path))
+    theirs = mlebench_scores(manifest, tmp_path)
+    assert not differing(ours, theirs)
+    refused = sum(v is None for v in theirs.values())
     assert 0 < refused < len(manifest)

@@ -7,16 +7,14 @@ what it refuses. The last test grades the same files with the real mle-bench whe
 from __future__ import annotations
 
 import io
-import json
 import math
-import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from mlebench_reference import Manifest, differing, mlebench_scores, needs_mlebench, ours_or_none
 from scipy.special import rel_entr
 from sklearn.metrics import (
     accuracy_score,
@@ -432,27 +430,6 @@ def test_nfl_contact_refuses_probabilities_or_other_ids() -> None:
 
 # --- against the real mle-bench ------------------------------------------------------------
 
-SOURCE = os.environ.get("MLEBENCH_SRC")
-PYTHON = os.environ.get("MLEBENCH_PYTHON")
-RUN_MLEBENCH = """
-import json, sys, warnings, logging, yaml
-from pathlib import Path
-warnings.filterwarnings("ignore"); logging.disable(logging.CRITICAL)
-source, manifest = sys.argv[1], json.load(open(sys.argv[2]))
-sys.path.insert(0, source)
-from mlebench.grade_helpers import Grader
-from mlebench.utils import load_answers, read_csv
-scores = {}
-for key, (cid, answers, submission) in manifest.items():
-    config = yaml.safe_load(open(f"{source}/mlebench/competitions/{cid}/config.yaml"))
-    grader = Grader(config["grader"]["name"], config["grader"]["grade_fn"])
-    try:
-        scores[key] = float(grader.grade_fn(read_csv(Path(submission)),
-                                            load_answers(Path(answers))))
-    except Exception:
-        scores[key] = None
-print(json.dumps(scores))
-"""
 
 
 def reference_cases() -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
@@ -501,35 +478,20 @@ def reference_cases() -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
     return cases
 
 
-@pytest.mark.skipif(not (SOURCE and PYTHON), reason="needs MLEBENCH_SRC and MLEBENCH_PYTHON")
+@needs_mlebench
 def test_scores_and_refusals_agree_with_mlebench(tmp_path: Path) -> None:
-    manifest, ours = {}, {}
+    manifest: Manifest = {}
+    ours: dict[str, float | None] = {}
     for n, (competition, answers, submission) in enumerate(reference_cases()):
         answers_path, submission_path = tmp_path / f"{n}-answers.csv", tmp_path / f"{n}.csv"
         answers.to_csv(answers_path, index=False)
         submission.to_csv(submission_path, index=False)
-        manifest[str(n)] = [competition, str(answers_path), str(submission_path)]
+        key = f"{competition}#{n}"
+        manifest[key] = (competition, str(answers_path), str(submission_path))
         id_column, targets = COLUMNS[competition]
-        try:
-            ours[str(n)] = mlebench_graders.grade(competition, pd.read_csv(submission_path),
-                                                  pd.read_csv(answers_path), id_column,
-                                                  targets)
-        except GradingError:
-            ours[str(n)] = None
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    script = tmp_path / "run_mlebench.py"
-    script.write_text(RUN_MLEBENCH)
-    assert SOURCE and PYTHON
-    done = subprocess.run([PYTHON, str(script), SOURCE, str(tmp_path / "manifest.json")],
-                          capture_output=True, text=True, timeout=600, check=True)
-    theirs: dict[str, float | None] = json.loads(done.stdout)
-    differ = {manifest[key][0] + "#" + key: (ours[key], theirs[key]) for key in manifest
-              if not _same(ours[key], theirs[key])}
-    assert not differ, differ
+        ours[key] = ours_or_none(mlebench_graders.grade, competition,
+                                 pd.read_csv(submission_path), pd.read_csv(answers_path),
+                                 id_column, targets)
+    theirs = mlebench_scores(manifest, tmp_path)
+    assert not differing(ours, theirs)
     assert sum(v is not None for v in theirs.values()) > 40
-
-
-def _same(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a == b or (math.isnan(a) and math.isnan(b)) or abs(a - b) <= TOLERANCE

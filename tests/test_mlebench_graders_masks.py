@@ -6,10 +6,7 @@ set."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from mlebench_reference import Manifest, differing, mlebench_scores, needs_mlebench, ours_or_none
 from scipy.spatial.distance import directed_hausdorff  # type: ignore[import-untyped]
 from sklearn.metrics import fbeta_score
 
@@ -318,26 +316,6 @@ def test_decode_refuses_what_rle_decode_refuses(rle: str) -> None:
 
 CASES = [_tgs, _hubmap, _contrails, _vesuvius, _uw]
 
-RUN_MLEBENCH = """
-import json, sys, warnings, logging, yaml
-from pathlib import Path
-from typing import Any
-warnings.filterwarnings("ignore"); logging.disable(logging.CRITICAL)
-source, manifest = sys.argv[1], json.load(open(sys.argv[2]))
-sys.path.insert(0, source)
-from mlebench.grade_helpers import Grader
-from mlebench.utils import load_answers, read_csv
-scores = {}
-for key, (cid, answers, submission) in manifest.items():
-    config = yaml.safe_load(open(f"{source}/mlebench/competitions/{cid}/config.yaml"))
-    grader = Grader(config["grader"]["name"], config["grader"]["grade_fn"])
-    try:
-        value = float(grader.grade_fn(read_csv(Path(submission)), load_answers(Path(answers))))
-        scores[key] = "nan" if value != value else value
-    except Exception:
-        scores[key] = None
-print(json.dumps(scores))
-"""
 
 
 def damaged(case: Case) -> dict[str, pd.DataFrame]:
@@ -358,20 +336,10 @@ def damaged(case: Case) -> dict[str, pd.DataFrame]:
     }
 
 
-def outcome(case: Case, answers: pd.DataFrame, path: Path) -> float | str | None:
-    try:
-        value = mlebench_graders.grade(case.competition, pd.read_csv(path), answers,
-                                       case.id_column, case.targets, case.answer_columns)
-    except GradingError:
-        return None
-    return "nan" if math.isnan(value) else value
-
-
-@pytest.mark.skipif(not (os.environ.get("MLEBENCH_SRC") and os.environ.get("MLEBENCH_PYTHON")),
-                    reason="set MLEBENCH_SRC and MLEBENCH_PYTHON to run mle-bench")
+@needs_mlebench
 def test_every_submission_scores_as_the_real_mlebench_scores_it(tmp_path: Path) -> None:
-    manifest: dict[str, tuple[str, str, str]] = {}
-    ours: dict[str, float | str | None] = {}
+    manifest: Manifest = {}
+    ours: dict[str, float | None] = {}
     for make in CASES:
         case = make()
         folder = tmp_path / case.competition
@@ -384,19 +352,10 @@ def test_every_submission_scores_as_the_real_mlebench_scores_it(tmp_path: Path) 
             frame.to_csv(path, index=False)
             key = f"{case.competition}/{name}"
             manifest[key] = (case.competition, str(answers_path), str(path))
-            ours[key] = outcome(case, answers, path)
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    ran = subprocess.run([os.environ["MLEBENCH_PYTHON"], "-c", RUN_MLEBENCH,
-                          os.environ["MLEBENCH_SRC"], str(tmp_path / "manifest.json")],
-                         capture_output=True, text=True, check=True, timeout=300)
-    theirs = json.loads(ran.stdout.strip().splitlines()[-1])
-    differing = {}
-    for key, mine in ours.items():
-        real = theirs[key]
-        same = (mine == real if not (isinstance(mine, float) and isinstance(real, float))
-                else abs(mine - real) <= TOLERANCE)
-        if not same:
-            differing[key] = (mine, real)
-    assert not differing
+            ours[key] = ours_or_none(mlebench_graders.grade, case.competition,
+                                     pd.read_csv(path), answers, case.id_column, case.targets,
+                                     case.answer_columns)
+    theirs = mlebench_scores(manifest, tmp_path)
+    assert not differing(ours, theirs)
     assert sum(v is None for v in ours.values()) > 30  # refusals were exercised
-    assert sum(isinstance(v, float) for v in ours.values()) > 30
+    assert sum(v is not None for v in ours.values()) > 30

@@ -5,10 +5,7 @@ mle-bench itself where MLEBENCH_SRC and MLEBENCH_PYTHON are set."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from mlebench_reference import Manifest, differing, mlebench_scores, needs_mlebench, ours_or_none
 from scipy.stats import pearsonr, spearmanr  # type: ignore[import-untyped]
 
 from mlmaster_daemon.errors import GradingError
@@ -474,27 +472,6 @@ def test_ventilator_refuses(tmp_path: Path, change: Change,
 
 # --- side by side with mle-bench ----------------------------------------------------------------
 
-SOURCE = os.environ.get("MLEBENCH_SRC", "")
-PYTHON = os.environ.get("MLEBENCH_PYTHON", "")
-RUN_MLEBENCH = """
-import json, sys, warnings, logging, yaml
-from pathlib import Path
-warnings.filterwarnings("ignore"); logging.disable(logging.CRITICAL)
-source, manifest = sys.argv[1], json.load(open(sys.argv[2]))
-sys.path.insert(0, source)
-from mlebench.grade_helpers import Grader
-from mlebench.utils import load_answers, read_csv
-scores = {}
-for key, (cid, answers, submission) in manifest.items():
-    config = yaml.safe_load(open(f"{source}/mlebench/competitions/{cid}/config.yaml"))
-    grader = Grader(config["grader"]["name"], config["grader"]["grade_fn"])
-    try:
-        scores[key] = float(grader.grade_fn(read_csv(Path(submission)),
-                                            load_answers(Path(answers))))
-    except Exception:
-        scores[key] = None
-print(json.dumps(scores))
-"""
 
 # cid: (answers, the submission the damages start from, other submissions, refusals)
 Case = tuple[Callable[[], pd.DataFrame], Callable[[], pd.DataFrame],
@@ -576,17 +553,9 @@ def damaged(cid: str) -> dict[str, Change]:
     }
 
 
-def _same(ours: float | None, theirs: float | None) -> bool:
-    if ours is None or theirs is None:
-        return ours is theirs
-    return ours == theirs or (math.isnan(ours) and math.isnan(theirs)) \
-        or abs(ours - theirs) <= TOLERANCE
-
-
-@pytest.mark.skipif(not (SOURCE and PYTHON),
-                    reason="set MLEBENCH_SRC and MLEBENCH_PYTHON to run mle-bench")
+@needs_mlebench
 def test_every_case_scores_as_mlebench_scores_it(tmp_path: Path) -> None:
-    manifest: dict[str, tuple[str, str, str]] = {}
+    manifest: Manifest = {}
     ours: dict[str, float | None] = {}
     for cid, (answers, base, others, refusals) in CASES.items():
         folder = tmp_path / cid
@@ -604,19 +573,9 @@ def test_every_case_scores_as_mlebench_scores_it(tmp_path: Path) -> None:
             key = f"{cid}/{name}"
             manifest[key] = (cid, str(answers_path), str(path))
             id_column, targets = KEYS[cid]
-            try:
-                ours[key] = mlebench_graders.grade(cid, pd.read_csv(path),
-                                                   pd.read_csv(answers_path), id_column, targets)
-            except GradingError:
-                ours[key] = None
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    script = tmp_path / "run_mlebench.py"
-    script.write_text(RUN_MLEBENCH)
-    done = subprocess.run([PYTHON, str(script), SOURCE, str(tmp_path / "manifest.json")],
-                          capture_output=True, text=True, timeout=600, check=True)
-    theirs: dict[str, float | None] = json.loads(done.stdout)
-    differ = {key: (ours[key], theirs[key]) for key in manifest
-              if not _same(ours[key], theirs[key])}
-    assert not differ, differ
+            ours[key] = ours_or_none(mlebench_graders.grade, cid, pd.read_csv(path),
+                                     pd.read_csv(answers_path), id_column, targets)
+    theirs = mlebench_scores(manifest, tmp_path)
+    assert not differing(ours, theirs)
     scored = sum(v is not None for v in theirs.values())
     assert len(manifest) > 170 and scored > 40, (len(manifest), scored)

@@ -6,9 +6,6 @@ grades the same files with the real mle-bench when MLEBENCH_SRC and MLEBENCH_PYT
 from __future__ import annotations
 
 import json
-import math
-import os
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from Levenshtein import distance
+from mlebench_reference import Manifest, differing, mlebench_scores, needs_mlebench, ours_or_none
 from scipy.stats import kendalltau
 from sklearn.metrics import f1_score
 
@@ -408,25 +406,6 @@ def test_facebook_refuses_what_mlebench_refuses(tmp_path: Path, name: str) -> No
 CASES: list[Callable[[], Case]] = [billion_words, molecules, gestures, chaii, tweets, notebooks,
                                    questions, keywords]
 
-RUN_MLEBENCH = """
-import json, math, sys, warnings, logging, yaml
-from pathlib import Path
-warnings.filterwarnings("ignore"); logging.disable(logging.CRITICAL)
-source, manifest = sys.argv[1], json.load(open(sys.argv[2]))
-sys.path.insert(0, source)
-from mlebench.grade_helpers import Grader
-from mlebench.utils import load_answers, read_csv
-scores = {}
-for key, (cid, answers, submission) in manifest.items():
-    config = yaml.safe_load(open(f"{source}/mlebench/competitions/{cid}/config.yaml"))
-    grader = Grader(config["grader"]["name"], config["grader"]["grade_fn"])
-    try:
-        value = float(grader.grade_fn(read_csv(Path(submission)), load_answers(Path(answers))))
-        scores[key] = "nan" if math.isnan(value) else value
-    except Exception:
-        scores[key] = None
-print(json.dumps(scores))
-"""
 
 
 def damaged(case: Case) -> dict[str, pd.DataFrame]:
@@ -446,20 +425,10 @@ def damaged(case: Case) -> dict[str, pd.DataFrame]:
     }
 
 
-def outcome(case: Case, answers: pd.DataFrame, path: Path) -> float | str | None:
-    try:
-        value = mlebench_graders.grade(case.competition, pd.read_csv(path), answers,
-                                       case.id_column, case.targets)
-    except GradingError:
-        return None
-    return "nan" if math.isnan(value) else value
-
-
-@pytest.mark.skipif(not (os.environ.get("MLEBENCH_SRC") and os.environ.get("MLEBENCH_PYTHON")),
-                    reason="set MLEBENCH_SRC and MLEBENCH_PYTHON to run mle-bench")
+@needs_mlebench
 def test_every_submission_scores_as_the_real_mlebench_scores_it(tmp_path: Path) -> None:
-    manifest: dict[str, tuple[str, str, str]] = {}
-    ours: dict[str, float | str | None] = {}
+    manifest: Manifest = {}
+    ours: dict[str, float | None] = {}
     for make in CASES:
         case = make()
         folder = tmp_path / case.competition
@@ -471,19 +440,9 @@ def test_every_submission_scores_as_the_real_mlebench_scores_it(tmp_path: Path) 
             frame.to_csv(path, index=False)
             key = f"{case.competition}/{name}"
             manifest[key] = (case.competition, str(answers_path), str(path))
-            ours[key] = outcome(case, answers, path)
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    ran = subprocess.run([os.environ["MLEBENCH_PYTHON"], "-c", RUN_MLEBENCH,
-                          os.environ["MLEBENCH_SRC"], str(tmp_path / "manifest.json")],
-                         capture_output=True, text=True, check=True, timeout=300)
-    theirs = json.loads(ran.stdout.strip().splitlines()[-1])
-    differing = {}
-    for key, mine in ours.items():
-        real = theirs[key]
-        same = (mine == real if not (isinstance(mine, float) and isinstance(real, float))
-                else abs(mine - real) <= TOLERANCE)
-        if not same:
-            differing[key] = (mine, real)
-    assert not differing
+            ours[key] = ours_or_none(mlebench_graders.grade, case.competition,
+                                     pd.read_csv(path), answers, case.id_column, case.targets)
+    theirs = mlebench_scores(manifest, tmp_path)
+    assert not differing(ours, theirs)
     assert sum(v is None for v in ours.values()) > 20  # refusals were exercised
-    assert sum(isinstance(v, float) for v in ours.values()) > 20
+    assert sum(v is not None for v in ours.values()) > 20

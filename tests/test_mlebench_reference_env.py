@@ -11,15 +11,12 @@ score (unrounded, or its refusal) must be ours to 1e-9.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
+from mlebench_reference import Manifest, differing, mlebench_scores, needs_mlebench, ours_or_none
 from test_mlebench_conformance import (
     SHAPES,
     _refusals,
@@ -30,33 +27,9 @@ from test_mlebench_conformance import (
 )
 from test_mlebench_shapes import Shape
 
-from mlmaster_daemon.errors import GradingError
 from mlmaster_daemon.tasks.grading import grade_like_mlebench
 
-SOURCE = os.environ.get("MLEBENCH_SRC", "")
-PYTHON = os.environ.get("MLEBENCH_PYTHON", "")
-pytestmark = pytest.mark.skipif(
-    not (SOURCE and PYTHON), reason="set MLEBENCH_SRC and MLEBENCH_PYTHON to run mle-bench")
-
-RUN_MLEBENCH = """
-import json, sys, warnings, logging, yaml
-from pathlib import Path
-warnings.filterwarnings("ignore"); logging.disable(logging.CRITICAL)
-source, manifest = sys.argv[1], json.load(open(sys.argv[2]))
-sys.path.insert(0, source)
-from mlebench.grade_helpers import Grader
-from mlebench.utils import load_answers, read_csv
-scores = {}
-for key, (cid, answers, submission) in manifest.items():
-    config = yaml.safe_load(open(f"{source}/mlebench/competitions/{cid}/config.yaml"))
-    grader = Grader(config["grader"]["name"], config["grader"]["grade_fn"])
-    try:
-        answer_frame = load_answers(Path(answers))
-        scores[key] = float(grader.grade_fn(read_csv(Path(submission)), answer_frame))
-    except Exception:
-        scores[key] = None
-print(json.dumps(scores))
-"""
+pytestmark = needs_mlebench
 
 
 def _damaged(shape: Shape) -> dict[str, Callable[[pd.DataFrame], pd.DataFrame]]:
@@ -107,7 +80,7 @@ def test_every_conformance_file_scores_as_mlebench_scores_it(tmp_path: Path) -> 
     from mlmaster_daemon.tasks.competition import load_task
     from mlmaster_daemon.tasks.registry import lookup
 
-    manifest: dict[str, tuple[str, str, str]] = {}
+    manifest: Manifest = {}
     ours: dict[str, float | None] = {}
     for shape in SHAPES:
         root, files = _files(tmp_path, shape)
@@ -118,23 +91,8 @@ def test_every_conformance_file_scores_as_mlebench_scores_it(tmp_path: Path) -> 
         for name, path in files.items():
             key = f"{shape.cid}/{name}"
             manifest[key] = (shape.cid, str(answers), str(path))
-            try:
-                ours[key] = grade_like_mlebench(spec, path)
-            except GradingError:
-                ours[key] = None
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    script = tmp_path / "run_mlebench.py"
-    script.write_text(RUN_MLEBENCH)
-    done = subprocess.run([PYTHON, str(script), SOURCE, str(tmp_path / "manifest.json")],
-                          capture_output=True, text=True, timeout=600, check=True)
-    theirs: dict[str, float | None] = json.loads(done.stdout)
-    differ = {key: (ours[key], theirs[key]) for key in manifest
-              if not _same(ours[key], theirs[key])}
-    assert not differ, differ
+            ours[key] = ours_or_none(grade_like_mlebench, spec, path)
+    theirs = mlebench_scores(manifest, tmp_path)
+    assert not differing(ours, theirs)
     assert len(manifest) > 450 and sum(v is not None for v in theirs.values()) > 150
 
-
-def _same(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return (np.isnan(a) and np.isnan(b)) or abs(a - b) <= 1e-9
