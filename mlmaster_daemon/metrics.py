@@ -30,8 +30,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mlmaster_daemon.api import loopback
 from mlmaster_daemon.bus import Event, EventBus, NodeStateChanged, TaskStateChanged
-from mlmaster_daemon.errors import ConfigError
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.loopback_config import MetricsConfig
 from mlmaster_daemon.models import CallRecord, NodeState, TaskState
@@ -232,20 +232,11 @@ async def start_metrics_server(metrics: DaemonMetrics, config: MetricsConfig,
 
     app = web.Application()
     app.router.add_get("/metrics", scrape)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, config.host, config.port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(
-            f"the metrics endpoint cannot listen on {config.host}:{config.port} ({exc}); "
-            "choose another metrics.port (MLMASTER_METRICS__PORT) or stop what uses it"
-        ) from None
-    return runner
+    return await loopback.serve(app, config.host, config.port, shutdown_timeout,
+                                what="the metrics endpoint",
+                                key="metrics.port (MLMASTER_METRICS__PORT)")
 
 
 def address(config: MetricsConfig) -> str:
     """The URL Prometheus scrapes."""
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    return f"http://{host}:{config.port}/metrics"
+    return loopback.url(config.host, config.port, "metrics")

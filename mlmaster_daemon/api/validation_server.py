@@ -22,8 +22,9 @@ from typing import IO, Any
 from aiohttp import BodyPartReader, web
 from aiohttp.web_urldispatcher import _default_expect_handler
 
+from mlmaster_daemon.api import loopback
 from mlmaster_daemon.config import ValidationServerConfig
-from mlmaster_daemon.errors import ConfigError, GradingError, InvalidTaskDir, MlmasterError
+from mlmaster_daemon.errors import GradingError, InvalidTaskDir, MlmasterError
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.store import Store, TaskRecord
 from mlmaster_daemon.tasks.spec import TaskSpec
@@ -255,8 +256,7 @@ class ValidationServer:
 
 def address(config: ValidationServerConfig) -> str:
     """The URL agents post to."""
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    return f"http://{host}:{config.port}/validate"
+    return loopback.url(config.host, config.port, "validate")
 
 
 async def start_validation_server(store: Store, config: ValidationServerConfig,
@@ -268,15 +268,6 @@ async def start_validation_server(store: Store, config: ValidationServerConfig,
     """
     await asyncio.to_thread(shutil.rmtree, upload_dir, True)
     server = ValidationServer(store, upload_dir, config.max_upload_mb)
-    runner = web.AppRunner(server.build_app(), handle_signals=False,
-                           shutdown_timeout=shutdown_timeout)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, config.host, config.port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(
-            f"the validation server cannot listen on {config.host}:{config.port} ({exc}); "
-            "choose another validation_server.port (--validate-port) or stop what uses it"
-        ) from None
-    return runner
+    return await loopback.serve(server.build_app(), config.host, config.port,
+                                shutdown_timeout, what="the validation server",
+                                key="validation_server.port (--validate-port)")
