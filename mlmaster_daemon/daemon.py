@@ -23,7 +23,7 @@ from mlmaster_daemon.coders.choice import Coders, make_coders
 from mlmaster_daemon.config import Config, Settings, reload_config
 from mlmaster_daemon.errors import ConfigError
 from mlmaster_daemon.execution.cgroups import kill_job_cgroups
-from mlmaster_daemon.execution.executor import LocalExecutor
+from mlmaster_daemon.execution.executor import Executor, LocalExecutor
 from mlmaster_daemon.execution.gpu import GpuProbe, open_probe
 from mlmaster_daemon.execution.lease import ProcessIdentity
 from mlmaster_daemon.execution.processes import kill_identity
@@ -144,6 +144,8 @@ class Daemon:
         self._socket_made: tuple[int, int] | None = None
         self._backups: asyncio.Task[None] | None = None
         self._backup_job: asyncio.Future[Path] | None = None
+        # Whether this daemon started the Ray cluster it runs nodes on (it then stops it).
+        self._ray_started = False
 
     @property
     def config(self) -> Config:
@@ -191,8 +193,7 @@ class Daemon:
             self.clock.time(),
             max_crashes=self.config.execution.max_node_crashes)
         assert self.slots is not None
-        executor = LocalExecutor(self.settings, self.slots, self.state_dir, self.sampler,
-                                 self.socket_path, self.metrics, self.clock)
+        executor = await self._executor()
         self.queue = TaskQueue(SearchParts(
             self.store, self.bus, self.coders.coder, executor, self.settings, self.state_dir,
             counter, self.coders.reviewer, self.clock), self.metrics)
@@ -270,6 +271,10 @@ class Daemon:
             await asyncio.wait([self._backup_job])
         if self.store is not None:
             await self.store.close()
+        if self._ray_started:
+            from mlmaster_daemon.execution.ray_executor import disconnect
+            await asyncio.to_thread(disconnect)
+            self._ray_started = False
         self._remove_socket()
         if self._lock is not None:
             self._lock.release()
@@ -350,6 +355,19 @@ class Daemon:
         self.notifier.ready(self.status_line())
         return refused
 
+    async def _executor(self) -> Executor:
+        """Where node scripts run: this machine's slots, or a Ray cluster (joined here)."""
+        if self.config.execution.backend == "ray":
+            from mlmaster_daemon.execution import ray_executor
+            self._ray_started = ray_executor.connect(self.config.execution)
+            log.info("running nodes on a Ray cluster", started_here=self._ray_started,
+                     address=self.config.execution.ray_address or "(started here)")
+            return ray_executor.RayExecutor(self.settings, self.state_dir, self.socket_path,
+                                            self.metrics, self.clock)
+        assert self.slots is not None
+        return LocalExecutor(self.settings, self.slots, self.state_dir, self.sampler,
+                             self.socket_path, self.metrics, self.clock)
+
     async def _open_slots(self) -> None:
         """GPU slots from NVML, or CPU slots with one clear line saying why."""
         execution = self.config.execution
@@ -373,6 +391,10 @@ class Daemon:
         return f"{running} task(s) running, {busy}/{capacity} slots busy"
 
     def slots_status(self) -> dict[str, Any]:
+        if self.config.execution.backend == "ray":
+            from mlmaster_daemon.execution.ray_executor import cluster_nodes
+            # Ray places the nodes: its machines and their free resources are the slots.
+            return {"mode": "ray", "slots": [], "gpus": [], "nodes": cluster_nodes()}
         return {"mode": self.slot_mode,
                 "slots": self.slots.snapshot() if self.slots else [],
                 "gpus": self.sampler.snapshot() if self.sampler else []}

@@ -1,0 +1,239 @@
+"""What runs on a Ray worker for one node: the same runner as locally (`run_script`: sandbox,
+job limits, a time limit that kills the whole process tree, `input/` read-only), streamed
+back as two items: `Started` once the script's process exists, then `Finished`.
+
+Without a shared filesystem the task's public folder arrives once per task as a tar in Ray's
+object store and is unpacked once per worker machine; the node's code comes with the job; the
+workspace lives in the worker's temp folder, and the logs, metrics.json and submission/ go
+back with `Finished`, read bounded and never through a link (the job wrote them)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlmaster_daemon import untrusted
+from mlmaster_daemon.config import ExecutionConfig
+from mlmaster_daemon.execution.lease import JobLimits, Lease, ProcessIdentity
+from mlmaster_daemon.execution.limits import Machine, job_limits
+from mlmaster_daemon.execution.runner import RunResult, run_script
+from mlmaster_daemon.execution.workspace import Workspace, remove_tree
+
+# What comes back from a worker without a shared filesystem: logs' tails, a metrics file,
+# and the submission folder (files past these sizes stay behind, and stderr says so).
+LOG_TAIL_BYTES = 1024 * 1024
+METRICS_MAX_BYTES = 64 * 1024
+SUBMISSION_MAX_BYTES = 512 * 1024 * 1024
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """One node's run as a worker gets it. `workspace` is set on a shared filesystem; `code`
+    (and the input archive beside the job) otherwise."""
+
+    task_id: str
+    node_id: int
+    execution: ExecutionConfig
+    timeout_s: float
+    gpu: bool
+    public_dir: str = ""
+    workspace: str = ""
+    code: str = ""
+    hidden_paths: tuple[str, ...] = ()
+    readable_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Started:
+    """The script's process, and where it runs."""
+
+    identity: ProcessIdentity
+    node_ip: str
+    ray_node_id: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    result: RunResult
+    # Relative path -> bytes, without a shared filesystem: what the run left to bring back.
+    outputs: dict[str, bytes] = field(default_factory=dict)
+
+
+def pack_public_dir(public_dir: Path) -> bytes:
+    """The task's public folder as an uncompressed tar (folders and regular files only: a
+    link in a task's data is not followed)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        archive.add(public_dir, arcname=".", recursive=True,
+                    filter=lambda info: info if info.isfile() or info.isdir() else None)
+    return buffer.getvalue()
+
+
+def _worker_root(task_id: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"mlmaster-ray-{os.getuid()}" / task_id
+
+
+def unpacked_input(task_id: str, archive_ref: Any) -> Path:
+    """The task's public folder on this machine, unpacked once (concurrent jobs of the same
+    task race to rename their copy into place; the loser's copy goes)."""
+    import ray  # only on a worker, where Ray is there
+
+    target = _worker_root(task_id) / "input"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="input-", dir=target.parent))
+    with tarfile.open(fileobj=io.BytesIO(ray.get(archive_ref)), mode="r") as archive:
+        archive.extractall(staging, filter="data")
+    try:
+        os.rename(staging, target)
+    except OSError:
+        remove_tree(staging)
+    return target
+
+
+def _lease(job: WorkerJob, ray_node_id: str) -> Lease | None:
+    if not job.gpu:
+        return None
+    import ray
+
+    # Ray sets CUDA_VISIBLE_DEVICES for the worker: the job sees the same GPUs.
+    gpus = ",".join(str(g) for g in ray.get_gpu_ids())
+    return Lease(f"ray:{ray_node_id[:12]}", job.task_id, (), gpu_uuid=gpus or None)
+
+
+def _limits(job: WorkerJob, ws: Workspace) -> JobLimits:
+    execution = job.execution
+    slots = max(1, int((os.cpu_count() or 1) // execution.ray_num_cpus))
+    limits = job_limits(execution, Machine.read(ws.root, slots))
+    if execution.memory_limit_mb == "auto" and execution.ray_memory_mb:
+        # What the job asked of Ray is what it may use.
+        limits = dataclasses.replace(limits, memory_mb=execution.ray_memory_mb)
+    return limits
+
+
+def run_node(job: WorkerJob, archive: list[Any]) -> Iterator[Started | Finished]:
+    """The Ray task's body (a generator: Ray streams each item back as it is yielded).
+    `archive` holds the input tar's ObjectRef, inside a list so Ray passes the ref itself and
+    the worker fetches it only when its machine has not unpacked it yet."""
+    import ray
+
+    ray_node_id = ray.get_runtime_context().get_node_id()
+    node_ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    shared = bool(job.workspace)
+    if shared:
+        ws, public = Workspace(Path(job.workspace)), Path(job.public_dir)
+    else:
+        public = unpacked_input(job.task_id, archive[0])
+        root = _worker_root(job.task_id) / "nodes" / str(job.node_id)
+        ws = Workspace.create(root, public, job.code)
+    loop = asyncio.new_event_loop()
+    try:
+        identity: asyncio.Future[ProcessIdentity] = loop.create_future()
+
+        async def on_start(process: ProcessIdentity) -> None:
+            identity.set_result(process)
+
+        running = loop.create_task(run_script(
+            ws, job.timeout_s, job.execution.kill_grace_s, job.execution.python or None,
+            on_start, lease=_lease(job, ray_node_id), limits=_limits(job, ws),
+            sandbox=job.execution.sandbox, public_dir=public,
+            job_id=f"{job.task_id}-{job.node_id}",
+            hidden_paths=tuple(Path(p) for p in job.hidden_paths),
+            readable_paths=tuple(Path(p) for p in job.readable_paths)))
+        either: set[asyncio.Future[Any]] = {identity, running}
+        loop.run_until_complete(asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED))
+        if identity.done():
+            yield Started(identity.result(), node_ip, ray_node_id)
+        result = loop.run_until_complete(running)
+        yield Finished(result, {} if shared else collect_outputs(ws))
+    finally:
+        loop.close()
+        if not shared:
+            remove_tree(ws.root)
+
+
+def collect_outputs(ws: Workspace) -> dict[str, bytes]:
+    """The run's logs (their last MiB), metrics.json and submission/ (bounded), read without
+    following a link; what is left behind is said at the end of stderr.log."""
+    outputs: dict[str, bytes] = {}
+    notes: list[str] = []
+    for name in (ws.stdout.name, ws.stderr.name):
+        try:
+            with untrusted.open_file(ws.root, name) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                handle.seek(max(0, size - LOG_TAIL_BYTES))
+                outputs[name] = handle.read(LOG_TAIL_BYTES)
+        except (OSError, ValueError):
+            continue
+    try:
+        outputs[ws.metrics.name] = untrusted.read_bounded(ws.root, ws.metrics.name,
+                                                          METRICS_MAX_BYTES)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        notes.append(f"metrics.json stayed on the worker: {exc}")
+    left = SUBMISSION_MAX_BYTES
+    for relative in _regular_files(ws.root, "submission"):
+        try:
+            data = untrusted.read_bounded(ws.root, relative, left)
+        except (OSError, ValueError) as exc:
+            notes.append(f"{relative} stayed on the worker: {exc}")
+            continue
+        outputs[relative] = data
+        left -= len(data)
+    if notes:
+        outputs[ws.stderr.name] = outputs.get(ws.stderr.name, b"") + (
+            "\n[mlmaster] " + "\n[mlmaster] ".join(notes) + "\n").encode()
+    return outputs
+
+
+def _regular_files(root: Path, folder: str) -> list[str]:
+    """Relative paths of the regular files below `root/folder`; links are neither listed nor
+    followed."""
+    found: list[str] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            entries = list(os.scandir(root / current))
+        except OSError:
+            continue
+        for entry in entries:
+            relative = f"{current}/{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(relative)
+            elif entry.is_file(follow_symlinks=False):
+                found.append(relative)
+    return sorted(found)
+
+
+def write_outputs(ws: Workspace, outputs: dict[str, bytes]) -> None:
+    """Write what a worker brought back into the daemon's workspace: each file anew, never
+    through a link, folders made real (blocking)."""
+    for relative, data in outputs.items():
+        parts = Path(relative).parts
+        if Path(relative).is_absolute() or ".." in parts or not parts:
+            continue
+        folder = ws.root
+        for part in parts[:-1]:
+            folder = folder / part
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                remove_tree(folder)
+            folder.mkdir(exist_ok=True)
+        target = folder / parts[-1]
+        if target.is_symlink() or target.is_dir():
+            remove_tree(target)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)

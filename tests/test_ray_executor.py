@@ -1,0 +1,238 @@
+"""The Ray backend on a real Ray cluster on this machine: a head that runs nothing and two
+workers of one CPU each, one of them advertising `accel` (standing in for a GPU)."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+ray = pytest.importorskip("ray", reason="the Ray backend needs pip install 'mlmaster-daemon[ray]'")
+
+from conftest import daemon_config, wait_terminal  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from mlmaster_daemon.api.client import Client  # noqa: E402
+from mlmaster_daemon.config import Config, Settings  # noqa: E402
+from mlmaster_daemon.daemon import Daemon  # noqa: E402
+from mlmaster_daemon.execution.executor import NodeJob, NodeRun  # noqa: E402
+from mlmaster_daemon.execution.lease import ProcessIdentity  # noqa: E402
+from mlmaster_daemon.execution.ray_executor import RayExecutor  # noqa: E402
+from mlmaster_daemon.execution.workspace import Workspace  # noqa: E402
+from mlmaster_daemon.tasks.competition import load_task  # noqa: E402
+from mlmaster_daemon.tasks.spec import TaskSpec  # noqa: E402
+
+MIB = 1024 * 1024
+# The object store's smallest size: the cluster shares a 2-core machine with other work.
+STORE = 80 * MIB
+WAIT_S = 180
+
+
+@dataclass
+class Workers:
+    cluster: Cluster
+    plain: str
+    accel: str
+
+
+@pytest.fixture(scope="module")
+def workers() -> Iterator[Workers]:
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "object_store_memory": STORE})
+    try:
+        plain = cluster.add_node(num_cpus=1, object_store_memory=STORE)
+        accel = cluster.add_node(num_cpus=1, resources={"accel": 1}, object_store_memory=STORE)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield Workers(cluster, plain.node_id, accel.node_id)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def spec(breast_cancer: Path) -> TaskSpec:
+    return load_task(breast_cancer)
+
+
+def _config(root: Path, **execution: object) -> Config:
+    extra: dict[str, object] = {"execution.backend": "ray", "execution.kill_grace_s": 0.5}
+    extra.update({f"execution.{k}": v for k, v in execution.items()})
+    return daemon_config(root / "state", root / "api.sock", extra)
+
+
+@dataclass
+class Journal:
+    """What the executor told the crash journal."""
+
+    started: asyncio.Event
+    identities: list[ProcessIdentity]
+    slots: list[str]
+
+
+def _journal() -> Journal:
+    return Journal(asyncio.Event(), [], [])
+
+
+async def _run(executor: RayExecutor, spec: TaskSpec, ws: Workspace, journal: Journal,
+               timeout_s: float = 120, node_id: int = 1) -> NodeRun:
+    async def started(identity: ProcessIdentity, slot: str) -> None:
+        journal.identities.append(identity)
+        journal.slots.append(slot)
+        journal.started.set()
+
+    job = NodeJob("t1", node_id, spec, ws, lambda: timeout_s)
+    run = await executor.run(job, started, lambda: True)
+    assert run is not None
+    return run
+
+
+def _workspace(root: Path, spec: TaskSpec, code: str, name: str = "n1") -> Workspace:
+    return Workspace.create(root / name, spec.public_dir, textwrap.dedent(code))
+
+
+def _gone(identity: ProcessIdentity) -> bool:
+    """Whether the script's process has ended (waited for, bounded)."""
+    try:
+        psutil.Process(identity.pid).wait(timeout=60)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+@pytest.mark.slow
+async def test_a_task_runs_to_the_end_through_a_daemon_with_nodes_on_both_workers(
+        workers: Workers, short_dir: Path, breast_cancer: Path) -> None:
+    daemon = Daemon(_config(short_dir))
+    await daemon.start()
+    try:
+        async with Client(daemon.socket_path) as client:
+            task = await client.submit({"task_dir": str(breast_cancer), "steps": 4})
+            final = await wait_terminal(client, task["id"], WAIT_S)
+            nodes = [await client.node(task["id"], n["id"])
+                     for n in await client.nodes(task["id"])]
+            slots = daemon.slots_status()
+    finally:
+        await daemon.stop()
+    assert final["state"] == "finished"
+    assert final["best"] and Path(final["best"]["submission_path"]).exists()
+    ran_on = {node["slot"].rsplit(":", 1)[1] for node in nodes if node.get("slot")}
+    assert ran_on == {workers.plain[:12], workers.accel[:12]}
+    assert slots["mode"] == "ray"
+    accel = next(n for n in slots["nodes"] if n["node_id"] == workers.accel)
+    assert accel["total"]["accel"] == 1 and "CPU" in accel["free"]
+
+
+@pytest.mark.slow
+async def test_a_node_that_needs_the_custom_resource_runs_only_on_that_worker(
+        workers: Workers, short_dir: Path, spec: TaskSpec) -> None:
+    config = _config(short_dir, ray_resources="accel=1")
+    executor = RayExecutor(Settings(config), config.state_dir())
+    journal = _journal()
+    for node in (1, 2, 3):
+        ws = _workspace(short_dir, spec, "print('hi')", f"n{node}")
+        run = await _run(executor, spec, ws, journal, node_id=node)
+        assert run.result.exit_code == 0
+    assert {slot.rsplit(":", 1)[1] for slot in journal.slots} == {workers.accel[:12]}
+
+
+@pytest.mark.slow
+async def test_cancel_stops_a_running_node(workers: Workers, short_dir: Path,
+                                           spec: TaskSpec) -> None:
+    config = _config(short_dir)
+    executor = RayExecutor(Settings(config), config.state_dir())
+    journal = _journal()
+    ws = _workspace(short_dir, spec, "import time\nwhile True:\n    time.sleep(1)\n")
+    running = asyncio.create_task(_run(executor, spec, ws, journal))
+    async with asyncio.timeout(WAIT_S):
+        await journal.started.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert _gone(journal.identities[0])
+
+
+@pytest.mark.slow
+async def test_a_timeout_kills_a_script_that_ignores_sigterm(workers: Workers, short_dir: Path,
+                                                             spec: TaskSpec) -> None:
+    config = _config(short_dir)
+    executor = RayExecutor(Settings(config), config.state_dir())
+    journal = _journal()
+    ws = _workspace(short_dir, spec, """
+        import signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        subprocess.Popen([sys.executable, "-c",
+                          "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                          "time.sleep(10**6)"])
+        while True:
+            time.sleep(1)
+        """)
+    run = await _run(executor, spec, ws, journal, timeout_s=3)
+    assert run.result.timed_out and run.result.exit_code is None
+    assert "time limit" in (run.result.reason or "")
+    assert _gone(journal.identities[0])
+
+
+@pytest.fixture
+async def doomed_worker(workers: Workers) -> AsyncIterator[Any]:
+    """A third worker, the only one with `doomed`, for a test to kill."""
+    node = workers.cluster.add_node(num_cpus=1, resources={"doomed": 1},
+                                    object_store_memory=STORE)
+    workers.cluster.wait_for_nodes()
+    try:
+        yield node
+    finally:
+        workers.cluster.remove_node(node, allow_graceful=False)
+
+
+@pytest.mark.slow
+async def test_killing_a_workers_raylet_fails_its_node_clearly(
+        doomed_worker: Any, short_dir: Path, spec: TaskSpec) -> None:
+    config = _config(short_dir, ray_resources="doomed=1")
+    executor = RayExecutor(Settings(config), config.state_dir())
+    journal = _journal()
+    ws = _workspace(short_dir, spec, "import time\nwhile True:\n    time.sleep(1)\n")
+    running = asyncio.create_task(_run(executor, spec, ws, journal))
+    async with asyncio.timeout(WAIT_S):
+        await journal.started.wait()
+    doomed_worker.kill_raylet()
+    async with asyncio.timeout(WAIT_S):
+        run = await running
+    assert run.result.exit_code is None and not run.result.timed_out
+    assert run.result.reason == f"worker lost: {doomed_worker.node_ip_address}"
+    assert _gone(journal.identities[0])
+
+
+@pytest.mark.slow
+async def test_without_a_shared_filesystem_the_outputs_come_back_into_the_workspace(
+        workers: Workers, short_dir: Path, spec: TaskSpec) -> None:
+    config = _config(short_dir, ray_shared_fs=False)
+    executor = RayExecutor(Settings(config), config.state_dir())
+    ws = _workspace(short_dir, spec, f"""
+        import json, os
+        rows = open("input/{spec.train_file}").read().count("\\n")
+        print("rows", rows)
+        os.symlink("/etc/passwd", "submission/leak.csv")
+        open("submission/submission.csv", "w").write("id,target\\n1,0\\n")
+        json.dump({{"rows": rows}}, open("metrics.json", "w"))
+        try:
+            open("input/new.csv", "w")
+        except OSError:
+            print("input is read-only")
+        """)
+    run = await _run(executor, spec, ws, _journal())
+    assert run.result.exit_code == 0, ws.stderr.read_text()
+    assert ws.submission.read_text() == "id,target\n1,0\n"
+    assert '"rows"' in ws.metrics.read_text()
+    stdout = ws.stdout.read_text()
+    assert "rows " in stdout and "input is read-only" in stdout
+    assert not (ws.root / "submission" / "leak.csv").exists()
+    assert not (ws.root / "submission" / "leak.csv").is_symlink()
