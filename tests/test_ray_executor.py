@@ -23,7 +23,7 @@ from mlmaster_daemon.config import Config, Settings  # noqa: E402
 from mlmaster_daemon.daemon import Daemon  # noqa: E402
 from mlmaster_daemon.execution.executor import NodeJob, NodeRun  # noqa: E402
 from mlmaster_daemon.execution.lease import ProcessIdentity  # noqa: E402
-from mlmaster_daemon.execution.ray_executor import RayExecutor  # noqa: E402
+from mlmaster_daemon.execution.ray_executor import NoWorkerFits, RayExecutor  # noqa: E402
 from mlmaster_daemon.execution.workspace import Workspace  # noqa: E402
 from mlmaster_daemon.tasks.competition import load_task  # noqa: E402
 from mlmaster_daemon.tasks.spec import TaskSpec  # noqa: E402
@@ -236,3 +236,54 @@ async def test_without_a_shared_filesystem_the_outputs_come_back_into_the_worksp
     assert "rows " in stdout and "input is read-only" in stdout
     assert not (ws.root / "submission" / "leak.csv").exists()
     assert not (ws.root / "submission" / "leak.csv").is_symlink()
+
+
+async def test_a_node_no_worker_can_take_fails_at_once_saying_what_to_change(
+        workers: Workers, short_dir: Path, spec: TaskSpec) -> None:
+    config = _config(short_dir, ray_resources="tpu=1")
+    executor = RayExecutor(Settings(config), config.state_dir())
+    ws = _workspace(short_dir, spec, "print('never')")
+    with pytest.raises(NoWorkerFits, match=r"no live Ray worker offers CPU=1, tpu=1: lower"):
+        await _run(executor, spec, ws, _journal())
+
+
+@pytest.fixture
+async def two_doomed_workers(workers: Workers) -> AsyncIterator[list[Any]]:
+    """Two more workers, the only ones with `doomed`: a test kills one of them."""
+    nodes = [workers.cluster.add_node(num_cpus=1, resources={"doomed": 1},
+                                      object_store_memory=STORE) for _ in range(2)]
+    workers.cluster.wait_for_nodes()
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            workers.cluster.remove_node(node, allow_graceful=False)
+
+
+@pytest.mark.slow
+async def test_a_node_whose_worker_is_lost_runs_again_once_elsewhere_when_configured(
+        two_doomed_workers: list[Any], short_dir: Path, spec: TaskSpec) -> None:
+    config = _config(short_dir, ray_resources="doomed=1", ray_worker_lost="retry")
+    executor = RayExecutor(Settings(config), config.state_dir())
+    journal = _journal()
+    # The first run waits to be killed; the second, in the same (shared) workspace, ends.
+    ws = _workspace(short_dir, spec, """
+        import os, time
+        if os.path.exists("working/first"):
+            print("second run")
+        else:
+            open("working/first", "w").close()
+            while True:
+                time.sleep(1)
+        """)
+    running = asyncio.create_task(_run(executor, spec, ws, journal))
+    async with asyncio.timeout(WAIT_S):
+        await journal.started.wait()
+    first = journal.slots[0].rsplit(":", 1)[1]
+    doomed = next(n for n in two_doomed_workers if n.node_id.startswith(first))
+    doomed.kill_raylet()
+    async with asyncio.timeout(WAIT_S):
+        run = await running
+    assert run.result.exit_code == 0
+    assert "second run" in ws.stdout.read_text()
+    assert len(journal.slots) == 2 and first not in journal.slots[1]

@@ -21,6 +21,7 @@ from typing import Any
 
 from mlmaster_daemon.clock import Clock, SystemClock
 from mlmaster_daemon.config import ExecutionConfig, Settings
+from mlmaster_daemon.errors import MlmasterError
 from mlmaster_daemon.execution.executor import NodeJob, NodeRun, Started, readable_paths
 from mlmaster_daemon.execution.ray_worker import (
     Finished,
@@ -43,6 +44,13 @@ ANSWER_SLACK_S = 30.0
 ARCHIVES_KEPT = 8
 
 
+class NoWorkerFits(MlmasterError):
+    """No live machine of the cluster has what a node asks (Ray would queue it for ever)."""
+
+    code = "no_worker_fits"
+    status = 503
+
+
 def connect(execution: ExecutionConfig) -> bool:
     """Join the configured cluster, or start a single-machine one (`ray_address = ""`); True
     when this daemon started it, and so stops it (`disconnect`). Blocking."""
@@ -60,6 +68,28 @@ def disconnect() -> None:
     import ray
 
     ray.shutdown()
+
+
+def asked_resources(execution: ExecutionConfig) -> dict[str, float]:
+    """What one node script asks of a machine, in Ray's resource names."""
+    asked = {"CPU": execution.ray_num_cpus, **execution.ray_resources}
+    if execution.ray_num_gpus:
+        asked["GPU"] = execution.ray_num_gpus
+    if execution.ray_memory_mb:
+        asked["memory"] = execution.ray_memory_mb * 1024.0 * 1024.0
+    return asked
+
+
+def check_fits(asked: dict[str, float], nodes: list[dict[str, Any]]) -> None:
+    """Raise NoWorkerFits unless some live machine has, in all, what `asked` holds."""
+    if any(node["alive"] and all(node["total"].get(name, 0.0) >= amount
+                                 for name, amount in asked.items()) for node in nodes):
+        return
+    shown = ", ".join(f"{name}={amount:g}" for name, amount in sorted(asked.items()))
+    raise NoWorkerFits(
+        f"no live Ray worker offers {shown}: lower [execution] ray_num_cpus, ray_num_gpus, "
+        "ray_memory_mb or ray_resources, or add a worker that has them "
+        "(`ray start --resources`)")
 
 
 def cluster_nodes() -> list[dict[str, Any]]:
@@ -117,6 +147,7 @@ class RayExecutor:
 
         execution = self.settings.config.execution
         timeout = job.timeout_s()
+        check_fits(asked_resources(execution), await asyncio.to_thread(cluster_nodes))
         stream = self._submit(job, execution, timeout, await self._archive(job))
         asked = self.clock.time()
         where, pid = "unknown node (before the script started)", 0
