@@ -4,6 +4,9 @@ workers of one CPU each, one of them advertising `accel` (standing in for a GPU)
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -16,11 +19,13 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray backend needs pip install 'mlmaster-daemon[ray]'")
 
 from conftest import daemon_config, wait_terminal  # noqa: E402
+from openai_server import FakeOpenAI  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from mlmaster_daemon.api.client import Client  # noqa: E402
 from mlmaster_daemon.config import Config, Settings  # noqa: E402
 from mlmaster_daemon.daemon import Daemon  # noqa: E402
+from mlmaster_daemon.errors import DaemonUnreachable  # noqa: E402
 from mlmaster_daemon.execution.executor import NodeJob, NodeRun  # noqa: E402
 from mlmaster_daemon.execution.lease import ProcessIdentity  # noqa: E402
 from mlmaster_daemon.execution.ray_executor import NoWorkerFits, RayExecutor  # noqa: E402
@@ -122,6 +127,8 @@ async def test_a_task_runs_to_the_end_through_a_daemon_with_nodes_on_both_worker
             slots = daemon.slots_status()
     finally:
         await daemon.stop()
+    # It joined a cluster it did not start: the cluster stays up.
+    assert ray.is_initialized()
     assert final["state"] == "finished"
     assert final["best"] and Path(final["best"]["submission_path"]).exists()
     ran_on = {node["slot"].rsplit(":", 1)[1] for node in nodes if node.get("slot")}
@@ -287,3 +294,94 @@ async def test_a_node_whose_worker_is_lost_runs_again_once_elsewhere_when_config
     assert run.result.exit_code == 0
     assert "second run" in ws.stdout.read_text()
     assert len(journal.slots) == 2 and first not in journal.slots[1]
+
+
+# Waits on its first run until it is killed (its workspace keeps the marker); a re-run ends.
+WAITS_ONCE = """import json, os, shutil, time
+first = not os.path.exists("working/started")
+open("working/started", "w").close()
+while first:
+    time.sleep(1)
+shutil.copyfile("input/sample_submission.csv", "submission/submission.csv")
+json.dump({"validation_metric": 0.6}, open("metrics.json", "w"))
+"""
+
+
+async def _start_process(short_dir: Path, server: FakeOpenAI,
+                         address: str) -> asyncio.subprocess.Process:
+    config = short_dir / "c.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{short_dir / "state"}"\nsocket = "{short_dir / "d.sock"}"\n'
+        f'[execution]\nbackend = "ray"\nray_address = "{address}"\n'
+        f'[llm.code]\nbase_url = "{server.base_url}"\nmodel = "fake"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLMASTER_")}
+    log = (short_dir / "daemon.log").open("ab")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mlmaster_daemon", "daemon", "--config", str(config),
+        stdout=log, stderr=log, env=env)
+    async with asyncio.timeout(WAIT_S), Client(short_dir / "d.sock") as client:
+        while True:
+            assert proc.returncode is None, (short_dir / "daemon.log").read_text()
+            try:
+                await client.health()
+                return proc
+            except DaemonUnreachable:
+                await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_a_daemon_killed_while_a_node_runs_on_ray_leaves_no_script_and_runs_it_again(
+        workers: Workers, short_dir: Path, breast_cancer: Path) -> None:
+    server = await FakeOpenAI(code=WAITS_ONCE).start()
+    try:
+        first = await _start_process(short_dir, server, workers.cluster.address)
+        async with Client(short_dir / "d.sock") as client:
+            task = await client.submit({"task_dir": str(breast_cancer), "steps": 1})
+            async with asyncio.timeout(WAIT_S):
+                while not [n for n in await client.nodes(task["id"])
+                           if n["status"] == "running"]:
+                    await asyncio.sleep(0.1)
+            node = await client.node(task["id"], 1)
+        # Killed once the script has begun (the workspace is the same on every worker here).
+        async with asyncio.timeout(WAIT_S):
+            while not (Path(node["workspace"]) / "working" / "started").exists():
+                await asyncio.sleep(0.1)
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+        # Ray ends a dead driver's tasks, and the script goes with its worker.
+        assert node["slot"].startswith("ray:")
+        assert _gone(ProcessIdentity(node["pid"], 0.0, ""))
+        second = await _start_process(short_dir, server, workers.cluster.address)
+        try:
+            async with Client(short_dir / "d.sock") as client:
+                try:
+                    final = await wait_terminal(client, task["id"], WAIT_S)
+                except TimeoutError:
+                    pytest.fail((short_dir / "daemon.log").read_text()[-6000:])
+                nodes = await client.nodes(task["id"])
+        finally:
+            second.send_signal(signal.SIGTERM)
+            await second.wait()
+    finally:
+        await server.stop()
+    assert final["state"] == "finished" and final["best"] is not None
+    assert [n["status"] for n in nodes] == ["done"]
+    generations = [r for r in server.requests if r["messages"][0]["content"] != "ping"]
+    assert len(generations) == 1
+
+
+@pytest.mark.slow
+async def test_a_node_asking_half_a_gpu_sees_its_gpu_in_the_sandbox(
+        workers: Workers, short_dir: Path, spec: TaskSpec) -> None:
+    if not ray.cluster_resources().get("GPU"):
+        pytest.skip("no GPU in this cluster: runs on a GPU machine")
+    config = _config(short_dir, ray_num_gpus=0.5)
+    executor = RayExecutor(Settings(config), config.state_dir())
+    ws = _workspace(short_dir, spec, """
+        import os, subprocess
+        print("visible", os.environ["CUDA_VISIBLE_DEVICES"])
+        print(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout)
+        """)
+    run = await _run(executor, spec, ws, _journal())
+    assert run.result.exit_code == 0, ws.stderr.read_text()
+    assert "GPU " in ws.stdout.read_text()
