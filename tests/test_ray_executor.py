@@ -385,3 +385,42 @@ async def test_a_node_asking_half_a_gpu_sees_its_gpu_in_the_sandbox(
     run = await _run(executor, spec, ws, _journal())
     assert run.result.exit_code == 0, ws.stderr.read_text()
     assert "GPU " in ws.stdout.read_text()
+
+
+# A daemon of its own process (this one is already a driver of the module's cluster).
+STARTS_ITS_OWN = """
+import asyncio, sys
+import psutil, ray
+from conftest import daemon_config
+from mlmaster_daemon.daemon import Daemon
+
+async def main(root):
+    config = daemon_config(root / "state", root / "api.sock",
+                           {"execution.backend": "ray", "execution.ray_address": ""})
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        nodes = daemon.slots_status()["nodes"]
+        assert len(nodes) == 1 and nodes[0]["alive"], nodes
+        assert ray.is_initialized()
+    finally:
+        await daemon.stop()
+    assert not ray.is_initialized()
+    left = [p.name() for p in psutil.Process().children(recursive=True)]
+    assert not [n for n in left if "raylet" in n or "gcs_server" in n], left
+    print("stopped its cluster")
+
+import pathlib
+asyncio.run(main(pathlib.Path(sys.argv[1])))
+"""
+
+
+@pytest.mark.slow
+async def test_a_daemon_that_started_its_own_cluster_stops_it(short_dir: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", STARTS_ITS_OWN, str(short_dir),
+        cwd=Path(__file__).parent, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    async with asyncio.timeout(WAIT_S):
+        out, _ = await proc.communicate()
+    assert proc.returncode == 0 and b"stopped its cluster" in out, out.decode()[-4000:]
