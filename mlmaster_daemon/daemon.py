@@ -362,6 +362,8 @@ class Daemon:
             self._ray_started = ray_executor.connect(self.config.execution)
             log.info("running nodes on a Ray cluster", started_here=self._ray_started,
                      address=self.config.execution.ray_address or "(started here)")
+            # Prompts describe a worker's share, not this machine.
+            self.coders.detected_hardware(ray_executor.describe_share(self.config.execution))
             return ray_executor.RayExecutor(self.settings, self.state_dir, self.socket_path,
                                             self.metrics, self.clock)
         assert self.slots is not None

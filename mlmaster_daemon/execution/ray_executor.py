@@ -92,6 +92,14 @@ def check_fits(asked: dict[str, float], nodes: list[dict[str, Any]]) -> None:
         "(`ray start --resources`)")
 
 
+def describe_share(execution: ExecutionConfig) -> str:
+    """The hardware line for prompts: what a node gets on a worker."""
+    cpus = f"{execution.ray_num_cpus:g} CPU cores"
+    if not execution.ray_num_gpus:
+        return f"CPU only: {cpus}, no GPU (on a Ray worker)"
+    return f"{execution.ray_num_gpus:g} GPU, {cpus} (on a Ray worker)"
+
+
 def cluster_nodes() -> list[dict[str, Any]]:
     """The cluster's machines: address, alive, and their total and free resources."""
     import ray
