@@ -58,10 +58,11 @@ def connect(execution: ExecutionConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    address = execution.ray_address or None
-    ray.init(address=address, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)
-    return address is None
+    # "local" starts a new cluster even when RAY_ADDRESS or a `ray start` on this machine
+    # would otherwise be joined (a cluster the daemon then mistook for its own to stop).
+    ray.init(address=execution.ray_address or "local", include_dashboard=False,
+             log_to_driver=False, logging_level=logging.WARNING)
+    return not execution.ray_address
 
 
 def disconnect() -> None:
