@@ -4,6 +4,7 @@ workers of one CPU each, one of them advertising `accel` (standing in for a GPU)
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from mlmaster_daemon.api.client import Client  # noqa: E402
 from mlmaster_daemon.config import Config, Settings  # noqa: E402
 from mlmaster_daemon.daemon import Daemon  # noqa: E402
-from mlmaster_daemon.errors import DaemonUnreachable  # noqa: E402
+from mlmaster_daemon.errors import ConfigError, DaemonUnreachable  # noqa: E402
 from mlmaster_daemon.execution.executor import NodeJob, NodeRun  # noqa: E402
 from mlmaster_daemon.execution.lease import ProcessIdentity  # noqa: E402
 from mlmaster_daemon.execution.ray_executor import NoWorkerFits, RayExecutor  # noqa: E402
@@ -424,3 +425,35 @@ async def test_a_daemon_that_started_its_own_cluster_stops_it(short_dir: Path) -
     async with asyncio.timeout(WAIT_S):
         out, _ = await proc.communicate()
     assert proc.returncode == 0 and b"stopped its cluster" in out, out.decode()[-4000:]
+
+
+def test_backend_ray_without_ray_installed_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch, short_dir: Path) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, package=None: None)
+    with pytest.raises(ConfigError, match=r"pip install 'mlmaster-daemon\[ray\]'"):
+        _config(short_dir)
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [
+    ("ray_address", "http://head:8265", "ray://HOST:PORT"),
+    ("ray_resources", "GPU=1", "ray_num_gpus"),
+    ("ray_resources", "accel", "name=amount"),
+    ("ray_num_gpus", 1.5, "a fraction of one GPU"),
+    ("ray_worker_lost", "ignore", "fail"),
+])
+def test_a_bad_ray_key_is_refused_saying_what_to_write(
+        short_dir: Path, key: str, value: object, says: str) -> None:
+    with pytest.raises(ConfigError, match=f"execution.{key}.*{says}"):
+        _config(short_dir, **{key: value})
+
+
+def test_ray_keys_from_the_environment(short_dir: Path) -> None:
+    from mlmaster_daemon.config import load_config
+
+    config = load_config(None, environ={
+        "MLMASTER_EXECUTION__BACKEND": "ray", "MLMASTER_EXECUTION__RAY_ADDRESS": "ray://head:10001",
+        "MLMASTER_EXECUTION__RAY_RESOURCES": "a100=1,fast_disk=0.5",
+        "MLMASTER_EXECUTION__RAY_SHARED_FS": "false"})
+    assert config.execution.ray_address == "ray://head:10001"
+    assert config.execution.ray_resources == {"a100": 1.0, "fast_disk": 0.5}
+    assert config.execution.ray_shared_fs is False
