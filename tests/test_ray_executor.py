@@ -30,7 +30,8 @@ from mlmaster_daemon.errors import ConfigError, DaemonUnreachable  # noqa: E402
 from mlmaster_daemon.execution.executor import NodeJob, NodeRun  # noqa: E402
 from mlmaster_daemon.execution.lease import ProcessIdentity  # noqa: E402
 from mlmaster_daemon.execution.ray_executor import NoWorkerFits, RayExecutor  # noqa: E402
-from mlmaster_daemon.execution.workspace import Workspace  # noqa: E402
+from mlmaster_daemon.execution.ray_worker import worker_root  # noqa: E402
+from mlmaster_daemon.execution.workspace import Workspace, remove_tree  # noqa: E402
 from mlmaster_daemon.tasks.competition import load_task  # noqa: E402
 from mlmaster_daemon.tasks.spec import TaskSpec  # noqa: E402
 
@@ -236,7 +237,10 @@ async def test_without_a_shared_filesystem_the_outputs_come_back_into_the_worksp
         except OSError:
             print("input is read-only")
         """)
-    run = await _run(executor, spec, ws, _journal())
+    try:
+        run = await _run(executor, spec, ws, _journal())
+    finally:
+        remove_tree(worker_root("t1"))  # all workers are this machine here
     assert run.result.exit_code == 0, ws.stderr.read_text()
     assert ws.submission.read_text() == "id,target\n1,0\n"
     assert '"rows"' in ws.metrics.read_text()

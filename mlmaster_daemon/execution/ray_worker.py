@@ -78,16 +78,18 @@ def pack_public_dir(public_dir: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _worker_root(task_id: str) -> Path:
+def worker_root(task_id: str) -> Path:
+    """A task's folder on a worker without a shared filesystem: its input, nodes' workspaces."""
     return Path(tempfile.gettempdir()) / f"mlmaster-ray-{os.getuid()}" / task_id
 
 
 def unpacked_input(task_id: str, archive_ref: Any) -> Path:
-    """The task's public folder on this machine, unpacked once (concurrent jobs of the same
-    task race to rename their copy into place; the loser's copy goes)."""
+    """The task's public folder on this machine, unpacked once per archive put (a daemon's
+    restart puts it anew; concurrent jobs race to rename their copy into place, the loser's
+    copy goes)."""
     import ray  # only on a worker, where Ray is there
 
-    target = _worker_root(task_id) / "input"
+    target = worker_root(task_id) / f"input-{archive_ref.hex()[:16]}"
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +136,7 @@ def run_node(job: WorkerJob, archive: list[Any]) -> Iterator[Started | Finished]
         ws, public = Workspace(Path(job.workspace)), Path(job.public_dir)
     else:
         public = unpacked_input(job.task_id, archive[0])
-        root = _worker_root(job.task_id) / "nodes" / str(job.node_id)
+        root = worker_root(job.task_id) / "nodes" / str(job.node_id)
         ws = Workspace.create(root, public, job.code)
     loop = asyncio.new_event_loop()
     try:
