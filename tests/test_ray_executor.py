@@ -159,7 +159,7 @@ async def test_cancel_stops_a_running_node(workers: Workers, short_dir: Path,
     config = _config(short_dir)
     executor = RayExecutor(Settings(config), config.state_dir())
     journal = _journal()
-    ws = _workspace(short_dir, spec, "import time\nwhile True:\n    time.sleep(1)\n")
+    ws = _workspace(short_dir, spec, "import signal\nwhile True:\n    signal.pause()\n")
     running = asyncio.create_task(_run(executor, spec, ws, journal))
     async with asyncio.timeout(WAIT_S):
         await journal.started.wait()
@@ -182,7 +182,7 @@ async def test_a_timeout_kills_a_script_that_ignores_sigterm(workers: Workers, s
                           "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                           "time.sleep(10**6)"])
         while True:
-            time.sleep(1)
+            signal.pause()
         """)
     run = await _run(executor, spec, ws, journal, timeout_s=3)
     assert run.result.timed_out and run.result.exit_code is None
@@ -208,7 +208,7 @@ async def test_killing_a_workers_raylet_fails_its_node_clearly(
     config = _config(short_dir, ray_resources="doomed=1")
     executor = RayExecutor(Settings(config), config.state_dir())
     journal = _journal()
-    ws = _workspace(short_dir, spec, "import time\nwhile True:\n    time.sleep(1)\n")
+    ws = _workspace(short_dir, spec, "import signal\nwhile True:\n    signal.pause()\n")
     running = asyncio.create_task(_run(executor, spec, ws, journal))
     async with asyncio.timeout(WAIT_S):
         await journal.started.wait()
@@ -280,13 +280,13 @@ async def test_a_node_whose_worker_is_lost_runs_again_once_elsewhere_when_config
     journal = _journal()
     # The first run waits to be killed; the second, in the same (shared) workspace, ends.
     ws = _workspace(short_dir, spec, """
-        import os, time
+        import os, signal
         if os.path.exists("working/first"):
             print("second run")
         else:
             open("working/first", "w").close()
             while True:
-                time.sleep(1)
+                signal.pause()
         """)
     running = asyncio.create_task(_run(executor, spec, ws, journal))
     async with asyncio.timeout(WAIT_S):
@@ -302,11 +302,11 @@ async def test_a_node_whose_worker_is_lost_runs_again_once_elsewhere_when_config
 
 
 # Waits on its first run until it is killed (its workspace keeps the marker); a re-run ends.
-WAITS_ONCE = """import json, os, shutil, time
+WAITS_ONCE = """import json, os, shutil, signal
 first = not os.path.exists("working/started")
 open("working/started", "w").close()
 while first:
-    time.sleep(1)
+    signal.pause()
 shutil.copyfile("input/sample_submission.csv", "submission/submission.csv")
 json.dump({"validation_metric": 0.6}, open("metrics.json", "w"))
 """
