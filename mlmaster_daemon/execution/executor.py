@@ -131,16 +131,21 @@ class LocalExecutor:
         return NodeRun(result, timeout, peak, round(seconds, 2))
 
     def hidden_paths(self, spec: TaskSpec) -> tuple[Path, ...]:
-        """What a job must not see: the daemon's state (database, other nodes and tasks; its
-        own workspace is bound back in), any API key file, the API socket and the task's
-        hidden answers (the sandbox shows none of these anyway; this holds if one lies inside
-        what it shows)."""
-        llm = self.settings.config.llm
-        keys = [Path(e.api_key_file).expanduser() for e in (llm.code, llm.feedback)
-                if e is not None and e.api_key_file]
-        sockets = [self.socket_path] if self.socket_path is not None else []
-        private = [spec.private_dir] if spec.private_dir else []
-        return (self.state_dir, *keys, *sockets, *private)
+        return hidden_paths(self.settings, self.state_dir, self.socket_path, spec)
+
+
+def hidden_paths(settings: Settings, state_dir: Path, socket_path: Path | None,
+                 spec: TaskSpec) -> tuple[Path, ...]:
+    """What a job must not see: the daemon's state (database, other nodes and tasks; its own
+    workspace is bound back in), any API key file, the API socket and the task's hidden
+    answers (the sandbox shows none of these anyway; this holds if one lies inside what it
+    shows)."""
+    llm = settings.config.llm
+    keys = [Path(e.api_key_file).expanduser() for e in (llm.code, llm.feedback)
+            if e is not None and e.api_key_file]
+    sockets = [socket_path] if socket_path is not None else []
+    private = [spec.private_dir] if spec.private_dir else []
+    return (state_dir, *keys, *sockets, *private)
 
 
 def readable_paths(spec: TaskSpec) -> tuple[Path, ...]:

@@ -22,7 +22,13 @@ from typing import Any
 from mlmaster_daemon.clock import Clock, SystemClock
 from mlmaster_daemon.config import ExecutionConfig, Settings
 from mlmaster_daemon.errors import MlmasterError
-from mlmaster_daemon.execution.executor import NodeJob, NodeRun, Started, readable_paths
+from mlmaster_daemon.execution.executor import (
+    NodeJob,
+    NodeRun,
+    Started,
+    hidden_paths,
+    readable_paths,
+)
 from mlmaster_daemon.execution.ray_worker import (
     Finished,
     WorkerJob,
@@ -234,14 +240,8 @@ class RayExecutor:
         return ref
 
     def hidden_paths(self, spec: TaskSpec) -> tuple[Path, ...]:
-        """As `LocalExecutor.hidden_paths`: the daemon's state, key files, the API socket and
-        the task's hidden answers, on a worker that shares the filesystem."""
-        llm = self.settings.config.llm
-        keys = [Path(e.api_key_file).expanduser() for e in (llm.code, llm.feedback)
-                if e is not None and e.api_key_file]
-        sockets = [self.socket_path] if self.socket_path is not None else []
-        private = [spec.private_dir] if spec.private_dir else []
-        return (self.state_dir, *keys, *sockets, *private)
+        """As `LocalExecutor.hidden_paths`, on a worker that shares the filesystem."""
+        return hidden_paths(self.settings, self.state_dir, self.socket_path, spec)
 
 
 async def _next(stream: Any) -> Any:
