@@ -49,13 +49,16 @@ SHUTDOWN_GRACE_S = 5.0
 Sleep = Callable[[float], Awaitable[None]]
 
 
-async def reconcile_processes(store: Store) -> int:
+async def reconcile_processes(store: Store, on_cluster: bool = False) -> int:
     """Kill node processes that outlived a daemon crash, but only those provably ours (same
     pid, start time and boot): PID reuse can never make this kill a stranger. Their nodes are
-    then re-queued by `interrupt_unfinished`."""
+    then re-queued by `interrupt_unfinished`. `on_cluster`: nodes run on a Ray cluster that
+    outlives the daemon are left running, to be re-attached (`RayExecutor.adopt`)."""
     killed = 0
     for node in await store.running_processes():
         if node.pid is None or node.pid_start_time is None or node.boot_id is None:
+            continue
+        if on_cluster and (node.slot or "").startswith("ray:"):
             continue
         identity = ProcessIdentity(node.pid, node.pid_start_time, node.boot_id)
         if await asyncio.to_thread(kill_identity, identity):
@@ -64,7 +67,7 @@ async def reconcile_processes(store: Store) -> int:
                         task_id=node.task_id, node_id=node.id, pid=node.pid)
     # Whatever escaped the process group (setsid) is still in the job's cgroup, and so is a
     # job started just before the crash, before its pid reached the journal.
-    for task_id, node_id in await store.unfinished_with_code():
+    for task_id, node_id in [] if on_cluster else await store.unfinished_with_code():
         await asyncio.to_thread(kill_job_cgroups, f"{task_id}-{node_id}")
     return killed
 
@@ -186,7 +189,9 @@ class Daemon:
         counter = TiktokenCounter(self.config.memory.encoding)
         await asyncio.to_thread(counter.load)
         self.store = await Store.open(db)
-        killed = await reconcile_processes(self.store)
+        execution = self.config.execution
+        on_cluster = execution.backend == "ray" and bool(execution.ray_address)
+        killed = await reconcile_processes(self.store, on_cluster)
         await self._open_slots()
         requeued, interrupted = await self.store.interrupt_unfinished(
             "interrupted: the daemon stopped while this node was being generated",
@@ -364,8 +369,14 @@ class Daemon:
                      address=self.config.execution.ray_address or "(started here)")
             # Prompts describe a worker's share, not this machine.
             self.coders.detected_hardware(ray_executor.describe_share(self.config.execution))
-            return ray_executor.RayExecutor(self.settings, self.state_dir, self.socket_path,
-                                            self.metrics, self.clock)
+            executor = ray_executor.RayExecutor(self.settings, self.state_dir,
+                                                self.socket_path, self.metrics, self.clock)
+            if self.config.execution.ray_address:
+                # Runs left from before a crash: kept for the nodes re-queued (they re-attach).
+                assert self.store is not None
+                kept = await executor.adopt(await self.store.unfinished_with_code())
+                log.info("node runs left on the cluster kept to be re-attached", runs=kept)
+            return executor
         assert self.slots is not None
         return LocalExecutor(self.settings, self.slots, self.state_dir, self.sampler,
                              self.socket_path, self.metrics, self.clock)

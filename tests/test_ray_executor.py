@@ -29,7 +29,12 @@ from mlmaster_daemon.daemon import Daemon  # noqa: E402
 from mlmaster_daemon.errors import ConfigError, DaemonUnreachable  # noqa: E402
 from mlmaster_daemon.execution.executor import NodeJob, NodeRun  # noqa: E402
 from mlmaster_daemon.execution.lease import ProcessIdentity  # noqa: E402
-from mlmaster_daemon.execution.ray_executor import NoWorkerFits, RayExecutor  # noqa: E402
+from mlmaster_daemon.execution.ray_executor import (  # noqa: E402
+    NoWorkerFits,
+    RayExecutor,
+    actor_name,
+    namespace_for,
+)
 from mlmaster_daemon.execution.ray_worker import worker_root  # noqa: E402
 from mlmaster_daemon.execution.workspace import Workspace, remove_tree  # noqa: E402
 from mlmaster_daemon.tasks.competition import load_task  # noqa: E402
@@ -334,45 +339,109 @@ async def _start_process(short_dir: Path, server: FakeOpenAI,
                 await asyncio.sleep(0.1)
 
 
-@pytest.mark.slow
-async def test_a_daemon_killed_while_a_node_runs_on_ray_leaves_no_script_and_runs_it_again(
-        workers: Workers, short_dir: Path, breast_cancer: Path) -> None:
-    server = await FakeOpenAI(code=WAITS_ONCE).start()
-    try:
-        first = await _start_process(short_dir, server, workers.cluster.address)
-        async with Client(short_dir / "d.sock") as client:
-            task = await client.submit({"task_dir": str(breast_cancer), "steps": 1})
-            async with asyncio.timeout(WAIT_S):
-                while not [n for n in await client.nodes(task["id"])
-                           if n["status"] == "running"]:
-                    await asyncio.sleep(0.1)
-            node = await client.node(task["id"], 1)
-        # Killed once the script has begun (the workspace is the same on every worker here).
+# Counts its runs, then waits for the test's go (a file in its workspace) and ends.
+WAITS_FOR_GO = """import json, os, select, shutil
+with open("working/runs", "a") as runs:
+    runs.write("run\\n")
+while not os.path.exists("working/go"):
+    select.select([], [], [], 0.1)
+shutil.copyfile("input/sample_submission.csv", "submission/submission.csv")
+json.dump({"validation_metric": 0.6}, open("metrics.json", "w"))
+"""
+
+
+async def _kill_while_running(short_dir: Path, server: FakeOpenAI, address: str,
+                              breast_cancer: Path, marker: str) -> tuple[str, dict[str, Any]]:
+    """A daemon process that runs one node on the cluster, SIGKILLed once the script has
+    begun (it wrote `marker`; the workspace is the same on every worker here)."""
+    first = await _start_process(short_dir, server, address)
+    async with Client(short_dir / "d.sock") as client:
+        task = await client.submit({"task_dir": str(breast_cancer), "steps": 1})
         async with asyncio.timeout(WAIT_S):
-            while not (Path(node["workspace"]) / "working" / "started").exists():
+            while not [n for n in await client.nodes(task["id"]) if n["status"] == "running"]:
                 await asyncio.sleep(0.1)
-        first.send_signal(signal.SIGKILL)
-        await first.wait()
-        # Ray ends a dead driver's tasks, and the script goes with its worker.
-        assert node["slot"].startswith("ray:")
-        assert _gone(ProcessIdentity(node["pid"], 0.0, ""))
-        second = await _start_process(short_dir, server, workers.cluster.address)
-        try:
-            async with Client(short_dir / "d.sock") as client:
-                try:
-                    final = await wait_terminal(client, task["id"], WAIT_S)
-                except TimeoutError:
-                    pytest.fail((short_dir / "daemon.log").read_text()[-6000:])
-                nodes = await client.nodes(task["id"])
-        finally:
-            second.send_signal(signal.SIGTERM)
-            await second.wait()
+        node = await client.node(task["id"], 1)
+    async with asyncio.timeout(WAIT_S):
+        while not (Path(node["workspace"]) / "working" / marker).exists():
+            await asyncio.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    await first.wait()
+    assert node["slot"].startswith("ray:")
+    return str(task["id"]), node
+
+
+async def _restart_and_finish(short_dir: Path, server: FakeOpenAI, address: str, task_id: str,
+                              go: Path | None = None) -> tuple[dict[str, Any], list[Any]]:
+    second = await _start_process(short_dir, server, address)
+    try:
+        async with Client(short_dir / "d.sock") as client:
+            if go is not None:
+                async with asyncio.timeout(WAIT_S):
+                    # Re-attached: the node is running again, on the same script.
+                    while (await client.node(task_id, 1))["status"] != "running":
+                        await asyncio.sleep(0.1)
+                go.touch()
+            try:
+                final = await wait_terminal(client, task_id, WAIT_S)
+            except TimeoutError:
+                pytest.fail((short_dir / "daemon.log").read_text()[-6000:])
+            nodes = [await client.node(task_id, n["id"]) for n in await client.nodes(task_id)]
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await second.wait()
+    return final, nodes
+
+
+def _generations(server: FakeOpenAI) -> int:
+    return len([r for r in server.requests if r["messages"][0]["content"] != "ping"])
+
+
+@pytest.mark.slow
+async def test_a_daemon_killed_while_a_node_runs_on_ray_re_attaches_to_it_after_restart(
+        workers: Workers, short_dir: Path, breast_cancer: Path) -> None:
+    server = await FakeOpenAI(code=WAITS_FOR_GO).start()
+    try:
+        task_id, node = await _kill_while_running(
+            short_dir, server, workers.cluster.address, breast_cancer, "runs")
+        # The script outlives the daemon: its actor is detached on a cluster it did not start.
+        script = psutil.Process(node["pid"])
+        assert script.is_running()
+        working = Path(node["workspace"]) / "working"
+        final, nodes = await _restart_and_finish(short_dir, server, workers.cluster.address,
+                                                 task_id, go=working / "go")
     finally:
         await server.stop()
     assert final["state"] == "finished" and final["best"] is not None
     assert [n["status"] for n in nodes] == ["done"]
-    generations = [r for r in server.requests if r["messages"][0]["content"] != "ping"]
-    assert len(generations) == 1
+    # One run of the script, taken over by the restarted daemon; one answer paid for.
+    assert (working / "runs").read_text() == "run\n"
+    assert nodes[0]["pid"] == node["pid"]
+    assert _gone(ProcessIdentity(node["pid"], 0.0, ""))
+    assert _generations(server) == 1
+    namespace = namespace_for(short_dir / "state")
+    assert not [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["namespace"] == namespace]
+
+
+@pytest.mark.slow
+async def test_a_node_whose_run_is_gone_after_a_daemon_crash_runs_its_saved_code_again(
+        workers: Workers, short_dir: Path, breast_cancer: Path) -> None:
+    server = await FakeOpenAI(code=WAITS_ONCE).start()
+    try:
+        task_id, node = await _kill_while_running(
+            short_dir, server, workers.cluster.address, breast_cancer, "started")
+        state_dir = short_dir / "state"
+        # The run is lost while the daemon is down (its worker restarted, an operator...).
+        ray.kill(ray.get_actor(actor_name(task_id, 1), namespace=namespace_for(state_dir)))
+        assert _gone(ProcessIdentity(node["pid"], 0.0, ""))
+        final, nodes = await _restart_and_finish(short_dir, server, workers.cluster.address,
+                                                 task_id)
+    finally:
+        await server.stop()
+    assert final["state"] == "finished" and final["best"] is not None
+    assert [n["status"] for n in nodes] == ["done"]
+    assert nodes[0]["pid"] != node["pid"]
+    assert _generations(server) == 1
 
 
 @pytest.mark.slow

@@ -65,6 +65,11 @@ class Executor(Protocol):
         says no once the slot is granted (the daemon is stopping)."""
         ...
 
+    async def attachable(self, task_id: str, node_id: int) -> bool:
+        """Whether a run of this node from before a restart may still be going on, to be
+        re-attached by `run`: its workspace is then left as it is."""
+        ...
+
 
 class LocalExecutor:
     """Runs scripts on this machine. `socket_path`, key files (from the config), the state dir
@@ -80,6 +85,10 @@ class LocalExecutor:
         self.socket_path = socket_path
         self.metrics = metrics
         self.clock: Clock = clock or SystemClock()
+
+    async def attachable(self, task_id: str, node_id: int) -> bool:
+        # A local script never outlives the daemon's restart (it is killed at start).
+        return False
 
     async def run(self, job: NodeJob, started: Started,
                   still_wanted: Callable[[], bool]) -> NodeRun | None:

@@ -1,21 +1,26 @@
-"""The cluster backend: `RayExecutor` runs each node's script as a task of a Ray cluster, under
-the same contract and limits as `LocalExecutor` (the worker calls the same runner: see
-`ray_worker.py`). Ray places the task where the resources it asks are free (CPUs, GPUs or a
-share of one, memory, custom resources); the daemon's loop only awaits the task's stream.
+"""The cluster backend: `RayExecutor` runs each node's script in an actor of a Ray cluster,
+under the same contract and limits as `LocalExecutor` (the actor calls the same runner: see
+`ray_worker.py`). Ray places the actor where the resources it asks are free (CPUs, GPUs or a
+share of one, memory, custom resources); the daemon's loop only awaits the actor's answers.
 
 The crash journal gets the script's real process identity (pid, start time and boot id of the
-worker machine) and a slot naming where it runs, `ray:<node ip>:<node id>`. After a daemon
-crash the identity is killed only on a machine it provably belongs to (same boot: a
-single-machine cluster); elsewhere the script already died with the daemon's Ray driver (Ray
-ends a dead driver's tasks, and the launcher ends the script with its worker), and the node
-is re-queued and re-run from its saved code, as a local node whose process died is."""
+worker machine) and a slot naming where it runs, `ray:<node ip>:<node id>`. On a cluster the
+daemon started itself, a daemon crash ends the cluster, and with it the actor and its script
+(the launcher ties the script to its worker); the node is re-run from its saved code. On a
+cluster that outlives the daemon (`ray_address` set) the actor is detached and named after
+its node: after a crash, the restarted daemon leaves its script alone, finds the actor by name
+and takes its result when it ends; only when the actor is gone is the saved code run again.
+Either way one node never runs twice at the same time: the name is the node's.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import socket
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +36,14 @@ from mlmaster_daemon.execution.executor import (
 )
 from mlmaster_daemon.execution.ray_worker import (
     Finished,
+    NodeRunner,
     WorkerJob,
     pack_public_dir,
-    run_node,
     write_outputs,
 )
 from mlmaster_daemon.execution.ray_worker import Started as WorkerStarted
 from mlmaster_daemon.execution.runner import RunResult
+from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.metrics import DaemonMetrics
 from mlmaster_daemon.tasks.spec import TaskSpec
@@ -48,6 +54,8 @@ log = get_logger("mlmaster.ray")
 ANSWER_SLACK_S = 30.0
 # Tasks whose input archive stays in the object store (the oldest is dropped past this).
 ARCHIVES_KEPT = 8
+# A node's actor name, still held by an actor being killed, is tried this often.
+NAME_TRIES, NAME_WAIT_S = 20, 0.25
 
 
 class NoWorkerFits(MlmasterError):
@@ -126,7 +134,10 @@ def cluster_nodes() -> list[dict[str, Any]]:
 
 
 class RayExecutor:
-    """Runs node scripts on a Ray cluster (joined with `connect` before the first run)."""
+    """Runs node scripts on a Ray cluster (joined with `connect` before the first run). Each
+    run is a `NodeRunner` actor named after its node in this daemon's namespace; on a cluster
+    the daemon did not start it is detached, so it outlives a daemon crash and is re-attached
+    after the restart (`adopt`, then the node's `run`)."""
 
     def __init__(self, settings: Settings, state_dir: Path, socket_path: Path | None = None,
                  metrics: DaemonMetrics | None = None, clock: Clock | None = None) -> None:
@@ -137,51 +148,103 @@ class RayExecutor:
         self.socket_path = socket_path
         self.metrics = metrics
         self.clock: Clock = clock or SystemClock()
+        self.namespace = namespace_for(state_dir)
         # Each task's public folder, put once in the object store (no shared filesystem).
         self._archives: OrderedDict[str, Any] = OrderedDict()
-        self._remote = ray.remote(run_node)
+        self._runner = ray.remote(NodeRunner)
+        # Nodes whose run from before a restart may still go on in its actor.
+        self._left: set[tuple[str, int]] = set()
+
+    async def adopt(self, requeued: Iterable[tuple[str, int]]) -> int:
+        """At start, after a crash: the actors of nodes that run again are kept, to be
+        re-attached by their run; the others (their nodes failed or ended meanwhile) are
+        killed. Returns how many were kept."""
+        wanted = {actor_name(task_id, node_id): (task_id, node_id)
+                  for task_id, node_id in requeued}
+        for name in await asyncio.to_thread(self._actor_names):
+            if name in wanted:
+                self._left.add(wanted[name])
+            else:
+                log.warning("killed a node run left on the cluster that no node waits for",
+                            actor=name)
+                await asyncio.to_thread(self._kill_named, name)
+        return len(self._left)
+
+    async def attachable(self, task_id: str, node_id: int) -> bool:
+        """Whether a run of this node from before the restart may still be going on: its
+        workspace is then left as it is (the run writes there)."""
+        return (task_id, node_id) in self._left
 
     async def run(self, job: NodeJob, started: Started,
                   still_wanted: Callable[[], bool]) -> NodeRun | None:
         if not still_wanted():
             return None
         retry = self.settings.config.execution.ray_worker_lost == "retry"
+        left = (job.task_id, job.node_id) in self._left
+        self._left.discard((job.task_id, job.node_id))
+        actor = await asyncio.to_thread(self._lookup, actor_name(job.task_id, job.node_id))
+        if left and actor is not None:
+            log.info("re-attached to a node still running on the cluster",
+                     task_id=job.task_id, node_id=job.node_id)
+            run, lost = await self._attempt(job, started, actor)
+            if not lost:
+                return self._ran(run)
+            log.warning("the node's run from before the restart was lost; running its saved "
+                        "code again", task_id=job.task_id, node_id=job.node_id,
+                        reason=run.result.reason)
+        if left:
+            # What the lost run left must not pass for the new run's outputs.
+            await asyncio.to_thread(Workspace.create, job.workspace.root, job.spec.public_dir,
+                                    job.workspace.script.read_text())
+        elif actor is not None:
+            # A run of this node that no one waits for (a crash this daemon did not adopt).
+            await asyncio.to_thread(_kill, actor)
         run, lost = await self._attempt(job, started)
         if lost and retry:
             log.warning("worker lost; running the node again", task_id=job.task_id,
                         node_id=job.node_id, reason=run.result.reason)
             run, lost = await self._attempt(job, started)
+        return self._ran(run)
+
+    def _ran(self, run: NodeRun) -> NodeRun:
         if self.metrics is not None:
             self.metrics.node_ran(run.result)
         return run
 
-    async def _attempt(self, job: NodeJob, started: Started) -> tuple[NodeRun, bool]:
-        """One run on some worker: (how it went, whether its worker was lost)."""
-        import ray
+    async def _attempt(self, job: NodeJob, started: Started,
+                       actor: Any = None) -> tuple[NodeRun, bool]:
+        """One run on some worker, or the rest of one (`actor`, re-attached): (how it went,
+        whether its worker, or the run from before the restart, was lost)."""
         from ray.exceptions import RayError, RayTaskError
 
         execution = self.settings.config.execution
         timeout = job.timeout_s()
-        check_fits(asked_resources(execution), await asyncio.to_thread(cluster_nodes))
-        stream = self._submit(job, execution, timeout, await self._archive(job))
+        reattached = actor is not None
         asked = self.clock.time()
+        if actor is None:
+            check_fits(asked_resources(execution), await asyncio.to_thread(cluster_nodes))
+            actor = await self._create(job, execution, timeout, await self._archive(job))
         where, pid = "unknown node (before the script started)", 0
         try:
-            first = await _next(stream)
+            first = await actor.first.remote()
             if isinstance(first, WorkerStarted):
                 where, pid = first.node_ip, first.identity.pid
-                if self.metrics is not None:
+                if self.metrics is not None and not reattached:
                     self.metrics.slot_waited(self.clock.time() - asked)
                 await started(first.identity, f"ray:{first.node_ip}:{first.ray_node_id[:12]}")
                 last = await asyncio.wait_for(
-                    _next(stream), timeout + execution.kill_grace_s + ANSWER_SLACK_S)
+                    actor.last.remote(), timeout + execution.kill_grace_s + ANSWER_SLACK_S)
             else:
                 last = first
         except TimeoutError:
-            ray.cancel(stream, force=True)
             reason = f"killed after its {timeout:.0f} s time limit (its worker did not answer)"
             return NodeRun(RunResult(None, True, timeout, pid, reason), timeout), False
         except RayTaskError as exc:
+            if reattached:
+                # The run from before the restart failed on its own (its input was lost
+                # with the old driver...): it is run again.
+                result = RunResult(None, False, 0.0, pid, f"{type(exc).__name__}"[:200])
+                return NodeRun(result, timeout), True
             # The runner itself failed on the worker (a sandbox that cannot be honoured...).
             raise exc.as_instanceof_cause() from None  # type: ignore[no-untyped-call]
         except RayError as exc:
@@ -190,22 +253,23 @@ class RayExecutor:
             result = RunResult(None, False, self.clock.time() - asked, pid,
                                f"worker lost: {where}")
             return NodeRun(result, timeout), True
-        except BaseException:
-            # Cancelled (task cancelled, daemon stopping) or the journal failed: the worker
-            # is killed, and the script with it (the launcher ties it to its worker).
-            ray.cancel(stream, force=True)
-            raise
+        finally:
+            # Done, timed out, lost, cancelled (task cancelled, daemon stopping) or the
+            # journal failed: the actor goes, and the script with it (the launcher ties it
+            # to its worker), and a detached actor does not outlive its use.
+            _kill(actor)
         if not isinstance(last, Finished):
             raise RuntimeError(f"a Ray worker answered {type(last).__name__}, not Finished")
         if last.outputs:
             await asyncio.to_thread(write_outputs, job.workspace, last.outputs)
         return NodeRun(last.result, timeout), False
 
-    def _submit(self, job: NodeJob, execution: ExecutionConfig, timeout: float,
-                archive: Any) -> Any:
+    async def _create(self, job: NodeJob, execution: ExecutionConfig, time_limit_s: float,
+                      archive: Any) -> Any:
+        """The node's actor, started on some worker (its run begins at once)."""
         shared = execution.ray_shared_fs
         worker_job = WorkerJob(
-            task_id=job.task_id, node_id=job.node_id, execution=execution, timeout_s=timeout,
+            task_id=job.task_id, node_id=job.node_id, execution=execution, timeout_s=time_limit_s,
             gpu=execution.ray_num_gpus > 0,
             public_dir=str(job.spec.public_dir) if shared else "",
             workspace=str(job.workspace.root) if shared else "",
@@ -213,15 +277,47 @@ class RayExecutor:
             hidden_paths=tuple(str(p) for p in self.hidden_paths(job.spec)) if shared else (),
             readable_paths=tuple(str(p) for p in readable_paths(job.spec)) if shared else ())
         options: dict[str, Any] = {
-            "num_returns": "streaming", "num_cpus": execution.ray_num_cpus,
-            "num_gpus": execution.ray_num_gpus, "resources": dict(execution.ray_resources),
+            "num_cpus": execution.ray_num_cpus, "num_gpus": execution.ray_num_gpus,
+            "resources": dict(execution.ray_resources),
             # A lost worker is the daemon's to retry (ray_worker_lost), never Ray's.
-            "max_retries": 0, "name": f"mlmaster node {job.holder}",
+            "max_restarts": 0, "max_task_retries": 0, "max_concurrency": 2,
+            "name": actor_name(job.task_id, job.node_id), "namespace": self.namespace,
             # One heavy script per machine before two on one: spread over the workers.
             "scheduling_strategy": "SPREAD"}
+        if execution.ray_address:
+            # On a cluster that outlives the daemon, the run outlives a daemon crash.
+            options["lifetime"] = "detached"
         if execution.ray_memory_mb:
             options["memory"] = execution.ray_memory_mb * 1024 * 1024
-        return self._remote.options(**options).remote(worker_job, [archive] if archive else [])
+        for _ in range(NAME_TRIES):
+            try:
+                return self._runner.options(**options).remote(
+                    worker_job, [archive] if archive else [])
+            except ValueError:
+                # The name is still held by an actor being killed: wait until it is gone.
+                await asyncio.to_thread(self._kill_named, options["name"])
+                await asyncio.sleep(NAME_WAIT_S)
+        raise RuntimeError(f"the Ray actor name {options['name']} stays taken")
+
+    def _actor_names(self) -> list[str]:
+        import ray
+
+        return [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+                if actor["namespace"] == self.namespace]
+
+    def _lookup(self, name: str) -> Any:
+        """This daemon's live actor of that name, or None. Blocking."""
+        import ray
+
+        try:
+            return ray.get_actor(name, namespace=self.namespace)
+        except ValueError:
+            return None
+
+    def _kill_named(self, name: str) -> None:
+        actor = self._lookup(name)
+        if actor is not None:
+            _kill(actor)
 
     async def _archive(self, job: NodeJob) -> Any:
         """The task's input in the object store (None on a shared filesystem)."""
@@ -244,10 +340,18 @@ class RayExecutor:
         return hidden_paths(self.settings, self.state_dir, self.socket_path, spec)
 
 
-async def _next(stream: Any) -> Any:
-    """The next item a worker streamed back, None once its stream has ended."""
-    try:
-        ref = await stream.__anext__()
-    except StopAsyncIteration:
-        return None
-    return await ref
+def namespace_for(state_dir: Path) -> str:
+    """The Ray namespace of one daemon's actors: daemons sharing a cluster never meet."""
+    place = f"{socket.gethostname()}:{state_dir.resolve()}"
+    return f"mlmaster-{hashlib.sha256(place.encode()).hexdigest()[:16]}"
+
+
+def actor_name(task_id: str, node_id: int) -> str:
+    return f"node/{task_id}/{node_id}"
+
+
+def _kill(actor: Any) -> None:
+    """End an actor and its script now (its worker process goes)."""
+    import ray
+
+    ray.kill(actor, no_restart=True)

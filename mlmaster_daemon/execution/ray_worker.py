@@ -1,6 +1,8 @@
 """What runs on a Ray worker for one node: the same runner as locally (`run_script`: sandbox,
 job limits, a time limit that kills the whole process tree, `input/` read-only), streamed
-back as two items: `Started` once the script's process exists, then `Finished`.
+back as two items: `Started` once the script's process exists, then `Finished`. It runs inside
+a `NodeRunner` actor, named after the node, which a restarted daemon finds again on a cluster
+that outlived it (`RayExecutor` makes it detached there) and takes the result from.
 
 Without a shared filesystem the task's public folder arrives once per task as a tar in Ray's
 object store and is unpacked once per worker machine; the node's code comes with the job; the
@@ -15,7 +17,8 @@ import io
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +165,50 @@ def run_node(job: WorkerJob, archive: list[Any]) -> Iterator[Started | Finished]
         loop.close()
         if not shared:
             remove_tree(ws.root)
+
+
+class NodeRunner:
+    """The Ray actor that runs one node: `run_node` in a thread of its own from creation, its
+    items kept until the daemon asks for them (`first`, then `last`) and kills the actor. A
+    daemon that restarted asks a surviving actor again; the run never starts twice."""
+
+    def __init__(self, job: WorkerJob, archive: list[Any]) -> None:
+        self._items: list[Started | Finished] = []
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+        threading.Thread(target=self._work, args=(job, archive), name="mlmaster-node",
+                         daemon=True).start()
+
+    def _work(self, job: WorkerJob, archive: list[Any]) -> None:
+        try:
+            for item in run_node(job, archive):
+                with self._changed:
+                    self._items.append(item)
+                    self._changed.notify_all()
+        except BaseException as exc:  # raised to the daemon by the next `first`/`last`
+            with self._changed:
+                self._error = exc
+                self._changed.notify_all()
+
+    def _wait(self, found: Callable[[], Started | Finished | None]) -> Started | Finished:
+        with self._changed:
+            self._changed.wait_for(lambda: found() is not None or self._error is not None)
+            item = found()
+        if item is not None:
+            return item
+        assert self._error is not None
+        raise self._error
+
+    def first(self) -> Started | Finished:
+        """`Started` once the script runs (`Finished` when it could not start)."""
+        return self._wait(lambda: self._items[0] if self._items else None)
+
+    def last(self) -> Finished:
+        """How the run ended, once it has."""
+        item = self._wait(lambda: next(
+            (i for i in self._items if isinstance(i, Finished)), None))
+        assert isinstance(item, Finished)
+        return item
 
 
 def collect_outputs(ws: Workspace) -> dict[str, bytes]:

@@ -167,8 +167,12 @@ async def _run_and_evaluate(state: SearchState, node_id: int, pick: Pick,
                             response: CodeResponse) -> None:
     task, parts = state.task, state.parts
     state.memory.attempted(node_id, pick.operator, response.summary)
-    ws = await asyncio.to_thread(Workspace.create, state.node_dir(node_id), task.spec.public_dir,
-                                 response.code)
+    if await parts.executor.attachable(task.id, node_id):
+        # Its run from before the restart still writes there (a Ray cluster's).
+        ws = Workspace(state.node_dir(node_id))
+    else:
+        ws = await asyncio.to_thread(Workspace.create, state.node_dir(node_id),
+                                     task.spec.public_dir, response.code)
 
     async def started(identity: ProcessIdentity, slot_id: str) -> None:
         # The journal that lets a restarted daemon prove this process is ours.
