@@ -139,3 +139,17 @@ def test_twenty_kills_at_every_kind_of_moment_lose_nothing() -> None:
     moments = dict(m.rsplit(" ", 1) for m in figures["kill moments"].split(", "))
     assert set(moments) == {"start-up", "after-ready", "random", "generating", "spawning",
                             "running", "evaluating", "finished"}, "\n".join(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_kills_while_nodes_run_on_a_ray_cluster_lose_nothing_and_leave_no_script_behind(
+) -> None:
+    pytest.importorskip("ray", reason="the Ray backend needs pip install 'mlmaster-daemon[ray]'")
+    # The chaos run starts a head and two one-CPU workers; scripts outlive the killed daemon
+    # there and are re-attached, so a stray is a script of a finished node, or any after stop.
+    code, figures, lines = _run_chaos("--ray", "--kills", "6", "--steps", "5", "--seed", "2",
+                                      "--moments", "generating,spawning,running,evaluating,"
+                                      "finished,random", timeout_s=560)
+    _assert_clean(code, figures, lines, kills=6)
+    assert "nodes run on the Ray cluster at" in "\n".join(lines)

@@ -389,6 +389,8 @@ async def _restart_and_finish(short_dir: Path, server: FakeOpenAI, address: str,
     finally:
         second.send_signal(signal.SIGTERM)
         await second.wait()
+    # A clean stop, though Ray's driver takes SIGTERM for itself.
+    assert second.returncode == 0, (short_dir / "daemon.log").read_text()[-3000:]
     return final, nodes
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import signal
 import socket
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -72,10 +74,19 @@ def connect(execution: ExecutionConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    # "local" starts a new cluster even when RAY_ADDRESS or a `ray start` on this machine
-    # would otherwise be joined (a cluster the daemon then mistook for its own to stop).
-    ray.init(address=execution.ray_address or "local", include_dashboard=False,
-             log_to_driver=False, logging_level=logging.WARNING)
+    # Ray's driver takes SIGTERM for itself (it exits at once): the daemon's clean stop keeps
+    # it, whatever handler ray.init sets.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        # "local" starts a new cluster even when RAY_ADDRESS or a `ray start` on this machine
+        # would otherwise be joined (a cluster the daemon then mistook for its own to stop).
+        ray.init(address=execution.ray_address or "local", include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.WARNING)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
     return not execution.ray_address
 
 

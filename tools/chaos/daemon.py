@@ -28,6 +28,9 @@ class DaemonProcess:
             # The kills are the harness's, not a node's doing: none is failed as a daemon killer.
             "MLMASTER_EXECUTION__MAX_NODE_CRASHES": str(settings.kills + 1),
         })
+        if settings.ray_address is not None:
+            self.env.update({"MLMASTER_EXECUTION__BACKEND": "ray",
+                             "MLMASTER_EXECUTION__RAY_ADDRESS": settings.ray_address})
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 

@@ -136,9 +136,12 @@ class ChaosRun:
     async def _ready(self, client: Client, when: str) -> float:
         """Wait until the daemon answers; then no process of an earlier daemon may be left."""
         self.last_ready_s = await self.daemon.wait_ready(client)
+        rows = self.snapshot(f"after the {when}")
+        # On a Ray cluster an unfinished node's script outlives the daemon, to be re-attached.
+        live = [f"tasks/{task}/nodes/{node}" for (task, node), row in rows.items()
+                if not row.finished] if self.settings.ray_address is not None else []
         self.report.orphans += [f"{s} alive after the {when}" for s in stray_processes(
-            self.state_dir, self.task_ids, self.daemon.pid)]
-        self.snapshot(f"after the {when}")
+            self.state_dir, self.task_ids, self.daemon.pid, live)]
         return self.last_ready_s
 
     async def _submit(self, client: Client) -> None:
@@ -196,7 +199,9 @@ class ChaosRun:
             return False
         nodes = self.state_dir / "tasks"
         try:
-            children = psutil.Process(pid).children()
+            # On a Ray cluster the scripts are not the daemon's children: any process counts.
+            children = list(psutil.process_iter()) if self.settings.ray_address is not None \
+                else psutil.Process(pid).children()
         except psutil.Error:
             return False
         for child in children:

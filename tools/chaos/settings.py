@@ -25,3 +25,6 @@ class ChaosSettings:
     finish_timeout_s: float = 900.0
     keep: bool = False
     moments: tuple[str, ...] = MOMENTS
+    # The Ray backend: None runs nodes on this machine's slots; an address joins that cluster
+    # (the chaos run starts one of `parallel` one-CPU workers when given "").
+    ray_address: str | None = None
