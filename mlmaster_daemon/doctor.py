@@ -1,4 +1,5 @@
-"""`mlmaster doctor`: checks what the daemon needs, one line each, and says what to fix."""
+"""`mlmaster doctor`: checks what the daemon needs, one line each, and says what to fix
+(on the Ray backend the cluster too: `ray_doctor.py`)."""
 
 from __future__ import annotations
 
@@ -97,5 +98,10 @@ async def _endpoints(config: Config) -> list[Check]:
 
 def run_doctor(config: Config) -> list[Check]:
     checks = [_state_dir(config), _tokenizer(config), _job_limits(config), _gpu()]
+    if config.execution.backend == "ray":
+        # Imported here: it needs Ray, which the local backend does without.
+        from mlmaster_daemon.ray_doctor import cluster_checks
+
+        checks.extend(cluster_checks(config.execution))
     checks.extend(asyncio.run(_endpoints(config)))
     return checks

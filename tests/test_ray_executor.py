@@ -175,6 +175,34 @@ async def test_cancel_stops_a_running_node(workers: Workers, short_dir: Path,
 
 
 @pytest.mark.slow
+async def test_cancel_gives_the_script_its_sigterm_and_grace_as_a_local_run_does(
+        workers: Workers, short_dir: Path, spec: TaskSpec) -> None:
+    config = _config(short_dir, kill_grace_s=30)
+    executor = RayExecutor(Settings(config), config.state_dir())
+    journal = _journal()
+    ws = _workspace(short_dir, spec, """
+        import signal, sys
+        def stop(signum, frame):
+            open("working/stopped", "w").write(signal.Signals(signum).name)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        open("working/ready", "w").close()
+        while True:
+            signal.pause()
+        """)
+    running = asyncio.create_task(_run(executor, spec, ws, journal))
+    async with asyncio.timeout(WAIT_S):
+        await journal.started.wait()
+        while not (ws.root / "working" / "ready").exists():
+            await asyncio.sleep(0.05)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert (ws.root / "working" / "stopped").read_text() == "SIGTERM"
+    assert _gone(journal.identities[0])
+
+
+@pytest.mark.slow
 async def test_a_timeout_kills_a_script_that_ignores_sigterm(workers: Workers, short_dir: Path,
                                                              spec: TaskSpec) -> None:
     config = _config(short_dir)

@@ -56,6 +56,8 @@ log = get_logger("mlmaster.ray")
 ANSWER_SLACK_S = 30.0
 # Tasks whose input archive stays in the object store (the oldest is dropped past this).
 ARCHIVES_KEPT = 8
+# Past the kill grace, how long a script asked to stop has before its worker is killed.
+STOP_SLACK_S = 10.0
 # A node's actor name, still held by an actor being killed, is tried this often.
 NAME_TRIES, NAME_WAIT_S = 20, 0.25
 
@@ -258,6 +260,11 @@ class RayExecutor:
                 return NodeRun(result, timeout), True
             # The runner itself failed on the worker (a sandbox that cannot be honoured...).
             raise exc.as_instanceof_cause() from None  # type: ignore[no-untyped-call]
+        except asyncio.CancelledError:
+            # Task cancelled, daemon stopping: the script is stopped as a local one is
+            # (SIGTERM, the kill grace, SIGKILL of its tree), then its actor goes.
+            await self._stop(actor, execution)
+            raise
         except RayError as exc:
             log.warning("worker lost", task_id=job.task_id, node_id=job.node_id, node_ip=where,
                         error=f"{type(exc).__name__}: {exc}"[:500])
@@ -309,6 +316,17 @@ class RayExecutor:
                 await asyncio.to_thread(self._kill_named, options["name"])
                 await asyncio.sleep(NAME_WAIT_S)
         raise RuntimeError(f"the Ray actor name {options['name']} stays taken")
+
+    async def _stop(self, actor: Any, execution: ExecutionConfig) -> None:
+        """Ask the actor to stop its script, for at most the kill grace and some slack."""
+        from ray.exceptions import RayError
+
+        wait_s = execution.kill_grace_s + STOP_SLACK_S
+        try:
+            await asyncio.wait_for(asyncio.shield(actor.stop.remote(wait_s)), wait_s + 1.0)
+        except (TimeoutError, RayError) as exc:
+            log.warning("a node's script did not stop when asked; its worker is killed",
+                        error=f"{type(exc).__name__}: {exc}"[:300])
 
     def _actor_names(self) -> list[str]:
         import ray

@@ -126,10 +126,12 @@ def _limits(job: WorkerJob, ws: Workspace) -> JobLimits:
     return limits
 
 
-def run_node(job: WorkerJob, archive: list[Any]) -> Iterator[Started | Finished]:
-    """The Ray task's body (a generator: Ray streams each item back as it is yielded).
-    `archive` holds the input tar's ObjectRef, inside a list so Ray passes the ref itself and
-    the worker fetches it only when its machine has not unpacked it yet."""
+def run_node(job: WorkerJob, archive: list[Any],
+             stop: threading.Event | None = None) -> Iterator[Started | Finished]:
+    """The node's run, as a generator of its two items. `archive` holds the input tar's
+    ObjectRef, inside a list so Ray passes the ref itself and the worker fetches it only when
+    its machine has not unpacked it yet. `stop`, once set, stops the script as a cancelled
+    local run is stopped (SIGTERM, the kill grace, then SIGKILL of its whole tree)."""
     import ray
 
     ray_node_id = ray.get_runtime_context().get_node_id()
@@ -141,7 +143,9 @@ def run_node(job: WorkerJob, archive: list[Any]) -> Iterator[Started | Finished]
         public = unpacked_input(job.task_id, archive[0])
         root = worker_root(job.task_id) / "nodes" / str(job.node_id)
         ws = Workspace.create(root, public, job.code)
+    stop = stop or threading.Event()
     loop = asyncio.new_event_loop()
+    stopper: asyncio.Task[None] | None = None
     try:
         identity: asyncio.Future[ProcessIdentity] = loop.create_future()
 
@@ -155,16 +159,29 @@ def run_node(job: WorkerJob, archive: list[Any]) -> Iterator[Started | Finished]
             job_id=f"{job.task_id}-{job.node_id}",
             hidden_paths=tuple(Path(p) for p in job.hidden_paths),
             readable_paths=tuple(Path(p) for p in job.readable_paths)))
+        stopper = loop.create_task(_stop_when(stop, running))
         either: set[asyncio.Future[Any]] = {identity, running}
         loop.run_until_complete(asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED))
         if identity.done():
             yield Started(identity.result(), node_ip, ray_node_id)
-        result = loop.run_until_complete(running)
+        try:
+            result = loop.run_until_complete(running)
+        except asyncio.CancelledError:
+            # Stopped: the script is gone, no outcome to bring back.
+            return
         yield Finished(result, {} if shared else collect_outputs(ws))
     finally:
+        stop.set()  # the stopper's thread is let go
+        if stopper is not None:
+            loop.run_until_complete(asyncio.gather(stopper, return_exceptions=True))
         loop.close()
         if not shared:
             remove_tree(ws.root)
+
+
+async def _stop_when(stop: threading.Event, running: asyncio.Task[RunResult]) -> None:
+    await asyncio.to_thread(stop.wait)
+    running.cancel()
 
 
 class NodeRunner:
@@ -176,12 +193,14 @@ class NodeRunner:
         self._items: list[Started | Finished] = []
         self._error: BaseException | None = None
         self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._ended = threading.Event()
         threading.Thread(target=self._work, args=(job, archive), name="mlmaster-node",
                          daemon=True).start()
 
     def _work(self, job: WorkerJob, archive: list[Any]) -> None:
         try:
-            for item in run_node(job, archive):
+            for item in run_node(job, archive, self._stop):
                 with self._changed:
                     self._items.append(item)
                     self._changed.notify_all()
@@ -189,15 +208,27 @@ class NodeRunner:
             with self._changed:
                 self._error = exc
                 self._changed.notify_all()
+        finally:
+            with self._changed:
+                self._ended.set()
+                self._changed.notify_all()
+
+    def stop(self, wait_s: float) -> bool:
+        """Stop the script as a cancelled local run is stopped; True once it has ended
+        (within `wait_s`: the kill grace and some slack)."""
+        self._stop.set()
+        return self._ended.wait(wait_s)
 
     def _wait(self, found: Callable[[], Started | Finished | None]) -> Started | Finished:
         with self._changed:
-            self._changed.wait_for(lambda: found() is not None or self._error is not None)
+            self._changed.wait_for(lambda: found() is not None or self._error is not None
+                                   or self._ended.is_set())
             item = found()
         if item is not None:
             return item
-        assert self._error is not None
-        raise self._error
+        if self._error is not None:
+            raise self._error
+        raise RuntimeError("the node's run was stopped")
 
     def first(self) -> Started | Finished:
         """`Started` once the script runs (`Finished` when it could not start)."""
