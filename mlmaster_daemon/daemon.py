@@ -371,6 +371,7 @@ class Daemon:
             self.coders.detected_hardware(ray_executor.describe_share(self.config.execution))
             executor = ray_executor.RayExecutor(self.settings, self.state_dir,
                                                 self.socket_path, self.metrics, self.clock)
+            self.bus.tap(executor.observe)
             if self.config.execution.ray_address:
                 # Runs left from before a crash: kept for the nodes re-queued (they re-attach).
                 assert self.store is not None

@@ -283,6 +283,26 @@ async def test_without_a_shared_filesystem_the_outputs_come_back_into_the_worksp
     assert not (ws.root / "submission" / "leak.csv").is_symlink()
 
 
+@pytest.mark.slow
+async def test_without_a_shared_filesystem_an_ended_tasks_input_leaves_the_workers(
+        workers: Workers, short_dir: Path, breast_cancer: Path) -> None:
+    daemon = Daemon(_config(short_dir, ray_shared_fs=False))
+    await daemon.start()
+    try:
+        async with Client(daemon.socket_path) as client:
+            task = await client.submit({"task_dir": str(breast_cancer), "steps": 2})
+            final = await wait_terminal(client, task["id"], WAIT_S)
+            nodes = await client.nodes(task["id"])
+            folder = worker_root(task["id"])  # every worker is this machine here
+            async with asyncio.timeout(WAIT_S):
+                while folder.exists():
+                    await asyncio.sleep(0.1)
+    finally:
+        await daemon.stop()
+    assert final["state"] == "finished" and final["best"] is not None
+    assert {n["status"] for n in nodes} == {"done"}
+
+
 async def test_a_node_no_worker_can_take_fails_at_once_saying_what_to_change(
         workers: Workers, short_dir: Path, spec: TaskSpec) -> None:
     config = _config(short_dir, ray_resources="tpu=1")

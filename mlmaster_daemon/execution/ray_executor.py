@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from mlmaster_daemon.bus import Event, TaskStateChanged
 from mlmaster_daemon.clock import Clock, SystemClock
 from mlmaster_daemon.config import ExecutionConfig, Settings
 from mlmaster_daemon.errors import MlmasterError
@@ -41,6 +42,7 @@ from mlmaster_daemon.execution.ray_worker import (
     NodeRunner,
     WorkerJob,
     pack_public_dir,
+    remove_task_folder,
     write_outputs,
 )
 from mlmaster_daemon.execution.ray_worker import Started as WorkerStarted
@@ -48,6 +50,7 @@ from mlmaster_daemon.execution.runner import RunResult
 from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.metrics import DaemonMetrics
+from mlmaster_daemon.models import TaskState
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 log = get_logger("mlmaster.ray")
@@ -56,6 +59,8 @@ log = get_logger("mlmaster.ray")
 ANSWER_SLACK_S = 30.0
 # Tasks whose input archive stays in the object store (the oldest is dropped past this).
 ARCHIVES_KEPT = 8
+# How long an ended task's clean-up on the workers may take.
+CLEANUP_WAIT_S = 120.0
 # Past the kill grace, how long a script asked to stop has before its worker is killed.
 STOP_SLACK_S = 10.0
 # A node's actor name, still held by an actor being killed, is tried this often.
@@ -167,6 +172,34 @@ class RayExecutor:
         self._runner = ray.remote(NodeRunner)
         # Nodes whose run from before a restart may still go on in its actor.
         self._left: set[tuple[str, int]] = set()
+        # Clean-ups of ended tasks' input on the workers, under way.
+        self._cleanups: set[asyncio.Task[None]] = set()
+
+    def observe(self, event: Event) -> None:
+        """A bus tap: once a task has ended, its input goes from the object store and, without
+        a shared filesystem, its folder from every worker's temp dir."""
+        if not isinstance(event, TaskStateChanged) or not TaskState(event.state).terminal:
+            return
+        self._archives.pop(event.task_id, None)
+        if self.settings.config.execution.ray_shared_fs:
+            return
+        cleanup = asyncio.get_running_loop().create_task(self._clean_workers(event.task_id))
+        self._cleanups.add(cleanup)
+        cleanup.add_done_callback(self._cleanups.discard)
+
+    async def _clean_workers(self, task_id: str) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        remove = ray.remote(remove_task_folder)
+        refs = [remove.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    node["node_id"], soft=False)).remote(task_id)
+                for node in await asyncio.to_thread(cluster_nodes) if node["alive"]]
+        try:
+            await asyncio.wait_for(asyncio.gather(*refs), CLEANUP_WAIT_S)
+        except Exception as exc:  # a worker gone meanwhile keeps its copy until its reboot
+            log.warning("a task's input could not be removed from every Ray worker",
+                        task_id=task_id, error=f"{type(exc).__name__}: {exc}"[:300])
 
     async def adopt(self, requeued: Iterable[tuple[str, int]]) -> int:
         """At start, after a crash: the actors of nodes that run again are kept, to be

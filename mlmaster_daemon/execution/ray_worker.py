@@ -86,6 +86,11 @@ def worker_root(task_id: str) -> Path:
     return Path(tempfile.gettempdir()) / f"mlmaster-ray-{os.getuid()}" / task_id
 
 
+def remove_task_folder(task_id: str) -> None:
+    """On one worker: the task's folder (its input, what its nodes left) goes."""
+    remove_tree(worker_root(task_id))
+
+
 def unpacked_input(task_id: str, archive_ref: Any) -> Path:
     """The task's public folder on this machine, unpacked once per archive put (a daemon's
     restart puts it anew; concurrent jobs race to rename their copy into place, the loser's
