@@ -10,7 +10,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -41,6 +41,9 @@ from mlmaster_daemon.store.writable import check_writable
 from mlmaster_daemon.systemd import Heartbeat, Notifier, listen_sockets, run_watchdog
 from mlmaster_daemon.task_log import TaskLogs
 from mlmaster_daemon.tokenizer import TiktokenCounter
+
+if TYPE_CHECKING:
+    from mlmaster_daemon.execution.ray_executor import RayExecutor
 
 log = get_logger("mlmaster.daemon")
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
@@ -149,6 +152,8 @@ class Daemon:
         self._backup_job: asyncio.Future[Path] | None = None
         # Whether this daemon started the Ray cluster it runs nodes on (it then stops it).
         self._ray_started = False
+        # The cluster backend, when nodes run on Ray.
+        self.ray: RayExecutor | None = None
 
     @property
     def config(self) -> Config:
@@ -223,7 +228,7 @@ class Daemon:
                 self.store, validation, self.state_dir / "validation-uploads", SHUTDOWN_GRACE_S)
             log.info("validation server listening", url=address(validation))
         if self.metrics is not None:
-            self.metrics.watch(self.store, self.slots, self.bus)
+            self.metrics.watch(self.store, self.ray or self.slots, self.bus)
             for endpoint in self.coders.llm.endpoints if self.coders.llm else []:
                 endpoint.observe = self.metrics.llm_called
             self._metrics_server = await start_metrics_server(
@@ -277,7 +282,7 @@ class Daemon:
         if self.store is not None:
             await self.store.close()
         if self._ray_started:
-            from mlmaster_daemon.execution.ray_executor import disconnect
+            from mlmaster_daemon.execution.ray_cluster import disconnect
             await asyncio.to_thread(disconnect)
             self._ray_started = False
         self._remove_socket()
@@ -363,15 +368,16 @@ class Daemon:
     async def _executor(self) -> Executor:
         """Where node scripts run: this machine's slots, or a Ray cluster (joined here)."""
         if self.config.execution.backend == "ray":
-            from mlmaster_daemon.execution import ray_executor
-            self._ray_started = ray_executor.connect(self.config.execution)
+            from mlmaster_daemon.execution import ray_cluster, ray_executor
+            self._ray_started = ray_cluster.connect(self.config.execution)
             log.info("running nodes on a Ray cluster", started_here=self._ray_started,
                      address=self.config.execution.ray_address or "(started here)")
             # Prompts describe a worker's share, not this machine.
-            self.coders.detected_hardware(ray_executor.describe_share(self.config.execution))
+            self.coders.detected_hardware(ray_cluster.describe_share(self.config.execution))
             executor = ray_executor.RayExecutor(self.settings, self.state_dir,
                                                 self.socket_path, self.metrics, self.clock)
             self.bus.tap(executor.observe)
+            self.ray = executor
             if self.config.execution.ray_address:
                 # Runs left from before a crash: kept for the nodes re-queued (they re-attach).
                 assert self.store is not None
@@ -400,15 +406,17 @@ class Daemon:
     def status_line(self) -> str:
         """systemd's STATUS=: what the daemon is doing, in a few words."""
         running = len(self.queue.searches) if self.queue else 0
-        busy = sum(1 for s in self.slots.snapshot() if s["busy"]) if self.slots else 0
-        capacity = self.slots.capacity if self.slots else 0
+        occupancy = self.ray or self.slots
+        busy = occupancy.busy if occupancy else 0
+        capacity = occupancy.capacity if occupancy else 0
         return f"{running} task(s) running, {busy}/{capacity} slots busy"
 
-    def slots_status(self) -> dict[str, Any]:
-        if self.config.execution.backend == "ray":
-            from mlmaster_daemon.execution.ray_executor import cluster_nodes
-            # Ray places the nodes: its machines and their free resources are the slots.
-            return {"mode": "ray", "slots": [], "gpus": [], "nodes": cluster_nodes()}
+    async def slots_status(self) -> dict[str, Any]:
+        if self.ray is not None:
+            # Ray places the nodes: its machines, their free resources and what runs on each
+            # are the slots.
+            nodes = await self.ray.cluster_view()
+            return {"mode": "ray", "slots": self.ray.slot_rows(), "gpus": [], "nodes": nodes}
         return {"mode": self.slot_mode,
                 "slots": self.slots.snapshot() if self.slots else [],
                 "gpus": self.sampler.snapshot() if self.sampler else []}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
@@ -39,8 +39,20 @@ from mlmaster_daemon.redact import redact
 
 if TYPE_CHECKING:
     from mlmaster_daemon.execution.runner import RunResult
-    from mlmaster_daemon.execution.slots import SlotPool
     from mlmaster_daemon.store import Store
+
+
+class Occupancy(Protocol):
+    """Where node scripts run, counted: this machine's slot pool, or a Ray cluster's share."""
+
+    @property
+    def capacity(self) -> int: ...
+
+    @property
+    def busy(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
 
 log = get_logger("mlmaster.metrics")
 RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
@@ -121,13 +133,13 @@ class DaemonMetrics:
         self._live = _Live(self)
         r.register(self._live)
         self.store: Store | None = None
-        self.slots: SlotPool | None = None
+        self.slots: Occupancy | None = None
         self.bus: EventBus | None = None
         # (task id, node id) -> (operator, state) of the nodes not yet at an outcome.
         self.open_nodes: dict[tuple[str, int], tuple[str, str]] = {}
         self.tasks_by_state: dict[str, int] | None = None
 
-    def watch(self, store: Store, slots: SlotPool, bus: EventBus) -> None:
+    def watch(self, store: Store, slots: Occupancy, bus: EventBus) -> None:
         """Read tasks from `store`, occupancy from `slots` and drops from `bus` when scraped;
         follow node outcomes on `bus`."""
         self.store, self.slots, self.bus = store, slots, bus
@@ -206,11 +218,10 @@ class _Live(Collector):
             nodes.add_metric([operator, state], count)
         yield nodes
         if m.slots is not None:
-            busy = sum(1 for s in m.slots.snapshot() if s["busy"])
             yield GaugeMetricFamily("mlmaster_slots", "Execution slots in all.",
                                     value=m.slots.capacity)
             yield GaugeMetricFamily("mlmaster_slots_busy", "Execution slots leased to a node.",
-                                    value=busy)
+                                    value=m.slots.busy)
             yield GaugeMetricFamily("mlmaster_slots_waiting",
                                     "Nodes waiting for an execution slot.",
                                     value=m.slots.waiting)

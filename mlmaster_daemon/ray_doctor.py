@@ -5,16 +5,18 @@ machine that cannot run the probe is reported, never waited on for ever."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from mlmaster_daemon.config import ExecutionConfig
 from mlmaster_daemon.doctor import Check
 from mlmaster_daemon.errors import MlmasterError
-from mlmaster_daemon.execution.ray_executor import (
+from mlmaster_daemon.execution.ray_cluster import (
     NoWorkerFits,
     asked_resources,
     check_fits,
@@ -23,8 +25,7 @@ from mlmaster_daemon.execution.ray_executor import (
     disconnect,
 )
 
-# `ray.init` on an address where no GCS answers retries for ever (its GCS client waits for
-# the GCS to come back), so the join runs in a thread that doctor stops waiting for.
+# How long doctor waits to join a cluster (and to leave it).
 JOIN_TIMEOUT_S = 30.0
 # Starting a single-machine cluster (ray_address = "") takes longer on a loaded machine.
 START_TIMEOUT_S = 60.0
@@ -93,61 +94,103 @@ def cluster_checks(execution: ExecutionConfig, join_timeout_s: float | None = No
     cluster doctor joined is left, one it started is stopped. Blocking."""
     import ray
 
-    joined_here = not ray.is_initialized()
+    if ray.is_initialized():
+        return _checks(execution, Check("ray cluster", True, "already joined by this process"),
+                       probe_timeout_s)
+    session = _Session(execution)
     try:
-        reachable = _join(execution, join_timeout_s) if joined_here else Check(
-            "ray cluster", True, "already joined by this process")
+        reachable = session.join(join_timeout_s)
     except ClusterUnreachable as exc:
         return [Check("ray cluster", False, exc.message)]
     try:
-        nodes = cluster_nodes()
-        checks = [reachable, *machine_checks(nodes), resources_check(execution, nodes)]
-        if execution.ray_address:
-            checks.extend(version_checks(nodes, probe_timeout_s))
-        else:
-            checks.append(Check("ray versions", True, "the single-machine cluster runs this "
-                                                      "Python and this install"))
-        return checks
+        return _checks(execution, reachable, probe_timeout_s)
     finally:
-        if joined_here:
-            disconnect()
+        session.leave()
 
 
-def _join(execution: ExecutionConfig, timeout_s: float | None) -> Check:
-    address = execution.ray_address
-    if address not in ("", "auto"):
-        _reach(address)
-    wait_s = timeout_s if timeout_s is not None else (
-        JOIN_TIMEOUT_S if address else START_TIMEOUT_S)
-    outcome: dict[str, BaseException | bool] = {}
+def _checks(execution: ExecutionConfig, reachable: Check,
+            probe_timeout_s: float) -> list[Check]:
+    nodes = cluster_nodes()
+    checks = [reachable, *machine_checks(nodes), resources_check(execution, nodes)]
+    if execution.ray_address:
+        checks.extend(version_checks(nodes, probe_timeout_s))
+    else:
+        checks.append(Check("ray versions", True, "the single-machine cluster runs this "
+                                                  "Python and this install"))
+    return checks
 
-    def join() -> None:
+
+class _Session:
+    """Doctor's connection to the cluster, held by a thread of its own from join to leave:
+    doctor stops waiting for a join that does not end (`ray.init` on an address where no
+    GCS answers retries for ever), and a cluster it starts lives as long as the thread that
+    started it (Ray ends the processes it starts with their starting thread)."""
+
+    def __init__(self, execution: ExecutionConfig) -> None:
+        self.execution = execution
+        self.error: BaseException | None = None
+        self.joined = threading.Event()
+        self.done = threading.Event()
+        # A daemon thread: one stuck in `ray.init` does not keep doctor from exiting.
+        self.thread = threading.Thread(target=self._hold, name="ray doctor", daemon=True)
+
+    def _hold(self) -> None:
         try:
-            outcome["started"] = connect(execution)
+            with _quiet_thread_warning():
+                connect(self.execution)
         except BaseException as exc:
-            outcome["error"] = exc
+            self.error = exc
+            return
+        finally:
+            self.joined.set()
+        self.done.wait()
+        disconnect()
 
-    # A daemon thread: one stuck in `ray.init` does not keep doctor from exiting.
-    thread = threading.Thread(target=join, name="ray doctor join", daemon=True)
-    thread.start()
-    thread.join(wait_s)
-    if thread.is_alive():
-        raise ClusterUnreachable(f"no answer within {wait_s:.0f} s from "
-                                 f"{address or 'the cluster it started'}: {_hint(address)}")
-    error = outcome.get("error")
-    if isinstance(error, BaseException):
-        reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    def join(self, timeout_s: float | None) -> Check:
+        """Join within `timeout_s` (a default by address), or raise ClusterUnreachable."""
+        import ray
+
+        address = self.execution.ray_address
+        if address not in ("", "auto"):
+            _reach(address)
+        wait_s = timeout_s if timeout_s is not None else (
+            JOIN_TIMEOUT_S if address else START_TIMEOUT_S)
+        self.thread.start()
+        if not self.joined.wait(wait_s):
+            raise ClusterUnreachable(f"no answer within {wait_s:.0f} s from "
+                                     f"{address or 'the cluster it started'}: {_hint(address)}")
+        if self.error is not None:
+            reason = f"{type(self.error).__name__}: {self.error}".splitlines()[0][:300]
+            if not address:
+                raise ClusterUnreachable(f"could not start a single-machine Ray cluster "
+                                         f"({reason}); see `ray start --head` for what stops it")
+            raise ClusterUnreachable(f"could not join {address} ({reason}): {_hint(address)}")
         if not address:
-            raise ClusterUnreachable(f"could not start a single-machine Ray cluster ({reason})"
-                                     "; see `ray start --head` for what stops it")
-        raise ClusterUnreachable(f"could not join {address} ({reason}): {_hint(address)}")
-    import ray
+            return Check("ray cluster", True, 'ray_address = "": the daemon starts its own '
+                                              "single-machine cluster; started one for this "
+                                              f"check (Ray {ray.__version__})")
+        return Check("ray cluster", True, f"joined {address} (Ray {ray.__version__})")
 
-    if not address:
-        return Check("ray cluster", True, 'ray_address = "": the daemon starts its own '
-                                          "single-machine cluster; started one for this "
-                                          f"check (Ray {ray.__version__})")
-    return Check("ray cluster", True, f"joined {address} (Ray {ray.__version__})")
+    def leave(self) -> None:
+        """Leave the cluster (stopping it if doctor started it), waiting a bounded time."""
+        self.done.set()
+        self.thread.join(JOIN_TIMEOUT_S)
+
+
+@contextmanager
+def _quiet_thread_warning() -> Iterator[None]:
+    """Ray warns that a join outside the main thread sets no SIGTERM handler: doctor needs
+    none, and its output should show only what is wrong."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SIGTERM handler is not set")
+
+    logger = logging.getLogger("ray._private.worker")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _reach(address: str) -> None:
@@ -191,7 +234,7 @@ def machine_checks(nodes: list[dict[str, Any]]) -> list[Check]:
 def resources_check(execution: ExecutionConfig, nodes: list[dict[str, Any]]) -> Check:
     """Whether some live machine offers all that one node asks; if not, which key to lower."""
     asked = asked_resources(execution)
-    shown = _shown(asked)
+    shown = ", ".join(_amount(name, amount) for name, amount in sorted(asked.items()))
     try:
         check_fits(asked, nodes)
     except NoWorkerFits:
@@ -208,9 +251,10 @@ def _too_much(asked: dict[str, float], nodes: list[dict[str, Any]]) -> str:
     for name, amount in sorted(asked.items()):
         most = max((node["total"].get(name, 0.0) for node in live), default=0.0)
         if most < amount:
-            missing.append(f"no live machine offers {_amount(name, amount)} (the most is "
-                           f"{_amount(name, most)}): lower [execution] {_config_key(name)} or "
-                           f"add a worker that has it ({_start_flag(name)})")
+            best = f"the most is {_amount(name, most)}" if most else "none has any"
+            missing.append(f"no live machine offers {_amount(name, amount)} ({best}): lower "
+                           f"[execution] {_config_key(name)} or add a worker that has it "
+                           f"({_start_flag(name)})")
     if missing:
         return "; ".join(missing)
     keys = ", ".join(_config_key(name) for name in sorted(asked))

@@ -29,8 +29,8 @@ from mlmaster_daemon.daemon import Daemon  # noqa: E402
 from mlmaster_daemon.errors import ConfigError, DaemonUnreachable  # noqa: E402
 from mlmaster_daemon.execution.executor import NodeJob, NodeRun  # noqa: E402
 from mlmaster_daemon.execution.lease import ProcessIdentity  # noqa: E402
+from mlmaster_daemon.execution.ray_cluster import NoWorkerFits  # noqa: E402
 from mlmaster_daemon.execution.ray_executor import (  # noqa: E402
-    NoWorkerFits,
     RayExecutor,
     actor_name,
     namespace_for,
@@ -131,7 +131,7 @@ async def test_a_task_runs_to_the_end_through_a_daemon_with_nodes_on_both_worker
             final = await wait_terminal(client, task["id"], WAIT_S)
             nodes = [await client.node(task["id"], n["id"])
                      for n in await client.nodes(task["id"])]
-            slots = daemon.slots_status()
+            slots = await client.request("GET", "/v1/slots")
     finally:
         await daemon.stop()
     # It joined a cluster it did not start: the cluster stays up.
@@ -495,6 +495,53 @@ async def test_a_node_whose_run_is_gone_after_a_daemon_crash_runs_its_saved_code
 
 
 @pytest.mark.slow
+async def test_slots_and_metrics_show_what_runs_where_on_the_cluster(
+        workers: Workers, short_dir: Path, breast_cancer: Path) -> None:
+    from test_metrics_endpoint import free_port, scrape
+
+    from mlmaster_daemon.watch_state import WatchState, apply_slots
+
+    server = await FakeOpenAI(code=WAITS_FOR_GO).start()
+    port = free_port()
+    config = daemon_config(short_dir / "state", short_dir / "api.sock", {
+        "execution.backend": "ray", "metrics.port": port,
+        "llm.code": {"base_url": server.base_url, "model": "fake"}})
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        async with Client(daemon.socket_path) as client:
+            task = await client.submit({"task_dir": str(breast_cancer), "steps": 1})
+            async with asyncio.timeout(WAIT_S):
+                while not [n for n in await client.nodes(task["id"])
+                           if n["status"] == "running"]:
+                    await asyncio.sleep(0.1)
+            node = await client.node(task["id"], 1)
+            slots = await client.request("GET", "/v1/slots")
+            _text, families = await scrape(port)
+            (Path(node["workspace"]) / "working" / "go").touch()
+            final = await wait_terminal(client, task["id"], WAIT_S)
+            after = await client.request("GET", "/v1/slots")
+    finally:
+        await daemon.stop()
+        await server.stop()
+    assert final["state"] == "finished"
+    machine = node["slot"].rsplit(":", 1)[1]
+    running = {n["node_id"][:12]: n["running"] for n in slots["nodes"]}
+    assert running.pop(machine) == [f"{task['id']}/1"]
+    assert machine in (workers.plain[:12], workers.accel[:12])
+    assert not any(running.values())
+    # Two one-CPU workers, a node asks one CPU: two slots, one busy (the head runs nothing).
+    assert [(r["busy"], r["holder"]) for r in slots["slots"]] == [
+        (True, f"{task['id']}/1"), (False, None)]
+    watch = WatchState(task_id=task["id"])
+    apply_slots(watch, slots)
+    assert (watch.slots_total, watch.slots_busy, watch.slots_ours) == (2, 1, 1)
+    assert families["mlmaster_slots"].samples[0].value == 2
+    assert families["mlmaster_slots_busy"].samples[0].value == 1
+    assert [r["busy"] for r in after["slots"]] == [False, False]
+
+
+@pytest.mark.slow
 async def test_a_node_asking_half_a_gpu_sees_its_gpu_in_the_sandbox(
         workers: Workers, short_dir: Path, spec: TaskSpec) -> None:
     if not ray.cluster_resources().get("GPU"):
@@ -524,7 +571,7 @@ async def main(root):
     daemon = Daemon(config)
     await daemon.start()
     try:
-        nodes = daemon.slots_status()["nodes"]
+        nodes = (await daemon.slots_status())["nodes"]
         assert len(nodes) == 1 and nodes[0]["alive"], nodes
         assert ray.is_initialized()
     finally:

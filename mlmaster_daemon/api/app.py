@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +58,10 @@ HEARTBEAT_S = 15.0
 STREAM_POLL_S = 1.0
 
 
+async def no_slots() -> dict[str, Any]:
+    return {}
+
+
 @dataclass
 class ApiParts:
     """What the API's handlers reach: the store, the bus, the task queue and the live config."""
@@ -69,7 +73,7 @@ class ApiParts:
     state_dir: Path
     started_at: float
     llm_status: Callable[[], list[dict[str, Any]]] = lambda: []
-    slots_status: Callable[[], dict[str, Any]] = lambda: {}
+    slots_status: Callable[[], Awaitable[dict[str, Any]]] = no_slots
 
     @property
     def config(self) -> Config:
@@ -243,7 +247,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def slots(request: web.Request) -> web.Response:
     """Execution slots (GPU or CPU), who holds them, and the latest GPU samples."""
-    return web.json_response(request.app[API_PARTS].slots_status())
+    return web.json_response(await request.app[API_PARTS].slots_status())
 
 
 async def submit_task(request: web.Request) -> web.Response:

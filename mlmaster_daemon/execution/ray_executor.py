@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
-import signal
 import socket
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,13 +26,17 @@ from typing import Any
 from mlmaster_daemon.bus import Event, TaskStateChanged
 from mlmaster_daemon.clock import Clock, SystemClock
 from mlmaster_daemon.config import ExecutionConfig, Settings
-from mlmaster_daemon.errors import MlmasterError
 from mlmaster_daemon.execution.executor import (
     NodeJob,
     NodeRun,
     Started,
     hidden_paths,
     readable_paths,
+)
+from mlmaster_daemon.execution.ray_cluster import (
+    asked_resources,
+    check_fits,
+    cluster_nodes,
 )
 from mlmaster_daemon.execution.ray_worker import (
     Finished,
@@ -67,90 +68,6 @@ STOP_SLACK_S = 10.0
 NAME_TRIES, NAME_WAIT_S = 20, 0.25
 
 
-class NoWorkerFits(MlmasterError):
-    """No live machine of the cluster has what a node asks (Ray would queue it for ever)."""
-
-    code = "no_worker_fits"
-    status = 503
-
-
-def connect(execution: ExecutionConfig) -> bool:
-    """Join the configured cluster, or start a single-machine one (`ray_address = ""`); True
-    when this daemon started it, and so stops it (`disconnect`). Blocking."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # Ray's driver takes SIGTERM for itself (it exits at once): the daemon's clean stop keeps
-    # it, whatever handler ray.init sets.
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        # "local" starts a new cluster even when RAY_ADDRESS or a `ray start` on this machine
-        # would otherwise be joined (a cluster the daemon then mistook for its own to stop).
-        ray.init(address=execution.ray_address or "local", include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING)
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            for sig, handler in handlers.items():
-                if handler is not None:
-                    signal.signal(sig, handler)
-    return not execution.ray_address
-
-
-def disconnect() -> None:
-    import ray
-
-    ray.shutdown()
-
-
-def asked_resources(execution: ExecutionConfig) -> dict[str, float]:
-    """What one node script asks of a machine, in Ray's resource names."""
-    asked = {"CPU": execution.ray_num_cpus, **execution.ray_resources}
-    if execution.ray_num_gpus:
-        asked["GPU"] = execution.ray_num_gpus
-    if execution.ray_memory_mb:
-        asked["memory"] = execution.ray_memory_mb * 1024.0 * 1024.0
-    return asked
-
-
-def check_fits(asked: dict[str, float], nodes: list[dict[str, Any]]) -> None:
-    """Raise NoWorkerFits unless some live machine has, in all, what `asked` holds."""
-    if any(node["alive"] and all(node["total"].get(name, 0.0) >= amount
-                                 for name, amount in asked.items()) for node in nodes):
-        return
-    shown = ", ".join(f"{name}={amount:g}" for name, amount in sorted(asked.items()))
-    raise NoWorkerFits(
-        f"no live Ray worker offers {shown}: lower [execution] ray_num_cpus, ray_num_gpus, "
-        "ray_memory_mb or ray_resources, or add a worker that has them "
-        "(`ray start --resources`)")
-
-
-def describe_share(execution: ExecutionConfig) -> str:
-    """The hardware line for prompts: what a node gets on a worker."""
-    cpus = f"{execution.ray_num_cpus:g} CPU cores"
-    if not execution.ray_num_gpus:
-        return f"CPU only: {cpus}, no GPU (on a Ray worker)"
-    return f"{execution.ray_num_gpus:g} GPU, {cpus} (on a Ray worker)"
-
-
-def cluster_nodes() -> list[dict[str, Any]]:
-    """The cluster's machines: address, alive, and their total and free resources."""
-    import ray
-
-    # No public per-node figure of free resources without the dashboard's state API.
-    from ray._private.state import available_resources_per_node
-
-    free = available_resources_per_node()  # type: ignore[no-untyped-call]
-
-    def own(resources: dict[str, float]) -> dict[str, float]:
-        return {k: v for k, v in resources.items() if not k.startswith("node:")}
-
-    return [{"node_id": node["NodeID"], "ip": node["NodeManagerAddress"],
-             "alive": node["Alive"], "total": own(node["Resources"]),
-             "free": own(free.get(node["NodeID"], {}))}
-            for node in ray.nodes()]  # type: ignore[no-untyped-call]
-
-
 class RayExecutor:
     """Runs node scripts on a Ray cluster (joined with `connect` before the first run). Each
     run is a `NodeRunner` actor named after its node in this daemon's namespace; on a cluster
@@ -174,6 +91,48 @@ class RayExecutor:
         self._left: set[tuple[str, int]] = set()
         # Clean-ups of ended tasks' input on the workers, under way.
         self._cleanups: set[asyncio.Task[None]] = set()
+        # The cluster's machines when last read, the runs asked and not started yet, and
+        # where each started run is (its machine's Ray node id).
+        self._machines: list[dict[str, Any]] = []
+        self._asked: set[tuple[str, int]] = set()
+        self._where: dict[tuple[str, int], str] = {}
+
+    @property
+    def capacity(self) -> int:
+        """How many node scripts the live machines could run at once, when last read."""
+        asked = asked_resources(self.settings.config.execution)
+        return sum(min(int(machine["total"].get(name, 0.0) // amount)
+                       for name, amount in asked.items())
+                   for machine in self._machines if machine["alive"])
+
+    @property
+    def busy(self) -> int:
+        return len(self._where)
+
+    @property
+    def waiting(self) -> int:
+        """Runs asked of the cluster that no machine has started yet."""
+        return len(self._asked)
+
+    def slot_rows(self) -> list[dict[str, Any]]:
+        """The cluster's share as `/v1/slots` rows: one per running node (its machine's id),
+        then one free row per script the live machines could still take."""
+        rows: list[dict[str, Any]] = [
+            {"id": f"ray:{where[:12]}", "busy": True, "task_id": task,
+             "holder": f"{task}/{node}", "gpu_uuid": None, "cpus": []}
+            for (task, node), where in sorted(self._where.items())]
+        rows += [{"id": "ray", "busy": False, "task_id": None, "holder": None,
+                  "gpu_uuid": None, "cpus": []}] * max(0, self.capacity - len(rows))
+        return rows
+
+    async def cluster_view(self) -> list[dict[str, Any]]:
+        """The cluster's machines, their total and free resources, and the nodes each runs
+        ("task/node")."""
+        self._machines = await asyncio.to_thread(cluster_nodes)
+        return [{**machine, "running": sorted(f"{task}/{node}" for (task, node), where
+                                              in self._where.items()
+                                              if where == machine["node_id"])}
+                for machine in self._machines]
 
     def observe(self, event: Event) -> None:
         """A bus tap: once a task has ended, its input goes from the object store and, without
@@ -267,14 +226,19 @@ class RayExecutor:
         timeout = job.timeout_s()
         reattached = actor is not None
         asked = self.clock.time()
+        key = (job.task_id, job.node_id)
         if actor is None:
-            check_fits(asked_resources(execution), await asyncio.to_thread(cluster_nodes))
+            self._machines = await asyncio.to_thread(cluster_nodes)
+            check_fits(asked_resources(execution), self._machines)
             actor = await self._create(job, execution, timeout, await self._archive(job))
         where, pid = "unknown node (before the script started)", 0
+        self._asked.add(key)
         try:
             first = await actor.first.remote()
+            self._asked.discard(key)
             if isinstance(first, WorkerStarted):
                 where, pid = first.node_ip, first.identity.pid
+                self._where[key] = first.ray_node_id
                 if self.metrics is not None and not reattached:
                     self.metrics.slot_waited(self.clock.time() - asked)
                 await started(first.identity, f"ray:{first.node_ip}:{first.ray_node_id[:12]}")
@@ -309,6 +273,8 @@ class RayExecutor:
             # journal failed: the actor goes, and the script with it (the launcher ties it
             # to its worker), and a detached actor does not outlive its use.
             _kill(actor)
+            self._asked.discard(key)
+            self._where.pop(key, None)
         if not isinstance(last, Finished):
             raise RuntimeError(f"a Ray worker answered {type(last).__name__}, not Finished")
         if last.outputs:

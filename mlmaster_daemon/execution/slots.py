@@ -126,6 +126,11 @@ class SlotPool:
         """How many acquire calls are waiting."""
         return sum(len(q) for q in self._waiting.values())
 
+    @property
+    def busy(self) -> int:
+        """How many slots are leased to a node."""
+        return sum(1 for slot in self._slots if slot.lease is not None)
+
     async def acquire(self, task_id: str, free_memory_mb: FreeMemory | None = None, *,
                       holder: str | None = None) -> Lease:
         """Wait for a slot and lease it to `task_id` (`holder`, e.g. a node id, is shown in
