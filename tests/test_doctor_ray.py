@@ -175,6 +175,43 @@ def test_a_worker_with_another_mlmaster_daemon_fails_naming_it_and_both_versions
     assert f"mlmaster-daemon[ray]=={mlmaster_daemon.__version__}" in wrong[0]
 
 
+@pytest.mark.slow
+def test_a_machine_whose_probe_gets_no_answer_is_reported_not_checked_after_the_bound(
+        workers: Workers, short_dir: Path) -> None:
+    # A machine whose Python workers never come up (they block at start-up, before Ray
+    # runs anything in them): its probe cannot run, and doctor stops waiting for it.
+    stuck = short_dir / "stuck"
+    stuck.mkdir()
+    (stuck / "sitecustomize.py").write_text(textwrap.dedent("""\
+        import signal, sys
+        if sys.argv[0].endswith("default_worker.py"):
+            signal.pause()
+        """))
+    node = workers.cluster.add_node(num_cpus=1, object_store_memory=STORE,
+                                    env_vars={"PYTHONPATH": str(stuck)})
+    script = textwrap.dedent(f"""\
+        from mlmaster_daemon.config import ExecutionConfig
+        from mlmaster_daemon.ray_doctor import cluster_checks
+        execution = ExecutionConfig(backend="ray", ray_address="{workers.cluster.address}")
+        for check in cluster_checks(execution, probe_timeout_s=10):
+            print(check.ok, check.name, check.detail)
+        """)
+    try:
+        workers.cluster.wait_for_nodes()
+        result = subprocess.run([sys.executable, "-c", script], check=False,
+                                capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+                                cwd=short_dir)
+    finally:
+        workers.cluster.remove_node(node)
+
+    assert result.returncode == 0, result.stderr
+    versions = [line for line in result.stdout.splitlines() if "ray versions" in line]
+    assert len(versions) == 4, result.stdout
+    stuck_line = next(line for line in versions if node.node_id[:12] in line)
+    assert stuck_line.startswith("False") and "not checked" in stuck_line
+    assert all(line.startswith("True") for line in versions if line != stuck_line)
+
+
 def test_versions_compare_python_to_the_minor_version_and_ray_and_the_daemon_exactly() -> None:
     here = local_report()
     assert here.mlmaster == mlmaster_daemon.__version__ and here.ray == ray.__version__
