@@ -7,6 +7,7 @@ import asyncio
 import importlib.util
 import os
 import signal
+import socket
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator
@@ -51,18 +52,29 @@ class Workers:
     cluster: Cluster
     plain: str
     accel: str
+    # The head's Ray Client server: ray://127.0.0.1:<port>.
+    client_port: int
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 @pytest.fixture(scope="module")
 def workers() -> Iterator[Workers]:
+    client_port = _free_port()
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "object_store_memory": STORE})
+        "num_cpus": 0, "include_dashboard": False, "object_store_memory": STORE,
+        "ray_client_server_port": client_port})
     try:
         plain = cluster.add_node(num_cpus=1, object_store_memory=STORE)
         accel = cluster.add_node(num_cpus=1, resources={"accel": 1}, object_store_memory=STORE)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
-        yield Workers(cluster, plain.node_id, accel.node_id)
+        yield Workers(cluster, plain.node_id, accel.node_id, client_port)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -539,6 +551,38 @@ async def test_slots_and_metrics_show_what_runs_where_on_the_cluster(
     assert families["mlmaster_slots"].samples[0].value == 2
     assert families["mlmaster_slots_busy"].samples[0].value == 1
     assert [r["busy"] for r in after["slots"]] == [False, False]
+
+
+ENDS = """import json, shutil
+shutil.copyfile("input/sample_submission.csv", "submission/submission.csv")
+json.dump({"validation_metric": 0.6}, open("metrics.json", "w"))
+"""
+
+
+@pytest.mark.slow
+async def test_a_daemon_outside_the_cluster_runs_its_nodes_through_ray_client(
+        workers: Workers, short_dir: Path, breast_cancer: Path) -> None:
+    server = await FakeOpenAI(code=ENDS).start()
+    address = f"ray://127.0.0.1:{workers.client_port}"
+    try:
+        daemon = await _start_process(short_dir, server, address)
+        try:
+            async with Client(short_dir / "d.sock") as client:
+                task = await client.submit({"task_dir": str(breast_cancer), "steps": 2})
+                final = await wait_terminal(client, task["id"], WAIT_S)
+                nodes = [await client.node(task["id"], n["id"])
+                         for n in await client.nodes(task["id"])]
+                slots = await client.request("GET", "/v1/slots")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            await daemon.wait()
+    finally:
+        await server.stop()
+    assert daemon.returncode == 0, (short_dir / "daemon.log").read_text()[-3000:]
+    assert final["state"] == "finished" and final["best"] is not None
+    assert [n["status"] for n in nodes] == ["done", "done"]
+    assert all(n["slot"].startswith("ray:") for n in nodes)
+    assert {n["node_id"] for n in slots["nodes"]} >= {workers.plain, workers.accel}
 
 
 @pytest.mark.slow

@@ -12,6 +12,9 @@ from typing import Any
 from mlmaster_daemon.config import ExecutionConfig
 from mlmaster_daemon.errors import MlmasterError
 
+# How long reading the machines through Ray Client may take (a task on the cluster).
+CLIENT_READ_S = 60.0
+
 
 class NoWorkerFits(MlmasterError):
     """No live machine of the cluster has what a node asks (Ray would queue it for ever)."""
@@ -80,7 +83,20 @@ def describe_share(execution: ExecutionConfig) -> str:
 
 
 def cluster_nodes() -> list[dict[str, Any]]:
-    """The cluster's machines: address, alive, and their total and free resources."""
+    """The cluster's machines: address, alive, and their total and free resources.
+    Blocking. Through Ray Client (`ray://`) the figures are read on the cluster, where the
+    state API they come from answers."""
+    import ray
+    from ray.util.client import ray as client
+
+    if client.is_connected():  # type: ignore[no-untyped-call]
+        read = ray.remote(_cluster_nodes).options(num_cpus=0, max_retries=0)
+        nodes: list[dict[str, Any]] = ray.get(read.remote(), timeout=CLIENT_READ_S)
+        return nodes
+    return _cluster_nodes()
+
+
+def _cluster_nodes() -> list[dict[str, Any]]:
     import ray
 
     # No public per-node figure of free resources without the dashboard's state API.
