@@ -30,7 +30,7 @@ from mlmaster_daemon.daemon import Daemon  # noqa: E402
 from mlmaster_daemon.errors import ConfigError, DaemonUnreachable  # noqa: E402
 from mlmaster_daemon.execution.executor import NodeJob, NodeRun  # noqa: E402
 from mlmaster_daemon.execution.lease import ProcessIdentity  # noqa: E402
-from mlmaster_daemon.execution.ray_cluster import NoWorkerFits  # noqa: E402
+from mlmaster_daemon.execution.ray_cluster import InputTooLarge, NoWorkerFits  # noqa: E402
 from mlmaster_daemon.execution.ray_executor import (  # noqa: E402
     RayExecutor,
     actor_name,
@@ -313,6 +313,25 @@ async def test_without_a_shared_filesystem_an_ended_tasks_input_leaves_the_worke
         await daemon.stop()
     assert final["state"] == "finished" and final["best"] is not None
     assert {n["status"] for n in nodes} == {"done"}
+
+
+async def test_without_a_shared_filesystem_an_input_too_big_for_the_object_store_is_refused(
+        workers: Workers, short_dir: Path, breast_cancer: Path) -> None:
+    import shutil
+
+    folder = short_dir / "big_task"
+    shutil.copytree(breast_cancer, folder)
+    public = load_task(folder).public_dir
+    public.chmod(0o755)
+    # 50 MiB (sparse) against workers' 80 MiB object stores: over the half that may travel.
+    with (public / "images.bin").open("wb") as handle:
+        handle.truncate(50 * MIB)
+    spec = load_task(folder)
+    config = _config(short_dir, ray_shared_fs=False)
+    executor = RayExecutor(Settings(config), config.state_dir())
+    ws = _workspace(short_dir, spec, "print('never')")
+    with pytest.raises(InputTooLarge, match=r"input is 5\d MiB.*ray_shared_fs = true"):
+        await _run(executor, spec, ws, _journal())
 
 
 async def test_a_node_no_worker_can_take_fails_at_once_saying_what_to_change(

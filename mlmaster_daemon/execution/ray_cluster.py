@@ -12,6 +12,9 @@ from typing import Any
 from mlmaster_daemon.config import ExecutionConfig
 from mlmaster_daemon.errors import MlmasterError
 
+MIB = 1024 * 1024
+# The share of a machine's object store one task's input may take (without a shared fs).
+INPUT_STORE_SHARE = 0.5
 # How long reading the machines through Ray Client may take (a task on the cluster).
 CLIENT_READ_S = 60.0
 
@@ -72,6 +75,27 @@ def check_fits(asked: dict[str, float], nodes: list[dict[str, Any]]) -> None:
         f"no live Ray worker offers {shown}: lower [execution] ray_num_cpus, ray_num_gpus, "
         "ray_memory_mb or ray_resources, or add a worker that has them "
         "(`ray start --resources`)")
+
+
+class InputTooLarge(MlmasterError):
+    """Without a shared filesystem, a task's input larger than a worker's object store takes."""
+
+    code = "input_too_large"
+    status = 413
+
+
+def check_input_fits(size: int, nodes: list[dict[str, Any]]) -> None:
+    """Raise InputTooLarge when the task's input (`size` bytes, shipped through the object
+    store) passes half the smallest live machine's object store."""
+    stores = [node["total"].get("object_store_memory", 0.0) for node in nodes if node["alive"]]
+    limit = min(stores, default=0.0) * INPUT_STORE_SHARE
+    if not stores or size <= limit:
+        return
+    raise InputTooLarge(
+        f"the task's input is {size / MIB:.0f} MiB, more than half of a Ray worker's object "
+        f"store ({limit / MIB:.0f} MiB can travel): put the state dir and the task folders on "
+        "a filesystem every worker shares and set [execution] ray_shared_fs = true, or start "
+        "the workers with a larger --object-store-memory")
 
 
 def describe_share(execution: ExecutionConfig) -> str:

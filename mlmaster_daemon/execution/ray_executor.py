@@ -36,12 +36,14 @@ from mlmaster_daemon.execution.executor import (
 from mlmaster_daemon.execution.ray_cluster import (
     asked_resources,
     check_fits,
+    check_input_fits,
     cluster_nodes,
 )
 from mlmaster_daemon.execution.ray_worker import (
     Finished,
     NodeRunner,
     WorkerJob,
+    input_size,
     pack_public_dir,
     remove_task_folder,
     write_outputs,
@@ -355,6 +357,8 @@ class RayExecutor:
 
         ref = self._archives.get(job.task_id)
         if ref is None:
+            size = await asyncio.to_thread(input_size, job.spec.public_dir)
+            check_input_fits(size, self._machines)
             data = await asyncio.to_thread(pack_public_dir, job.spec.public_dir)
             ref = await asyncio.to_thread(ray.put, data)
             self._archives[job.task_id] = ref

@@ -81,6 +81,21 @@ def pack_public_dir(public_dir: Path) -> bytes:
     return buffer.getvalue()
 
 
+def input_size(public_dir: Path) -> int:
+    """Bytes of the regular files below the task's public folder (links are not followed,
+    as `pack_public_dir` does not follow them). Blocking."""
+    total = 0
+    pending = [public_dir]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
 def worker_root(task_id: str) -> Path:
     """A task's folder on a worker without a shared filesystem: its input, nodes' workspaces."""
     return Path(tempfile.gettempdir()) / f"mlmaster-ray-{os.getuid()}" / task_id
