@@ -34,17 +34,28 @@ class Workers:
     cluster: Cluster
     plain: str
     accel: str
+    # The head's Ray Client server: ray://127.0.0.1:<port>.
+    client_port: int
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 @pytest.fixture(scope="module")
 def workers() -> Iterator[Workers]:
+    client_port = _free_port()
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "object_store_memory": STORE})
+        "num_cpus": 0, "include_dashboard": False, "object_store_memory": STORE,
+        "ray_client_server_port": client_port})
     try:
         plain = cluster.add_node(num_cpus=1, object_store_memory=STORE)
         accel = cluster.add_node(num_cpus=1, resources={"accel": 1}, object_store_memory=STORE)
         cluster.wait_for_nodes()
-        yield Workers(cluster, plain.node_id, accel.node_id)
+        yield Workers(cluster, plain.node_id, accel.node_id, client_port)
     finally:
         cluster.shutdown()
 
@@ -99,6 +110,17 @@ def test_a_reachable_cluster_is_joined_and_its_live_machines_listed_with_their_r
 
 
 @pytest.mark.slow
+def test_a_cluster_joined_through_ray_client_is_checked_the_same_way(
+        workers: Workers, short_dir: Path) -> None:
+    checks = _doctor(short_dir, ray_address=f"ray://127.0.0.1:{workers.client_port}",
+                     ray_resources={"accel": 1})
+
+    assert all(check.ok for check in checks if check.name.startswith("ray")), checks
+    assert len(_named(checks, "ray machine")) == 3
+    assert len(_named(checks, "ray versions")) == 3
+
+
+@pytest.mark.slow
 def test_asking_what_no_live_machine_has_fails_naming_the_key_to_lower(
         workers: Workers, short_dir: Path) -> None:
     checks = _doctor(short_dir, ray_address=workers.cluster.address, ray_num_cpus=2,
@@ -112,9 +134,7 @@ def test_asking_what_no_live_machine_has_fails_naming_the_key_to_lower(
 
 def test_an_address_where_nothing_listens_fails_at_once_saying_how_to_start_the_head(
         short_dir: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     # Nothing listens on `port` now: the TCP check answers before Ray is asked.
     result = _cli(_config_file(short_dir, f"127.0.0.1:{port}"), short_dir)
 
