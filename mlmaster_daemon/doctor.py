@@ -57,7 +57,7 @@ def _job_limits(config: Config) -> Check:
                  f"processes (per node, {execution.max_concurrent_nodes} CPU slots)")
 
 
-def _gpu() -> Check:
+def _gpu(config: Config) -> Check:
     try:
         import pynvml
 
@@ -70,8 +70,10 @@ def _gpu() -> Check:
             pynvml.nvmlShutdown()
     except Exception as exc:
         # No driver or no NVML library: the daemon runs nodes on CPU slots.
+        where = ("nodes run on the Ray cluster" if config.execution.backend == "ray"
+                 else "nodes run on CPU slots")
         return Check("gpu", True, f"no GPU usable through NVML ({type(exc).__name__}); "
-                                  "nodes run on CPU slots")
+                                  f"{where}")
     return Check("gpu", True, f"{count} GPU(s): {', '.join(map(str, names))}")
 
 
@@ -97,7 +99,7 @@ async def _endpoints(config: Config) -> list[Check]:
 
 
 def run_doctor(config: Config) -> list[Check]:
-    checks = [_state_dir(config), _tokenizer(config), _job_limits(config), _gpu()]
+    checks = [_state_dir(config), _tokenizer(config), _job_limits(config), _gpu(config)]
     if config.execution.backend == "ray":
         # Imported here: it needs Ray, which the local backend does without.
         from mlmaster_daemon.ray_doctor import cluster_checks
