@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -281,7 +282,8 @@ def grow(cluster: Any, more: int) -> None:
 
 
 def clean_workers(task_ids: Sequence[str]) -> None:
-    """Remove what runs without a shared filesystem left in each live worker's temp folder."""
+    """Remove what runs without a shared filesystem left in each worker machine's temp folder
+    (one removal per machine: simulated workers share this machine's)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -289,12 +291,15 @@ def clean_workers(task_ids: Sequence[str]) -> None:
 
     def remove(ids: Sequence[str]) -> None:
         for task_id in ids:
-            remove_tree(worker_root(task_id))
+            with contextlib.suppress(FileNotFoundError):
+                remove_tree(worker_root(task_id))
 
     remote = ray.remote(remove)
-    ray.get([remote.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
-        node["NodeID"], soft=False)).remote(list(task_ids))
-        for node in ray.nodes() if node["Alive"]])  # type: ignore[no-untyped-call]
+    machines = {node["NodeManagerAddress"]: node["NodeID"]
+                for node in ray.nodes() if node["Alive"]}  # type: ignore[no-untyped-call]
+    for node_id in machines.values():
+        ray.get(remote.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node_id, soft=False)).remote(list(task_ids)))
     remove(task_ids)
 
 
