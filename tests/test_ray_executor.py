@@ -32,8 +32,8 @@ from mlmaster_daemon.execution.executor import NodeJob, NodeRun  # noqa: E402
 from mlmaster_daemon.execution.lease import ProcessIdentity  # noqa: E402
 from mlmaster_daemon.execution.ray_cluster import InputTooLarge, NoWorkerFits  # noqa: E402
 from mlmaster_daemon.execution.ray_executor import (  # noqa: E402
+    DISPATCHER,
     RayExecutor,
-    actor_name,
     namespace_for,
 )
 from mlmaster_daemon.execution.ray_worker import worker_root  # noqa: E402
@@ -499,9 +499,9 @@ async def test_a_daemon_killed_while_a_node_runs_on_ray_re_attaches_to_it_after_
     assert nodes[0]["pid"] == node["pid"]
     assert _gone(ProcessIdentity(node["pid"], 0.0, ""))
     assert _generations(server) == 1
-    namespace = namespace_for(short_dir / "state")
-    assert not [a for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["namespace"] == namespace]
+    # The daemon's dispatcher outlived both daemons and holds no run now.
+    dispatcher = ray.get_actor(DISPATCHER, namespace=namespace_for(short_dir / "state"))
+    assert ray.get(dispatcher.keys.remote()) == []
 
 
 @pytest.mark.slow
@@ -512,8 +512,9 @@ async def test_a_node_whose_run_is_gone_after_a_daemon_crash_runs_its_saved_code
         task_id, node = await _kill_while_running(
             short_dir, server, workers.cluster.address, breast_cancer, "started")
         state_dir = short_dir / "state"
-        # The run is lost while the daemon is down (its worker restarted, an operator...).
-        ray.kill(ray.get_actor(actor_name(task_id, 1), namespace=namespace_for(state_dir)))
+        # The runs are lost while the daemon is down: the dispatcher that owned them is gone
+        # (its machine restarted, an operator...), and its tasks with it.
+        ray.kill(ray.get_actor(DISPATCHER, namespace=namespace_for(state_dir)))
         assert _gone(ProcessIdentity(node["pid"], 0.0, ""))
         final, nodes = await _restart_and_finish(short_dir, server, workers.cluster.address,
                                                  task_id)

@@ -1,16 +1,18 @@
-"""The cluster backend: `RayExecutor` runs each node's script in an actor of a Ray cluster,
-under the same contract and limits as `LocalExecutor` (the actor calls the same runner: see
-`ray_worker.py`). Ray places the actor where the resources it asks are free (CPUs, GPUs or a
-share of one, memory, custom resources); the daemon's loop only awaits the actor's answers.
+"""The cluster backend: `RayExecutor` runs each node's script as a task of a Ray cluster,
+under the same contract and limits as `LocalExecutor` (the task calls the same runner: see
+`ray_worker.py`). Ray places the task where the resources it asks are free (CPUs, GPUs or a
+share of one, memory, custom resources); the daemon's loop only awaits the answers.
 
-The crash journal gets the script's real process identity (pid, start time and boot id of the
-worker machine) and a slot naming where it runs, `ray:<node ip>:<node id>`. On a cluster the
-daemon started itself, a daemon crash ends the cluster, and with it the actor and its script
-(the launcher ties the script to its worker); the node is re-run from its saved code. On a
-cluster that outlives the daemon (`ray_address` set) the actor is detached and named after
-its node: after a crash, the restarted daemon leaves its script alone, finds the actor by name
-and takes its result when it ends; only when the actor is gone is the saved code run again.
-Either way one node never runs twice at the same time: the name is the node's.
+The tasks are submitted by the daemon's `Dispatcher` actor (`ray_dispatcher.py`), named in
+this daemon's namespace, which owns them. The crash journal gets the script's real process
+identity (pid, start time and boot id of the worker machine) and a slot naming where it runs,
+`ray:<node ip>:<node id>`. On a cluster the daemon started itself, a daemon crash ends the
+cluster and its scripts (the launcher ties a script to its worker); the node is re-run from
+its saved code. On a cluster that outlives the daemon (`ray_address` set) the dispatcher is
+detached: after a crash the restarted daemon leaves the scripts alone, finds the dispatcher
+by name and takes each re-queued node's result when it ends; only a run the dispatcher no
+longer holds is run again from the saved code. One node never runs twice at the same time:
+the dispatcher holds one run per node.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ from mlmaster_daemon.execution.ray_cluster import (
     check_input_fits,
     cluster_nodes,
 )
+from mlmaster_daemon.execution.ray_dispatcher import Dispatcher, Lost, Raised
 from mlmaster_daemon.execution.ray_worker import (
     Finished,
-    NodeRunner,
     WorkerJob,
     input_size,
     pack_public_dir,
@@ -66,15 +68,14 @@ ARCHIVES_KEPT = 8
 CLEANUP_WAIT_S = 120.0
 # Past the kill grace, how long a script asked to stop has before its worker is killed.
 STOP_SLACK_S = 10.0
-# A node's actor name, still held by an actor being killed, is tried this often.
-NAME_TRIES, NAME_WAIT_S = 20, 0.25
+# The dispatcher actor's name, in the daemon's namespace.
+DISPATCHER = "dispatcher"
 
 
 class RayExecutor:
-    """Runs node scripts on a Ray cluster (joined with `connect` before the first run). Each
-    run is a `NodeRunner` actor named after its node in this daemon's namespace; on a cluster
-    the daemon did not start it is detached, so it outlives a daemon crash and is re-attached
-    after the restart (`adopt`, then the node's `run`)."""
+    """Runs node scripts on a Ray cluster (joined with `connect` before the first run),
+    through this daemon's dispatcher; runs left from before a crash are re-attached (`adopt`,
+    then the node's `run`)."""
 
     def __init__(self, settings: Settings, state_dir: Path, socket_path: Path | None = None,
                  metrics: DaemonMetrics | None = None, clock: Clock | None = None) -> None:
@@ -88,7 +89,8 @@ class RayExecutor:
         self.namespace = namespace_for(state_dir)
         # Each task's public folder, put once in the object store (no shared filesystem).
         self._archives: OrderedDict[str, Any] = OrderedDict()
-        self._runner = ray.remote(NodeRunner)
+        self._actor = ray.remote(Dispatcher)
+        self._dispatcher: Any = None
         # Nodes whose run from before a restart may still go on in its actor.
         self._left: set[tuple[str, int]] = set()
         # Clean-ups of ended tasks' input on the workers, under way.
@@ -163,18 +165,23 @@ class RayExecutor:
                         task_id=task_id, error=f"{type(exc).__name__}: {exc}"[:300])
 
     async def adopt(self, requeued: Iterable[tuple[str, int]]) -> int:
-        """At start, after a crash: the actors of nodes that run again are kept, to be
+        """At start, after a crash: the runs of nodes that run again are kept, to be
         re-attached by their run; the others (their nodes failed or ended meanwhile) are
-        killed. Returns how many were kept."""
-        wanted = {actor_name(task_id, node_id): (task_id, node_id)
+        stopped. Returns how many were kept."""
+        wanted = {run_key(task_id, node_id): (task_id, node_id)
                   for task_id, node_id in requeued}
-        for name in await asyncio.to_thread(self._actor_names):
-            if name in wanted:
-                self._left.add(wanted[name])
+        dispatcher = await asyncio.to_thread(self._lookup)
+        if dispatcher is None:
+            return 0
+        self._dispatcher = dispatcher
+        grace = self.settings.config.execution.kill_grace_s
+        for key in await dispatcher.keys.remote():
+            if key in wanted:
+                self._left.add(wanted[key])
             else:
-                log.warning("killed a node run left on the cluster that no node waits for",
-                            actor=name)
-                await asyncio.to_thread(self._kill_named, name)
+                log.warning("stopped a node run left on the cluster that no node waits for",
+                            run=key)
+                await dispatcher.stop.remote(key, grace)
         return len(self._left)
 
     async def attachable(self, task_id: str, node_id: int) -> bool:
@@ -189,23 +196,18 @@ class RayExecutor:
         retry = self.settings.config.execution.ray_worker_lost == "retry"
         left = (job.task_id, job.node_id) in self._left
         self._left.discard((job.task_id, job.node_id))
-        actor = await asyncio.to_thread(self._lookup, actor_name(job.task_id, job.node_id))
-        if left and actor is not None:
-            log.info("re-attached to a node still running on the cluster",
+        if left:
+            log.info("re-attaching to a node's run from before the restart",
                      task_id=job.task_id, node_id=job.node_id)
-            run, lost = await self._attempt(job, started, actor)
+            run, lost = await self._attempt(job, started, attach=True)
             if not lost:
                 return self._ran(run)
             log.warning("the node's run from before the restart was lost; running its saved "
                         "code again", task_id=job.task_id, node_id=job.node_id,
                         reason=run.result.reason)
-        if left:
             # What the lost run left must not pass for the new run's outputs.
             await asyncio.to_thread(Workspace.create, job.workspace.root, job.spec.public_dir,
                                     job.workspace.script.read_text())
-        elif actor is not None:
-            # A run of this node that no one waits for (a crash this daemon did not adopt).
-            await asyncio.to_thread(_kill, actor)
         run, lost = await self._attempt(job, started)
         if lost and retry:
             log.warning("worker lost; running the node again", task_id=job.task_id,
@@ -219,135 +221,141 @@ class RayExecutor:
         return run
 
     async def _attempt(self, job: NodeJob, started: Started,
-                       actor: Any = None) -> tuple[NodeRun, bool]:
-        """One run on some worker, or the rest of one (`actor`, re-attached): (how it went,
-        whether its worker, or the run from before the restart, was lost)."""
-        from ray.exceptions import RayError, RayTaskError
+                       attach: bool = False) -> tuple[NodeRun, bool]:
+        """One run on some worker, or the rest of one from before a restart (`attach`):
+        (how it went, whether its worker, or the run from before the restart, was lost)."""
+        from ray.exceptions import RayError
 
         execution = self.settings.config.execution
         timeout = job.timeout_s()
-        reattached = actor is not None
+        key = run_key(job.task_id, job.node_id)
         asked = self.clock.time()
-        key = (job.task_id, job.node_id)
-        if actor is None:
+        dispatcher = await self._get_dispatcher()
+        if not attach:
             self._machines = await asyncio.to_thread(cluster_nodes)
             check_fits(asked_resources(execution), self._machines)
-            actor = await self._create(job, execution, timeout, await self._archive(job))
+            await self._submit(dispatcher, key, job, execution, timeout,
+                               await self._archive(job))
         where, pid = "unknown node (before the script started)", 0
-        self._asked.add(key)
+        self._asked.add((job.task_id, job.node_id))
         try:
-            first = await actor.first.remote()
-            self._asked.discard(key)
+            first = await dispatcher.first.remote(key)
+            self._asked.discard((job.task_id, job.node_id))
             if isinstance(first, WorkerStarted):
                 where, pid = first.node_ip, first.identity.pid
-                self._where[key] = first.ray_node_id
-                if self.metrics is not None and not reattached:
+                self._where[(job.task_id, job.node_id)] = first.ray_node_id
+                if self.metrics is not None and not attach:
                     self.metrics.slot_waited(self.clock.time() - asked)
                 await started(first.identity, f"ray:{first.node_ip}:{first.ray_node_id[:12]}")
                 last = await asyncio.wait_for(
-                    actor.last.remote(), timeout + execution.kill_grace_s + ANSWER_SLACK_S)
+                    dispatcher.last.remote(key),
+                    timeout + execution.kill_grace_s + ANSWER_SLACK_S)
             else:
                 last = first
         except TimeoutError:
+            dispatcher.stop.remote(key, 0.0)
             reason = f"killed after its {timeout:.0f} s time limit (its worker did not answer)"
             return NodeRun(RunResult(None, True, timeout, pid, reason), timeout), False
-        except RayTaskError as exc:
-            if reattached:
-                # The run from before the restart failed on its own (its input was lost
-                # with the old driver...): it is run again.
-                result = RunResult(None, False, 0.0, pid, f"{type(exc).__name__}"[:200])
-                return NodeRun(result, timeout), True
-            # The runner itself failed on the worker (a sandbox that cannot be honoured...).
-            raise exc.as_instanceof_cause() from None  # type: ignore[no-untyped-call]
         except asyncio.CancelledError:
             # Task cancelled, daemon stopping: the script is stopped as a local one is
-            # (SIGTERM, the kill grace, SIGKILL of its tree), then its actor goes.
-            await self._stop(actor, execution)
+            # (SIGTERM, the kill grace, SIGKILL of its tree).
+            await self._stop(dispatcher, key, execution)
             raise
         except RayError as exc:
-            log.warning("worker lost", task_id=job.task_id, node_id=job.node_id, node_ip=where,
-                        error=f"{type(exc).__name__}: {exc}"[:500])
+            # The dispatcher itself is gone (its machine died...): a new one is made next.
+            self._dispatcher = None
+            last = Lost(f"{type(exc).__name__}: {exc}"[:500])
+        except BaseException:
+            dispatcher.stop.remote(key, 0.0)
+            raise
+        finally:
+            self._asked.discard((job.task_id, job.node_id))
+            self._where.pop((job.task_id, job.node_id), None)
+        dispatcher.forget.remote(key)
+        if last is None or isinstance(last, Lost):
+            error = "not held by the dispatcher" if last is None else last.error
+            log.warning("worker lost", task_id=job.task_id, node_id=job.node_id,
+                        node_ip=where, error=error)
             result = RunResult(None, False, self.clock.time() - asked, pid,
                                f"worker lost: {where}")
             return NodeRun(result, timeout), True
-        finally:
-            # Done, timed out, lost, cancelled (task cancelled, daemon stopping) or the
-            # journal failed: the actor goes, and the script with it (the launcher ties it
-            # to its worker), and a detached actor does not outlive its use.
-            _kill(actor)
-            self._asked.discard(key)
-            self._where.pop(key, None)
+        if isinstance(last, Raised):
+            if attach:
+                # The run from before the restart failed on its own (its input was lost
+                # with the old driver...): it is run again.
+                result = RunResult(None, False, 0.0, pid, type(last.error).__name__[:200])
+                return NodeRun(result, timeout), True
+            raise last.error
         if not isinstance(last, Finished):
             raise RuntimeError(f"a Ray worker answered {type(last).__name__}, not Finished")
         if last.outputs:
             await asyncio.to_thread(write_outputs, job.workspace, last.outputs)
         return NodeRun(last.result, timeout), False
 
-    async def _create(self, job: NodeJob, execution: ExecutionConfig, time_limit_s: float,
-                      archive: Any) -> Any:
-        """The node's actor, started on some worker (its run begins at once)."""
+    async def _submit(self, dispatcher: Any, key: str, job: NodeJob,
+                      execution: ExecutionConfig, time_limit_s: float, archive: Any) -> None:
+        """Start the node's task through the dispatcher (its run begins when Ray places it)."""
         shared = execution.ray_shared_fs
         worker_job = WorkerJob(
-            task_id=job.task_id, node_id=job.node_id, execution=execution, timeout_s=time_limit_s,
-            gpu=execution.ray_num_gpus > 0,
+            task_id=job.task_id, node_id=job.node_id, execution=execution,
+            timeout_s=time_limit_s, gpu=execution.ray_num_gpus > 0,
             public_dir=str(job.spec.public_dir) if shared else "",
             workspace=str(job.workspace.root) if shared else "",
             code="" if shared else job.workspace.script.read_text(),
             hidden_paths=tuple(str(p) for p in self.hidden_paths(job.spec)) if shared else (),
             readable_paths=tuple(str(p) for p in readable_paths(job.spec)) if shared else ())
         options: dict[str, Any] = {
-            "num_cpus": execution.ray_num_cpus, "num_gpus": execution.ray_num_gpus,
-            "resources": dict(execution.ray_resources),
+            "num_returns": "streaming", "num_cpus": execution.ray_num_cpus,
+            "num_gpus": execution.ray_num_gpus, "resources": dict(execution.ray_resources),
             # A lost worker is the daemon's to retry (ray_worker_lost), never Ray's.
-            "max_restarts": 0, "max_task_retries": 0, "max_concurrency": 2,
-            "name": actor_name(job.task_id, job.node_id), "namespace": self.namespace,
+            "max_retries": 0, "name": f"mlmaster node {job.holder}",
             # One heavy script per machine before two on one: spread over the workers.
             "scheduling_strategy": "SPREAD"}
-        if execution.ray_address:
-            # On a cluster that outlives the daemon, the run outlives a daemon crash.
-            options["lifetime"] = "detached"
         if execution.ray_memory_mb:
             options["memory"] = execution.ray_memory_mb * 1024 * 1024
-        for _ in range(NAME_TRIES):
-            try:
-                return self._runner.options(**options).remote(
-                    worker_job, [archive] if archive else [])
-            except ValueError:
-                # The name is still held by an actor being killed: wait until it is gone.
-                await asyncio.to_thread(self._kill_named, options["name"])
-                await asyncio.sleep(NAME_WAIT_S)
-        raise RuntimeError(f"the Ray actor name {options['name']} stays taken")
+        archives = [archive] if archive else []
+        if not await dispatcher.submit.remote(key, worker_job, archives, options):
+            # A run of this node that no one waits for (a crash this daemon did not adopt):
+            # it is stopped before this one starts.
+            await dispatcher.stop.remote(key, execution.kill_grace_s)
+            await dispatcher.submit.remote(key, worker_job, archives, options)
 
-    async def _stop(self, actor: Any, execution: ExecutionConfig) -> None:
-        """Ask the actor to stop its script, for at most the kill grace and some slack."""
+    async def _stop(self, dispatcher: Any, key: str, execution: ExecutionConfig) -> None:
+        """Ask for the run to stop, for at most the kill grace and some slack."""
         from ray.exceptions import RayError
 
-        wait_s = execution.kill_grace_s + STOP_SLACK_S
+        grace = execution.kill_grace_s + STOP_SLACK_S
         try:
-            await asyncio.wait_for(asyncio.shield(actor.stop.remote(wait_s)), wait_s + 1.0)
+            await asyncio.wait_for(asyncio.shield(dispatcher.stop.remote(key, grace)),
+                                   grace + STOP_SLACK_S)
         except (TimeoutError, RayError) as exc:
-            log.warning("a node's script did not stop when asked; its worker is killed",
+            log.warning("a node's script did not stop when asked",
                         error=f"{type(exc).__name__}: {exc}"[:300])
 
-    def _actor_names(self) -> list[str]:
-        import ray
+    async def _get_dispatcher(self) -> Any:
+        """This daemon's dispatcher: found by name, or made (once per daemon and cluster)."""
+        if self._dispatcher is None:
+            self._dispatcher = await asyncio.to_thread(self._lookup)
+        if self._dispatcher is None:
+            options: dict[str, Any] = {
+                "name": DISPATCHER, "namespace": self.namespace, "get_if_exists": True,
+                "num_cpus": 0, "max_restarts": 0, "max_concurrency": 10_000,
+                # On the head, which outlives the workers.
+                "resources": {"node:__internal_head__": 0.001}}
+            if self.settings.config.execution.ray_address:
+                # On a cluster that outlives the daemon, the runs outlive a daemon crash.
+                options["lifetime"] = "detached"
+            self._dispatcher = self._actor.options(**options).remote()
+        return self._dispatcher
 
-        return [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
-                if actor["namespace"] == self.namespace]
-
-    def _lookup(self, name: str) -> Any:
-        """This daemon's live actor of that name, or None. Blocking."""
+    def _lookup(self) -> Any:
+        """This daemon's live dispatcher, or None. Blocking."""
         import ray
 
         try:
-            return ray.get_actor(name, namespace=self.namespace)
+            return ray.get_actor(DISPATCHER, namespace=self.namespace)
         except ValueError:
             return None
-
-    def _kill_named(self, name: str) -> None:
-        actor = self._lookup(name)
-        if actor is not None:
-            _kill(actor)
 
     async def _archive(self, job: NodeJob) -> Any:
         """The task's input in the object store (None on a shared filesystem)."""
@@ -378,12 +386,5 @@ def namespace_for(state_dir: Path) -> str:
     return f"mlmaster-{hashlib.sha256(place.encode()).hexdigest()[:16]}"
 
 
-def actor_name(task_id: str, node_id: int) -> str:
-    return f"node/{task_id}/{node_id}"
-
-
-def _kill(actor: Any) -> None:
-    """End an actor and its script now (its worker process goes)."""
-    import ray
-
-    ray.kill(actor, no_restart=True)
+def run_key(task_id: str, node_id: int) -> str:
+    return f"{task_id}/{node_id}"

@@ -1,8 +1,7 @@
 """What runs on a Ray worker for one node: the same runner as locally (`run_script`: sandbox,
 job limits, a time limit that kills the whole process tree, `input/` read-only), streamed
-back as two items: `Started` once the script's process exists, then `Finished`. It runs inside
-a `NodeRunner` actor, named after the node, which a restarted daemon finds again on a cluster
-that outlived it (`RayExecutor` makes it detached there) and takes the result from.
+back as two items: `Started` once the script's process exists, then `Finished`. The daemon's
+`Dispatcher` actor submits it and holds its items (see `ray_dispatcher.py`).
 
 Without a shared filesystem the task's public folder arrives once per task as a tar in Ray's
 object store and is unpacked once per worker machine; the node's code comes with the job; the
@@ -17,8 +16,7 @@ import io
 import os
 import tarfile
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,12 +144,12 @@ def _limits(job: WorkerJob, ws: Workspace) -> JobLimits:
     return limits
 
 
-def run_node(job: WorkerJob, archive: list[Any],
-             stop: threading.Event | None = None) -> Iterator[Started | Finished]:
-    """The node's run, as a generator of its two items. `archive` holds the input tar's
-    ObjectRef, inside a list so Ray passes the ref itself and the worker fetches it only when
-    its machine has not unpacked it yet. `stop`, once set, stops the script as a cancelled
-    local run is stopped (SIGTERM, the kill grace, then SIGKILL of its whole tree)."""
+def run_node(job: WorkerJob, archive: list[Any]) -> Iterator[Started | Finished]:
+    """The Ray task's body (a generator: Ray streams each item back as it is yielded).
+    `archive` holds the input tar's ObjectRef, inside a list so Ray passes the ref itself and
+    the worker fetches it only when its machine has not unpacked it yet. Ray's cancel (not
+    forced) arrives as KeyboardInterrupt: the script is then stopped as a cancelled local run
+    is (SIGTERM, the kill grace, then SIGKILL of its whole tree), and nothing more comes."""
     import ray
 
     ray_node_id = ray.get_runtime_context().get_node_id()
@@ -163,9 +161,8 @@ def run_node(job: WorkerJob, archive: list[Any],
         public = unpacked_input(job.task_id, archive[0])
         root = worker_root(job.task_id) / "nodes" / str(job.node_id)
         ws = Workspace.create(root, public, job.code)
-    stop = stop or threading.Event()
     loop = asyncio.new_event_loop()
-    stopper: asyncio.Task[None] | None = None
+    running: asyncio.Task[RunResult] | None = None
     try:
         identity: asyncio.Future[ProcessIdentity] = loop.create_future()
 
@@ -179,87 +176,20 @@ def run_node(job: WorkerJob, archive: list[Any],
             job_id=f"{job.task_id}-{job.node_id}",
             hidden_paths=tuple(Path(p) for p in job.hidden_paths),
             readable_paths=tuple(Path(p) for p in job.readable_paths)))
-        stopper = loop.create_task(_stop_when(stop, running))
         either: set[asyncio.Future[Any]] = {identity, running}
         loop.run_until_complete(asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED))
         if identity.done():
             yield Started(identity.result(), node_ip, ray_node_id)
-        try:
-            result = loop.run_until_complete(running)
-        except asyncio.CancelledError:
-            # Stopped: the script is gone, no outcome to bring back.
-            return
+        result = loop.run_until_complete(running)
         yield Finished(result, {} if shared else collect_outputs(ws))
+    except KeyboardInterrupt:
+        if running is not None and not running.done():
+            running.cancel()
+            loop.run_until_complete(asyncio.gather(running, return_exceptions=True))
     finally:
-        stop.set()  # the stopper's thread is let go
-        if stopper is not None:
-            loop.run_until_complete(asyncio.gather(stopper, return_exceptions=True))
         loop.close()
         if not shared:
             remove_tree(ws.root)
-
-
-async def _stop_when(stop: threading.Event, running: asyncio.Task[RunResult]) -> None:
-    await asyncio.to_thread(stop.wait)
-    running.cancel()
-
-
-class NodeRunner:
-    """The Ray actor that runs one node: `run_node` in a thread of its own from creation, its
-    items kept until the daemon asks for them (`first`, then `last`) and kills the actor. A
-    daemon that restarted asks a surviving actor again; the run never starts twice."""
-
-    def __init__(self, job: WorkerJob, archive: list[Any]) -> None:
-        self._items: list[Started | Finished] = []
-        self._error: BaseException | None = None
-        self._changed = threading.Condition()
-        self._stop = threading.Event()
-        self._ended = threading.Event()
-        threading.Thread(target=self._work, args=(job, archive), name="mlmaster-node",
-                         daemon=True).start()
-
-    def _work(self, job: WorkerJob, archive: list[Any]) -> None:
-        try:
-            for item in run_node(job, archive, self._stop):
-                with self._changed:
-                    self._items.append(item)
-                    self._changed.notify_all()
-        except BaseException as exc:  # raised to the daemon by the next `first`/`last`
-            with self._changed:
-                self._error = exc
-                self._changed.notify_all()
-        finally:
-            with self._changed:
-                self._ended.set()
-                self._changed.notify_all()
-
-    def stop(self, wait_s: float) -> bool:
-        """Stop the script as a cancelled local run is stopped; True once it has ended
-        (within `wait_s`: the kill grace and some slack)."""
-        self._stop.set()
-        return self._ended.wait(wait_s)
-
-    def _wait(self, found: Callable[[], Started | Finished | None]) -> Started | Finished:
-        with self._changed:
-            self._changed.wait_for(lambda: found() is not None or self._error is not None
-                                   or self._ended.is_set())
-            item = found()
-        if item is not None:
-            return item
-        if self._error is not None:
-            raise self._error
-        raise RuntimeError("the node's run was stopped")
-
-    def first(self) -> Started | Finished:
-        """`Started` once the script runs (`Finished` when it could not start)."""
-        return self._wait(lambda: self._items[0] if self._items else None)
-
-    def last(self) -> Finished:
-        """How the run ended, once it has."""
-        item = self._wait(lambda: next(
-            (i for i in self._items if isinstance(i, Finished)), None))
-        assert isinstance(item, Finished)
-        return item
 
 
 def collect_outputs(ws: Workspace) -> dict[str, bytes]:
