@@ -620,6 +620,8 @@ async def test_a_node_asking_half_a_gpu_sees_its_gpu_in_the_sandbox(
     run = await _run(executor, spec, ws, _journal())
     assert run.result.exit_code == 0, ws.stderr.read_text()
     assert "GPU " in ws.stdout.read_text()
+    # Metered with NVML on its worker, as a local GPU slot is.
+    assert run.gpu_peak_mb is not None and run.gpu_seconds is not None
 
 
 # A daemon of its own process (this one is already a driver of the module's cluster).

@@ -120,7 +120,7 @@ class LocalExecutor:
         machine = await asyncio.to_thread(Machine.read, self.state_dir, self.slots.capacity)
         timeout = job.timeout_s()
         metering = lease.gpu_uuid is not None and self.sampler is not None
-        watcher = asyncio.create_task(_collect_descendants(job_pids)) if metering else None
+        watcher = asyncio.create_task(collect_descendants(job_pids)) if metering else None
         try:
             result = await run_script(
                 job.workspace, timeout, execution.kill_grace_s, execution.python or None,
@@ -166,7 +166,7 @@ def readable_paths(spec: TaskSpec) -> tuple[Path, ...]:
     return (sample,)
 
 
-async def _collect_descendants(pids: set[int], interval_s: float = 1.0) -> None:
+async def collect_descendants(pids: set[int], interval_s: float = 1.0) -> None:
     """Keep adding a job's descendant pids (the GPU work runs in them) until cancelled."""
     while True:
         for pid in list(pids):

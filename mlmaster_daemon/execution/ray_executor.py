@@ -290,7 +290,7 @@ class RayExecutor:
             raise RuntimeError(f"a Ray worker answered {type(last).__name__}, not Finished")
         if last.outputs:
             await asyncio.to_thread(write_outputs, job.workspace, last.outputs)
-        return NodeRun(last.result, timeout), False
+        return NodeRun(last.result, timeout, last.gpu_peak_mb, last.gpu_seconds), False
 
     async def _submit(self, dispatcher: Any, key: str, job: NodeJob,
                       execution: ExecutionConfig, time_limit_s: float, archive: Any) -> None:

@@ -23,9 +23,12 @@ from typing import Any
 
 from mlmaster_daemon import untrusted
 from mlmaster_daemon.config import ExecutionConfig
+from mlmaster_daemon.execution.executor import collect_descendants
+from mlmaster_daemon.execution.gpu import GpuProbe, open_probe
 from mlmaster_daemon.execution.lease import JobLimits, Lease, ProcessIdentity
 from mlmaster_daemon.execution.limits import Machine, job_limits
 from mlmaster_daemon.execution.runner import RunResult, run_script
+from mlmaster_daemon.execution.slots import GpuSampler
 from mlmaster_daemon.execution.workspace import Workspace, remove_tree
 
 # What comes back from a worker without a shared filesystem: logs' tails, a metrics file,
@@ -67,6 +70,9 @@ class Finished:
     result: RunResult
     # Relative path -> bytes, without a shared filesystem: what the run left to bring back.
     outputs: dict[str, bytes] = field(default_factory=dict)
+    # The script's GPU use (NVML on its worker), when it had a GPU.
+    gpu_peak_mb: int | None = None
+    gpu_seconds: float | None = None
 
 
 def pack_public_dir(public_dir: Path) -> bytes:
@@ -162,26 +168,17 @@ def run_node(job: WorkerJob, archive: list[Any]) -> Iterator[Started | Finished]
         root = worker_root(job.task_id) / "nodes" / str(job.node_id)
         ws = Workspace.create(root, public, job.code)
     loop = asyncio.new_event_loop()
-    running: asyncio.Task[RunResult] | None = None
+    running: asyncio.Task[Finished] | None = None
     try:
         identity: asyncio.Future[ProcessIdentity] = loop.create_future()
-
-        async def on_start(process: ProcessIdentity) -> None:
-            identity.set_result(process)
-
-        running = loop.create_task(run_script(
-            ws, job.timeout_s, job.execution.kill_grace_s, job.execution.python or None,
-            on_start, lease=_lease(job, ray_node_id), limits=_limits(job, ws),
-            sandbox=job.execution.sandbox, public_dir=public,
-            job_id=f"{job.task_id}-{job.node_id}",
-            hidden_paths=tuple(Path(p) for p in job.hidden_paths),
-            readable_paths=tuple(Path(p) for p in job.readable_paths)))
+        running = loop.create_task(_metered(job, ws, public, ray_node_id, identity))
         either: set[asyncio.Future[Any]] = {identity, running}
         loop.run_until_complete(asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED))
         if identity.done():
             yield Started(identity.result(), node_ip, ray_node_id)
-        result = loop.run_until_complete(running)
-        yield Finished(result, {} if shared else collect_outputs(ws))
+        finished = loop.run_until_complete(running)
+        outputs = {} if shared else collect_outputs(ws)
+        yield dataclasses.replace(finished, outputs=outputs)
     except KeyboardInterrupt:
         if running is not None and not running.done():
             running.cancel()
@@ -190,6 +187,55 @@ def run_node(job: WorkerJob, archive: list[Any]) -> Iterator[Started | Finished]
         loop.close()
         if not shared:
             remove_tree(ws.root)
+
+
+async def _metered(job: WorkerJob, ws: Workspace, public: Path, ray_node_id: str,
+                   identity: asyncio.Future[ProcessIdentity]) -> Finished:
+    """The script's run, its GPU use read with NVML on this machine when it has a GPU (the
+    same sampler and per-process accounting as a local GPU slot)."""
+    pids: set[int] = set()
+
+    async def on_start(process: ProcessIdentity) -> None:
+        pids.add(process.pid)
+        identity.set_result(process)
+
+    metering = await asyncio.to_thread(_gpu_sampler, job) if job.gpu else None
+    sampler, probe = metering if metering is not None else (None, None)
+    watcher = None
+    if sampler is not None:
+        sampler.track(lambda: pids)
+        sampler.start()
+        watcher = asyncio.create_task(collect_descendants(pids))
+    try:
+        result = await run_script(
+            ws, job.timeout_s, job.execution.kill_grace_s, job.execution.python or None,
+            on_start, lease=_lease(job, ray_node_id), limits=_limits(job, ws),
+            sandbox=job.execution.sandbox, public_dir=public,
+            job_id=f"{job.task_id}-{job.node_id}",
+            hidden_paths=tuple(Path(p) for p in job.hidden_paths),
+            readable_paths=tuple(Path(p) for p in job.readable_paths))
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        if sampler is not None and probe is not None:
+            await sampler.stop()
+            await asyncio.to_thread(probe.close)
+    if sampler is None:
+        return Finished(result)
+    peak, seconds = sampler.usage(pids)
+    return Finished(result, gpu_peak_mb=peak, gpu_seconds=round(seconds, 2))
+
+
+def _gpu_sampler(job: WorkerJob) -> tuple[GpuSampler, GpuProbe] | None:
+    """An NVML sampler of this machine's GPUs, and its probe (to close); None without a GPU.
+    Blocking."""
+    probe, _reason = open_probe()
+    gpus = probe.discover()
+    if not gpus:
+        probe.close()
+        return None
+    sampler = GpuSampler(probe, None, interval_s=job.execution.sample_interval_s, gpus=gpus)
+    return sampler, probe
 
 
 def collect_outputs(ws: Workspace) -> dict[str, bytes]:
