@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,47 +16,20 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray backend needs pip install 'mlmaster-daemon[ray]'")
 
 from conftest import daemon_config  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
+from ray_cluster import STORE, Workers, free_port, local_cluster  # noqa: E402
 
 import mlmaster_daemon  # noqa: E402
 from mlmaster_daemon.doctor import Check, run_doctor  # noqa: E402
 from mlmaster_daemon.ray_doctor import compare_versions, local_report  # noqa: E402
 
 MIB = 1024 * 1024
-# The object store's smallest size: the cluster shares a 2-core machine with other work.
-STORE = 80 * MIB
 CLI_TIMEOUT_S = 240
-
-
-@dataclass
-class Workers:
-    cluster: Cluster
-    plain: str
-    accel: str
-    # The head's Ray Client server: ray://127.0.0.1:<port>.
-    client_port: int
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @pytest.fixture(scope="module")
 def workers() -> Iterator[Workers]:
-    client_port = _free_port()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "object_store_memory": STORE,
-        "ray_client_server_port": client_port})
-    try:
-        plain = cluster.add_node(num_cpus=1, object_store_memory=STORE)
-        accel = cluster.add_node(num_cpus=1, resources={"accel": 1}, object_store_memory=STORE)
-        cluster.wait_for_nodes()
-        yield Workers(cluster, plain.node_id, accel.node_id, client_port)
-    finally:
-        cluster.shutdown()
+    with local_cluster() as cluster:
+        yield cluster
 
 
 def _doctor(root: Path, **execution: object) -> list[Check]:
@@ -134,7 +106,7 @@ def test_asking_what_no_live_machine_has_fails_naming_the_key_to_lower(
 
 def test_an_address_where_nothing_listens_fails_at_once_saying_how_to_start_the_head(
         short_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     # Nothing listens on `port` now: the TCP check answers before Ray is asked.
     result = _cli(_config_file(short_dir, f"127.0.0.1:{port}"), short_dir)
 

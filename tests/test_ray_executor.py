@@ -7,7 +7,6 @@ import asyncio
 import importlib.util
 import os
 import signal
-import socket
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +21,7 @@ ray = pytest.importorskip("ray", reason="the Ray backend needs pip install 'mlma
 
 from conftest import daemon_config, wait_terminal  # noqa: E402
 from openai_server import FakeOpenAI  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
+from ray_cluster import STORE, Workers, local_cluster  # noqa: E402
 
 from mlmaster_daemon.api.client import Client  # noqa: E402
 from mlmaster_daemon.config import Config, Settings  # noqa: E402
@@ -42,42 +41,17 @@ from mlmaster_daemon.tasks.competition import load_task  # noqa: E402
 from mlmaster_daemon.tasks.spec import TaskSpec  # noqa: E402
 
 MIB = 1024 * 1024
-# The object store's smallest size: the cluster shares a 2-core machine with other work.
-STORE = 80 * MIB
 WAIT_S = 180
-
-
-@dataclass
-class Workers:
-    cluster: Cluster
-    plain: str
-    accel: str
-    # The head's Ray Client server: ray://127.0.0.1:<port>.
-    client_port: int
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @pytest.fixture(scope="module")
 def workers() -> Iterator[Workers]:
-    client_port = _free_port()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "object_store_memory": STORE,
-        "ray_client_server_port": client_port})
-    try:
-        plain = cluster.add_node(num_cpus=1, object_store_memory=STORE)
-        accel = cluster.add_node(num_cpus=1, resources={"accel": 1}, object_store_memory=STORE)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
-        yield Workers(cluster, plain.node_id, accel.node_id, client_port)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    with local_cluster() as cluster:
+        ray.init(address=cluster.cluster.address, log_to_driver=False)
+        try:
+            yield cluster
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
