@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from mlmaster_daemon.config import ExecutionConfig
 
 RAY_EXTRA = "pip install 'mlmaster-daemon[ray]'"
 # ray://HOST:PORT (Ray Client) or HOST:PORT (the head's GCS), as `ray.init(address=...)` takes.
@@ -46,9 +49,7 @@ class ClusterBackendConfig(BaseModel):
     @field_validator("ray_num_gpus")
     @classmethod
     def _gpu_share(cls, value: float) -> float:
-        if value > 1 and not value.is_integer():
-            raise ValueError("a fraction of one GPU (0.5) or a whole number of GPUs (2)")
-        return value
+        return gpu_share(value)
 
     @field_validator("ray_resources", mode="before")
     @classmethod
@@ -64,16 +65,75 @@ class ClusterBackendConfig(BaseModel):
     @field_validator("ray_resources")
     @classmethod
     def _custom_only(cls, value: dict[str, float]) -> dict[str, float]:
-        reserved = {"CPU", "GPU", "memory", "object_store_memory"} & set(value)
-        if reserved:
-            raise ValueError(f"{sorted(reserved)} are set with ray_num_cpus, ray_num_gpus and "
-                             "ray_memory_mb, not as custom resources")
-        if any(amount <= 0 for amount in value.values()):
-            raise ValueError("each custom resource asks a positive amount")
-        return value
+        return custom_only(value)
 
     @model_validator(mode="after")
     def _ray_installed(self) -> ClusterBackendConfig:
         if self.backend == "ray" and importlib.util.find_spec("ray") is None:
             raise ValueError(f'backend "ray" needs Ray on this machine: {RAY_EXTRA}')
         return self
+
+
+def gpu_share(value: float) -> float:
+    if value > 1 and not value.is_integer():
+        raise ValueError("a fraction of one GPU (0.5) or a whole number of GPUs (2)")
+    return value
+
+
+def custom_only(value: dict[str, float]) -> dict[str, float]:
+    reserved = {"CPU", "GPU", "memory", "object_store_memory"} & set(value)
+    if reserved:
+        raise ValueError(f"{sorted(reserved)} are set with num_cpus, num_gpus and memory_mb, "
+                         "not as custom resources")
+    if any(amount <= 0 for amount in value.values()):
+        raise ValueError("each custom resource asks a positive amount")
+    return value
+
+
+class NodeResources(BaseModel):
+    """What one node script of a task asks of a Ray worker (`[resources]` in its task.toml):
+    each key set replaces the `[execution] ray_*` one of the daemon's config for that task."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    num_cpus: float | None = Field(default=None, gt=0)
+    num_gpus: float | None = Field(default=None, ge=0)
+    memory_mb: int | None = Field(default=None, ge=0)
+    custom: dict[str, float] | None = None
+
+    @field_validator("num_cpus", "num_gpus", mode="before")
+    @classmethod
+    def _whole_numbers_too(cls, value: object) -> object:
+        # TOML's 1 is an int: a count of CPUs or GPUs may be written either way.
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("custom", mode="before")
+    @classmethod
+    def _custom_amounts(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                    for k, v in value.items()}
+        return value
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _gpu_share(cls, value: float | None) -> float | None:
+        return None if value is None else gpu_share(value)
+
+    @field_validator("custom")
+    @classmethod
+    def _custom(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        return None if value is None else custom_only(value)
+
+    def apply(self, execution: ExecutionConfig) -> ExecutionConfig:
+        """`execution` with this task's asks in place of the config's."""
+        changes: dict[str, Any] = {}
+        if self.num_cpus is not None:
+            changes["ray_num_cpus"] = self.num_cpus
+        if self.num_gpus is not None:
+            changes["ray_num_gpus"] = self.num_gpus
+        if self.memory_mb is not None:
+            changes["ray_memory_mb"] = self.memory_mb
+        if self.custom is not None:
+            changes["ray_resources"] = dict(self.custom)
+        return execution.model_copy(update=changes) if changes else execution

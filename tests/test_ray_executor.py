@@ -145,6 +145,27 @@ async def test_a_node_that_needs_the_custom_resource_runs_only_on_that_worker(
 
 
 @pytest.mark.slow
+async def test_a_tasks_own_resources_decide_where_its_nodes_run(
+        workers: Workers, short_dir: Path, spec: TaskSpec) -> None:
+    import dataclasses
+
+    config = _config(short_dir)  # the config asks one CPU and nothing else
+    executor = RayExecutor(Settings(config), config.state_dir())
+    journal = _journal()
+    # task.toml's [resources] custom = {accel = 1}
+    accel = dataclasses.replace(spec, resources={"custom": {"accel": 1}})
+    for node in (1, 2):
+        ws = _workspace(short_dir, accel, "print('hi')", f"n{node}")
+        run = await _run(executor, accel, ws, journal, node_id=node)
+        assert run.result.exit_code == 0
+    assert {slot.rsplit(":", 1)[1] for slot in journal.slots} == {workers.accel[:12]}
+    tpu = dataclasses.replace(spec, resources={"num_cpus": 1, "custom": {"tpu": 2}})
+    ws = _workspace(short_dir, tpu, "print('never')", "n3")
+    with pytest.raises(NoWorkerFits, match=r"offers CPU=1, tpu=2"):
+        await _run(executor, tpu, ws, _journal(), node_id=3)
+
+
+@pytest.mark.slow
 async def test_cancel_stops_a_running_node(workers: Workers, short_dir: Path,
                                            spec: TaskSpec) -> None:
     config = _config(short_dir)

@@ -234,3 +234,45 @@ def test_overriding_metric_drops_the_direction_of_the_toml_metric(tmp_path: Path
     root = make_task(tmp_path / "comp", toml='metric = "log_loss"\nlower_is_better = true\n')
     spec = load_task(root, TaskOverrides(metric="accuracy"))
     assert (spec.metric, spec.lower_is_better) == (Metric.ACCURACY, False)
+
+
+def test_resources_in_task_toml_are_what_its_nodes_ask_and_survive_the_store(
+        tmp_path: Path) -> None:
+    from mlmaster_daemon.config import Config
+    from mlmaster_daemon.execution.ray_executor import execution_for
+    from mlmaster_daemon.tasks.spec import TaskSpec
+
+    root = make_task(tmp_path / "comp", toml=(
+        'metric = "accuracy"\n[resources]\nnum_cpus = 4\nnum_gpus = 0.5\nmemory_mb = 8000\n'
+        'custom = {a100 = 1}\n'))
+    spec = load_task(root)
+    assert spec.resources == {"num_cpus": 4, "num_gpus": 0.5, "memory_mb": 8000,
+                              "custom": {"a100": 1}}
+    # As the store keeps a task (JSON) and reads it back on resume.
+    again = TaskSpec.from_dict(spec.to_dict())
+    execution = execution_for(Config().execution, again)
+    assert (execution.ray_num_cpus, execution.ray_num_gpus, execution.ray_memory_mb,
+            execution.ray_resources) == (4.0, 0.5, 8000, {"a100": 1.0})
+    # A task without [resources] asks what the config says.
+    plain = load_task(make_task(tmp_path / "plain"))
+    assert execution_for(Config().execution, plain) == Config().execution
+
+
+@pytest.mark.parametrize(("table", "says"), [
+    ("num_gpus = 1.5", "resources.num_gpus: Value error, a fraction of one GPU"),
+    ("num_cpus = 0", "resources.num_cpus: Input should be greater than 0"),
+    ("gpus = 1", "resources.gpus: Extra inputs are not permitted"),
+    ('custom = {GPU = 1}', "set with num_cpus, num_gpus and memory_mb"),
+    ('num_cpus = "four"', "resources.num_cpus"),
+])
+def test_bad_resources_in_task_toml_are_refused_naming_the_key(
+        tmp_path: Path, table: str, says: str) -> None:
+    root = make_task(tmp_path / "comp", toml=f'metric = "accuracy"\n[resources]\n{table}\n')
+    message = error_of(root)
+    assert says in message and str(root / "task.toml") in message, message
+
+
+def test_resources_that_are_not_a_table_are_refused_saying_how_to_write_them(
+        tmp_path: Path) -> None:
+    root = make_task(tmp_path / "comp", toml='metric = "accuracy"\nresources = 4\n')
+    assert "[resources] must be a table, like" in error_of(root)

@@ -56,6 +56,7 @@ from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.metrics import DaemonMetrics
 from mlmaster_daemon.models import TaskState
+from mlmaster_daemon.ray_config import NodeResources
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 log = get_logger("mlmaster.ray")
@@ -226,7 +227,7 @@ class RayExecutor:
         (how it went, whether its worker, or the run from before the restart, was lost)."""
         from ray.exceptions import RayError
 
-        execution = self.settings.config.execution
+        execution = execution_for(self.settings.config.execution, job.spec)
         timeout = job.timeout_s()
         key = run_key(job.task_id, job.node_id)
         asked = self.clock.time()
@@ -384,6 +385,12 @@ def namespace_for(state_dir: Path) -> str:
     """The Ray namespace of one daemon's actors: daemons sharing a cluster never meet."""
     place = f"{socket.gethostname()}:{state_dir.resolve()}"
     return f"mlmaster-{hashlib.sha256(place.encode()).hexdigest()[:16]}"
+
+
+def execution_for(execution: ExecutionConfig, spec: TaskSpec) -> ExecutionConfig:
+    """The config a task's nodes run under: its task.toml's [resources] in place of the
+    config's `ray_*` asks."""
+    return NodeResources.model_validate(spec.resources).apply(execution)
 
 
 def run_key(task_id: str, node_id: int) -> str:

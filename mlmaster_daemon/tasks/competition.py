@@ -125,6 +125,7 @@ def load_task(task_dir: str | Path, overrides: TaskOverrides | None = None) -> T
         targets=targets,
         map_k=int(settings.get("map_k") or 5),
         competition_id=known.id if known is not None else None,
+        resources=dict(settings.get("resources") or {}),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,8 @@ class TaskSpec:
     map_k: int = 5
     # The MLE-bench competition id this task is, when it is one the project knows.
     competition_id: str | None = None
+    # What one node script asks of a Ray worker (task.toml's [resources]; see NodeResources).
+    resources: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def scored_columns(self) -> tuple[str, ...]:
@@ -101,6 +103,7 @@ class TaskSpec:
             "targets": list(self.targets),
             "map_k": self.map_k,
             "competition_id": self.competition_id,
+            "resources": dict(self.resources),
         }
 
     @classmethod
@@ -122,6 +125,7 @@ class TaskSpec:
             targets=tuple(str(t) for t in raw.get("targets") or ()),
             map_k=int(raw.get("map_k", 5)),
             competition_id=raw.get("competition_id"),
+            resources=dict(raw.get("resources") or {}),
         )
 
 

@@ -24,6 +24,8 @@ TASK_TOML_TYPES: dict[str, type] = {
     "sample_submission": str,
     "competition_id": str,
     "map_k": int,
+    # A table: what one node script asks of a Ray worker (ray_config.NodeResources).
+    "resources": dict,
 }
 
 
@@ -52,6 +54,9 @@ def read_task_toml(root: Path) -> dict[str, Any]:
             raise InvalidTaskDir(
                 f"{toml_path} has unknown key {key!r}: remove it (allowed keys: {allowed})"
             )
+        if expected is dict:
+            _check_resources(toml_path, value)
+            continue
         if expected is list and not (isinstance(value, list) and value
                                      and all(isinstance(v, str) and v for v in value)):
             raise InvalidTaskDir(f"{toml_path}: key {key!r} must be a list of column names, "
@@ -69,3 +74,21 @@ def read_task_toml(root: Path) -> dict[str, Any]:
                                                                         "test_file"):
             raise InvalidTaskDir(f"{toml_path}: key {key!r} must not be empty")
     return dict(raw)
+
+
+def _check_resources(toml_path: Path, value: object) -> None:
+    from pydantic import ValidationError
+
+    from mlmaster_daemon.ray_config import NodeResources
+
+    if not isinstance(value, dict):
+        raise InvalidTaskDir(f"{toml_path}: [resources] must be a table, like "
+                             "[resources] num_cpus = 4, num_gpus = 1, memory_mb = 16000, "
+                             "custom = {a100 = 1}")
+    try:
+        NodeResources.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(f"resources.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors())
+        raise InvalidTaskDir(f"{toml_path}: {problems} (keys: num_cpus, num_gpus, "
+                             "memory_mb, custom)") from None
