@@ -166,6 +166,40 @@ async def test_a_tasks_own_resources_decide_where_its_nodes_run(
 
 
 @pytest.mark.slow
+async def test_a_task_folders_resources_place_its_nodes_and_reach_its_prompts(
+        workers: Workers, short_dir: Path, breast_cancer: Path) -> None:
+    import shutil
+
+    folder = short_dir / "accel_task"
+    shutil.copytree(breast_cancer, folder)
+    (folder / "task.toml").chmod(0o644)
+    with (folder / "task.toml").open("a") as toml:
+        toml.write("\n[resources]\nnum_cpus = 1\ncustom = {accel = 1}\n")
+    server = await FakeOpenAI(code=ENDS).start()
+    # The config asks half a CPU; the task asks a whole one and the accel worker.
+    config = daemon_config(short_dir / "state", short_dir / "api.sock", {
+        "execution.backend": "ray", "execution.ray_num_cpus": 0.5,
+        "llm.code": {"base_url": server.base_url, "model": "fake"}})
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        async with Client(daemon.socket_path) as client:
+            task = await client.submit({"task_dir": str(folder), "steps": 2})
+            final = await wait_terminal(client, task["id"], WAIT_S)
+            nodes = [await client.node(task["id"], n["id"])
+                     for n in await client.nodes(task["id"])]
+    finally:
+        await daemon.stop()
+        await server.stop()
+    assert final["state"] == "finished"
+    assert {n["slot"].rsplit(":", 1)[1] for n in nodes} == {workers.accel[:12]}
+    prompts = [m["content"] for r in server.requests for m in r["messages"]
+               if r["messages"][0]["content"] != "ping"]
+    assert any("CPU only: 1 CPU cores, no GPU (on a Ray worker)" in p for p in prompts)
+    assert not any("0.5 CPU cores" in p for p in prompts)
+
+
+@pytest.mark.slow
 async def test_cancel_stops_a_running_node(workers: Workers, short_dir: Path,
                                            spec: TaskSpec) -> None:
     config = _config(short_dir)

@@ -56,6 +56,17 @@ class LlmCoder:
     def hardware(self) -> str:
         return self.settings.config.llm.hardware or self.detected_hardware
 
+    def hardware_for(self, request: CodeRequest) -> str:
+        """The hardware line of this request's prompt: on a Ray cluster, what the task's own
+        [resources] ask when it says."""
+        config = self.settings.config
+        if config.llm.hardware or config.execution.backend != "ray" or not request.task.resources:
+            return self.hardware
+        from mlmaster_daemon.execution.ray_cluster import describe_share
+        from mlmaster_daemon.execution.ray_executor import execution_for
+
+        return describe_share(execution_for(config.execution, request.task))
+
     @property
     def judges(self) -> bool:
         return self.feedback is not None
@@ -76,9 +87,9 @@ class LlmCoder:
         correction up to `no_code_retries` times, then the node fails with that reason."""
         calls: list[CallRecord] = []
         chat = self.code.cfg.mode == "chat"
-        messages = operator_messages(request, self.hardware) if chat else []
-        prompt = "" if chat else completion_prompt(request, self.hardware,
-                                                   self.code.cfg.chat_template)
+        hardware = self.hardware_for(request)
+        messages = operator_messages(request, hardware) if chat else []
+        prompt = "" if chat else completion_prompt(request, hardware, self.code.cfg.chat_template)
         for attempt in range(self.settings.config.llm.no_code_retries + 1):
             reply = await (self.code.chat(messages) if chat else self.code.complete(prompt))
             # Kept with the call: trajectory export pairs what the model saw with its answer.
