@@ -65,7 +65,7 @@ class ClusterBackendConfig(BaseModel):
     @field_validator("ray_resources")
     @classmethod
     def _custom_only(cls, value: dict[str, float]) -> dict[str, float]:
-        return custom_only(value)
+        return custom_only(value, "ray_num_cpus, ray_num_gpus and ray_memory_mb")
 
     @model_validator(mode="after")
     def _ray_installed(self) -> ClusterBackendConfig:
@@ -80,11 +80,11 @@ def gpu_share(value: float) -> float:
     return value
 
 
-def custom_only(value: dict[str, float]) -> dict[str, float]:
+def custom_only(value: dict[str, float],
+                keys: str = "num_cpus, num_gpus and memory_mb") -> dict[str, float]:
     reserved = {"CPU", "GPU", "memory", "object_store_memory"} & set(value)
     if reserved:
-        raise ValueError(f"{sorted(reserved)} are set with num_cpus, num_gpus and memory_mb, "
-                         "not as custom resources")
+        raise ValueError(f"{sorted(reserved)} are set with {keys}, not as custom resources")
     if any(amount <= 0 for amount in value.values()):
         raise ValueError("each custom resource asks a positive amount")
     return value

@@ -25,8 +25,10 @@ from mlmaster_daemon.execution.ray_cluster import (
     disconnect,
 )
 
-# How long doctor waits to join a cluster (and to leave it).
+# How long doctor waits to join a cluster (and to leave it). The head's port answered a TCP
+# handshake first; Ray Client starts a server process per connection, slow on a busy head.
 JOIN_TIMEOUT_S = 30.0
+CLIENT_JOIN_TIMEOUT_S = 90.0
 # Starting a single-machine cluster (ray_address = "") takes longer on a loaded machine.
 START_TIMEOUT_S = 60.0
 # The TCP handshake with the head's port, before Ray is asked to join it.
@@ -154,9 +156,12 @@ class _Session:
         if address not in ("", "auto"):
             _reach(address)
         wait_s = timeout_s if timeout_s is not None else (
-            JOIN_TIMEOUT_S if address else START_TIMEOUT_S)
+            CLIENT_JOIN_TIMEOUT_S if address.startswith("ray://")
+            else JOIN_TIMEOUT_S if address else START_TIMEOUT_S)
         self.thread.start()
         if not self.joined.wait(wait_s):
+            # A join that ends after all is left at once: this process stays off the cluster.
+            self.done.set()
             raise ClusterUnreachable(f"no answer within {wait_s:.0f} s from "
                                      f"{address or 'the cluster it started'}: {_hint(address)}")
         if self.error is not None:

@@ -82,6 +82,27 @@ def test_a_reachable_cluster_is_joined_and_its_live_machines_listed_with_their_r
 
 
 @pytest.mark.slow
+def test_a_join_that_ends_after_doctor_gave_up_leaves_the_cluster_at_once(
+        workers: Workers, short_dir: Path) -> None:
+    import threading
+
+    from mlmaster_daemon.ray_doctor import cluster_checks
+
+    config = daemon_config(short_dir / "state", short_dir / "api.sock", {
+        "execution.backend": "ray", "execution.ray_address": workers.cluster.address})
+    checks = cluster_checks(config.execution, join_timeout_s=0.001)
+    assert [c.ok for c in checks] == [False] and "no answer within" in checks[0].detail
+    # The join goes on in its thread; once it ends, it is left: nothing stays joined to
+    # break this process's next join (a busy machine made doctor's joins outlast it).
+    for thread in [t for t in threading.enumerate() if t.name == "ray doctor"]:
+        thread.join(120)
+        assert not thread.is_alive()
+    assert not ray.is_initialized()
+    again = _doctor(short_dir, ray_address=workers.cluster.address)
+    assert all(c.ok for c in again if c.name.startswith("ray")), again
+
+
+@pytest.mark.slow
 def test_a_cluster_joined_through_ray_client_is_checked_the_same_way(
         workers: Workers, short_dir: Path) -> None:
     checks = _doctor(short_dir, ray_address=f"ray://127.0.0.1:{workers.client_port}",
