@@ -62,10 +62,10 @@ def perfect(spec: TaskSpec, view_spec: TaskSpec, sample_columns: list[str]) -> p
     return out
 
 
-def round_trip(spec: TaskSpec, tmp_path: Path, **options: object) -> tuple[TaskSpec, float]:
+def round_trip(spec: TaskSpec, tmp_path: Path, fraction: float = 0.1) -> tuple[TaskSpec, float]:
     """The holdout score of a perfect submission, after checking its real part is exactly the
     competition's: the original sample's ids in order."""
-    _, view_spec = view(spec, tmp_path, **options)
+    _, view_spec = view(spec, tmp_path, fraction=fraction)
     columns = list(text(spec.public_dir / spec.sample_submission_file).columns)
     submission = tmp_path / "node" / "submission.csv"
     submission.parent.mkdir()
@@ -212,7 +212,10 @@ def test_fresh_text_ids_have_the_real_ids_length_and_characters(tmp_path: Path) 
     import random
 
     rng = random.Random(0)
-    make = lambda n: [f"ID_{rng.getrandbits(32):08x}" for _ in range(n)]  # noqa: E731
+
+    def make(n: int) -> list[str]:
+        return [f"ID_{rng.getrandbits(32):08x}" for _ in range(n)]
+
     spec = tabular(tmp_path, Metric.ACCURACY, ("label",), ids=(make(400), make(120)))
     _, view_spec = view(spec, tmp_path)
     assert view_spec.private_dir is not None
@@ -339,3 +342,31 @@ def test_an_overlong_id_is_refused(tmp_path: Path) -> None:
     spec = tabular(tmp_path, Metric.ACCURACY, ("label",), ids=long_ids)
     with pytest.raises(HoldoutError, match="characters"):
         view(spec, tmp_path)
+
+
+def test_a_resumed_task_reads_back_the_same_plan(tmp_path: Path) -> None:
+    spec = example("diabetes", tmp_path)
+    chosen, view_spec = view(spec, tmp_path)
+    assert view_spec.private_dir is not None
+    assert holdout.load_plan(view_spec.private_dir) == chosen
+    assert holdout.load_plan(tmp_path) is None
+
+
+def test_fresh_text_ids_never_equal_a_taken_id_once_normalised(tmp_path: Path) -> None:
+    import random
+
+    from mlmaster_daemon.tasks.holdout_ids import fresh_ids
+
+    real = [f"{n:03d}" for n in range(0, 1000, 2)]
+    # Only "010" is free as text, but it is the taken id 10 once normalised.
+    taken = (set(real) - {"010"}) | {"10"}
+    with pytest.raises(HoldoutError, match="too few"):
+        fresh_ids(real, taken, 1, random.Random(0))
+
+
+def test_regression_split_is_seeded_random(tmp_path: Path) -> None:
+    spec = example("diabetes", tmp_path)
+    chosen = planned(spec, seed=1)
+    train = text(spec.public_dir / spec.train_file)
+    assert len(chosen.rows) == round(0.1 * len(train))
+    assert chosen != planned(spec, seed=2)

@@ -34,8 +34,8 @@ ANSWERS_FILE = "holdout_answers.csv"
 ID_MAP_FILE = "holdout_ids.csv"
 PLAN_FILE = "holdout_plan.json"
 
-__all__ = ["HoldoutError", "HoldoutPlan", "Refusal", "build_view", "plan", "read_text_table",
-           "score_holdout", "split_submission"]
+__all__ = ["HoldoutError", "HoldoutPlan", "Refusal", "build_view", "load_plan", "plan",
+           "read_text_table", "score_holdout", "split_submission"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,21 @@ class HoldoutPlan:
                    rows=tuple(int(r) for r in raw["rows"]),
                    label_columns=tuple(str(c) for c in raw["label_columns"]),
                    group_column=raw.get("group_column"))
+
+
+def load_plan(private_dir: Path) -> HoldoutPlan | None:
+    """The plan `build_view` saved in `private_dir` (a resumed task keeps its split), or None
+    when there is none. Raises `HoldoutError` for a file that is not a plan."""
+    try:
+        raw = untrusted.read_bounded(private_dir, PLAN_FILE, MAX_TABLE_BYTES)
+    except FileNotFoundError:
+        return None
+    except (OSError, untrusted.UnsafeFile) as exc:
+        raise HoldoutError(f"cannot read the holdout plan in {private_dir}: {exc}") from None
+    try:
+        return HoldoutPlan.from_json(raw.decode("utf-8"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise HoldoutError(f"{private_dir / PLAN_FILE} is not a holdout plan: {exc}") from None
 
 
 def read_text_table(root: Path, relative: str, max_bytes: int = MAX_TABLE_BYTES) -> pd.DataFrame:

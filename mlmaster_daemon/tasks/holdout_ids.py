@@ -8,6 +8,7 @@ import random
 import re
 
 from mlmaster_daemon.errors import MlmasterError
+from mlmaster_daemon.tasks.labels import normalise_label, normalise_labels
 
 # An id longer than this is not an id a table would hold; refusing it bounds the work.
 MAX_ID_CHARS = 256
@@ -93,6 +94,8 @@ def _fresh_text(real: list[str], taken: set[str], count: int, rng: random.Random
             slot.add(char)
     alphabets = {n: [sorted(s) for s in slots] for n, slots in by_length.items()}
     lengths = sorted(len(i) for i in real)
+    # Ids are matched in normalised form ("007" is 7): a fresh id may not equal a taken one so.
+    seen = set(normalise_labels(list(taken)))
     chosen: set[str] = set()
     picks: list[str] = []
     attempts = 0
@@ -102,7 +105,8 @@ def _fresh_text(real: list[str], taken: set[str], count: int, rng: random.Random
             raise HoldoutError(f"cannot draw {count} fresh ids like the test's: its ids leave too "
                           "few unused combinations")
         candidate = "".join(rng.choice(chars) for chars in alphabets[rng.choice(lengths)])
-        if candidate not in taken and candidate not in chosen:
-            chosen.add(candidate)
+        canonical = normalise_label(candidate)
+        if candidate not in taken and canonical not in seen and canonical not in chosen:
+            chosen.add(canonical)
             picks.append(candidate)
     return picks
