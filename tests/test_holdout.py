@@ -16,6 +16,7 @@ from mlmaster_daemon.tasks.examples import build_example
 from mlmaster_daemon.tasks.grading import grade
 from mlmaster_daemon.tasks.holdout import HoldoutError, HoldoutPlan, Refusal
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
+from mlmaster_daemon.tasks.validation import validate_submission
 
 
 def text(path: Path) -> pd.DataFrame:
@@ -70,6 +71,8 @@ def round_trip(spec: TaskSpec, tmp_path: Path, fraction: float = 0.1) -> tuple[T
     submission = tmp_path / "node" / "submission.csv"
     submission.parent.mkdir()
     perfect(spec, view_spec, columns).to_csv(submission, index=False)
+    # The node's own check against the view's sample passes.
+    assert validate_submission(view_spec, submission) is None
     real = tmp_path / "real.csv"
     rows = holdout.split_submission(view_spec, submission, real)
     original = text(spec.public_dir / spec.sample_submission_file)
@@ -370,3 +373,14 @@ def test_regression_split_is_seeded_random(tmp_path: Path) -> None:
     train = text(spec.public_dir / spec.train_file)
     assert len(chosen.rows) == round(0.1 * len(train))
     assert chosen != planned(spec, seed=2)
+
+
+def test_real_part_takes_the_sample_s_id_text(tmp_path: Path) -> None:
+    spec = example("breast_cancer", tmp_path)
+    _, view_spec = view(spec, tmp_path)
+    sample = text(view_spec.public_dir / spec.sample_submission_file)
+    submission = tmp_path / "sub.csv"
+    sample.assign(id=sample["id"] + ".0").to_csv(submission, index=False)
+    holdout.split_submission(view_spec, submission, tmp_path / "real.csv")
+    assert (tmp_path / "real.csv").read_bytes() == (
+        spec.public_dir / spec.sample_submission_file).read_bytes()

@@ -33,6 +33,7 @@ MAX_TABLE_BYTES = 2 * 1024**3
 ANSWERS_FILE = "holdout_answers.csv"
 ID_MAP_FILE = "holdout_ids.csv"
 PLAN_FILE = "holdout_plan.json"
+COLUMNS_FILE = "holdout_columns.json"
 
 __all__ = ["HoldoutError", "HoldoutPlan", "Refusal", "build_view", "load_plan", "plan",
            "read_text_table", "score_holdout", "split_submission"]
@@ -242,6 +243,8 @@ def build_view(spec: TaskSpec, holdout: HoldoutPlan, view_dir: Path,
                          "position": range(len(tables.sample))})
     fresh = pd.DataFrame({"id": new_ids, "part": "holdout", "position": range(len(new_ids))})
     _write(pd.concat([real, fresh], ignore_index=True), private_dir / ID_MAP_FILE)
+    (private_dir / COLUMNS_FILE).write_text(json.dumps(list(tables.sample.columns)) + "\n",
+                                           encoding="utf-8")
     (private_dir / PLAN_FILE).write_text(holdout.to_json() + "\n", encoding="utf-8")
     return replace(spec, public_dir=view_dir, private_dir=private_dir)
 
@@ -283,8 +286,13 @@ def split_submission(view_spec: TaskSpec, submission_path: Path, real_out_path: 
     if view_spec.private_dir is None:
         raise HoldoutError("the view's spec has no private folder holding the id map")
     submission = read_text_table(submission_path.parent, submission_path.name, max_bytes)
-    columns = list(read_text_table(view_spec.public_dir, view_spec.sample_submission_file,
-                                   max_bytes).columns)
+    # The columns come from the private copy: the view is the nodes' to read, never to trust.
+    try:
+        saved = untrusted.read_bounded(view_spec.private_dir, COLUMNS_FILE, MAX_TABLE_BYTES)
+        columns = [str(c) for c in json.loads(saved)]
+    except (OSError, ValueError, untrusted.UnsafeFile) as exc:
+        raise HoldoutError(f"cannot read the sample's columns in {view_spec.private_dir}: "
+                           f"{exc}") from None
     id_map = read_text_table(view_spec.private_dir, ID_MAP_FILE)
     if sorted(submission.columns) != sorted(columns):
         raise HoldoutError(f"the submission's columns {list(submission.columns)} are not the "
@@ -308,7 +316,11 @@ def split_submission(view_spec: TaskSpec, submission_path: Path, real_out_path: 
     real = [position[i] for i, part in zip(expected, parts, strict=True) if part == "test"]
     held = [position[i] for i, part in zip(expected, parts, strict=True) if part == "holdout"]
     real_out_path.parent.mkdir(parents=True, exist_ok=True)
-    _write(submission.iloc[real][columns], real_out_path)
+    real_rows = submission.iloc[real][columns].reset_index(drop=True)
+    # Ids as the original sample writes them ("7", not a node's "7.0").
+    real_rows[view_spec.id_column] = [i for i, part in zip(id_map["id"], parts, strict=True)
+                                      if part == "test"]
+    _write(real_rows, real_out_path)
     return submission.iloc[held][columns].reset_index(drop=True)
 
 
