@@ -384,3 +384,29 @@ def test_real_part_takes_the_sample_s_id_text(tmp_path: Path) -> None:
     holdout.split_submission(view_spec, submission, tmp_path / "real.csv")
     assert (tmp_path / "real.csv").read_bytes() == (
         spec.public_dir / spec.sample_submission_file).read_bytes()
+
+
+def test_other_public_files_and_folders_are_hard_linked_into_the_view(tmp_path: Path) -> None:
+    spec = tabular(tmp_path, Metric.ACCURACY, ("label",))
+    (spec.public_dir / "images").mkdir()
+    (spec.public_dir / "images" / "a.png").write_bytes(b"\x89PNG")
+    _, view_spec = view(spec, tmp_path)
+    linked = view_spec.public_dir / "images" / "a.png"
+    assert linked.read_bytes() == b"\x89PNG"
+    assert linked.stat().st_ino == (spec.public_dir / "images" / "a.png").stat().st_ino
+
+
+def test_an_oversized_submission_is_refused_unread(tmp_path: Path) -> None:
+    spec = tabular(tmp_path, Metric.ACCURACY, ("label",))
+    _, view_spec = view(spec, tmp_path)
+    submission = view_spec.public_dir / "sample_submission.csv"
+    with pytest.raises(HoldoutError, match="safely"):
+        holdout.split_submission(view_spec, submission, tmp_path / "real.csv", max_bytes=100)
+
+
+def test_a_view_folder_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    spec = tabular(tmp_path, Metric.ACCURACY, ("label",))
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "view")
+    with pytest.raises(HoldoutError, match="link"):
+        view(spec, tmp_path)

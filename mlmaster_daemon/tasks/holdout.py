@@ -228,6 +228,8 @@ def build_view(spec: TaskSpec, holdout: HoldoutPlan, view_dir: Path,
     view_sample = tables.sample.iloc[picks].reset_index(drop=True)
     view_sample[id_column] = view_test[id_column].to_numpy()
 
+    if view_dir.is_symlink():
+        raise HoldoutError(f"{view_dir} is a link: give the view a folder of its own")
     if view_dir.exists():
         shutil.rmtree(view_dir)
     _mirror(spec.public_dir, view_dir,
