@@ -7,12 +7,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from typing import Any
 
 from mlmaster_daemon.config import ExecutionConfig
 from mlmaster_daemon.errors import MlmasterError
 
 MIB = 1024 * 1024
+# Joins through Ray Client refused by the head's server start-up, and the pause between them.
+CLIENT_TRIES, CLIENT_RETRY_S = 3, 2.0
 # The share of a machine's object store one task's input may take (without a shared fs).
 INPUT_STORE_SHARE = 0.5
 # How long reading the machines through Ray Client may take (a task on the cluster).
@@ -37,10 +40,21 @@ def connect(execution: ExecutionConfig) -> bool:
     # it, whatever handler ray.init sets.
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        # "local" starts a new cluster even when RAY_ADDRESS or a `ray start` on this machine
-        # would otherwise be joined (a cluster the daemon then mistook for its own to stop).
-        ray.init(address=execution.ray_address or "local", include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING)
+        for attempt in range(1, CLIENT_TRIES + 1):
+            try:
+                # "local" starts a new cluster even when RAY_ADDRESS or a `ray start` on this
+                # machine would otherwise be joined (a cluster the daemon then mistook for its
+                # own to stop).
+                ray.init(address=execution.ray_address or "local", include_dashboard=False,
+                         log_to_driver=False, logging_level=logging.WARNING)
+                break
+            except ConnectionAbortedError:
+                # Ray Client's head starts a server process per connection; on a busy head
+                # one can die at birth ("Initialization failure from server"): ask again.
+                if attempt == CLIENT_TRIES:
+                    raise
+                ray.shutdown()  # what the failed join set up
+                time.sleep(CLIENT_RETRY_S * attempt)
     finally:
         if threading.current_thread() is threading.main_thread():
             for sig, handler in handlers.items():
