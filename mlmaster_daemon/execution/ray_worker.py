@@ -88,16 +88,8 @@ def pack_public_dir(public_dir: Path) -> bytes:
 def input_size(public_dir: Path) -> int:
     """Bytes of the regular files below the task's public folder (links are not followed,
     as `pack_public_dir` does not follow them). Blocking."""
-    total = 0
-    pending = [public_dir]
-    while pending:
-        with os.scandir(pending.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
-    return total
+    return sum(os.lstat(public_dir / relative).st_size
+               for relative in _regular_files(public_dir, "."))
 
 
 def worker_root(task_id: str) -> Path:
