@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlmaster_daemon.errors import ConfigError
+from mlmaster_daemon.holdout_config import HoldoutConfig
 
 # Re-exported (`X as X`): their sections are part of this config.
 from mlmaster_daemon.loopback_config import MetricsConfig as MetricsConfig  # noqa: PLC0414
@@ -245,6 +246,7 @@ class Config(_Section):
     coder: CoderConfig = CoderConfig()
     validation_server: ValidationServerConfig = ValidationServerConfig()
     metrics: MetricsConfig = MetricsConfig()
+    holdout: HoldoutConfig = HoldoutConfig()
 
     def state_dir(self) -> Path:
         """Where the database and task folders live."""

@@ -18,6 +18,7 @@ from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.faults import is_storage_fault
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import NodeState, TaskState
+from mlmaster_daemon.scheduler.holdout_stage import score_node
 from mlmaster_daemon.scheduler.prompt_inputs import code_request
 from mlmaster_daemon.scheduler.search_state import SearchState
 from mlmaster_daemon.search.policy import Pick
@@ -203,24 +204,35 @@ async def _run_and_evaluate(state: SearchState, node_id: int, pick: Pick,
                                    exit_code=result.exit_code, gpu_peak_mb=run.gpu_peak_mb,
                                    gpu_seconds=run.gpu_seconds)
     outcome = await asyncio.to_thread(evaluate, ws, task.spec, result, run.timeout_s)
+    holdout_metric = None
+    if state.holdout is not None and not outcome.buggy:
+        holdout_metric, invalid = await asyncio.to_thread(score_node, state.holdout, ws,
+                                                          node_id)
+        if invalid is not None:
+            outcome = Evaluation(None, f"submission invalid: {invalid}")
     if result.reason is not None and result.reason.startswith(DISK_LIMIT_REASONS):
         # It wrote too much: what it wrote goes (its logs and code are kept).
         await asyncio.to_thread(ws.clear, KEPT_AFTER_DISK_LIMIT)
     outcome, analysis, summary = await _judge(state, node_id, ws, response.code, outcome,
                                               response.summary)
-    await _finish(state, node_id, pick, outcome, analysis, summary)
+    if outcome.buggy:
+        holdout_metric = None  # a judge may call a working run buggy
+    await _finish(state, node_id, pick, outcome, analysis, summary, holdout_metric)
     log.info("node finished", state="buggy" if outcome.buggy else "done",
-             metric=outcome.metric, error=outcome.error,
+             metric=outcome.metric, holdout_metric=holdout_metric, error=outcome.error,
              seconds=round(result.duration_s, 2))
-    if outcome.metric is not None and state.improves(outcome.metric):
-        state.best_metric = outcome.metric
-        await state.publish.best(node_id, ws, outcome.metric, response.code)
+    if outcome.metric is not None:
+        key = state.selection_key(outcome.metric, holdout_metric)
+        if state.improves(key):
+            state.best_metric, state.best_key = outcome.metric, key
+            await state.publish.best(node_id, ws, outcome.metric, response.code)
 
 
 async def _finish(state: SearchState, node_id: int, pick: Pick, outcome: Evaluation,
-                  analysis: str | None, summary: str) -> None:
+                  analysis: str | None, summary: str, holdout_metric: float | None) -> None:
     """The outcome enters the search (backpropagation, memory), then is committed with the
-    search state that knows it, then published."""
+    search state that knows it, then published. The holdout metric is only committed: the
+    search never sees it."""
     task, store = state.task, state.parts.store
     parent_metric = state.policy.tree[pick.parent_id].metric if pick.parent_ids else None
     changed = state.policy.complete(node_id, pick, outcome.metric, outcome.folds)
@@ -236,7 +248,7 @@ async def _finish(state: SearchState, node_id: int, pick: Pick, outcome: Evaluat
     await store.finish_node(
         task.id, node_id,
         {"state": node_state, "metric": outcome.metric, "error": outcome.error,
-         "finished_at": state.now(), "analysis": analysis},
+         "finished_at": state.now(), "analysis": analysis, "holdout_metric": holdout_metric},
         [(n.id, n.visits, n.value, n.uct) for n in changed], state.saved())
     await state.publish.node_changed(node_id, pick, node_state, outcome.metric, outcome.error)
 

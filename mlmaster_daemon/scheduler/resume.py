@@ -46,18 +46,24 @@ async def restore(state: SearchState, nodes: list[NodeRecord]) -> list[tuple[Nod
     return resume
 
 
-def ranked(nodes: list[NodeRecord], lower_is_better: bool) -> list[NodeRecord]:
-    """The working nodes, best first (the earlier of equal metrics first)."""
-    sign = 1.0 if lower_is_better else -1.0
+def ranked(state: SearchState, nodes: list[NodeRecord]) -> list[NodeRecord]:
+    """The working nodes, best first by the final-selection rule (the earlier of equal
+    values first)."""
+    sign = 1.0 if state.task.spec.lower_is_better else -1.0
     done = [n for n in nodes if n.state is NodeState.DONE and n.metric is not None]
-    return sorted(done, key=lambda n: (sign * (n.metric or 0.0), n.id))
+    return sorted(done, key=lambda n: (sign * _key(state, n), n.id))
+
+
+def _key(state: SearchState, node: NodeRecord) -> float:
+    assert node.metric is not None
+    return state.selection_key(node.metric, node.holdout_metric)
 
 
 async def repair_best(state: SearchState, nodes: list[NodeRecord]) -> None:
     """best/ is derived from the finished nodes: each start makes it hold the best node whose
     submission is still there."""
     task = state.task
-    done = ranked(nodes, task.spec.lower_is_better)
+    done = ranked(state, nodes)
     if not done:
         return
     # A workspace removed by hand cannot be used.
@@ -69,10 +75,12 @@ async def repair_best(state: SearchState, nodes: list[NodeRecord]) -> None:
         return
     best = usable[0]
     assert best.metric is not None and best.code is not None
+    state.best_key = _key(state, best)
     recorded = await asyncio.to_thread(best_node_id, best_dir(state.parts.state_dir, task.id))
     holder = next((n for n in done if n.id == recorded), None)
-    # Another node with the same metric may hold it (it finished first): that stands.
-    if holder is not None and holder.metric == best.metric and task.best_node_id == holder.id:
+    # Another node with the same value may hold it (it finished first): that stands.
+    if (holder is not None and _key(state, holder) == state.best_key
+            and task.best_node_id == holder.id):
         return
     log.warning("best submission out of date after a restart; rebuilt", task_id=task.id,
                 node_id=best.id, was=recorded)

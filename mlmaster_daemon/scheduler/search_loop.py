@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 
 from mlmaster_daemon.artefacts import copy_top, task_root
 from mlmaster_daemon.bus import TaskStateChanged
@@ -13,6 +14,8 @@ from mlmaster_daemon.faults import StorageFault, describe, is_storage_fault
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import NodeState, TaskState
 from mlmaster_daemon.scheduler.expansion import expand
+from mlmaster_daemon.scheduler.final_selection import choose_final
+from mlmaster_daemon.scheduler.holdout_stage import prepare
 from mlmaster_daemon.scheduler.parts import SearchParts
 from mlmaster_daemon.scheduler.resume import ranked, repair_best, restore
 from mlmaster_daemon.scheduler.search_state import MAX_FAILED_IN_A_ROW, SearchState
@@ -106,8 +109,10 @@ class TaskSearch:
         await self._finish()
 
     async def _prepare(self) -> tuple[list[NodeRecord], list[tuple[NodeRecord, Pick]]]:
-        """Everything before the loop: the saved tree, best/, data preview, lessons."""
+        """Everything before the loop: the holdout, the saved tree, best/, data preview,
+        lessons."""
         state = self.state
+        await self._prepare_holdout()
         nodes = await self.parts.store.list_nodes(state.task.id)
         resume = await restore(state, nodes)
         await repair_best(state, nodes)
@@ -116,6 +121,23 @@ class TaskSearch:
         if not nodes:
             await state.memory.prefetch_lessons(self.parts.store, state.profile, state.task.id)
         return nodes, resume
+
+    async def _prepare_holdout(self) -> None:
+        """Plan and build the task's holdout (kept from its first start), say in the task
+        whether it has one and why not; from here on its nodes work on the holdout's view."""
+        state, config = self.state, self.parts.settings.config
+        task = state.task
+        active, note = await asyncio.to_thread(
+            prepare, task.spec, task_root(self.parts.state_dir, task.id), task.id,
+            config.holdout, config.search.seed)
+        if config.execution.sandbox == "none" and active is not None:
+            note["warning"] = ("the sandbox is off: node scripts can read the holdout's "
+                               "answers in the daemon's state folder")
+        await self.parts.store.update_task(task.id, holdout=note)
+        log.info("holdout prepared", task_id=task.id, holdout=note)
+        if active is not None:
+            state.holdout = active
+            state.task = replace(task, spec=active.view)
 
     async def _dispatch(self, nodes: list[NodeRecord],
                         resume: list[tuple[NodeRecord, Pick]]) -> None:
@@ -183,6 +205,7 @@ class TaskSearch:
         if state.budget.exhausted and error is None:
             error = state.budget.exhausted
         await self._settle_unfinished()
+        await choose_final(state)
         await self._keep_top_k()
         if state.profile is not None:
             await state.memory.promote_lessons(self.parts.store, state.profile, state.task.id,
@@ -203,13 +226,13 @@ class TaskSearch:
                     finished_at=self.state.now())
 
     async def _keep_top_k(self) -> None:
-        """Final selection: the best node is already in best/; with keep_top_k > 1 the k best
-        working nodes' submissions are also copied to top/<rank>-node<id>/, best first."""
+        """With keep_top_k > 1 the k best working nodes (by the final-selection rule) keep
+        their submissions in top/<rank>-node<id>/, best first."""
         k = self.parts.settings.config.search.keep_top_k
         if k <= 1:
             return
         task = self.state.task
-        nodes = ranked(await self.parts.store.list_nodes(task.id), task.spec.lower_is_better)
+        nodes = ranked(self.state, await self.parts.store.list_nodes(task.id))
         root = task_root(self.parts.state_dir, task.id)
         await asyncio.to_thread(copy_top, root, [(n.id, n.code or "") for n in nodes[:k]])
 

@@ -12,6 +12,7 @@ import anyio
 from mlmaster_daemon.artefacts import node_dir
 from mlmaster_daemon.policy_config import make_policy
 from mlmaster_daemon.scheduler.budget import Budget
+from mlmaster_daemon.scheduler.holdout_stage import ActiveHoldout
 from mlmaster_daemon.scheduler.parts import SearchParts
 from mlmaster_daemon.scheduler.publish import Publisher
 from mlmaster_daemon.scheduler.task_memory import TaskMemory
@@ -48,6 +49,11 @@ class SearchState:
         # rather than a semaphore: a config reload can change its size while nodes run.
         self.run_slots = anyio.CapacityLimiter(config.search.parallel)
         self.best_metric = task.best_metric
+        # What best/ is chosen by (the selection rule's value of the best node so far; see
+        # `selection_key`), set again from the tree at each start.
+        self.best_key: float | None = None
+        # The task's hidden holdout, once the start prepared it (None: the task has none).
+        self.holdout: ActiveHoldout | None = None
         self.preview = ""
         self.profile: TaskProfile | None = None
         # How long the task's recent runs took (seconds), to tell when too little time is
@@ -79,9 +85,20 @@ class SearchState:
         floor = min(MIN_NODE_S, self.task.node_timeout_s)
         return self.budget.left_s(self.now()) >= max(floor, typical)
 
-    def improves(self, metric: float) -> bool:
-        if self.best_metric is None:
+    def selection_key(self, metric: float, holdout_metric: float | None) -> float:
+        """A working node's value under the final-selection rule (`[holdout] selection`):
+        never read by the search, only to choose what best/ holds."""
+        rule = self.parts.settings.config.holdout.selection
+        if rule == "validation" or holdout_metric is None:
+            return metric
+        if rule == "holdout":
+            return holdout_metric
+        return (metric + holdout_metric) / 2
+
+    def improves(self, key: float) -> bool:
+        """Whether a node with this selection key should replace best/."""
+        if self.best_key is None:
             return True
         if self.task.spec.lower_is_better:
-            return metric < self.best_metric
-        return metric > self.best_metric
+            return key < self.best_key
+        return key > self.best_key

@@ -121,13 +121,15 @@ class Store:
         description = redact(spec.pop("description"))
         async with self._transaction() as db:
             await db.execute(
-                f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 20)})",
+                f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 22)})",
                 (
                     task.id, task.name, task.task_dir, json.dumps(spec),
                     task.policy, task.steps, task.time_limit_s, task.node_timeout_s,
                     task.state.value, task.error, task.best_node_id, task.best_metric,
                     task.created_at, task.started_at, task.finished_at, task.max_tokens,
                     task.max_cost, task.submitter_uid, task.submitter, task.active_s,
+                    *(None if v is None else json.dumps(v) for v in (task.holdout,
+                                                                      task.selection)),
                 ),
             )
             await db.execute("INSERT INTO task_texts (task_id, description) VALUES (?, ?)",
@@ -169,7 +171,7 @@ class Store:
     async def insert_node(self, node: NodeRecord) -> None:
         async with self._transaction() as db:
             await db.execute(
-                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('?' * 27)})",
+                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('?' * 28)})",
                 (
                     node.task_id, node.id, node.parent_id, node.operator.value, node.state.value,
                     node.plan, node.summary, node.code, node.metric, node.error, node.exit_code,
@@ -177,6 +179,7 @@ class Store:
                     node.finished_at, json.dumps(list(node.parent_ids)), node.analysis,
                     node.pid_start_time, node.boot_id, node.slot, node.gpu_peak_mb,
                     node.gpu_seconds, int(node.interrupted), node.uct, node.pick_reason,
+                    node.holdout_metric,
                 ),
             )
 

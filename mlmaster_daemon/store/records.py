@@ -36,6 +36,11 @@ class TaskRecord:
     submitter: str | None = None
     # Active seconds used in earlier runs of the daemon; the time budget counts only these.
     active_s: float = 0.0
+    # The hidden holdout: {"state": "on", "rows", "fraction", ...} or {"state": "off",
+    # "reason"}; None until the task first starts (tasks/holdout.py, scheduler/holdout_stage.py).
+    holdout: dict[str, Any] | None = None
+    # The final selection: {"rule", "node_id", "reason", "ensemble"?}; None until chosen.
+    selection: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,9 @@ class NodeRecord:
     # never compared) and why the pick that made it was chosen (see search/policy.PickReason).
     uct: float | None = None
     pick_reason: str | None = None
+    # Its score on the hidden holdout (working nodes of a task with one). Never shown to the
+    # search or its prompts: it stays an honest estimate.
+    holdout_metric: float | None = None
 
     def public(self) -> dict[str, Any]:
         """The fields the API lists for every node."""
@@ -83,6 +91,7 @@ class NodeRecord:
             "operator": self.operator.value,
             "status": self.state.value,
             "metric": self.metric,
+            "holdout_metric": self.holdout_metric,
             "visits": self.visits,
             "value": self.value,
             "uct": self.uct,

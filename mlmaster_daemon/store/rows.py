@@ -17,25 +17,29 @@ from mlmaster_daemon.tasks.spec import TaskSpec
 TASK_COLUMNS = (
     "id, name, task_dir, spec, policy, steps, time_limit_s, node_timeout_s, state, error,"
     " best_node_id, best_metric, created_at, started_at, finished_at, max_tokens, max_cost,"
-    " submitter_uid, submitter, active_s"
+    " submitter_uid, submitter, active_s, holdout, selection"
 )
 NODE_COLUMNS = (
     "task_id, id, parent_id, operator, state, plan, summary, code, metric, error, exit_code,"
     " pid, visits, value, created_at, started_at, finished_at, parent_ids, analysis,"
-    " pid_start_time, boot_id, slot, gpu_peak_mb, gpu_seconds, interrupted, uct, pick_reason"
+    " pid_start_time, boot_id, slot, gpu_peak_mb, gpu_seconds, interrupted, uct, pick_reason,"
+    " holdout_metric"
 )
 NODE_UPDATABLE = frozenset(
     {"state", "plan", "summary", "code", "metric", "error", "exit_code", "pid", "started_at",
      "finished_at", "analysis", "pid_start_time", "boot_id", "slot", "gpu_peak_mb",
-     "gpu_seconds", "interrupted"}
+     "gpu_seconds", "interrupted", "holdout_metric"}
 )
 CALL_COLUMNS = (
     "role, model, endpoint, prompt_tokens, completion_tokens, reasoning_tokens, latency_s, cost,"
     " attempts, content, reasoning, prompt"
 )
 TASK_UPDATABLE = frozenset(
-    {"state", "error", "best_node_id", "best_metric", "started_at", "finished_at", "active_s"}
+    {"state", "error", "best_node_id", "best_metric", "started_at", "finished_at", "active_s",
+     "holdout", "selection"}
 )
+# Task columns that hold a JSON object (None: not set).
+TASK_JSON = frozenset({"holdout", "selection"})
 
 
 async def insert_calls(db: aiosqlite.Connection, task_id: str, node_id: int | None,
@@ -63,7 +67,8 @@ async def update_row(
     if not fields:
         return 0
     # No key the daemon holds is ever written: errors and summaries quote what jobs printed.
-    values = [v.value if isinstance(v, TaskState | NodeState) else redact_value(v)
+    values = [v.value if isinstance(v, TaskState | NodeState)
+              else json.dumps(redact_value(v)) if isinstance(v, dict) else redact_value(v)
               for v in fields.values()]
     assignments = ", ".join(f"{name} = ?" for name in fields)
     cursor = await db.execute(f"UPDATE {table} SET {assignments} WHERE {where}",
@@ -80,7 +85,13 @@ def task_of(row: Any, description: str = "") -> TaskRecord:
         state=TaskState(row[8]), error=row[9], best_node_id=row[10], best_metric=row[11],
         created_at=row[12], started_at=row[13], finished_at=row[14], max_tokens=row[15],
         max_cost=row[16], submitter_uid=row[17], submitter=row[18], active_s=row[19],
+        holdout=_json_object(row[20]), selection=_json_object(row[21]),
     )
+
+
+def _json_object(text: str | None) -> dict[str, Any] | None:
+    value = json.loads(text) if text else None
+    return value if isinstance(value, dict) else None
 
 
 def node_of(row: Any) -> NodeRecord:
@@ -93,7 +104,7 @@ def node_of(row: Any) -> NodeRecord:
             () if row[2] is None else (row[2],)),
         analysis=row[18], pid_start_time=row[19], boot_id=row[20], slot=row[21],
         gpu_peak_mb=row[22], gpu_seconds=row[23], interrupted=bool(row[24]), uct=row[25],
-        pick_reason=row[26],
+        pick_reason=row[26], holdout_metric=row[27],
     )
 
 

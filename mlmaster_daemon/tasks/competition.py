@@ -108,6 +108,10 @@ def load_task(task_dir: str | Path, overrides: TaskOverrides | None = None) -> T
         # One scored column that is the training label too: `target` says it.
         targets = ()
     _check_columns(headers, id_column, target, targets, strict=known is None)
+    group = (settings.get("holdout") or {}).get("group_column")
+    if group is not None and headers.train and group not in headers.train:
+        raise InvalidTaskDir(f"{root / TASK_TOML}: [holdout] group_column {group!r} is not a "
+                             f"column of {train_file}; name one of its columns or remove it")
 
     return TaskSpec(
         name=name,
@@ -126,6 +130,7 @@ def load_task(task_dir: str | Path, overrides: TaskOverrides | None = None) -> T
         map_k=int(settings.get("map_k") or 5),
         competition_id=known.id if known is not None else None,
         resources=dict(settings.get("resources") or {}),
+        holdout=dict(settings.get("holdout") or {}),
     )
 
 

@@ -80,6 +80,8 @@ class TaskSpec:
     competition_id: str | None = None
     # What one node script asks of a Ray worker (task.toml's [resources]; see NodeResources).
     resources: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # task.toml's [holdout] (holdout_config.TaskHoldout): overrides of the daemon's [holdout].
+    holdout: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def scored_columns(self) -> tuple[str, ...]:
@@ -104,6 +106,7 @@ class TaskSpec:
             "map_k": self.map_k,
             "competition_id": self.competition_id,
             "resources": dict(self.resources),
+            "holdout": dict(self.holdout),
         }
 
     @classmethod
@@ -126,6 +129,7 @@ class TaskSpec:
             map_k=int(raw.get("map_k", 5)),
             competition_id=raw.get("competition_id"),
             resources=dict(raw.get("resources") or {}),
+            holdout=dict(raw.get("holdout") or {}),
         )
 
 

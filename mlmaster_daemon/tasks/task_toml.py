@@ -26,6 +26,8 @@ TASK_TOML_TYPES: dict[str, type] = {
     "map_k": int,
     # A table: what one node script asks of a Ray worker (ray_config.NodeResources).
     "resources": dict,
+    # A table: the hidden holdout for this task (holdout_config.TaskHoldout).
+    "holdout": dict,
 }
 
 
@@ -55,7 +57,7 @@ def read_task_toml(root: Path) -> dict[str, Any]:
                 f"{toml_path} has unknown key {key!r}: remove it (allowed keys: {allowed})"
             )
         if expected is dict:
-            _check_resources(toml_path, value)
+            _check_table(toml_path, key, value)
             continue
         if expected is list and not (isinstance(value, list) and value
                                      and all(isinstance(v, str) and v for v in value)):
@@ -76,19 +78,27 @@ def read_task_toml(root: Path) -> dict[str, Any]:
     return dict(raw)
 
 
-def _check_resources(toml_path: Path, value: object) -> None:
-    from pydantic import ValidationError
+# An example of each table, for the error a wrong one gets.
+_EXAMPLES = {
+    "resources": "num_cpus = 4, num_gpus = 1, memory_mb = 16000, custom = {a100 = 1}",
+    "holdout": 'enabled = false, fraction = 0.2, group_column = "patient_id"',
+}
 
+
+def _check_table(toml_path: Path, key: str, value: object) -> None:
+    from pydantic import BaseModel, ValidationError
+
+    from mlmaster_daemon.holdout_config import TaskHoldout
     from mlmaster_daemon.ray_config import NodeResources
 
+    model: type[BaseModel] = NodeResources if key == "resources" else TaskHoldout
     if not isinstance(value, dict):
-        raise InvalidTaskDir(f"{toml_path}: [resources] must be a table, like "
-                             "[resources] num_cpus = 4, num_gpus = 1, memory_mb = 16000, "
-                             "custom = {a100 = 1}")
+        raise InvalidTaskDir(f"{toml_path}: [{key}] must be a table, like [{key}] "
+                             f"{_EXAMPLES[key]}")
+    keys = ", ".join(model.model_fields)
     try:
-        NodeResources.model_validate(value)
+        model.model_validate(value)
     except ValidationError as exc:
-        problems = "; ".join(f"resources.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+        problems = "; ".join(f"{key}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                              for e in exc.errors())
-        raise InvalidTaskDir(f"{toml_path}: {problems} (keys: num_cpus, num_gpus, "
-                             "memory_mb, custom)") from None
+        raise InvalidTaskDir(f"{toml_path}: {problems} (keys: {keys})") from None
