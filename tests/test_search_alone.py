@@ -7,57 +7,28 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from mlmaster_daemon.bus import EventBus, NodeStateChanged, Subscription, TaskStateChanged
-from mlmaster_daemon.clock import ManualClock
-from mlmaster_daemon.coders.offline.coder import OfflineCoder
+from mlmaster_daemon.bus import NodeStateChanged, Subscription, TaskStateChanged
 from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
-from mlmaster_daemon.config import Settings, load_config
 from mlmaster_daemon.execution.executor import LocalExecutor
 from mlmaster_daemon.execution.slots import SlotPool
-from mlmaster_daemon.models import NodeState, Operator, TaskState, new_task_id
-from mlmaster_daemon.scheduler import SearchParts, TaskQueue, TaskSearch
-from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
-from mlmaster_daemon.tasks.competition import load_task
-from mlmaster_daemon.tokenizer import TiktokenCounter
-
-
-@dataclass
-class Bench:
-    parts: SearchParts
-    store: Store
-    clock: ManualClock
-    state_dir: Path
+from mlmaster_daemon.models import NodeState, Operator, TaskState
+from mlmaster_daemon.scheduler import TaskQueue, TaskSearch
+from mlmaster_daemon.store import NodeRecord, TaskRecord
+from tests.search_bench import Bench, new_task, open_bench
 
 
 @pytest.fixture
 async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
-    config = load_config(None, environ={}, overrides={
-        "daemon.state_dir": str(tmp_path / "state"), "search.parallel": 2,
-        "execution.max_concurrent_nodes": 2, "execution.kill_grace_s": 1.0,
-        "daemon.fault_retry_s": 5.0})
-    settings, state_dir = Settings(config), config.state_dir()
-    store = await Store.open(state_dir / "mlmaster.db")
-    clock = ManualClock()
-    executor = LocalExecutor(settings, SlotPool([], 2, 1), state_dir)
-    parts = SearchParts(store, EventBus(), OfflineCoder(), executor, settings, state_dir,
-                        TiktokenCounter(), clock=clock)
-    yield Bench(parts, store, clock, state_dir)
-    await store.close()
+    async for opened in open_bench(tmp_path):
+        yield opened
 
 
 async def _task(bench: Bench, task_dir: Path, steps: int, **fields: object) -> TaskRecord:
-    task = TaskRecord(id=new_task_id(), name="t", task_dir=str(task_dir),
-                      spec=load_task(task_dir), policy="mcts", steps=steps,
-                      time_limit_s=float(fields.pop("time_limit_s", 3600.0)),
-                      node_timeout_s=120.0, state=TaskState.QUEUED,
-                      created_at=bench.clock.time(), **fields)  # type: ignore[arg-type]
-    await bench.store.insert_task(task)
-    return task
+    return await new_task(bench, task_dir, steps, **fields)
 
 
 async def test_a_whole_search_runs_without_a_daemon_and_keeps_its_best(
@@ -73,7 +44,10 @@ async def test_a_whole_search_runs_without_a_daemon_and_keeps_its_best(
     assert all(n.parent_id is None or n.parent_id in ids for n in nodes)
     assert nodes[0].operator is Operator.DRAFT and nodes[0].parent_id is None
     working = [n for n in nodes if n.state is NodeState.DONE and n.metric is not None]
-    best = max(working, key=lambda n: n.metric or 0.0)
+    # The final submission is chosen by the hidden holdout (the default rule).
+    assert done.selection is not None and done.selection["rule"] == "holdout"
+    best = next(n for n in working if n.id == done.selection["node_id"])
+    assert best.holdout_metric == max(n.holdout_metric or 0.0 for n in working)
     assert done.best_node_id == best.id and done.best_metric == best.metric
     best_dir = bench.state_dir / "tasks" / task.id / "best"
     assert json.loads((best_dir / "node.json").read_text())["node_id"] == best.id
@@ -181,11 +155,7 @@ async def test_steps_left_in_the_prompt_leave_out_nodes_a_stop_interrupted(
 
 
 def _set(bench: Bench, key: str, value: object) -> None:
-    """Change one config value, as a reload would."""
-    config = bench.parts.settings.config
-    section, name = key.split(".")
-    changed = getattr(config, section).model_copy(update={name: value})
-    bench.parts.settings.swap(config.model_copy(update={section: changed}))
+    bench.set(key, value)
 
 
 async def _until_node_done(events: Subscription) -> None:
