@@ -9,15 +9,36 @@ from typing import Any
 
 from mlmaster_daemon.models import NodeState
 from mlmaster_daemon.watch import format_metric
+from mlmaster_daemon.watch_state import holdout_summary, number, selection_summary
 
 WRAP = 100
 
 
+def holdout_scores(node: dict[str, Any]) -> tuple[str, str] | None:
+    """(holdout score, gap: validation - holdout, signed) of a node scored on the hidden
+    holdout; None for one that was not (or comes from before the holdout existed)."""
+    holdout = number(node.get("holdout_metric"))
+    if holdout is None:
+        return None
+    metric = number(node.get("metric"))
+    return format_metric(holdout), "-" if metric is None else f"{metric - holdout:+.5f}"
+
+
 def node_line(node: dict[str, Any]) -> str:
-    """One line per node: id, parent, operator, status and metric."""
+    """One line per node: id, parent, operator, status, metric, and its holdout score and
+    the gap between them when it has one."""
     parent = "root" if node["parent_id"] is None else node["parent_id"]
+    scores = holdout_scores(node)
     return (f"  node {node['id']:<4} <- {parent!s:<5} {node['operator']:<8} "
-            f"{node['status']:<10} metric={format_metric(node['metric'])}")
+            f"{node['status']:<10} metric={format_metric(node['metric'])}"
+            + (f" holdout={scores[0]} gap={scores[1]}" if scores else ""))
+
+
+def holdout_lines(task: dict[str, Any]) -> list[str]:
+    """The task's hidden holdout and why its final submission was chosen, when it says."""
+    held, chosen = holdout_summary(task.get("holdout")), selection_summary(task.get("selection"))
+    return [*(wrapped(f"holdout: {held}", "") if held else []),
+            *(wrapped(f"final: {chosen}", "") if chosen else [])]
 
 
 def node_note(node: dict[str, Any]) -> str:
@@ -49,7 +70,7 @@ def path_from_root(nodes: list[dict[str, Any]], node_id: int) -> list[int]:
 
 def task_lines(task: dict[str, Any], nodes: list[dict[str, Any]]) -> list[str]:
     """The node listing under `mlmaster show ID`, ending with the best node's path."""
-    lines: list[str] = []
+    lines = holdout_lines(task)
     for node in nodes:
         lines.append(node_line(node))
         note = node_note(node)
@@ -75,10 +96,12 @@ def node_sections(node: dict[str, Any]) -> list[tuple[str, str]]:
     """`mlmaster show ID NODE` as (heading, body) pairs; the code body is printed apart so a
     terminal can highlight it."""
     parent = "root" if node["parent_id"] is None else f"node {node['parent_id']}"
+    scores = holdout_scores(node)
     sections = [
         (f"node {node['id']} of task {node['task_id']}",
          f"{node['operator']} from {parent}, {node['status']}, "
-         f"metric {format_metric(node['metric'])}"),
+         f"metric {format_metric(node['metric'])}"
+         + (f", holdout {scores[0]}, gap {scores[1]}" if scores else "")),
         ("plan", "\n".join(wrapped(node.get("plan") or "(none)", ""))),
         ("code", node.get("code") or ""),
     ]

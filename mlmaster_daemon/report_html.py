@@ -213,7 +213,7 @@ async def report_data(store: Store, state_dir: Path, task: dict[str, Any],
         "task": {key: task.get(key) for key in (
             "id", "name", "state", "error", "policy", "metric", "lower_is_better", "steps",
             "time_limit_s", "nodes_total", "nodes_done", "best", "usage", "budget",
-            "created_at", "started_at", "finished_at")},
+            "holdout", "selection", "created_at", "started_at", "finished_at")},
         "caps": asdict(caps),
         "nodes": [node_entry(node, *texts[node.id], usage[node.id], caps) for node in nodes],
         "series": series(task, nodes, usage, now),

@@ -43,6 +43,45 @@ def clean(value: object, limit: int = MAX_TEXT) -> str | None:
     return "".join(c if c.isprintable() else " " for c in first)
 
 
+def holdout_summary(holdout: object) -> str | None:
+    """The task's hidden holdout in words ("43 rows (10%), never seen by the search" or
+    "off (why)"), or None when the task says nothing of it (not started, or older)."""
+    if not isinstance(holdout, dict):
+        return None
+    if holdout.get("state") != "on":
+        return f"off ({clean(holdout.get('reason')) or 'no reason given'})"
+    rows, fraction = _int(holdout.get("rows")), number(holdout.get("fraction"))
+    share = "" if fraction is None else f" ({fraction * 100:.3g}%)"
+    text = f"{'?' if rows is None else rows} rows{share}, never seen by the search"
+    warning = clean(holdout.get("warning"))
+    return f"{text}; warning: {warning}" if warning else text
+
+
+def selection_summary(selection: object) -> str | None:
+    """Why the final submission is what it is, in words, or None before it is chosen."""
+    if not isinstance(selection, dict) or _int(selection.get("node_id")) is None:
+        return None
+    rule = clean(selection.get("rule"), 20) or "?"
+    text = f"node {selection['node_id']} by the {rule} rule"
+    reason = clean(selection.get("reason"))
+    if reason:
+        text += f": {reason}"
+    ensemble = selection.get("ensemble")
+    if isinstance(ensemble, dict):
+        members = ensemble.get("members")
+        names = (", ".join(str(m) for m in members[:16] if _int(m) is not None)
+                 if isinstance(members, list) else "")
+        if ensemble.get("kept") is True:
+            method = clean(ensemble.get("method"), 20) or "average"
+            text += f"; ensemble kept (the {method} of nodes {names})"
+        else:
+            text += "; no ensemble"
+        why = clean(ensemble.get("reason"))
+        if why:
+            text += f": {why}"
+    return text
+
+
 def worth_a_line(event: dict[str, Any]) -> bool:
     """Whether the plain mode prints a line for `event`: a node running or ending, a new
     best, a task's state."""
@@ -67,6 +106,8 @@ class NodeRow:
     operator: str = "?"
     status: str = "?"
     metric: float | None = None
+    # Its score on the task's hidden holdout (None: not scored, or no holdout).
+    holdout_metric: float | None = None
     visits: int | None = None
     picked_by: str | None = None
     error: str | None = None
@@ -102,6 +143,9 @@ class WatchState:
     slots_ours: int = 0
     slots_busy: int = 0
     notice: str | None = None
+    # The holdout's state as one line (holdout_summary), and the final choice's.
+    holdout: str | None = None
+    selection: str | None = None
     nodes: dict[int, NodeRow] = field(default_factory=dict)
     # The latest events worth a line, with the best and the steps as they were then.
     recent: deque[Progress] = field(default_factory=lambda: deque(maxlen=RECENT_LINES))
@@ -119,6 +163,8 @@ def _merge_node(state: WatchState, node_id: int, payload: dict[str, Any], status
         row.status = status
     if "metric" in payload:
         row.metric = number(payload["metric"]) if payload["metric"] is not None else None
+    if "holdout_metric" in payload:
+        row.holdout_metric = number(payload["holdout_metric"])
     row.visits = _int(payload.get("visits")) if "visits" in payload else row.visits
     row.picked_by = clean(payload.get("picked_by"), 20) or row.picked_by
     row.error = clean(payload.get("error")) or row.error
@@ -180,6 +226,8 @@ def apply_task(state: WatchState, task: object) -> None:
     if isinstance(budget, dict):
         state.max_tokens = _int(budget.get("max_tokens")) or 0
         state.max_cost = number(budget.get("max_cost")) or 0.0
+    state.holdout = holdout_summary(task.get("holdout")) or state.holdout
+    state.selection = selection_summary(task.get("selection")) or state.selection
 
 
 def apply_nodes(state: WatchState, nodes: object) -> None:

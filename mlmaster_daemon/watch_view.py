@@ -165,6 +165,8 @@ def _node_label(state: WatchState, row: NodeRow, skipped: int) -> Text:
     if row.metric is not None:
         label.append(f"{format_metric(row.metric)} ",
                      style="bold green" if row.id == state.best_node else "")
+    if row.holdout_metric is not None:
+        label.append(f"| ho {format_metric(row.holdout_metric)} ", style="cyan")
     if row.visits:
         label.append(f"visits {row.visits} ", style="dim")
     if row.picked_by:
@@ -281,6 +283,9 @@ def header_lines(state: WatchState, now: float) -> list[Text]:
     usage.append(f"tokens {_budget_text(f'{state.tokens:,}', tokens_cap)} · cost "
                  f"{_budget_text(f'${state.cost:.4f}', cost_cap)} · {state.calls} model calls")
     lines = [title, progress, best, picks_line, usage]
+    for label, said in (("holdout", state.holdout), ("final", state.selection)):
+        if said:
+            lines.append(Text(f"{label}: {said}", no_wrap=True, overflow="ellipsis"))
     for note, style in ((state.error, "red"), (state.notice, "yellow")):
         if note:
             lines.append(Text(note, style=style, no_wrap=True, overflow="ellipsis"))

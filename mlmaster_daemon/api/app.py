@@ -199,11 +199,8 @@ async def task_view(parts: ApiParts, task: TaskRecord) -> dict[str, Any]:
         state, error = TaskState.PAUSED.value, fault[1]
     best = None
     if task.best_node_id is not None and task.best_metric is not None:
-        best = {
-            "node_id": task.best_node_id,
-            "metric": task.best_metric,
-            "submission_path": str(best_submission(parts.state_dir, task.id)),
-        }
+        best = {"node_id": task.best_node_id, "metric": task.best_metric,
+                "submission_path": str(best_submission(parts.state_dir, task.id))}
     top = [{"rank": kept.rank, "node_id": kept.node_id, "submission_path": str(kept.submission)}
            for kept in await asyncio.to_thread(
                top_submissions, task_root(parts.state_dir, task.id))]
@@ -224,6 +221,8 @@ async def task_view(parts: ApiParts, task: TaskRecord) -> dict[str, Any]:
         "nodes_done": done,
         "best": best,
         "top": top,
+        "holdout": task.holdout,
+        "selection": task.selection,
         "usage": usage,
         "budget": {"max_tokens": task.max_tokens, "max_cost": task.max_cost},
         "submitter": task.submitter,

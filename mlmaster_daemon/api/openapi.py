@@ -180,6 +180,14 @@ _TASK_PROPERTIES: dict[str, Any] = {
     "nodes_done": {"type": "integer"},
     "best": {"type": ["object", "null"]},
     "top": {"type": "array", "items": {"type": "object"}},
+    "holdout": {"type": ["object", "null"],
+                "description": "the hidden holdout: {state: on, rows, fraction, group_column, "
+                               "columns, warning?} or {state: off, reason}; null until the "
+                               "task first starts"},
+    "selection": {"type": ["object", "null"],
+                  "description": "the final choice: {rule, node_id, metric, holdout_metric, "
+                                 "reason, ensemble?: {kept, reason, members?, method?, "
+                                 "holdout_metric?, best_single?}}; null until the task ends"},
     "usage": {"type": "object"},
     "budget": {"type": "object"},
     "submitter": {"type": ["string", "null"],
@@ -214,7 +222,9 @@ def _components() -> dict[str, Any]:
         "Node": {"type": "object", "required": ["id", "status"],
                  "properties": {"id": {"type": "integer"}, "parent_id": {
                      "type": ["integer", "null"]}, "status": {"type": "string"},
-                     "operator": {"type": "string"}, "metric": _NUMBER_OR_NULL}},
+                     "operator": {"type": "string"}, "metric": _NUMBER_OR_NULL,
+                     "holdout_metric": {**_NUMBER_OR_NULL,
+                                        "description": "its score on the hidden holdout"}}},
         "NodeLog": {"type": "object",
                     "required": ["stream", "offset", "next_offset", "size", "text"],
                     "properties": {"stream": {"type": "string", "enum": ["stdout", "stderr"]},

@@ -44,6 +44,33 @@
     return value === null || value === undefined ? "-" : String(Number(value.toPrecision(6)));
   }
 
+  // A node's validation metric less its holdout metric, signed; "-" without both.
+  function fmtGap(n) {
+    if (typeof n.metric !== "number" || typeof n.holdout_metric !== "number") return "-";
+    const gap = n.metric - n.holdout_metric;
+    return (gap >= 0 ? "+" : "") + fmtMetric(gap);
+  }
+
+  function holdoutText(h) {
+    if (!h || typeof h !== "object") return null;
+    if (h.state !== "on") return `holdout: off (${h.reason || "no reason given"})`;
+    const share = typeof h.fraction === "number" ? ` (${Number((h.fraction * 100).toPrecision(3))}%)` : "";
+    return `holdout: ${h.rows} rows${share}, never seen by the search` +
+      (h.warning ? `; warning: ${h.warning}` : "");
+  }
+
+  function selectionText(s) {
+    if (!s || typeof s !== "object" || s.node_id === null || s.node_id === undefined) return null;
+    let text = `final selection: node ${s.node_id} by the ${s.rule} rule` + (s.reason ? `: ${s.reason}` : "");
+    const e = s.ensemble;
+    if (e && typeof e === "object") {
+      text += e.kept ? `; ensemble kept (the ${e.method} of nodes ${(e.members || []).join(", ")}, ` +
+        `holdout ${fmtMetric(e.holdout_metric)})` : "; no ensemble";
+      if (e.reason) text += `: ${e.reason}`;
+    }
+    return text;
+  }
+
   function fmtSeconds(s) {
     if (s < 120) return s.toFixed(s < 10 ? 1 : 0) + " s";
     if (s < 7200) return (s / 60).toFixed(1) + " min";
@@ -69,6 +96,10 @@
     ];
     const parts = [el("h1", { text: `${task.name} (${task.id})` }),
       el("div", { class: "facts" }, facts.map((f) => el("span", { text: f })))];
+    for (const [cls, text] of [["holdout", holdoutText(task.holdout)],
+      ["selection", selectionText(task.selection)]]) {
+      if (text) parts.push(el("div", { class: cls, text }));
+    }
     if (task.error) parts.push(el("div", { class: "note", text: `error: ${task.error}` }));
     if (nodes.some((n) => Object.keys(n.cut).length)) {
       const c = data.caps;
@@ -145,7 +176,8 @@
       const g = svg("g", { class: "node" + (n.id === bestId ? " best" : ""), "data-id": n.id,
         transform: `translate(${p.x},${p.y})`, tabindex: 0 }, [
         circle, svg("text", { text: String(n.id) }),
-        svg("title", { text: `node ${n.id}: ${n.operator}, ${n.status}, metric ${fmtMetric(n.metric)}` }),
+        svg("title", { text: `node ${n.id}: ${n.operator}, ${n.status}, metric ${fmtMetric(n.metric)}` +
+          (typeof n.holdout_metric === "number" ? `, holdout ${fmtMetric(n.holdout_metric)}` : "") }),
       ]);
       circles.set(n.id, circle);
       g.addEventListener("click", () => { if (!view.dragged) select(n.id); });
@@ -243,6 +275,7 @@
     const ran = n.started_at && n.finished_at ? fmtSeconds(n.finished_at - n.started_at) : "-";
     const facts = [
       ["operator", n.operator], ["status", n.status], ["metric", fmtMetric(n.metric)],
+      ["holdout metric", fmtMetric(n.holdout_metric)], ["gap (metric \u2212 holdout)", fmtGap(n)],
       ["parent", parents], ["visits", String(n.visits)], ["value", fmtMetric(n.value)],
       ["UCT", fmtMetric(n.uct)], ["picked by", n.picked_by || "-"], ["slot", n.slot || "-"],
       ["exit code", n.exit_code === null ? "-" : String(n.exit_code)], ["ran for", ran],
