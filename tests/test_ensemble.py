@@ -355,3 +355,16 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
         write_submission(pd.DataFrame({"id": [Unwritable()]}), path)
     assert path.read_text(encoding="utf-8") == "id,y\n1,0.5\n"
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
+
+
+def test_a_column_the_metric_does_not_read_is_carried_from_the_best_member(
+        tmp_path: Path) -> None:
+    spec = tiny(tmp_path, Metric.ROC_AUC, ["0", "1"])
+    members = [written(tmp_path, 1, 0.9, ["0.2", "0.7"], ["0.1", "0.9"]),
+               written(tmp_path, 2, 0.8, ["0.4", "0.3"], ["0.2", "0.8"])]
+    for number, m in enumerate(members):
+        path = m.real_root / m.real_file
+        text(path).assign(date=[f"2012{number}1", f"2012{number}2"]).to_csv(path, index=False)
+    result = ensembled(combine(spec, members, tmp_path / "hidden"))
+    assert result.real["date"].tolist() == ["201201", "201202"]
+    assert result.real["y"].astype(float).tolist() == pytest.approx([0.75, 0.75], abs=1e-15)

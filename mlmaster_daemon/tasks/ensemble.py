@@ -102,7 +102,8 @@ def combine(spec: TaskSpec, members: Sequence[Member], private_dir: Path) -> Ens
     ranks (average ranks for ties over the row count) in each part; log loss and the
     regression metrics average the numbers (class probabilities that sum to 1 still do);
     label metrics take each cell's most frequent label, ties to the best member's. A column
-    the metric averages that holds a cell which is not a number is voted instead. A
+    the metric averages that holds a cell which is not a number is voted instead; a column
+    the metric does not read (carried, like the id) is the best member's. A
     `NoEnsemble` says why when there are fewer than 2 members, the metric's predictions cannot
     be combined, or a member cannot be read or does not match the best member."""
     scored = [m for m in members if math.isfinite(m.holdout_metric)]
@@ -119,9 +120,9 @@ def combine(spec: TaskSpec, members: Sequence[Member], private_dir: Path) -> Ens
                                             else -m.holdout_metric, m.node_id))
     try:
         real = _combined([_read(m, m.real_root, m.real_file) for m in ordered],
-                         ordered, spec.id_column, method, "real test")
+                         ordered, spec, method, "real test")
         held = _combined([_read(m, m.holdout_root, m.holdout_file) for m in ordered],
-                         ordered, spec.id_column, method, "holdout")
+                         ordered, spec, method, "holdout")
     except _Refused as exc:
         return NoEnsemble(str(exc))
     try:
@@ -157,10 +158,12 @@ def _read(member: Member, root: Path, relative: str) -> pd.DataFrame:
                        f"{exc.message}") from None
 
 
-def _combined(frames: list[pd.DataFrame], members: list[Member], id_column: str,
+def _combined(frames: list[pd.DataFrame], members: list[Member], spec: TaskSpec,
               method: str, part: str) -> pd.DataFrame:
-    """The members' rows of one part combined, in the first frame's row order and columns."""
+    """The members' rows of one part combined, in the first frame's row order and columns;
+    columns the metric does not read (carried, like an id) are the first frame's."""
     first = frames[0]
+    id_column = spec.id_column
     if id_column not in first.columns:
         raise _Refused(f"node {members[0].node_id}'s {part} rows have no id column "
                        f"{id_column!r}")
@@ -179,11 +182,16 @@ def _combined(frames: list[pd.DataFrame], members: list[Member], id_column: str,
         rows = frame.iloc[[position[ident] for ident in ids]][list(first.columns)]
         aligned.append(rows.reset_index(drop=True))
     out = first.reset_index(drop=True).copy()
-    for column in first.columns:
-        if column != id_column:
-            cells = [frame[column].tolist() for frame in aligned]
-            out[column] = _column(cells, method)
+    for column in _predictions(spec, list(first.columns)):
+        out[column] = _column([frame[column].tolist() for frame in aligned], method)
     return out
+
+
+def _predictions(spec: TaskSpec, columns: list[str]) -> list[str]:
+    """The columns the metric reads: the scored ones, else (a probability column per class,
+    named by the class) every column but the id, as submission validation reads them."""
+    scored = [c for c in spec.scored_columns if c in columns]
+    return scored or [c for c in columns if c != spec.id_column]
 
 
 def _column(cells: list[list[str]], method: str) -> list[str]:
