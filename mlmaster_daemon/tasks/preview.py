@@ -63,7 +63,9 @@ def _count(folder: Path) -> str:
 
 def _files_section(public: Path) -> str:
     entries = sorted(itertools.islice(public.iterdir(), MAX_COUNTED + 1), key=lambda p: p.name)
-    lines = [f"Files in {public}:"]
+    # Scripts read the data at ./input/; where the daemon keeps it is none of the model's
+    # business (a task's holdout view lives in the daemon's state folder).
+    lines = ["Files in ./input/:"]
     for entry in entries[:MAX_FILES]:
         try:
             if entry.is_dir():
