@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import shutil
 import subprocess
 import tempfile
@@ -137,6 +138,24 @@ def test_show_task_ends_with_the_best_nodes_path(
     last = out.strip().splitlines()[-1]
     assert last.startswith("best path: node ")
     assert last.endswith(f"node {finished_task['best']['node_id']}")
+
+
+def test_show_task_says_the_holdout_the_final_choice_and_each_nodes_holdout_score(
+        daemon_socket: Path, finished_task: dict[str, Any]) -> None:
+    out = _cli("show", finished_task["id"], socket=daemon_socket).stdout
+    shown = json.loads(_cli("show", finished_task["id"], "--json", socket=daemon_socket).stdout)
+    holdout, selection = shown["holdout"], shown["selection"]
+    assert holdout["state"] == "on"
+    assert f"holdout: {holdout['rows']} rows" in out
+    assert f"final: node {selection['node_id']} by the {selection['rule']} rule" in out
+    for node in shown["nodes"]:
+        if node["holdout_metric"] is not None:
+            gap = node["metric"] - node["holdout_metric"]
+            assert re.search(rf"node {node['id']} .* holdout={node['holdout_metric']:.5f} "
+                             rf"gap={re.escape(f'{gap:+.5f}')}", out)
+    best = _cli("show", finished_task["id"], str(selection["node_id"]),
+                socket=daemon_socket).stdout
+    assert f"holdout {selection['holdout_metric']:.5f}, gap " in best
 
 
 def test_logs_prints_the_nodes_output_and_follow_its_stdout_to_the_end(

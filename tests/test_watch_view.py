@@ -217,7 +217,9 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats()
                     | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
 KEYS = ["type", "task_id", "node_id", "parent_id", "parent_ids", "operator", "state", "status",
         "metric", "error", "nodes_done", "nodes_total", "id", "visits", "picked_by", "steps",
-        "started_at", "finished_at", "time_limit_s", "best", "usage", "budget", "slots"]
+        "started_at", "finished_at", "time_limit_s", "best", "usage", "budget", "slots",
+        "holdout", "selection", "holdout_metric", "rows", "fraction", "reason", "ensemble",
+        "members", "kept"]
 PAYLOAD = st.dictionaries(st.sampled_from(KEYS), JSON | st.integers(0, 6)
                           | st.sampled_from(["node.state", "task.best", "task.state", "running",
                                              "done", "buggy", "\x1b[2J\x07", "[bold]x"]),
