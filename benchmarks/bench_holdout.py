@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlmaster_daemon.errors import GradingError
 from mlmaster_daemon.tasks import holdout
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.ensemble import Ensemble, Member, beats, combine, write_submission
@@ -317,20 +318,28 @@ def run_node(node_id: int, script: Script, family: Family, spec: TaskSpec, view:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "node.py"], cwd=workspace, env=env, check=False,
-                          capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+    try:
+        done = subprocess.run([sys.executable, "node.py"], cwd=workspace, env=env, check=False,
+                              capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return NodeResult(node_id, script.name, None, None, None, time.perf_counter() - started,
+                          f"ran over {SCRIPT_TIMEOUT_S:.0f} s")
     wall_s = time.perf_counter() - started
     if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1:]
         return NodeResult(node_id, script.name, None, None, None, wall_s,
-                          done.stderr.strip().splitlines()[-1:][0] if done.stderr else "failed")
+                          last[0] if last else f"exit status {done.returncode}")
     validation = float(json.loads((workspace / "metrics.json").read_text())["validation_metric"])
-    rows = holdout.split_submission(view, workspace / "submission" / "submission.csv",
-                                    workspace / "real.csv")
-    rows.to_csv(workspace / "holdout.csv", index=False, lineterminator="\n")
     assert view.private_dir is not None
-    held = holdout.score_holdout(spec, rows, view.private_dir)
-    return NodeResult(node_id, script.name, validation, held, grade(spec, workspace / "real.csv"),
-                      wall_s)
+    try:
+        rows = holdout.split_submission(view, workspace / "submission" / "submission.csv",
+                                        workspace / "real.csv")
+        rows.to_csv(workspace / "holdout.csv", index=False, lineterminator="\n")
+        held = holdout.score_holdout(spec, rows, view.private_dir)
+        hidden = grade(spec, workspace / "real.csv")
+    except (holdout.HoldoutError, GradingError) as exc:
+        return NodeResult(node_id, script.name, validation, None, None, wall_s, exc.message)
+    return NodeResult(node_id, script.name, validation, held, hidden, wall_s)
 
 
 @dataclass(frozen=True)
@@ -370,8 +379,9 @@ def run_task(family: Family, seed: int, root: Path, jobs: int) -> RunResult:
             enumerate(SCRIPTS, start=1)))
     lower = spec.lower_is_better
     by_id = {n.node_id: n for n in nodes}
+    # A node whose submission cannot be split or graded is not a working node.
     candidates = [Candidate(n.node_id, n.validation, n.holdout) for n in nodes
-                  if n.validation is not None]
+                  if n.validation is not None and n.hidden is not None]
     picks: dict[str, Pick] = {}
     for label, rule in (("validation", Rule.VALIDATION), ("holdout", Rule.HOLDOUT),
                         ("holdout+cv", Rule.HOLDOUT_CV)):
@@ -488,7 +498,30 @@ def summarise(runs: Sequence[RunResult]) -> dict[str, Any]:
                    if "holdout+top3" in r.picks)
         out[family] = {"metric": mine[0].metric, "lower_is_better": lower, "seeds": len(mine),
                        "methods": methods, "chosen_minus_hidden": optimism,
-                       "ensembles_kept": kept}
+                       "ensembles_kept": kept, "as_estimates": _as_estimates(mine)}
+    return out
+
+
+def _as_estimates(runs: Sequence[RunResult]) -> dict[str, dict[str, float | None]]:
+    """How well each score stands for the hidden one over every graded node: the mean
+    absolute difference, and the mean over runs of the rank correlation across the nodes
+    (the ordering a rule chooses by)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for score in ("validation", "holdout"):
+        errors: list[float] = []
+        correlations: list[float] = []
+        for run in runs:
+            pairs = [(getattr(n, score), n.hidden) for n in run.nodes
+                     if getattr(n, score) is not None and n.hidden is not None]
+            errors.extend(abs(s - h) for s, h in pairs)
+            if len(pairs) > 2:
+                ranks = pd.DataFrame(pairs).rank().to_numpy()
+                value = float(np.corrcoef(ranks[:, 0], ranks[:, 1])[0, 1])
+                if math.isfinite(value):
+                    correlations.append(value)
+        out[score] = {"mean_abs_error": statistics.mean(errors) if errors else None,
+                      "rank_correlation": (statistics.mean(correlations) if correlations
+                                           else None)}
     return out
 
 
@@ -510,6 +543,10 @@ def print_summary(summary: dict[str, Any], wall_s: float) -> None:
               f"{' (for rmse, negative is optimistic)' if part['lower_is_better'] else ''}")
         print(f"  top-{TOP_K} ensemble kept (beat the best single on the holdout) on "
               f"{part['ensembles_kept']}/{part['seeds']} seeds")
+        for score, figures in part["as_estimates"].items():
+            print(f"  {score} score as an estimate of the hidden one, all nodes: mean |error| "
+                  f"{_fmt(figures['mean_abs_error'], 0)}, rank correlation with hidden "
+                  f"{_fmt(figures['rank_correlation'], 0)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

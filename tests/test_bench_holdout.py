@@ -96,6 +96,9 @@ def test_a_quick_run_grades_every_choice_on_the_hidden_answers(tmp_path: Path) -
             assert math.isfinite(figures["mean_gain"]) and figures["mean_ratio"] > 0
         # Against itself the validation choice always ties.
         assert part["methods"]["validation"]["ties"] == 1, family
+        for figures in part["as_estimates"].values():
+            assert figures["mean_abs_error"] >= 0
+            assert -1 <= figures["rank_correlation"] <= 1
     lines = done.stdout.splitlines()
     for family in ("auc", "rmse"):
         assert any(line.startswith(f"{family} seed 0 (") for line in lines), done.stdout
