@@ -42,8 +42,9 @@ chose by: mean (validation - hidden) for the validation-chosen node against mean
 
 Usage: .venv/bin/python benchmarks/bench_holdout.py [--quick] [--seeds 8]
            [--families auc rmse] [--jobs 2] [--json results.json] [--workdir DIR]
-  --quick: 1 seed per family (about half a minute on 2 cores); the full run: 8 seeds of auc
-  and 4 of rmse (about 3 minutes on 2 cores).
+  --quick: 1 seed per family (about 40 s on 2 idle cores); the full run: 8 seeds of auc and
+  4 of rmse (about 4 minutes on 2 idle cores: each run starts 10 Python processes that import
+  scikit-learn; several times that when other work holds the cores).
 """
 
 from __future__ import annotations
