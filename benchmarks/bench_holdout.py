@@ -330,7 +330,12 @@ def run_node(node_id: int, script: Script, family: Family, spec: TaskSpec, view:
         last = done.stderr.strip().splitlines()[-1:]
         return NodeResult(node_id, script.name, None, None, None, wall_s,
                           last[0] if last else f"exit status {done.returncode}")
-    validation = float(json.loads((workspace / "metrics.json").read_text())["validation_metric"])
+    try:
+        validation = float(json.loads((workspace / "metrics.json").read_text())
+                           ["validation_metric"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return NodeResult(node_id, script.name, None, None, None, wall_s,
+                          f"no validation_metric in metrics.json: {exc}")
     assert view.private_dir is not None
     try:
         rows = holdout.split_submission(view, workspace / "submission" / "submission.csv",
@@ -392,7 +397,8 @@ def run_task(family: Family, seed: int, root: Path, jobs: int) -> RunResult:
             assert node.hidden is not None
             picks[label] = Pick(f"#{node.node_id} {node.name}", node.hidden, node.validation,
                                 node.holdout)
-    picks["holdout+top3"] = _ensemble_pick(spec, view, candidates, by_id, root, picks)
+    if "holdout" in picks:
+        picks["holdout+top3"] = _ensemble_pick(spec, view, candidates, root, picks["holdout"])
     graded = [n for n in nodes if n.hidden is not None]
     if graded:
         best = (min if lower else max)(graded, key=lambda n: n.hidden or 0.0)
@@ -403,12 +409,11 @@ def run_task(family: Family, seed: int, root: Path, jobs: int) -> RunResult:
                      picks, time.perf_counter() - started)
 
 
-def _ensemble_pick(spec: TaskSpec, view: TaskSpec, candidates: list[Candidate],
-                   by_id: dict[int, NodeResult], root: Path, picks: dict[str, Pick]) -> Pick:
+def _ensemble_pick(spec: TaskSpec, view: TaskSpec, candidates: list[Candidate], root: Path,
+                   single: Pick) -> Pick:
     """The top-k ensemble by holdout when it beats the best single node there, else the
     holdout-best node (as the daemon would keep it)."""
     ranked = by_holdout(candidates, spec.lower_is_better)
-    single = picks["holdout"]
     if len(ranked) < 2:
         return single
     members = [Member(c.node_id, float(c.holdout or 0.0),
