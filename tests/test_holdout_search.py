@@ -15,6 +15,7 @@ from mlmaster_daemon.coders.llm.prompts import operator_messages
 from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
 from mlmaster_daemon.config import load_config
 from mlmaster_daemon.errors import InvalidTaskDir
+from mlmaster_daemon.execution.sandbox import resolve_sandbox
 from mlmaster_daemon.models import NodeState, TaskState
 from mlmaster_daemon.scheduler import TaskSearch
 from mlmaster_daemon.scheduler.holdout_stage import prepare
@@ -258,3 +259,51 @@ def test_a_group_column_the_train_table_lacks_is_refused_at_submit(tmp_path: Pat
     (folder / "task.toml").write_text(settings + "[holdout]\nfraction = 0.7\n")
     with pytest.raises(InvalidTaskDir, match=r"holdout\.fraction"):
         load_task(folder)
+
+
+# A node script that looks for the holdout's answers everywhere it could be: beside its input
+# (the view is a folder of the daemon's state), at the state folder's path, and by walking up
+# from its own workspace. It submits the sample and reports what it could open.
+SNOOP_SCRIPT = """import json, os, shutil
+found = []
+view = os.path.realpath("input")
+guesses = [os.path.join(view, "..", "private", "holdout_answers.csv"),
+           os.path.join(STATE, "tasks", TASK, "holdout", "private", "holdout_answers.csv")]
+for guess in guesses:
+    try:
+        found.append(open(guess).read()[:50])
+    except OSError as exc:
+        pass
+for top in (os.path.dirname(view), STATE):
+    for folder, _, files in os.walk(top):
+        found += [os.path.join(folder, f) for f in files if "answers" in f or "holdout" in f]
+os.makedirs("submission", exist_ok=True)
+shutil.copyfile("input/sample_submission.csv", "submission/submission.csv")
+json.dump({"validation_metric": 0.5, "found": found}, open("metrics.json", "w"))
+"""
+
+
+@pytest.fixture
+async def sandboxed(var_tmp_path: Path) -> AsyncIterator[Bench]:
+    # Outside /tmp: the sandbox's /tmp is its own, which would hide the state whatever else.
+    async for opened in open_bench(var_tmp_path, **{"execution.sandbox": "bwrap"}):
+        yield opened
+
+
+@pytest.mark.skipif(resolve_sandbox("auto") != "bwrap",
+                    reason="bubblewrap missing or not working here")
+async def test_a_sandboxed_script_cannot_find_the_holdout_answers(
+    sandboxed: Bench, breast_cancer: Path,
+) -> None:
+    bench = sandboxed
+    task = await new_task(bench, breast_cancer, steps=1)
+    script = SNOOP_SCRIPT.replace("STATE", repr(str(bench.state_dir))).replace(
+        "TASK", repr(task.id))
+    bench.parts.coder = ScriptCoder([script])
+    await TaskSearch(task, bench.parts).run()
+    private = bench.state_dir / "tasks" / task.id / "holdout" / "private"
+    assert (private / "holdout_answers.csv").is_file()
+    ws = bench.state_dir / "tasks" / task.id / "nodes" / "1"
+    assert json.loads((ws / "metrics.json").read_text())["found"] == []
+    done = await bench.store.get_task(task.id)
+    assert done.holdout is not None and "warning" not in done.holdout
