@@ -123,8 +123,15 @@ def test_a_tiny_loss_keeps_its_significant_digits() -> None:
                              "(validation 1.234e-05)")
 
 
-def test_by_holdout_orders_best_first_with_ties_by_node_id() -> None:
+def test_by_holdout_orders_best_first_with_ties_by_validation_then_node_id() -> None:
     candidates = [Candidate(5, 0.1, 0.7), Candidate(2, 0.2, None), Candidate(3, 0.3, 0.9),
-                  Candidate(1, 0.4, 0.7)]
-    assert [c.node_id for c in by_holdout(candidates, lower_is_better=False)] == [3, 1, 5]
-    assert [c.node_id for c in by_holdout(candidates, lower_is_better=True)] == [1, 5, 3]
+                  Candidate(1, 0.4, 0.7), Candidate(4, 0.4, 0.7)]
+    # Equal holdout scores: the better validation first (0.4 up, 0.1 down), then the lower id.
+    assert [c.node_id for c in by_holdout(candidates, lower_is_better=False)] == [3, 1, 4, 5]
+    assert [c.node_id for c in by_holdout(candidates, lower_is_better=True)] == [5, 1, 4, 3]
+
+
+def test_a_holdout_tie_is_chosen_by_validation() -> None:
+    candidates = [Candidate(1, 0.90, 0.95), Candidate(2, 0.97, 0.95), Candidate(3, 0.99, 0.80)]
+    choice = chosen(candidates, Rule.HOLDOUT, lower=False)
+    assert choice.node_id == 2

@@ -223,7 +223,7 @@ async def _run_and_evaluate(state: SearchState, node_id: int, pick: Pick,
              seconds=round(result.duration_s, 2))
     if outcome.metric is not None:
         key = state.selection_key(outcome.metric, holdout_metric)
-        if state.improves(key):
+        if state.improves(key, outcome.metric):
             state.best_metric, state.best_key = outcome.metric, key
             await state.publish.best(node_id, ws, outcome.metric, response.code)
 

@@ -47,11 +47,11 @@ async def restore(state: SearchState, nodes: list[NodeRecord]) -> list[tuple[Nod
 
 
 def ranked(state: SearchState, nodes: list[NodeRecord]) -> list[NodeRecord]:
-    """The working nodes, best first by the final-selection rule (the earlier of equal
-    values first)."""
+    """The working nodes, best first by the final-selection rule (of equal values, the better
+    validation metric first, then the earlier node)."""
     sign = 1.0 if state.task.spec.lower_is_better else -1.0
     done = [n for n in nodes if n.state is NodeState.DONE and n.metric is not None]
-    return sorted(done, key=lambda n: (sign * _key(state, n), n.id))
+    return sorted(done, key=lambda n: (sign * _key(state, n), sign * (n.metric or 0.0), n.id))
 
 
 def _key(state: SearchState, node: NodeRecord) -> float:

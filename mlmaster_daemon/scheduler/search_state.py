@@ -95,10 +95,10 @@ class SearchState:
             return holdout_metric
         return (metric + holdout_metric) / 2
 
-    def improves(self, key: float) -> bool:
-        """Whether a node with this selection key should replace best/."""
-        if self.best_key is None:
+    def improves(self, key: float, metric: float) -> bool:
+        """Whether a node with this selection key (and validation metric) should replace
+        best/: a better key, or an equal key with a better validation metric."""
+        if self.best_key is None or self.best_metric is None:
             return True
-        if self.task.spec.lower_is_better:
-            return key < self.best_key
-        return key > self.best_key
+        sign = -1.0 if self.task.spec.lower_is_better else 1.0
+        return (sign * key, sign * metric) > (sign * self.best_key, sign * self.best_metric)
