@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from mlmaster_daemon.artefacts import copy_top, task_root
 from mlmaster_daemon.bus import TaskStateChanged
+from mlmaster_daemon.errors import InvalidTaskDir
 from mlmaster_daemon.faults import StorageFault, describe, is_storage_fault
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import NodeState, TaskState
@@ -127,6 +128,10 @@ class TaskSearch:
         whether it has one and why not; from here on its nodes work on the holdout's view."""
         state, config = self.state, self.parts.settings.config
         task = state.task
+        if not await asyncio.to_thread(task.spec.public_dir.is_dir):
+            # The holdout's view would still let it run, on data its user has taken away.
+            raise InvalidTaskDir(f"the task's data folder {task.spec.public_dir} is gone; "
+                                 "submit the task again with its folder in place")
         active, note = await asyncio.to_thread(
             prepare, task.spec, task_root(self.parts.state_dir, task.id), task.id,
             config.holdout, config.search.seed)

@@ -12,6 +12,7 @@ from typing import Any
 
 from mlmaster_daemon.models import NodeState
 from mlmaster_daemon.search.tree import ROOT, Outcome, TreeNode
+from mlmaster_daemon.tasks.selection import Candidate, Rule, choose
 from tools.chaos.database import NodeKey, NodeRow
 
 # What a run leaves in a node's workspace; written again only if the script runs again.
@@ -121,26 +122,40 @@ def check_submission(state_dir: Path, task: Mapping[str, Any]) -> str | None:
 
 def check_best(state_dir: Path, task: Mapping[str, Any], rows: Mapping[NodeKey, NodeRow],
                ) -> str | None:
-    """Why the task's recorded best is not its best done node (None when it is): the task's
-    best metric must be the best of its done nodes' metrics, and `best/` must hold that
-    node's submission."""
+    """Why the task's recorded best is not the done node its selection rule picks (None when
+    it is): by validation metric, or once the task chose its final submission, by the rule it
+    recorded (the hidden holdout's scores). `best/` must hold that node's files, or the
+    ensemble the task says it kept."""
     spec = json.loads(task["spec"])
-    metrics = {n: dict(r.outcome)["metric"] for (t, n), r in rows.items()
-               if t == task["id"] and r.state == NodeState.DONE
-               and dict(r.outcome)["metric"] is not None}
-    if not metrics:
+    outcomes = {n: dict(r.outcome) for (t, n), r in rows.items()
+                if t == task["id"] and r.state == NodeState.DONE
+                and dict(r.outcome)["metric"] is not None}
+    if not outcomes:
         return None
-    pick = min if spec["lower_is_better"] else max
-    best_id = pick(metrics, key=lambda n: metrics[n])
-    if task["best_node_id"] is None or task["best_metric"] != metrics[best_id]:
+    selection = json.loads(task["selection"]) if task.get("selection") else None
+    rule = Rule(selection["rule"]) if selection else Rule.VALIDATION
+    if selection is None and any(o["holdout_metric"] is not None for o in outcomes.values()):
+        # While it runs, best/ follows the rule too; only its end says which rule it was.
+        return None if task["best_node_id"] in outcomes else (
+            f"task {task['id']}: best recorded is node {task['best_node_id']}, not a done node")
+    choice = choose([Candidate(n, o["metric"], o["holdout_metric"])
+                     for n, o in outcomes.items()], rule, spec["lower_is_better"])
+    assert choice is not None
+    best_id = choice.node_id
+    if task["best_node_id"] != best_id or task["best_metric"] != outcomes[best_id]["metric"]:
         return (f"task {task['id']}: best recorded is node {task['best_node_id']} "
-                f"({task['best_metric']}), the best done node is {best_id} ({metrics[best_id]})")
+                f"({task['best_metric']}), the best done node by {rule.value} is {best_id} "
+                f"({outcomes[best_id]['metric']})")
     best = state_dir / "tasks" / task["id"] / "best"
+    kept = bool(selection and (selection.get("ensemble") or {}).get("kept"))
     try:
         copied = json.loads((best / "node.json").read_text())["node_id"]
         same = (best / "submission.csv").read_bytes() == (
             state_dir / "tasks" / task["id"] / "nodes" / str(copied) / "submission"
             / "submission.csv").read_bytes()
+        if kept:
+            same = json.loads((best / "ensemble.json").read_text())["members"] == (
+                selection or {})["ensemble"]["members"]
     except (OSError, ValueError, KeyError) as exc:
         return f"task {task['id']}: best/ is unreadable ({exc})"
     if copied != task["best_node_id"] or not same:

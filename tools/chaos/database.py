@@ -20,7 +20,7 @@ NodeKey = tuple[str, int]
 # A finished node's own outcome. visits and value are not here: backpropagation changes them.
 OUTCOME_COLUMNS = ("state", "operator", "parent_id", "parent_ids", "plan", "summary", "code",
                    "metric", "error", "exit_code", "analysis", "pid", "created_at",
-                   "started_at", "finished_at", "interrupted")
+                   "started_at", "finished_at", "interrupted", "holdout_metric")
 
 # The state strings of finished nodes and ended tasks, taken from the enums' `terminal`, for
 # callers that test a raw database string (tools.hostile).
@@ -84,12 +84,14 @@ def read_states(conn: sqlite3.Connection, task_ids: Iterable[str]) -> dict[NodeK
 
 
 def read_tasks(db: Path, task_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """state, error, steps, best node and metric, spec and search state of each task."""
+    """state, error, steps, best node and metric, spec, search state and final selection
+    of each task."""
     ids = list(task_ids)
     with connect(db) as conn:
         conn.row_factory = sqlite3.Row
         rows = conn.execute(
-            "SELECT id, state, error, steps, best_node_id, best_metric, spec, search_state "
+            "SELECT id, state, error, steps, best_node_id, best_metric, spec, search_state,"
+            " selection "
             f"FROM tasks WHERE id IN ({_marks(ids)})", ids).fetchall()
     conn.close()
     return {row["id"]: dict(row) for row in rows}
