@@ -67,9 +67,10 @@ def result_lines(final: dict[str, Any], competition: Path | None = None) -> list
         return [*lines, f"no working solution: {final.get('error')}"]
     if final.get("error"):
         lines.append(f"stopped by: {final['error']}")
-    lines += [f"best validation {final['metric']}: {format_metric(best['metric'])} "
-              f"(node {best['node_id']})",
-              f"best submission:  {best['submission_path']}"]
+    lines.append(f"best validation {final['metric']}: {format_metric(best['metric'])} "
+                 f"(node {best['node_id']})")
+    lines += _holdout_lines(final)
+    lines.append(f"best submission:  {best['submission_path']}")
     try:
         spec = load_task(competition or Path(final["task_dir"]))
         if spec.private_dir is None:
@@ -81,6 +82,23 @@ def result_lines(final: dict[str, Any], competition: Path | None = None) -> list
         return [*lines, f"score on the hidden answers: not graded ({exc})"]
     return [*lines, f"score on the hidden answers: {format_metric(hidden)} "
                     f"(sample submission scores {format_metric(baseline)})"]
+
+
+def _holdout_lines(final: dict[str, Any]) -> list[str]:
+    """The hidden holdout, and why the final submission is the one it is."""
+    holdout, selection = final.get("holdout") or {}, final.get("selection") or {}
+    lines = []
+    if holdout.get("state") == "on":
+        lines.append(f"hidden holdout:   {holdout.get('rows')} train rows the search never saw")
+    elif holdout.get("state") == "off":
+        lines.append(f"hidden holdout:   off ({holdout.get('reason')})")
+    if selection.get("reason"):
+        lines.append(f"final choice:     {selection['reason']}")
+    ensemble = selection.get("ensemble") or {}
+    if ensemble.get("reason"):
+        kept = "kept" if ensemble.get("kept") else "not kept"
+        lines.append(f"ensemble {kept}: {ensemble['reason']}")
+    return lines
 
 
 async def _drive(workdir: Path, example: str, steps: int, daemon: subprocess.Popen[bytes],

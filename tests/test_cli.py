@@ -64,6 +64,9 @@ def test_submit_wait_json_ls_and_show(daemon_process: Path, tmp_path: Path) -> N
     # The same result block as the demo's, hidden score included (diabetes has answers).
     assert "search finished: 3 nodes in" in watched
     assert "score on the hidden answers: " in watched and "sample submission scores" in watched
+    # Why the final submission is the one it is: chosen by the hidden holdout's score.
+    assert "train rows the search never saw" in watched
+    assert "final choice:     node " in watched and "holdout score" in watched
     again = _cli("submit", str(tmp_path / "diabetes"), "--steps", "1", "--wait",
                  socket=daemon_process).stdout
     assert "search finished: 1 node in" in again and "score on the hidden answers: " in again
