@@ -311,6 +311,11 @@ def test_refusals_say_why(tmp_path: Path) -> None:
     assert isinstance(few, Refusal) and "too few" in few.reason
     no_group = holdout.plan(spec, seed=0, group_column="nope")
     assert isinstance(no_group, Refusal) and "group column" in no_group.reason
+    # A sample kept beside the hidden answers: the view could not hold it.
+    beside = holdout.plan(TaskSpec(**{**spec.__dict__,
+                                      "sample_submission_file": "../private/sample.csv"}),
+                          seed=0)
+    assert isinstance(beside, Refusal) and "outside the public folder" in beside.reason
 
 
 def test_a_link_in_the_public_folder_is_refused(tmp_path: Path) -> None:

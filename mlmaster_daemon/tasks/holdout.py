@@ -113,6 +113,9 @@ def plan(spec: TaskSpec, *, seed: int, fraction: float = 0.1, group_column: str 
     for name in (spec.train_file, spec.test_file, spec.sample_submission_file):
         if not name.lower().endswith(".csv"):
             return Refusal(f"{name} is not a CSV table: a holdout needs tabular train and test")
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            return Refusal(f"{name} lies outside the public folder: the nodes' view of the "
+                           "data holds the public folder's files only")
     if not 0.0 < fraction < 0.5:
         return Refusal(f"the holdout fraction must lie in (0, 0.5), got {fraction}")
     try:
