@@ -46,6 +46,9 @@ class NodeStateChanged(Event):
     error: str | None = None
     nodes_total: int = 0
     nodes_done: int = 0
+    # The node's score on the task's hidden holdout, once done (for people and dashboards;
+    # the search never subscribes to it).
+    holdout_metric: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -49,6 +49,8 @@ def progress_line(event: dict[str, Any], best: dict[str, Any] | None,
         outcome = str(event["state"])
         if outcome == "done":
             outcome = f"done    metric={format_metric(number(event.get('metric')))}"
+            if number(event.get("holdout_metric")) is not None:
+                outcome += f" holdout={format_metric(number(event.get('holdout_metric')))}"
         elif outcome in ("buggy", "failed") and event.get("error"):
             outcome = f"{outcome:<7} {str(event['error'])[:70]}"
         out_of = steps if steps is not None else event.get("nodes_total", 0)

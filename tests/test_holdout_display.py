@@ -23,7 +23,7 @@ from mlmaster_daemon.watch_state import (
     holdout_summary,
     selection_summary,
 )
-from mlmaster_daemon.watch_view import render
+from mlmaster_daemon.watch_view import progress_line, render
 
 TASK = "t0123456789a"
 HOLDOUT_ON = {"state": "on", "rows": 43, "fraction": 0.1, "group_column": None,
@@ -176,3 +176,11 @@ async def test_a_finished_task_shows_its_holdout_and_choice_in_the_api_and_watch
     assert f"final: node {selection['node_id']} by the {selection['rule']} rule" in last
     for node in scored:
         assert re.search(rf"#{node['id']} .*\| ho {node['holdout_metric']:.5f}", last)
+
+
+def test_the_plain_line_of_a_done_node_gives_its_holdout_score() -> None:
+    event = {"type": "node.state", "node_id": 3, "operator": "draft", "state": "done",
+             "metric": 0.99, "holdout_metric": 0.875, "nodes_done": 3, "nodes_total": 3}
+    line = progress_line(event, None, 5)
+    assert line is not None and "metric=0.99" in line and "holdout=0.875" in line
+    assert "holdout" not in (progress_line({**event, "holdout_metric": None}, None, 5) or "")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mlmaster_daemon.bus import NodeStateChanged
 from mlmaster_daemon.coders.llm.prompts import operator_messages
 from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
 from mlmaster_daemon.config import load_config
@@ -108,8 +109,13 @@ async def test_nodes_work_on_the_view_and_the_holdout_scores_stay_out_of_every_p
     scripts = [model_script(["mean_radius", "mean_texture"]),
                model_script(["worst_area", "worst_concavity"]),
                model_script(["mean_smoothness"])]
+    events: list[NodeStateChanged] = []
+    bench.parts.bus.tap(lambda e: events.append(e) if isinstance(e, NodeStateChanged) else None)
     done, nodes, coder = await run_task(bench, breast_cancer, scripts)
     root = task_dir(bench) / done.id
+    # People watching see each node's holdout score as it ends.
+    assert {e.node_id: e.holdout_metric for e in events if e.state == "done"} == {
+        n.id: n.holdout_metric for n in nodes}
     assert done.holdout is not None and done.holdout["state"] == "on"
     plan = holdout.load_plan(root / "holdout" / "private")
     assert plan is not None and done.holdout["rows"] == len(plan.rows) > 0

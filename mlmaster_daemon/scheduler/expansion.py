@@ -250,7 +250,8 @@ async def _finish(state: SearchState, node_id: int, pick: Pick, outcome: Evaluat
         {"state": node_state, "metric": outcome.metric, "error": outcome.error,
          "finished_at": state.now(), "analysis": analysis, "holdout_metric": holdout_metric},
         [(n.id, n.visits, n.value, n.uct) for n in changed], state.saved())
-    await state.publish.node_changed(node_id, pick, node_state, outcome.metric, outcome.error)
+    await state.publish.node_changed(node_id, pick, node_state, outcome.metric, outcome.error,
+                                     holdout_metric)
 
 
 async def _judge(state: SearchState, node_id: int, ws: Workspace, code: str,

@@ -41,7 +41,8 @@ class Publisher:
         await self.node_changed(node_id, pick, state, fields.get("metric"), fields.get("error"))
 
     async def node_changed(self, node_id: int, pick: Pick, state: NodeState,
-                           metric: object = None, error: object = None) -> None:
+                           metric: object = None, error: object = None,
+                           holdout_metric: float | None = None) -> None:
         """Announce a node's state that is already committed."""
         total, done = await self.parts.store.node_counts(self.task_id)
         value = metric if isinstance(metric, float) else None
@@ -56,7 +57,7 @@ class Publisher:
             parent_id=pick.parent_ids[0] if pick.parent_ids else None,
             operator=pick.operator.value, state=state.value, metric=value,
             error=error if isinstance(error, str) else None,
-            nodes_total=total, nodes_done=done,
+            nodes_total=total, nodes_done=done, holdout_metric=holdout_metric,
         ))
 
     async def best(self, node_id: int, ws: Workspace, metric: float, code: str) -> None:
