@@ -17,7 +17,7 @@ from mlmaster_daemon.coders.protocol import CodeRequest, CodeResponse
 from mlmaster_daemon.config import load_config
 from mlmaster_daemon.errors import InvalidTaskDir
 from mlmaster_daemon.execution.sandbox import resolve_sandbox
-from mlmaster_daemon.models import NodeState, TaskState
+from mlmaster_daemon.models import NodeState, Operator, TaskState
 from mlmaster_daemon.scheduler import TaskSearch
 from mlmaster_daemon.scheduler.holdout_stage import prepare
 from mlmaster_daemon.store import NodeRecord, TaskRecord
@@ -313,3 +313,48 @@ async def test_a_sandboxed_script_cannot_find_the_holdout_answers(
     assert json.loads((ws / "metrics.json").read_text())["found"] == []
     done = await bench.store.get_task(task.id)
     assert done.holdout is not None and "warning" not in done.holdout
+
+
+async def test_a_task_keeps_what_its_first_start_decided_about_the_holdout(
+    bench: Bench, breast_cancer: Path,
+) -> None:
+    # Off at its first start: turning the holdout on later does not split a running task.
+    task = await new_task(bench, breast_cancer, steps=1)
+    await bench.store.update_task(task.id, holdout={"state": "off", "reason": "said so"})
+    coder = ScriptCoder([model_script(["worst_area"])])
+    bench.parts.coder = coder
+    await TaskSearch(task, bench.parts).run()
+    done = await bench.store.get_task(task.id)
+    assert done.holdout == {"state": "off", "reason": "said so"}
+    assert coder.requests[0].task.public_dir == load_task(breast_cancer).public_dir
+    assert (await bench.store.list_nodes(task.id))[0].holdout_metric is None
+
+
+async def test_a_task_from_before_holdouts_resumes_without_one(
+    bench: Bench, breast_cancer: Path,
+) -> None:
+    task = await new_task(bench, breast_cancer, steps=2)
+    await bench.store.insert_node(NodeRecord(task_id=task.id, id=1, parent_id=None,
+                                             operator=Operator.DRAFT, state=NodeState.FAILED,
+                                             created_at=0.0, error="from before"))
+    bench.parts.coder = ScriptCoder([model_script(["worst_area"])])
+    await TaskSearch(task, bench.parts).run()
+    done = await bench.store.get_task(task.id)
+    assert done.holdout is not None and done.holdout["state"] == "off"
+    assert "started before this daemon kept holdouts" in done.holdout["reason"]
+    assert not (task_dir(bench) / task.id / "holdout").exists()
+
+
+def test_a_started_holdout_stays_on_and_a_lost_split_is_not_drawn_again(
+    tmp_path: Path, breast_cancer: Path,
+) -> None:
+    spec = load_task(breast_cancer)
+    config = load_config(None, environ={}).holdout
+    first, _ = prepare(spec, tmp_path / "task", "t1", config, seed=0)
+    assert first is not None
+    off = config.model_copy(update={"enabled": False})
+    kept, note = prepare(spec, tmp_path / "task", "t1", off, seed=0, started=True)
+    assert kept is not None and kept.plan == first.plan and note["state"] == "on"
+    (first.private_dir / "holdout_plan.json").unlink()
+    lost, note = prepare(spec, tmp_path / "task", "t1", config, seed=0, started=True)
+    assert lost is None and "saved split" in note["reason"]

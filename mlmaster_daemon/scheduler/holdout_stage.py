@@ -81,16 +81,21 @@ def seed_for(task_id: str, seed: int) -> int:
 
 
 def prepare(spec: TaskSpec, task_root: Path, task_id: str, config: HoldoutConfig,
-            seed: int) -> tuple[ActiveHoldout | None, dict[str, Any]]:
+            seed: int, started: bool = False) -> tuple[ActiveHoldout | None, dict[str, Any]]:
     """The task's holdout, planned and built at its first start and kept from then on, and
-    what the task record says of it: {"state": "on", ...} or {"state": "off", "reason"}."""
+    what the task record says of it: {"state": "on", ...} or {"state": "off", "reason"}.
+    `started`: the task had its holdout before this start, which keeps it whatever the
+    settings say now (its nodes were compared on it)."""
     enabled, fraction, group, who = task_settings(config, spec)
-    if not enabled:
+    if not enabled and not started:
         return None, {"state": "off", "reason": f"turned off by {who}"}
     base = task_root / HOLDOUT_DIR
     view_dir, private_dir = base / "view", base / "private"
     try:
         saved = holdout.load_plan(private_dir)
+        if saved is None and started:
+            return None, {"state": "off", "reason": f"its saved split in {private_dir} is "
+                          "gone: the nodes scored so far cannot be compared on another"}
         if saved is None:
             planned = holdout.plan(spec, seed=seed_for(task_id, seed), fraction=fraction,
                                    group_column=group)

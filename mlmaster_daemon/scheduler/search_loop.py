@@ -132,9 +132,16 @@ class TaskSearch:
             # The holdout's view would still let it run, on data its user has taken away.
             raise InvalidTaskDir(f"the task's data folder {task.spec.public_dir} is gone; "
                                  "submit the task again with its folder in place")
+        previous = task.holdout or {}
+        if previous.get("state") == "off":
+            return  # decided at its first start: a task never gains a holdout midway
+        if not previous and (await self.parts.store.node_counts(task.id))[0]:
+            await self.parts.store.update_task(task.id, holdout={
+                "state": "off", "reason": "the task started before this daemon kept holdouts"})
+            return
         active, note = await asyncio.to_thread(
             prepare, task.spec, task_root(self.parts.state_dir, task.id), task.id,
-            config.holdout, config.search.seed)
+            config.holdout, config.search.seed, bool(previous))
         if config.execution.sandbox == "none" and active is not None:
             note["warning"] = ("the sandbox is off: node scripts can read the holdout's "
                                "answers in the daemon's state folder")
