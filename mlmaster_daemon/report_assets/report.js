@@ -403,7 +403,7 @@
     const tokens = s.tokens.map((p) => ({ t: p.t, v: p.tokens, label: `${after(p)}: ${p.tokens} tokens` }));
     const cost = s.tokens.map((p) => ({ t: p.t, v: p.cost, label: `${after(p)}: $${p.cost.toFixed(4)}` }));
     return el("div", { class: "charts" }, [
-      stepChart(`Best ${task.metric} over time`, "chart-best", best, s.now, fmtMetric),
+      stepChart(`Best validation ${task.metric} over time`, "chart-best", best, s.now, fmtMetric),
       stepChart("Tokens over time (cumulative)", "chart-tokens", tokens, s.now,
         (v) => String(Math.round(v)), true),
       stepChart("Cost over time (cumulative, $)", "chart-cost", cost, s.now, (v) => v.toFixed(4), true),
