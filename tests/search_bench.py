@@ -52,7 +52,8 @@ async def open_bench(tmp_path: Path, **overrides: Any) -> AsyncIterator[Bench]:
 
 
 async def new_task(bench: Bench, task_dir: Path, steps: int, **fields: Any) -> TaskRecord:
-    task = TaskRecord(id=new_task_id(), name="t", task_dir=str(task_dir),
+    task = TaskRecord(id=str(fields.pop("id", None) or new_task_id()), name="t",
+                      task_dir=str(task_dir),
                       spec=load_task(task_dir), policy="mcts", steps=steps,
                       time_limit_s=float(fields.pop("time_limit_s", 3600.0)),
                       node_timeout_s=120.0, state=TaskState.QUEUED,

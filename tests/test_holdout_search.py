@@ -91,7 +91,8 @@ async def run_task(bench: Bench, task_dir: Path, scripts: list[str],
                    steps: int | None = None) -> tuple[TaskRecord, list[NodeRecord], ScriptCoder]:
     coder = ScriptCoder(scripts)
     bench.parts.coder = coder
-    task = await new_task(bench, task_dir, steps=steps or len(scripts))
+    # The split is seeded by the task id: one id, one split, the same outcome every run.
+    task = await new_task(bench, task_dir, steps=steps or len(scripts), id="tholdout0001")
     await TaskSearch(task, bench.parts).run()
     done = await bench.store.get_task(task.id)
     assert done.state is TaskState.FINISHED, done.error
