@@ -77,19 +77,13 @@ def _ensemble(state: SearchState, active: ActiveHoldout, candidates: list[Candid
                                "holdout_metric": result.holdout_metric,
                                "best_single": {"node_id": best.node_id,
                                                "holdout_metric": best.holdout}}
-    if not beats(result.holdout_metric, best.holdout, lower):
-        return {"kept": False, **outcome,
-                "reason": f"the {result.method} of nodes {_names(result.members)} scored "
-                          f"{result.holdout_metric:.6g} on the holdout, no better than node "
-                          f"{best.node_id} alone ({best.holdout:.6g})"}
-    target = best_dir(state.parts.state_dir, state.task.id)
-    write_submission(result.real, target / "submission.csv")
-    (target / ENSEMBLE_FILE).write_text(json.dumps(outcome, indent=2) + "\n")
-    return {"kept": True, **outcome,
-            "reason": f"the {result.method} of nodes {_names(result.members)} scored "
-                      f"{result.holdout_metric:.6g} on the holdout, better than node "
-                      f"{best.node_id} alone ({best.holdout:.6g})"}
-
-
-def _names(ids: tuple[int, ...]) -> str:
-    return ", ".join(str(i) for i in ids)
+    kept = beats(result.holdout_metric, best.holdout, lower)
+    names = ", ".join(str(i) for i in result.members)
+    reason = (f"the {result.method} of nodes {names} scored {result.holdout_metric:.6g} on "
+              f"the holdout, {'better than' if kept else 'no better than'} node "
+              f"{best.node_id} alone ({best.holdout:.6g})")
+    if kept:
+        target = best_dir(state.parts.state_dir, state.task.id)
+        write_submission(result.real, target / "submission.csv")
+        (target / ENSEMBLE_FILE).write_text(json.dumps(outcome, indent=2) + "\n")
+    return {"kept": kept, **outcome, "reason": reason}
