@@ -368,3 +368,9 @@ def test_a_column_the_metric_does_not_read_is_carried_from_the_best_member(
     result = ensembled(combine(spec, members, tmp_path / "hidden"))
     assert result.real["date"].tolist() == ["201201", "201202"]
     assert result.real["y"].astype(float).tolist() == pytest.approx([0.75, 0.75], abs=1e-15)
+
+
+def test_a_score_equal_up_to_float_rounding_does_not_beat() -> None:
+    # Seen in a demo: a rank-mean AUC of 0.990741 "better" than a node's 0.990741.
+    assert not beats(0.9907407407407408, 0.9907407407407407, lower_is_better=False)
+    assert beats(0.9907407407407408 + 1e-9, 0.9907407407407407, lower_is_better=False)

@@ -84,12 +84,16 @@ def method_for(metric: Metric) -> str | None:
 
 
 def beats(candidate: float, best: float, lower_is_better: bool) -> bool:
-    """Whether `candidate` is strictly better than `best`; a score that is not finite never
+    """Whether `candidate` is strictly better than `best` (beyond float rounding); a score
+    that is not finite never
     beats, and any finite score beats one that is not."""
     if not math.isfinite(candidate):
         return False
     if not math.isfinite(best):
         return True
+    # Equal up to float rounding (an AUC summed in another order) is not better.
+    if math.isclose(candidate, best, rel_tol=1e-12, abs_tol=1e-12):
+        return False
     return candidate < best if lower_is_better else candidate > best
 
 
