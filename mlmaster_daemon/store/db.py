@@ -285,6 +285,16 @@ class Store:
             (task_id,))
         return [node_of(r) for r in rows]
 
+    async def list_nodes_page(self, task_id: str, after: int | None,
+                              limit: int) -> list[NodeRecord]:
+        """At most `limit` of the task's nodes whose id is above `after`, by id: a page of a
+        tree too large to send or hold whole (the primary key orders it, so a page costs the
+        same wherever it starts)."""
+        rows = await self._fetch(
+            f"SELECT {NODE_COLUMNS} FROM nodes WHERE task_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (task_id, -1 if after is None else after, limit))
+        return [node_of(r) for r in rows]
+
     async def steps_used(self, task_id: str) -> int:
         """Nodes that count against the task's step budget: all but those a daemon stop
         interrupted before they had code."""
