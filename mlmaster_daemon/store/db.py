@@ -390,6 +390,41 @@ class Store:
             )
             return requeued.rowcount, failed.rowcount + crashed_out
 
+    async def node_counts_of(self, task_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """`node_counts` of several tasks in one read (a listing's): task id -> (nodes in the
+        tree, nodes finished), (0, 0) for a task without nodes."""
+        if not task_ids:
+            return {}
+        terminal = tuple(s.value for s in NodeState if s.terminal)
+        rows = await self._fetch(
+            "SELECT task_id, COUNT(*), COALESCE(SUM(state IN (?, ?, ?)), 0) FROM nodes"
+            f" WHERE task_id IN ({', '.join('?' * len(task_ids))}) GROUP BY task_id",
+            (*terminal, *task_ids))
+        counts = {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+        return {task_id: counts.get(task_id, (0, 0)) for task_id in task_ids}
+
+    async def usage_of(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """`usage` of several tasks in one read (a listing's): task id -> the totals `usage`
+        gives, all 0 for a task without model calls."""
+        if not task_ids:
+            return {}
+        rows = await self._fetch(
+            "SELECT task_id, COUNT(*), COALESCE(SUM(prompt_tokens), 0),"
+            " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(reasoning_tokens), 0),"
+            " COALESCE(SUM(cost), 0), COALESCE(SUM(latency_s), 0) FROM llm_calls"
+            f" WHERE task_id IN ({', '.join('?' * len(task_ids))}) GROUP BY task_id",
+            tuple(task_ids))
+        found = {str(r[0]): r[1:] for r in rows}
+        usage = {}
+        for task_id in task_ids:
+            calls, prompt, completion, reasoning, cost, latency = found.get(
+                task_id, (0, 0, 0, 0, 0, 0))
+            usage[task_id] = {
+                "calls": calls, "prompt_tokens": prompt, "completion_tokens": completion,
+                "reasoning_tokens": reasoning, "total_tokens": prompt + completion,
+                "cost": round(float(cost), 6), "latency_s": round(float(latency), 3)}
+        return usage
+
     async def _update(
         self, table: str, allowed: frozenset[str], where: str, key: tuple[Any, ...],
         fields: Mapping[str, Any],
