@@ -14,15 +14,21 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import numpy.typing as npt
-import pandas as pd
+from typing import TYPE_CHECKING, TypeAlias
 
 from mlmaster_daemon.errors import GradingError
 from mlmaster_daemon.tasks.holdout import HoldoutError, read_text_table, score_holdout
 from mlmaster_daemon.tasks.labels import normalise_label, normalise_labels
 from mlmaster_daemon.tasks.spec import Metric, TaskSpec
+
+if TYPE_CHECKING:
+    # numpy and pandas are imported where used: the daemon imports this module at start and
+    # needs neither until a task ends.
+    import numpy as np
+    import numpy.typing as npt
+    import pandas as pd
+
+    FloatArray: TypeAlias = npt.NDArray[np.float64]
 
 __all__ = ["Ensemble", "Member", "NoEnsemble", "beats", "combine", "method_for",
            "normalised_ranks", "write_submission"]
@@ -32,8 +38,6 @@ RANK_MEAN = "rank-mean"
 VOTE = "vote"
 _AVERAGED = (Metric.LOG_LOSS, Metric.RMSE, Metric.MAE, Metric.RMSLE)
 _VOTED = (Metric.ACCURACY, Metric.QWK, Metric.F1, Metric.F1_MICRO, Metric.F1_MACRO)
-
-FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,8 @@ def _column(cells: list[list[str]], method: str) -> list[str]:
         # A label or a blank among the numbers: the cells are labels here, not scores.
         return _vote(cells)
     if method == RANK_MEAN:
+        import numpy as np
+
         numbers = np.vstack([normalised_ranks(row) for row in numbers])
     return [repr(float(value)) for value in numbers.mean(axis=0)]
 
@@ -214,6 +220,9 @@ def _column(cells: list[list[str]], method: str) -> list[str]:
 def normalised_ranks(values: FloatArray) -> FloatArray:
     """Each value's rank among `values` (1 for the smallest, ties their average rank) over
     the count, so every rank lies in (0, 1]."""
+    import numpy as np
+    import pandas as pd
+
     ranks = pd.Series(values).rank(method="average").to_numpy(dtype=np.float64)
     return ranks / len(values)
 
@@ -221,6 +230,9 @@ def normalised_ranks(values: FloatArray) -> FloatArray:
 def _numbers(cells: list[list[str]]) -> FloatArray | None:
     """The cells as a members-by-rows array of finite floats (read as grading reads them),
     None if any cell is not one."""
+    import numpy as np
+    import pandas as pd
+
     numbers = np.vstack([pd.to_numeric(pd.Series(row, dtype=str), errors="coerce")
                          .to_numpy(dtype=np.float64) for row in cells])
     return numbers if np.isfinite(numbers).all() else None

@@ -7,9 +7,6 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 _TRUE_TEXT = ("True", "TRUE", "true")
 _FALSE_TEXT = ("False", "FALSE", "false")
 
@@ -24,6 +21,10 @@ def normalise_label(value: Any) -> str:
     """
     if isinstance(value, str):
         return text_label(value.strip())
+    # Here, not at the top: the daemon imports this module, and idle it needs no numpy/pandas.
+    import numpy as np
+    import pandas as pd
+
     if isinstance(value, bool | np.bool_):
         return "1" if value else "0"
     # exact for integers beyond 2**53, where a float round trip would merge distinct ids
