@@ -79,8 +79,10 @@ from mlmaster_daemon.scheduler.search_state import SearchState
 from mlmaster_daemon.search.hcc import HierarchicalCache, StagnationDetector
 from mlmaster_daemon.search.memory import MemoryEntry
 from mlmaster_daemon.search.policy import Pick
+from mlmaster_daemon.search.tree import ROWS_APART
 from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
 from mlmaster_daemon.store.backup import check_integrity, make_backup
+from mlmaster_daemon.store.records import SavedSearch
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.examples import build_example
 from mlmaster_daemon.tasks.preview import data_preview
@@ -229,6 +231,15 @@ async def grow(spec: TaskSpec, nodes: int, config: Config) -> Grown:
     return Grown(rows, calls, state, best)
 
 
+def saved_search(state: dict[str, Any]) -> SavedSearch:
+    """A whole saved state as the store keeps it: the head, and the tree's nodes as rows."""
+    head = json.loads(json.dumps(state))
+    tree = head["policy"]["tree"]
+    nodes = tree.pop("nodes")
+    tree["rows"] = ROWS_APART
+    return SavedSearch(head, {raw[0]: raw for raw in nodes})
+
+
 async def build_state(state_dir: Path, spec: TaskSpec, grown: Grown) -> None:
     """The daemon's state dir holding the grown task: the database written through the Store
     API, best/ as the runner leaves it, and the workspaces of the best and in-flight nodes
@@ -245,7 +256,7 @@ async def build_state(state_dir: Path, spec: TaskSpec, grown: Grown) -> None:
         await store.insert_node(row)
         await store.record_calls(TASK_ID, node_id, grown.calls[node_id], row.created_at)
     last = max(n.id for n in grown.rows.values() if n.state.terminal)
-    await store.finish_node(TASK_ID, last, {}, [], grown.state)
+    await store.finish_node(TASK_ID, last, {}, [], saved_search(grown.state))
     for row in grown.rows.values():
         if row.code is not None and (row is grown.best or not row.state.terminal):
             ws = Workspace.create(node_dir(state_dir, TASK_ID, row.id), spec.public_dir,
@@ -313,10 +324,11 @@ def read_saved(db: Path) -> Saved:
     with contextlib.closing(sqlite3.connect(db)) as conn:
         rows = conn.execute("SELECT id, state, metric FROM nodes WHERE task_id = ?",
                             (TASK_ID,)).fetchall()
-        steps, best_id, best_metric, raw = conn.execute(
-            "SELECT steps, best_node_id, best_metric, search_state FROM tasks WHERE id = ?",
+        steps, best_id, best_metric = conn.execute(
+            "SELECT steps, best_node_id, best_metric FROM tasks WHERE id = ?",
             (TASK_ID,)).fetchone()
-    tree = len(json.loads(raw)["policy"]["tree"]["nodes"]) if raw else 0
+        (tree,) = conn.execute("SELECT COUNT(*) FROM search_nodes WHERE task_id = ?",
+                               (TASK_ID,)).fetchone()
     return Saved({i: (state, metric) for i, state, metric in rows}, steps, best_id,
                  best_metric, tree)
 
@@ -641,16 +653,19 @@ def print_starts(empty: list[StartRun], big: list[StartRun], floors: list[Floor]
 def state_sizes(db: Path) -> None:
     with contextlib.closing(sqlite3.connect(db)) as conn:
         (raw,) = conn.execute("SELECT search_state FROM tasks").fetchone()
+        rows, row_bytes = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length(row)), 0) FROM search_nodes").fetchone()
         counts = conn.execute("SELECT state, COUNT(*) FROM nodes GROUP BY state").fetchall()
         code = conn.execute("SELECT SUM(length(code)) FROM nodes").fetchone()[0]
     saved = json.loads(raw)
     parts = {k: len(json.dumps(v)) for k, v in saved.items()}
     print(f"database {db.stat().st_size / 2**20:.1f} MiB (code {code / 2**20:.1f} MiB); nodes: "
           + ", ".join(f"{s} {n}" for s, n in counts))
-    print(f"saved search_state: {len(raw) / 2**20:.2f} MiB of JSON ("
+    print(f"saved search state: head {len(raw) / 2**10:.0f} KiB of JSON, rewritten by every "
+          "commit ("
           + ", ".join(f"{k} {v / 2**10:.0f} KiB" for k, v in parts.items())
-          + f"; {len(saved['policy']['tree']['nodes'])} tree nodes, "
-          f"{len(saved['memory']['l2'])} L2 phase summaries)")
+          + f"; {len(saved['memory']['l2'])} L2 phase summaries), and {rows} tree rows "
+          f"({row_bytes / 2**20:.2f} MiB), of which a commit rewrites those that changed")
 
 
 async def main(nodes: int, runs: int, profile: bool) -> None:

@@ -29,7 +29,7 @@ def test_bench_resume_resumes_the_task_rightly_and_prints_every_figure() -> None
     assert out.returncode == 0, out.stdout + out.stderr
     # A ready node and the one running at the stop had code: both run again, nothing is lost.
     assert "resume checks passed in 1 starts: every node kept, 2 resumed" in out.stdout
-    assert "saved search_state" in out.stdout and "40-node db: start -> READY=1" in out.stdout
+    assert "saved search state" in out.stdout and "40-node db: start -> READY=1" in out.stdout
     lines = out.stdout.splitlines()
     for row in ROWS:
         line = next((x for x in lines if x.strip().startswith(row)), None)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 from mlmaster_daemon.artefacts import best_dir, best_node_id, has_submission
 from mlmaster_daemon.execution.workspace import Workspace
@@ -11,10 +13,14 @@ from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import NodeState
 from mlmaster_daemon.policy_config import restore_policy
 from mlmaster_daemon.scheduler.search_state import SearchState
+from mlmaster_daemon.scheduler.storage import SearchStore
 from mlmaster_daemon.search.policy import Pick
+from mlmaster_daemon.search.tree import TreeNode
 from mlmaster_daemon.store.records import NodeRecord
 
 log = get_logger("mlmaster.scheduler")
+# Saved tree rows a restore reads and parses at a time.
+ROWS_PER_SLICE = 2000
 
 
 async def restore(state: SearchState, nodes: list[NodeRecord]) -> list[tuple[NodeRecord, Pick]]:
@@ -22,11 +28,12 @@ async def restore(state: SearchState, nodes: list[NodeRecord]) -> list[tuple[Nod
     before the stop, to run now without asking again. Other picks that were open then are
     undone (their nodes were marked interrupted at start-up)."""
     parts, task = state.parts, state.task
-    saved = await parts.store.search_state(task.id)
+    saved = await _saved_search(parts.store, task.id)
     resume: list[tuple[NodeRecord, Pick]] = []
     if saved is not None:
-        state.policy = restore_policy(task.policy, parts.settings.config.search,
-                                      saved["policy"])
+        # Off the event loop: rebuilding a big tree's bookkeeping must not stall the API.
+        state.policy = await asyncio.to_thread(
+            restore_policy, task.policy, parts.settings.config.search, saved["policy"])
         by_id = {n.id: n for n in nodes}
         for key, raw in saved["inflight"].items():
             pick, node = Pick.from_state(raw), by_id.get(int(key))
@@ -44,6 +51,28 @@ async def restore(state: SearchState, nodes: list[NodeRecord]) -> list[tuple[Nod
                                           error="interrupted before it could run",
                                           finished_at=state.now())
     return resume
+
+
+async def _saved_search(store: SearchStore, task_id: str) -> dict[str, Any] | None:
+    """The task's saved search state with its tree's nodes built, read and parsed
+    `ROWS_PER_SLICE` rows at a time off the event loop (a 100k-node tree is never one blob
+    in memory, and the API keeps answering meanwhile)."""
+    saved = await store.search_head(task_id)
+    if saved is None:
+        return None
+    tree = saved["policy"]["tree"]
+    if "nodes" not in tree:
+        nodes: list[TreeNode] = []
+        after = -1
+        while rows := await store.search_rows(task_id, after, ROWS_PER_SLICE):
+            nodes.extend(await asyncio.to_thread(_tree_nodes, rows))
+            after = rows[-1][0]
+        tree["nodes"] = nodes
+    return saved
+
+
+def _tree_nodes(rows: list[tuple[int, str]]) -> list[TreeNode]:
+    return [TreeNode.from_state(json.loads(raw)) for _id, raw in rows]
 
 
 def ranked(state: SearchState, nodes: list[NodeRecord]) -> list[NodeRecord]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import statistics
 from collections import deque
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -18,7 +17,7 @@ from mlmaster_daemon.scheduler.publish import Publisher
 from mlmaster_daemon.scheduler.task_memory import TaskMemory
 from mlmaster_daemon.search.hcc import TaskProfile
 from mlmaster_daemon.search.policy import Pick, Policy
-from mlmaster_daemon.store.records import TaskRecord
+from mlmaster_daemon.store.records import SavedSearch, TaskRecord
 
 # No node starts with less of the task's time left than this (or than the node's own limit,
 # when that is shorter), nor than the median run of the task's recent nodes: a run cut to a
@@ -70,11 +69,16 @@ class SearchState:
     def now(self) -> float:
         return self.parts.clock.time()
 
-    def saved(self) -> dict[str, Any]:
-        """What is committed with every outcome, for a restart to continue from."""
-        return {"policy": self.policy.to_state(),
+    def saved(self) -> SavedSearch:
+        """What is committed with every outcome, for a restart to continue from: the policy
+        (without its tree's nodes), the open picks and the memory whole, and of the tree the
+        nodes that changed since the last commit."""
+        tree = self.policy.tree
+        rows, dropped = tree.take_unsaved()
+        head = {"policy": self.policy.to_state(nodes=False),
                 "inflight": {str(k): p.to_state() for k, p in self.open_picks.items()},
                 "memory": self.memory.to_state()}
+        return SavedSearch(head, rows, dropped, lambda: tree.keep_unsaved(rows, dropped))
 
     def node_dir(self, node_id: int) -> Path:
         return node_dir(self.parts.state_dir, self.task.id, node_id)

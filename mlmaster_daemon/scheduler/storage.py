@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from mlmaster_daemon.models import CallRecord, TaskState
-from mlmaster_daemon.store.records import NodeRecord, TaskRecord
+from mlmaster_daemon.store.records import NodeRecord, SavedSearch, TaskRecord
 
 
 class SearchStore(Protocol):
@@ -33,13 +33,18 @@ class SearchStore(Protocol):
 
     async def mark_ready(self, task_id: str, node_id: int, fields: Mapping[str, Any],
                          calls: Iterable[CallRecord], now: float,
-                         search_state: Mapping[str, Any] | None = None) -> None: ...
+                         search_state: SavedSearch | None = None) -> None: ...
 
     async def finish_node(self, task_id: str, node_id: int, node_fields: Mapping[str, Any],
                           stats: Iterable[tuple[int, int, float, float | None]],
-                          search_state: Mapping[str, Any] | None = None) -> None: ...
+                          search_state: SavedSearch | None = None) -> None: ...
 
     async def search_state(self, task_id: str) -> dict[str, Any] | None: ...
+
+    async def search_head(self, task_id: str) -> dict[str, Any] | None: ...
+
+    async def search_rows(self, task_id: str, after: int,
+                          limit: int) -> list[tuple[int, str]]: ...
 
     async def interrupt_unfinished(self, reason: str, now: float, *, task_id: str | None = None,
                                    crashed: bool = True, max_crashes: int = ...,

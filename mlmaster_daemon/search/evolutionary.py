@@ -280,14 +280,14 @@ class EvolutionaryPolicy(TreePolicy[EvoParams]):
 
     # -- persistence ------------------------------------------------------------------------
 
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self, nodes: bool = True) -> dict[str, Any]:
         """JSON-serialisable state; `from_state` restores a policy that decides identically."""
         return self._state({
             "islands": [list(members) for members in self.islands],
             "island_of": [[node_id, island] for node_id, island in self.island_of.items()],
             "reserved": [[pick.to_state(), island] for pick, island in self.reserved],
             "offspring_done": self.offspring_done,
-        })
+        }, nodes)
 
     @classmethod
     def from_state(cls, params: EvoParams, raw: dict[str, Any]) -> Self:

@@ -117,9 +117,9 @@ class GreedyPolicy(TreePolicy[GreedyParams]):
         if pick in self.reserved:
             self.reserved.remove(pick)
 
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self, nodes: bool = True) -> dict[str, Any]:
         """JSON-serialisable state; `from_state` restores a policy that decides identically."""
-        return self._state({"reserved": [pick.to_state() for pick in self.reserved]})
+        return self._state({"reserved": [pick.to_state() for pick in self.reserved]}, nodes)
 
     @classmethod
     def from_state(cls, params: GreedyParams, raw: dict[str, Any]) -> Self:

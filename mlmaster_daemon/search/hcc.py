@@ -28,6 +28,12 @@ from mlmaster_daemon.search.memory import (
 from mlmaster_daemon.search.tokens import TokenCounter
 from mlmaster_daemon.search.tree import Tree
 
+# Closed phases whose summaries L2 keeps whole; older ones are rolled up into one, so the saved
+# memory stays the same size however long a task runs.
+L2_KEEP = 8
+# The most of a rolled-up phase's own text a roll-up keeps.
+ROLLED_TEXT_CHARS = 800
+
 
 class StagnationDetector:
     """Says when the best metric has stopped improving.
@@ -115,6 +121,40 @@ class L2Summary(_FlatState):
     n_nodes: int
     n_worked: int
     n_failed: int
+    # Set on a summary that rolls up phases `first_phase` to `phase` (see `roll_up`).
+    first_phase: int | None = None
+
+    @property
+    def label(self) -> str:
+        if self.first_phase is None:
+            return f"Phase {self.phase}"
+        return f"Phases {self.first_phase}-{self.phase}"
+
+    def body(self) -> str:
+        """The summary's text without a roll-up's own first line."""
+        if self.first_phase is None:
+            return self.text
+        return self.text.partition("\n")[2]
+
+
+def roll_up(older: L2Summary, newer: L2Summary, lower_is_better: bool) -> L2Summary:
+    """One summary of two consecutive ones (`older` possibly a roll-up already): the counts
+    added, the better best kept, and of the texts only the one of the phase that held it,
+    cut to `ROLLED_TEXT_CHARS`, so a roll-up stays the same size however many it holds."""
+    better = newer
+    if older.best_metric is not None and (
+            newer.best_metric is None
+            or improved(older.best_metric, newer.best_metric, lower_is_better) > 0):
+        better = older
+    first = older.phase if older.first_phase is None else older.first_phase
+    nodes, worked = older.n_nodes + newer.n_nodes, older.n_worked + newer.n_worked
+    failed = older.n_failed + newer.n_failed
+    best = ("no working node" if better.best_metric is None
+            else f"best {better.best_metric:.6g} (node {better.best_node_id}, {better.label})")
+    head = (f"Rolled up: {nodes} nodes, {worked} worked, {failed} failed; {best}.")
+    body = better.body().strip()[:ROLLED_TEXT_CHARS]
+    return L2Summary(newer.phase, f"{head}\n{body}", better.best_metric, better.best_node_id,
+                     nodes, worked, failed, first)
 
 
 @dataclass(frozen=True)
@@ -275,13 +315,18 @@ class DeterministicSummariser:
 class HierarchicalCache:
     """One task's three-tier memory: L1 raw traces, L2 phase summaries, L3 prefetched lessons.
 
-    `l1_cap` bounds the current phase's traces (the oldest leave first).
+    `l1_cap` bounds the current phase's traces (the oldest leave first); L2 keeps the newest
+    `l2_keep` phase summaries whole and one roll-up of all older ones.
     """
 
     def __init__(self, summariser: Summariser | None = None,
-                 detector: StagnationDetector | None = None, l1_cap: int = 64) -> None:
+                 detector: StagnationDetector | None = None, l1_cap: int = 64,
+                 l2_keep: int = L2_KEEP) -> None:
         if l1_cap < 1:
             raise ValueError("l1_cap must be at least 1")
+        if l2_keep < 1:
+            raise ValueError("l2_keep must be at least 1")
+        self.l2_keep = l2_keep
         self.summariser: Summariser = summariser or DeterministicSummariser()
         self.detector = detector or StagnationDetector()
         self.l1_cap = l1_cap
@@ -339,6 +384,8 @@ class HierarchicalCache:
                             best.node_id if best else None, len(entries), len(worked),
                             len(entries) - len(worked))
         self.l2.append(summary)
+        if len(self.l2) > self.l2_keep + 1:
+            self.l2[:2] = [roll_up(self.l2[0], self.l2[1], self.lower_is_better)]
         self._l1.clear()
         self.phase += 1
         return summary
@@ -354,7 +401,7 @@ class HierarchicalCache:
         if budget_tokens <= 0:
             return ""
         l1 = [format_entry(e) for e in scope(self._l1, operator, parent_ids, tree)]
-        l2 = [f"Phase {s.phase}:\n{s.text.strip()}" for s in reversed(self.l2)]
+        l2 = [f"{s.label}:\n{s.text.strip()}" for s in reversed(self.l2)]
         l3 = [f"- {one_line(le.text)}" for le in self.lessons]
         return render_sections([("## Recent attempts (this phase)", l1),
                                 ("## Earlier phases", l2),
@@ -371,7 +418,8 @@ class HierarchicalCache:
         return [Lesson(t, profile, 1.0 - i / len(texts)) for i, t in enumerate(texts)]
 
     def to_state(self) -> dict[str, Any]:
-        return {"phase": self.phase, "l1_cap": self.l1_cap, "best": self.best,
+        return {"phase": self.phase, "l1_cap": self.l1_cap, "l2_keep": self.l2_keep,
+                "best": self.best,
                 "lower_is_better": self.lower_is_better, "completed": self.completed,
                 "l1": [e.to_state() for e in self._l1.values()],
                 "l2": [s.to_state() for s in self.l2],
@@ -381,10 +429,14 @@ class HierarchicalCache:
     @classmethod
     def from_state(cls, raw: Mapping[str, Any],
                    summariser: Summariser | None = None) -> HierarchicalCache:
-        cache = cls(summariser, StagnationDetector.from_state(raw["detector"]), int(raw["l1_cap"]))
+        cache = cls(summariser, StagnationDetector.from_state(raw["detector"]), int(raw["l1_cap"]),
+                    int(raw.get("l2_keep", L2_KEEP)))
         cache.phase, cache.best = int(raw["phase"]), raw["best"]
         cache.lower_is_better, cache.completed = bool(raw["lower_is_better"]), int(raw["completed"])
         cache._l1 = {e.node_id: e for e in map(MemoryEntry.from_state, raw["l1"])}
         cache.l2 = [L2Summary.from_state(s) for s in raw["l2"]]
+        # A state saved before L2 was bounded may hold more than it keeps.
+        while len(cache.l2) > cache.l2_keep + 1:
+            cache.l2[:2] = [roll_up(cache.l2[0], cache.l2[1], cache.lower_is_better)]
         cache.lessons = [Lesson.from_state(le) for le in raw["lessons"]]
         return cache

@@ -395,14 +395,14 @@ class MctsPolicy(TreePolicy[MctsParams]):
 
     # -- persistence -----------------------------------------------------------------------
 
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self, nodes: bool = True) -> dict[str, Any]:
         return self._state({
             "chains": [asdict(c) for c in self.chains.values()],
             "next_chain": self.next_chain,
             "continuations": [p.to_state() for p in self.continuations],
             "since_blend": self.since_blend,
             "blended": sorted([a, b] for a, b in self.blended),
-        })
+        }, nodes)
 
     @classmethod
     def from_state(cls, params: MctsParams, raw: dict[str, Any]) -> Self:

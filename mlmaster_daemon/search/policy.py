@@ -90,7 +90,10 @@ class Policy(Protocol):
         reservation it held is released."""
         ...
 
-    def to_state(self) -> dict[str, Any]: ...
+    def to_state(self, nodes: bool = True) -> dict[str, Any]:
+        """JSON-ready saved state; with `nodes` False the tree's nodes are left out (they are
+        saved apart, as rows: `Tree.take_unsaved`)."""
+        ...
 
 
 def rng_state(rng: random.Random) -> list[Any]:
@@ -127,14 +130,14 @@ class TreePolicy(Generic[P]):
         self.rng = rng or random.Random(0)
         self.tree = Tree()
 
-    def _state(self, own: dict[str, Any]) -> dict[str, Any]:
+    def _state(self, own: dict[str, Any], nodes: bool = True) -> dict[str, Any]:
         """The JSON-ready saved state: the shared keys with the policy's `own` keys between the
         tree and the generator (the key order is part of the stored format)."""
         return {
             "policy": self.name,
             "steps": self.steps,
             "lower_is_better": self.lower_is_better,
-            "tree": self.tree.to_state(),
+            "tree": self.tree.to_state(nodes),
             **own,
             "rng": rng_state(self.rng),
         }

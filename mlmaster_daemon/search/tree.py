@@ -6,7 +6,7 @@ parent is its tree edge; a crossover node names its second parent in `parent_ids
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -14,6 +14,8 @@ from typing import Any
 from mlmaster_daemon.models import Operator
 
 ROOT = 0
+# A saved tree head's mark that its nodes are stored apart, one row per node.
+ROWS_APART = "apart"
 
 
 class Outcome(StrEnum):
@@ -43,6 +45,15 @@ class TreeNode:
     uct: float | None = None
     # Why the pick that made this node was chosen (`PickReason`); None for the root.
     reason: str | None = None
+    # The ids of its tree's nodes changed since their last save (see `Tree.take_unsaved`):
+    # any assignment to a field adds this node's id.
+    unsaved: set[int] | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        unsaved = self.__dict__.get("unsaved")
+        if unsaved is not None:
+            unsaved.add(self.id)
 
     @property
     def parent_id(self) -> int | None:
@@ -64,12 +75,26 @@ class TreeNode:
 
 
 class Tree:
-    """Nodes by id, plus the running range of good metrics (for normalised rewards)."""
+    """Nodes by id, plus the running range of good metrics (for normalised rewards).
+
+    A checkpoint saves only what changed: the tree knows which nodes changed or left since
+    `take_unsaved` last handed them out, so a save costs the same in a tree of any size.
+    """
 
     def __init__(self) -> None:
-        self.nodes: dict[int, TreeNode] = {ROOT: TreeNode(ROOT, (), None, Outcome.GOOD)}
+        self.unsaved: set[int] = set()
+        self.dropped: set[int] = set()
+        self.nodes: dict[int, TreeNode] = {}
+        self._adopt(TreeNode(ROOT, (), None, Outcome.GOOD))
         self.metric_lo: float | None = None
         self.metric_hi: float | None = None
+
+    def _adopt(self, node: TreeNode) -> None:
+        """Make `node` one of this tree's (from now on its changes are tracked)."""
+        node.unsaved = self.unsaved
+        self.nodes[node.id] = node
+        self.unsaved.add(node.id)
+        self.dropped.discard(node.id)
 
     def __len__(self) -> int:
         return len(self.nodes) - 1
@@ -89,8 +114,9 @@ class Tree:
         parent = self.nodes[parents[0]]
         depth = parent.debug_depth + 1 if operator is Operator.DEBUG else 0
         node = TreeNode(node_id, parents, operator, debug_depth=depth, reason=reason)
-        self.nodes[node_id] = node
+        self._adopt(node)
         parent.children.append(node_id)
+        self.unsaved.add(parent.id)
         return node
 
     def remove(self, node_id: int) -> None:
@@ -99,7 +125,11 @@ class Tree:
         if node.children:
             raise ValueError(f"node {node_id} has children and cannot be removed")
         self.nodes[node.parent_ids[0]].children.remove(node_id)
+        self.unsaved.add(node.parent_ids[0])
         del self.nodes[node_id]
+        node.unsaved = None
+        self.unsaved.discard(node_id)
+        self.dropped.add(node_id)
 
     def finish(self, node_id: int, metric: float | None,
                folds: tuple[float, ...] = ()) -> TreeNode:
@@ -133,13 +163,40 @@ class Tree:
     def good(self) -> list[TreeNode]:
         return [n for n in self.nodes.values() if n.id != ROOT and n.outcome is Outcome.GOOD]
 
-    def to_state(self) -> dict[str, Any]:
-        return {"nodes": [n.to_state() for n in self.nodes.values()],
-                "metric_lo": self.metric_lo, "metric_hi": self.metric_hi}
+    def to_state(self, nodes: bool = True) -> dict[str, Any]:
+        """The whole tree; with `nodes` False only its head, marked as having its nodes
+        saved apart, one row each (`take_unsaved`)."""
+        head: dict[str, Any] = {"metric_lo": self.metric_lo, "metric_hi": self.metric_hi}
+        if not nodes:
+            return {**head, "rows": ROWS_APART}
+        return {"nodes": [n.to_state() for n in self.nodes.values()], **head}
+
+    def take_unsaved(self) -> tuple[dict[int, list[Any]], list[int]]:
+        """The saved form of every node changed since the last call, and the ids of nodes
+        that left; from now on they count as saved (`keep_unsaved` undoes a save that
+        failed)."""
+        rows = {i: self.nodes[i].to_state() for i in sorted(self.unsaved) if i in self.nodes}
+        dropped = sorted(self.dropped)
+        self.unsaved.clear()
+        self.dropped.clear()
+        return rows, dropped
+
+    def keep_unsaved(self, ids: Iterable[int], dropped: Iterable[int]) -> None:
+        """Count these nodes as changed again: the save that held them did not happen."""
+        self.unsaved.update(i for i in ids if i in self.nodes)
+        self.dropped.update(i for i in dropped if i not in self.nodes)
 
     @classmethod
     def from_state(cls, raw: dict[str, Any]) -> Tree:
+        """The tree `to_state` saved. Its `nodes` may also be TreeNodes already built (a
+        restore that reads rows in slices). Nodes saved inline, not as rows, all count as
+        unsaved, so the first checkpoint writes them as rows."""
         tree = cls()
-        tree.nodes = {n.id: n for n in (TreeNode.from_state(r) for r in raw["nodes"])}
+        tree.nodes = {}
+        tree.unsaved.clear()
+        for item in raw["nodes"]:
+            tree._adopt(item if isinstance(item, TreeNode) else TreeNode.from_state(item))
+        if raw.get("rows") == ROWS_APART:
+            tree.unsaved.clear()
         tree.metric_lo, tree.metric_hi = raw["metric_lo"], raw["metric_hi"]
         return tree

@@ -21,7 +21,7 @@ from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import CallRecord, NodeState, TaskState
 from mlmaster_daemon.redact import redact
 from mlmaster_daemon.store.migrations import migrate
-from mlmaster_daemon.store.records import NodeRecord, PromptedCall, TaskRecord
+from mlmaster_daemon.store.records import NodeRecord, PromptedCall, SavedSearch, TaskRecord
 from mlmaster_daemon.store.rows import (
     CALL_COLUMNS,
     NODE_COLUMNS,
@@ -204,24 +204,35 @@ class Store:
         node_id: int,
         node_fields: Mapping[str, Any],
         stats: Iterable[tuple[int, int, float, float | None]],
-        search_state: Mapping[str, Any] | None = None,
+        search_state: SavedSearch | None = None,
     ) -> None:
         """Record a node's outcome, the search statistics that changed (id, visits, value,
         UCT score) and the policy's state in one commit, so a restart sees all of them or
         none."""
-        async with self._transaction() as db:
+        async with self._search_transaction(search_state) as db:
             await update_row(db, "nodes", NODE_UPDATABLE, "task_id = ? AND id = ?",
                               (task_id, node_id), node_fields)
             await db.executemany(
                 "UPDATE nodes SET visits = ?, value = ?, uct = ? WHERE task_id = ? AND id = ?",
                 [(visits, value, uct, task_id, nid) for nid, visits, value, uct in stats],
             )
-            if search_state is not None:
-                await db.execute("UPDATE tasks SET search_state = ? WHERE id = ?",
-                                 (json.dumps(search_state), task_id))
+            await _save_search(db, task_id, search_state)
 
-    async def search_state(self, task_id: str) -> dict[str, Any] | None:
-        """The policy state saved with the task's last node outcome, if any."""
+    @asynccontextmanager
+    async def _search_transaction(
+            self, saved: SavedSearch | None) -> AsyncIterator[aiosqlite.Connection]:
+        """A transaction that tells `saved` when it did not commit (its rows stay unsaved)."""
+        try:
+            async with self._transaction() as db:
+                yield db
+        except BaseException:
+            if saved is not None:
+                saved.unsaved()
+            raise
+
+    async def search_head(self, task_id: str) -> dict[str, Any] | None:
+        """The search state saved with the task's last commit, without its tree's nodes when
+        they are saved as rows (`search_rows` reads them); None before the first."""
         row = await self._fetch_one("SELECT search_state FROM tasks WHERE id = ?", (task_id,))
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}; `mlmaster ls` lists the tasks")
@@ -230,18 +241,37 @@ class Store:
         state: dict[str, Any] = json.loads(row[0])
         return state
 
+    async def search_rows(self, task_id: str, after: int, limit: int) -> list[tuple[int, str]]:
+        """Up to `limit` saved tree rows (id, JSON) of the task with ids above `after`, by id:
+        a restore reads a big tree in slices."""
+        rows = await self._fetch(
+            "SELECT id, row FROM search_nodes WHERE task_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (task_id, after, limit))
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    async def search_state(self, task_id: str) -> dict[str, Any] | None:
+        """The whole search state saved with the task's last commit (its tree's nodes read
+        back into it), if any."""
+        state = await self.search_head(task_id)
+        if state is None:
+            return None
+        tree = state["policy"]["tree"]
+        if "nodes" not in tree:
+            rows = await self._fetch(
+                "SELECT row FROM search_nodes WHERE task_id = ? ORDER BY id", (task_id,))
+            tree["nodes"] = [json.loads(r[0]) for r in rows]
+        return state
+
     async def mark_ready(self, task_id: str, node_id: int, fields: Mapping[str, Any],
                          calls: Iterable[CallRecord], now: float,
-                         search_state: Mapping[str, Any] | None = None) -> None:
+                         search_state: SavedSearch | None = None) -> None:
         """The node's code, the model calls that wrote it and the search state that knows
         the node, in one commit: after a crash the node is run, not generated again."""
-        async with self._transaction() as db:
+        async with self._search_transaction(search_state) as db:
             await update_row(db, "nodes", NODE_UPDATABLE, "task_id = ? AND id = ?",
                               (task_id, node_id), fields)
             await insert_calls(db, task_id, node_id, calls, now)
-            if search_state is not None:
-                await db.execute("UPDATE tasks SET search_state = ? WHERE id = ?",
-                                 (json.dumps(search_state), task_id))
+            await _save_search(db, task_id, search_state)
 
     async def record_calls(self, task_id: str, node_id: int | None,
                            calls: Iterable[CallRecord], now: float) -> None:
@@ -431,3 +461,20 @@ class Store:
     ) -> None:
         async with self._transaction() as db:
             await update_row(db, table, allowed, where, key, fields)
+
+
+async def _save_search(db: aiosqlite.Connection, task_id: str,
+                       saved: SavedSearch | None) -> None:
+    """Write a commit's search state: the head whole, the changed tree rows, the rows of
+    nodes that left removed."""
+    if saved is None:
+        return
+    await db.execute("UPDATE tasks SET search_state = ? WHERE id = ?",
+                     (json.dumps(saved.head), task_id))
+    await db.executemany(
+        "INSERT INTO search_nodes (task_id, id, row) VALUES (?, ?, ?) "
+        "ON CONFLICT (task_id, id) DO UPDATE SET row = excluded.row",
+        [(task_id, node_id, json.dumps(row)) for node_id, row in saved.rows.items()])
+    await db.executemany("DELETE FROM search_nodes WHERE task_id = ? AND id = ?",
+                         [(task_id, node_id) for node_id in saved.dropped])
+

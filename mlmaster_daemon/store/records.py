@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlmaster_daemon.models import CallRecord, NodeState, Operator, TaskState
@@ -147,3 +148,21 @@ def prompt_json(prompt: list[dict[str, str]] | str) -> str:
 def with_prompt(record: CallRecord, prompt: list[dict[str, str]] | str) -> PromptedCall:
     """`record` with the prompt it was sent, ready for the store."""
     return PromptedCall(**asdict(record), prompt=prompt_json(prompt))
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class SavedSearch:
+    """A task's search state as one node's commit saves it: the head whole (the policy without
+    its tree's nodes, the open picks, the memory; all bounded in size) and of the tree only the
+    node rows that changed since the last commit, and the ids of nodes that left it."""
+
+    head: dict[str, Any]
+    rows: dict[int, list[Any]] = field(default_factory=dict)
+    dropped: list[int] = field(default_factory=list)
+    # Called when the commit did not happen, so these rows count as unsaved again.
+    unsaved: Callable[[], None] = _nothing
+

@@ -71,8 +71,9 @@ def check_tree(task: Mapping[str, Any], rows: Mapping[NodeKey, NodeRow],
     outcome, or a node the tree has as finished that the database does not."""
     if not task["search_state"]:
         return [], [f"task {task['id']} has no saved search state"]
-    tree = [TreeNode.from_state(raw)
-            for raw in json.loads(task["search_state"])["policy"]["tree"]["nodes"]]
+    saved = json.loads(task["search_state"])["policy"]["tree"]
+    raws = saved.get("nodes") or [json.loads(row) for row in task.get("tree_rows", [])]
+    tree = [TreeNode.from_state(raw) for raw in raws]
     by_id = {node.id: node for node in tree}
     listed = Counter(child for node in tree for child in node.children)
     duplicates = [f"task {task['id']} node {n} is listed {k} times in the search tree"

@@ -84,8 +84,8 @@ def read_states(conn: sqlite3.Connection, task_ids: Iterable[str]) -> dict[NodeK
 
 
 def read_tasks(db: Path, task_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """state, error, steps, best node and metric, spec, search state and final selection
-    of each task."""
+    """state, error, steps, best node and metric, spec, search state (and its tree's rows, as
+    `tree_rows`) and final selection of each task."""
     ids = list(task_ids)
     with connect(db) as conn:
         conn.row_factory = sqlite3.Row
@@ -93,8 +93,14 @@ def read_tasks(db: Path, task_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
             "SELECT id, state, error, steps, best_node_id, best_metric, spec, search_state,"
             " selection "
             f"FROM tasks WHERE id IN ({_marks(ids)})", ids).fetchall()
+        tasks = {row["id"]: {**dict(row), "tree_rows": []} for row in rows}
+        # The search tree's nodes, saved one row each apart from the rest of the state.
+        for task_id, raw in conn.execute(
+                f"SELECT task_id, row FROM search_nodes WHERE task_id IN ({_marks(ids)})"
+                " ORDER BY task_id, id", ids):
+            tasks[task_id]["tree_rows"].append(raw)
     conn.close()
-    return {row["id"]: dict(row) for row in rows}
+    return tasks
 
 
 def task_ended(task: dict[str, Any]) -> bool:
