@@ -18,6 +18,7 @@ from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.clock import Clock, SystemClock
 from mlmaster_daemon.errors import MlmasterError
 from mlmaster_daemon.watch_state import (
+    NODE_KEYS,
     TERMINAL,
     WatchState,
     apply_event,
@@ -103,7 +104,7 @@ class _LiveWatch:
         task_id = self.state.task_id
         task: dict[str, Any]
         task, nodes, slots = await asyncio.gather(
-            self.client.task(task_id), self.client.nodes(task_id),
+            self.client.task(task_id), self.client.nodes(task_id, fields=NODE_KEYS),
             self.client.request("GET", "/v1/slots"))
         apply_task(self.state, task)
         apply_nodes(self.state, nodes)

@@ -230,6 +230,11 @@ def apply_task(state: WatchState, task: object) -> None:
     state.selection = selection_summary(task.get("selection")) or state.selection
 
 
+# The keys of a node that `apply_nodes` reads: a snapshot asks the API for these only.
+NODE_KEYS = ("id", "parent_id", "parent_ids", "operator", "status", "metric", "holdout_metric",
+             "visits", "picked_by", "error")
+
+
 def apply_nodes(state: WatchState, nodes: object) -> None:
     """Fold a `GET /v1/tasks/{id}/nodes` list into `state`."""
     for node in nodes if isinstance(nodes, list) else []:

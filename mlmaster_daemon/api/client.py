@@ -7,10 +7,11 @@ import grp
 import json
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -127,9 +128,38 @@ class Client:
         result: dict[str, Any] = await self.request("GET", f"/v1/tasks/{task_id}")
         return result
 
-    async def nodes(self, task_id: str) -> list[dict[str, Any]]:
-        result: dict[str, Any] = await self.request("GET", f"/v1/tasks/{task_id}/nodes")
-        return list(result["nodes"])
+    async def nodes(self, task_id: str, fields: Sequence[str] | None = None,
+                    page_size: int | None = None) -> list[dict[str, Any]]:
+        """Every node of the task, by id, following the pages of GET /v1/tasks/{id}/nodes;
+        each with only `fields` when given. `page_size`: nodes per request (the daemon's
+        default when None)."""
+        nodes: list[dict[str, Any]] = []
+        after: int | None = None
+        while True:
+            page = await self.nodes_page(task_id, after, page_size, fields)
+            nodes += page["nodes"]
+            following = page.get("next_after")
+            # A daemon from before pages sends no next_after: its one answer is the tree.
+            if not isinstance(following, int) or (after is not None and following <= after):
+                return nodes
+            after = following
+
+    async def nodes_page(self, task_id: str, after: int | None = None,
+                         limit: int | None = None,
+                         fields: Sequence[str] | None = None) -> dict[str, Any]:
+        """One page of the task's nodes: those with ids above `after`, at most `limit`;
+        `{"task_id", "nodes", "next_after"}`, next_after null after the last page."""
+        query: dict[str, str] = {}
+        if after is not None:
+            query["after"] = str(after)
+        if limit is not None:
+            query["limit"] = str(limit)
+        if fields is not None:
+            query["fields"] = ",".join(fields)
+        suffix = f"?{urlencode(query)}" if query else ""
+        result: dict[str, Any] = await self.request("GET",
+                                                    f"/v1/tasks/{task_id}/nodes{suffix}")
+        return result
 
     async def node(self, task_id: str, node_id: int) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", f"/v1/tasks/{task_id}/nodes/{node_id}")

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from mlmaster_daemon import __version__
+from mlmaster_daemon.api.node_pages import DEFAULT_PAGE, MAX_PAGE, NODE_FIELDS
 from mlmaster_daemon.api.schemas import NODE_ID_PATTERN, TASK_ID_PATTERN, SubmitRequest
 from mlmaster_daemon.models import TaskState
 
@@ -61,6 +62,22 @@ _NODE_ID = {
     "description": "a node id within the task (1, 2, ...)",
     "schema": {"type": "string", "pattern": NODE_ID_PATTERN},
 }
+_NODE_PAGE = [
+    {"name": "limit", "in": "query", "required": False,
+     "description": f"nodes per page: {DEFAULT_PAGE} by default, at most {MAX_PAGE}",
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                "default": DEFAULT_PAGE}},
+    {"name": "after", "in": "query", "required": False,
+     "description": "only nodes with a higher id: the previous page's next_after (the first "
+                    "page when absent)",
+     "schema": {"type": "string", "pattern": NODE_ID_PATTERN}},
+    {"name": "fields", "in": "query", "required": False,
+     "description": "only these keys of each node, comma-separated (every key when absent); "
+                    "an unknown name is a 400 listing those allowed",
+     "style": "form", "explode": False,
+     "schema": {"type": "array", "minItems": 1,
+                "items": {"type": "string", "enum": list(NODE_FIELDS)}}},
+]
 _EVENTS_TASK = {
     "name": "task_id", "in": "query", "required": False,
     "description": "only this task's events (the task must exist)",
@@ -108,8 +125,13 @@ _PATHS: dict[str, Any] = {
         "responses": _responses(("200", "the task, cancelled", "Task"), "400", "404", "409"),
     }},
     "/v1/tasks/{task_id}/nodes": {"get": {
-        "operationId": "listNodes", "summary": "The task's search tree, node by node",
-        "parameters": [_TASK_ID],
+        "operationId": "listNodes",
+        "summary": "A page of the task's search tree, node by node, by id",
+        "description": (
+            "A tree of any size comes in pages: ask again with after=next_after until "
+            "next_after is null. Nodes added meanwhile have higher ids, so they come in later "
+            "pages; a node already sent may have changed since."),
+        "parameters": [_TASK_ID, *_NODE_PAGE],
         "responses": _responses(("200", "the nodes", "NodeList"), "400", "404"),
     }},
     "/v1/tasks/{task_id}/nodes/{node_id}": {"get": {
@@ -164,6 +186,9 @@ _PATHS: dict[str, Any] = {
 }
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
+# A node in a listing: the keys `fields` names, all of them by default.
+_NODE_SUMMARY = {"type": "object", "properties": {name: {} for name in NODE_FIELDS},
+                 "additionalProperties": False}
 _TASK_PROPERTIES: dict[str, Any] = {
     "id": {"type": "string", "pattern": TASK_ID_PATTERN},
     "name": {"type": "string"},
@@ -231,9 +256,14 @@ def _components() -> dict[str, Any]:
                                    "offset": {"type": "integer"},
                                    "next_offset": {"type": "integer"},
                                    "size": {"type": "integer"}, "text": {"type": "string"}}},
-        "NodeList": {"type": "object", "required": ["task_id", "nodes"],
-                     "properties": {"task_id": {"type": "string"},
-                                    "nodes": {"type": "array", "items": _ref("Node")}}},
+        "NodeList": {"type": "object", "required": ["task_id", "nodes", "next_after"],
+                     "properties": {
+                         "task_id": {"type": "string"},
+                         "nodes": {"type": "array", "items": _NODE_SUMMARY,
+                                   "description": "at most `limit`, by id"},
+                         "next_after": {"type": ["integer", "null"],
+                                        "description": "pass as `after` for the next page; "
+                                                       "null when this page is the last"}}},
         "Health": {"type": "object", "required": ["status", "version"],
                    "properties": {"status": {"const": "ok"}, "version": {"type": "string"},
                                   "uptime_s": {"type": "number"},
