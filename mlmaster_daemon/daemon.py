@@ -32,6 +32,7 @@ from mlmaster_daemon.execution.slots import GpuSampler, SlotPool
 from mlmaster_daemon.logs import get_logger, set_log_level
 from mlmaster_daemon.metrics import DaemonMetrics, start_metrics_server
 from mlmaster_daemon.metrics import address as metrics_address
+from mlmaster_daemon.models import TaskState
 from mlmaster_daemon.scheduler import SearchParts, TaskQueue
 from mlmaster_daemon.store import Store
 from mlmaster_daemon.store.backup import check_integrity, make_backup
@@ -40,7 +41,7 @@ from mlmaster_daemon.store.lost import guard_committed_work
 from mlmaster_daemon.store.writable import check_writable
 from mlmaster_daemon.systemd import Heartbeat, Notifier, listen_sockets, run_watchdog
 from mlmaster_daemon.task_log import TaskLogs
-from mlmaster_daemon.tokenizer import TiktokenCounter
+from mlmaster_daemon.tokenizer import TiktokenCounter, TokenizerUnavailable
 
 if TYPE_CHECKING:
     from mlmaster_daemon.execution.ray_executor import RayExecutor
@@ -150,6 +151,8 @@ class Daemon:
         self._socket_made: tuple[int, int] | None = None
         self._backups: asyncio.Task[None] | None = None
         self._backup_job: asyncio.Future[Path] | None = None
+        # Loads the tokenizer when the first task comes (see start()).
+        self._tokenizer_job: asyncio.Task[None] | None = None
         # Whether this daemon started the Ray cluster it runs nodes on (it then stops it).
         self._ray_started = False
         # The cluster backend, when nodes run on Ray.
@@ -190,10 +193,16 @@ class Daemon:
             self.socket_path = Path(passed[0].getsockname())
         else:
             _prepare_socket_path(self.socket_path)
-        # Load the tokenizer now: a missing encoding should stop the start, not a task.
+        # A missing tokenizer should stop the start, not a task; the encoding itself (about
+        # 40 MB) loads only once there is a task to count for, so an idle daemon stays small.
         counter = TiktokenCounter(self.config.memory.encoding)
-        await asyncio.to_thread(counter.load)
+        await asyncio.to_thread(counter.check)
         self.store = await Store.open(db)
+        if await self.store.list_tasks([TaskState.RUNNING, TaskState.PAUSED, TaskState.QUEUED]):
+            # Searches resume at once and count tokens as they restore.
+            await asyncio.to_thread(counter.load)
+        else:
+            self.bus.tap(lambda _event: self._load_tokenizer_soon(counter))
         execution = self.config.execution
         on_cluster = execution.backend == "ray" and bool(execution.ray_address)
         killed = await reconcile_processes(self.store, on_cluster)
@@ -249,6 +258,19 @@ class Daemon:
                  socket=str(self.socket_path), socket_activated=self.activated,
                  state_dir=str(self.state_dir), nodes_requeued=requeued,
                  nodes_interrupted=interrupted, stale_processes_killed=killed)
+
+    def _load_tokenizer_soon(self, counter: TiktokenCounter) -> None:
+        """On the first event (a submit), load the tokenizer off the event loop, before the
+        new task's first count needs it."""
+        if self._tokenizer_job is None:
+            self._tokenizer_job = asyncio.create_task(self._load_tokenizer(counter))
+
+    async def _load_tokenizer(self, counter: TiktokenCounter) -> None:
+        try:
+            await asyncio.to_thread(counter.load)
+        except TokenizerUnavailable as exc:
+            # The task's own count fails with the same error and says so.
+            log.error("tokenizer unavailable", error=exc.message)
 
     async def stop(self) -> None:
         """Stop taking work, let running nodes finish within `stop_grace_s`, stop the rest

