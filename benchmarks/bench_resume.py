@@ -142,7 +142,7 @@ class Grown:
 
 
 async def grow(spec: TaskSpec, nodes: int, config: Config) -> Grown:
-    """Expand `nodes` nodes as TaskSearch does: `parallel + prefetch` picks in flight, each
+    """Expand `nodes` nodes as TaskSearch does: `parallel + 1` picks in flight, each
     finished one completed in the policy and recorded in the memory; the last ones stay in
     flight."""
     search, memory = config.search, config.memory
@@ -159,7 +159,9 @@ async def grow(spec: TaskSpec, nodes: int, config: Config) -> Grown:
     inflight: deque[tuple[int, Pick]] = deque()
     next_id = 1
     while True:
-        while len(inflight) < search.parallel + config.llm.prefetch and next_id <= nodes:
+        # One generation ahead of the running nodes, as a task whose model answers about as
+        # fast as its scripts run keeps (the prefetch depth adapts to that ratio).
+        while len(inflight) < search.parallel + 1 and next_id <= nodes:
             pick = policy.select()
             if pick is None:
                 raise SystemExit("the tree closed before reaching the size asked for")

@@ -25,8 +25,9 @@ ROWS_PER_SLICE = 2000
 
 async def restore(state: SearchState, nodes: list[NodeRecord]) -> list[tuple[NodeRecord, Pick]]:
     """The policy, open picks and memory as saved; returns the nodes whose code was paid for
-    before the stop, to run now without asking again. Other picks that were open then are
-    undone (their nodes were marked interrupted at start-up)."""
+    before the stop (with their code, also when `nodes` were read without), to run now
+    without asking again. Other picks that were open then are undone (their nodes were
+    marked interrupted at start-up)."""
     parts, task = state.parts, state.task
     saved = await _saved_search(parts.store, task.id)
     resume: list[tuple[NodeRecord, Pick]] = []
@@ -37,6 +38,9 @@ async def restore(state: SearchState, nodes: list[NodeRecord]) -> list[tuple[Nod
         by_id = {n.id: n for n in nodes}
         for key, raw in saved["inflight"].items():
             pick, node = Pick.from_state(raw), by_id.get(int(key))
+            if node is not None and node.state is NodeState.READY and node.code is None:
+                # Read without its code: this node's is needed.
+                node = await parts.store.get_node(task.id, node.id)
             if node is not None and node.state is NodeState.READY and node.code:
                 state.open_picks[node.id] = pick
                 resume.append((node, pick))
@@ -95,14 +99,16 @@ async def repair_best(state: SearchState, nodes: list[NodeRecord]) -> None:
     done = ranked(state, nodes)
     if not done:
         return
-    # A workspace removed by hand cannot be used.
-    exists = await asyncio.to_thread(lambda: [has_submission(state.node_dir(n.id)) for n in done])
-    usable = [n for n, ok in zip(done, exists, strict=True) if ok]
-    if not usable:
+    # A workspace removed by hand cannot be used: the best node whose submission is there.
+    found = await asyncio.to_thread(
+        lambda: next((n for n in done if has_submission(state.node_dir(n.id))), None))
+    if found is None:
         log.warning("no finished node has its submission any more; best/ left as it is",
                     task_id=task.id)
         return
-    best = usable[0]
+    # The nodes may have been read without their code.
+    best = found if found.code is not None else await state.parts.store.get_node(task.id,
+                                                                                found.id)
     assert best.metric is not None and best.code is not None
     state.best_key = _key(state, best)
     recorded = await asyncio.to_thread(best_node_id, best_dir(state.parts.state_dir, task.id))

@@ -25,6 +25,7 @@ from mlmaster_daemon.store.records import NodeRecord, PromptedCall, SavedSearch,
 from mlmaster_daemon.store.rows import (
     CALL_COLUMNS,
     NODE_COLUMNS,
+    NODE_COLUMNS_WITHOUT_CODE,
     NODE_UPDATABLE,
     TASK_COLUMNS,
     TASK_UPDATABLE,
@@ -37,6 +38,8 @@ from mlmaster_daemon.store.rows import (
 
 log = get_logger("mlmaster.store")
 MAX_CRASHES = 2
+# Node rows a read turns into records on the event loop; more are built on a thread.
+NODES_ON_THE_LOOP = 1000
 
 
 def crashed_too_often(crashes: int) -> str:
@@ -309,11 +312,16 @@ class Store:
             raise NodeNotFound(f"task {task_id} has no node {node_id}")
         return node_of(row)
 
-    async def list_nodes(self, task_id: str) -> list[NodeRecord]:
+    async def list_nodes(self, task_id: str, code: bool = True) -> list[NodeRecord]:
+        """The task's nodes by id; with `code` False without their code (None: `get_node`
+        reads one node's), which is most of a big tree's bytes."""
+        columns = NODE_COLUMNS if code else NODE_COLUMNS_WITHOUT_CODE
         rows = await self._fetch(
-            f"SELECT {NODE_COLUMNS} FROM nodes WHERE task_id = ? ORDER BY id",
-            (task_id,))
-        return [node_of(r) for r in rows]
+            f"SELECT {columns} FROM nodes WHERE task_id = ? ORDER BY id", (task_id,))
+        if len(rows) < NODES_ON_THE_LOOP:
+            return [node_of(r) for r in rows]
+        # Off the event loop: building ten thousand records would stall the API meanwhile.
+        return await asyncio.to_thread(lambda: [node_of(r) for r in rows])
 
     async def list_nodes_page(self, task_id: str, after: int | None,
                               limit: int) -> list[NodeRecord]:

@@ -25,6 +25,8 @@ NODE_COLUMNS = (
     " pid_start_time, boot_id, slot, gpu_peak_mb, gpu_seconds, interrupted, uct, pick_reason,"
     " holdout_metric"
 )
+# The node columns with the code left out (read as NULL): a big tree's code is hundreds of MB.
+NODE_COLUMNS_WITHOUT_CODE = NODE_COLUMNS.replace(" code,", " NULL,", 1)
 NODE_UPDATABLE = frozenset(
     {"state", "plan", "summary", "code", "metric", "error", "exit_code", "pid", "started_at",
      "finished_at", "analysis", "pid_start_time", "boot_id", "slot", "gpu_peak_mb",
