@@ -177,6 +177,19 @@ async def test_the_client_follows_the_pages_to_every_node(api: Api) -> None:
     assert await api.client.nodes(TREE) == whole
     trimmed = await api.client.nodes(TREE, fields=["id", "status"], page_size=5)
     assert trimmed == [{"id": n["id"], "status": n["status"]} for n in whole]
+    # Without the id in each node, next_after still says where the next page starts.
+    assert await api.client.nodes(TREE, fields=["metric"], page_size=5) == [
+        {"metric": n["metric"]} for n in whole]
+
+
+async def test_a_listed_node_is_what_its_record_shows(api: Api) -> None:
+    await api.add_task(TREE, 3)
+    await api.store.insert_node(NodeRecord(
+        task_id=TREE, id=4, parent_id=2, parent_ids=(2, 3), operator=Operator.CROSSOVER,
+        state=NodeState.BUGGY, created_at=1.0, code="x", error="KeyError", visits=3,
+        value=0.25, uct=1.5, pick_reason="uct", holdout_metric=0.5))
+    records = await api.store.list_nodes(TREE)
+    assert (await api.client.nodes_page(TREE))["nodes"] == [n.public() for n in records]
 
 
 async def test_the_listing_shows_each_tasks_own_counts_and_usage(api: Api) -> None:
@@ -214,7 +227,7 @@ def test_a_quick_bench_run_prints_every_endpoint_at_every_level(tmp_path: Path) 
     figures = json.loads(out.read_text())
     assert set(figures) == {"1", "10", "50"}
     for row in figures.values():
-        assert set(row) == {"tasks", "nodes", "nodes_fields", "bare"}
+        assert set(row) == {"tasks", "nodes", "nodes_fields", "health", "bare"}
         for got in row.values():
             assert got["requests"] > 0 and got["errors"] == 0
     assert "p99 ms" in done.stdout and "bare" in done.stdout

@@ -12,9 +12,10 @@ import json
 import os
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,9 @@ class ApiParts:
     started_at: float
     llm_status: Callable[[], list[dict[str, Any]]] = lambda: []
     slots_status: Callable[[], Awaitable[dict[str, Any]]] = no_slots
+    # Connections whose peer `admit_peer` admitted, with the [daemon] it was admitted under.
+    admitted: weakref.WeakKeyDictionary[asyncio.BaseTransport, tuple[DaemonConfig, Peer]] = (
+        field(default_factory=weakref.WeakKeyDictionary, repr=False))
 
     @property
     def config(self) -> Config:
@@ -136,10 +140,21 @@ async def admit_peer(request: web.Request, handler: Any) -> web.StreamResponse:
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None or sock.family != socket.AF_UNIX:
         raise Forbidden("the daemon answers only on its Unix socket, where it can tell who asks")
-    # The user database may be remote (LDAP, sssd) and the job check reads /proc: off the
-    # event loop, in one thread hop (each hop costs a request ~0.1 ms at no load, more under).
-    _PEER.set(await asyncio.to_thread(_admit, sock, request.app[API_PARTS].config.daemon,
-                                      request.method, request.path))
+    parts = request.app[API_PARTS]
+    daemon = parts.config.daemon
+    # A connection's peer is checked on its first request only (and again after a reload
+    # changed [daemon]): the kernel fixed its credentials at connect, the pidfd check pinned
+    # that very process, and a job cannot take over another process's connection. The
+    # check costs ~0.5 ms (it reads the user database and /proc), twice a bare request.
+    assert transport is not None
+    admitted = parts.admitted.get(transport)
+    if admitted is not None and admitted[0] is daemon:
+        peer = admitted[1]
+    else:
+        # Off the event loop, in one hop: the user database may be remote (LDAP, sssd).
+        peer = await asyncio.to_thread(_admit, sock, daemon, request.method, request.path)
+        parts.admitted[transport] = (daemon, peer)
+    _PEER.set(peer)
     response: web.StreamResponse = await handler(request)
     return response
 

@@ -76,14 +76,11 @@ async def node_page(store: Store, task_id: str, page: PageRequest) -> dict[str, 
     """The page `page` of the task's nodes, by id: `{"task_id", "nodes", "next_after"}`,
     `next_after` the id to pass as `after` for the next page, null after the last."""
     # One node past the page tells whether another page follows.
-    nodes = await store.list_nodes_page(task_id, page.after, page.limit + 1)
+    nodes = await store.node_summaries_page(task_id, page.after, page.limit + 1)
     more = len(nodes) > page.limit
-    nodes = nodes[:page.limit]
-    if page.fields is None:
-        listed = [node.public() for node in nodes]
-    else:
+    del nodes[page.limit:]
+    next_after = nodes[-1]["id"] if more else None
+    if page.fields is not None:
         keys = page.fields
-        listed = [{key: public[key] for key in keys}
-                  for public in (node.public() for node in nodes)]
-    return {"task_id": task_id, "nodes": listed,
-            "next_after": nodes[-1].id if more else None}
+        nodes = [{key: node[key] for key in keys} for node in nodes]
+    return {"task_id": task_id, "nodes": nodes, "next_after": next_after}
