@@ -1,13 +1,28 @@
-"""Pipelining: slot occupancy of the daemon against ML-Master's serial worker, in one run.
+"""Pipelining: slot occupancy of the daemon against ML-Master's serial worker, side by side.
 
-A local OpenAI-compatible server answers every request after a fixed latency L with a script
-that runs for E seconds (then writes a valid submission and metric); K slots run them. The
-daemon keeps `prefetch` generations ahead of its running nodes. The serial baseline is K
-workers that each do LLM call -> run -> LLM call -> ..., as ML-Master's threads do, against
-the same server. Occupancy = busy run-seconds / (K x wall time from the first run's start to
-the last run's end). Target: daemon occupancy >= 0.9 at L = E, K = 4.
+A local OpenAI-compatible server answers every request after a fixed latency L: a code request
+with a script that sleeps E seconds (then writes a valid submission and metric), a judge request
+(one that offers the `submit_review` tool) with a verdict. K slots run the scripts. For each of
+three ratios (L = E/2, L = E, L = 2E) it runs N nodes twice against the same server:
 
-Usage: .venv/bin/python benchmarks/bench_pipeline.py [--latency 1.5] [--job 1.5] [--slots 4]
+- the daemon: one task of N steps, a code and a feedback (judge) model, `search.parallel` = K,
+  `search.num_drafts` = N unless `--drafts` says (the default tree of 5 drafts has nothing to
+  expand until a draft's verdict is in: that measures the tree's breadth, not the pipeline);
+- ML-Master's serial worker: K workers, each doing code call -> run -> judge call -> ... (the
+  run is the same kind of python process, without the daemon's sandbox).
+
+It prints, per ratio:
+- occupancy once full: leased slot-seconds / (K x window), the window running from when all K
+  slots were first busy at once (the ramp-up left out) to when the last run was handed its slot
+  (after that no work is left to fill a slot: the ramp-down is left out too);
+- overall occupancy: busy run-seconds / (K x first run's start to the last run's end);
+- the wall time for N nodes (submit to the task's end) against N*E/K;
+- the daemon's throughput over the serial worker's (the serial wall time over the daemon's).
+Target: occupancy once full >= 0.95 at every ratio. `--timeline` also prints each node's way
+(generation, slot, run, judge) in seconds from the submit, to see where a slot sat idle.
+
+Usage: .venv/bin/python benchmarks/bench_pipeline.py [--job 1.5] [--slots 4] [--nodes 16]
+       [--ratios 0.5,1,2] [--prefetch N] [--drafts D] [--quick] [--timeline]
 """
 
 from __future__ import annotations
@@ -18,15 +33,21 @@ import os
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from aiohttp import web
 from openai_server import FakeOpenAI
 
 from mlmaster_daemon.api.client import Client
+from mlmaster_daemon.bus import Event, NodeStateChanged
 from mlmaster_daemon.config import load_config
 from mlmaster_daemon.daemon import Daemon
+from mlmaster_daemon.execution.lease import Lease
 from mlmaster_daemon.logs import configure_logging
 from mlmaster_daemon.tasks.examples import build_example
 
@@ -36,48 +57,127 @@ os.makedirs("submission", exist_ok=True)
 shutil.copyfile("input/sample_submission.csv", "submission/submission.csv")
 json.dump({{"validation_metric": 0.5 + random.random() / 10}}, open("metrics.json", "w"))
 """
+Interval = tuple[float, float]
 
 
-def occupancy(intervals: list[tuple[float, float]], slots: int) -> float:
+class JudgingServer(FakeOpenAI):
+    """The fake server, answering a request that offers tools (the judge's) with a verdict."""
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        if (await request.json()).get("tools"):
+            # The body is cached: `_respond` reads it again without yielding in between.
+            self.script.appendleft("tool")
+        return await self._respond(request, chat=True)
+
+
+@dataclass
+class Timeline:
+    """What one run measured, in seconds of `time.monotonic()`."""
+
+    begin: float = 0.0
+    end: float = 0.0
+    leases: list[Interval] = field(default_factory=list)
+    runs: list[Interval] = field(default_factory=list)
+    nodes: dict[int, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+
+
+def occupancy(intervals: list[Interval], slots: int) -> float:
+    """Busy seconds over K x (first start to last end)."""
     start = min(s for s, _ in intervals)
     end = max(e for _, e in intervals)
-    busy = sum(e - s for s, e in intervals)
-    return busy / (slots * (end - start))
+    return sum(e - s for s, e in intervals) / (slots * (end - start))
+
+
+def full_window(intervals: list[Interval], slots: int) -> Interval | None:
+    """From when all `slots` were first busy at once to the last interval's start."""
+    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals],
+                   key=lambda p: (p[0], p[1]))
+    busy = 0
+    for at, step in edges:
+        busy += step
+        if busy >= slots:
+            last_start = max(s for s, _ in intervals)
+            return (at, last_start) if last_start > at else None
+    return None
+
+
+def occupancy_once_full(intervals: list[Interval], slots: int) -> float | None:
+    window = full_window(intervals, slots)
+    if window is None:
+        return None
+    lo, hi = window
+    busy = sum(max(0.0, min(e, hi) - max(s, lo)) for s, e in intervals)
+    return busy / (slots * (hi - lo))
+
+
+def _record(timeline: Timeline, event: Event) -> None:
+    if isinstance(event, NodeStateChanged):
+        timeline.nodes[event.node_id].setdefault(event.state, time.monotonic())
+
+
+def _watch_slots(daemon: Daemon, timeline: Timeline) -> None:
+    """Record every lease's grant and release (the bench's own view; the daemon is as is)."""
+    pool = daemon.slots
+    assert pool is not None
+    acquire, release = pool.acquire, pool.release
+    granted: dict[int, float] = {}
+
+    async def timed_acquire(*args: Any, **kwargs: Any) -> Lease:
+        lease = await acquire(*args, **kwargs)
+        granted[id(lease)] = time.monotonic()
+        return lease
+
+    def timed_release(lease: Lease) -> None:
+        if id(lease) in granted:
+            timeline.leases.append((granted.pop(id(lease)), time.monotonic()))
+        release(lease)
+
+    pool.acquire = timed_acquire  # type: ignore[method-assign]
+    pool.release = timed_release  # type: ignore[method-assign]
 
 
 async def run_daemon(server: FakeOpenAI, workdir: Path, slots: int, nodes: int,
-                     prefetch: int) -> float:
+                     prefetch: int | None, drafts: int) -> Timeline:
     os.environ["BENCH_KEY"] = "unused"
-    config = load_config(None, environ={}, overrides={
+    endpoint = {"base_url": server.base_url, "model": "bench", "timeout_s": 120,
+                "max_concurrency": 64}
+    overrides: dict[str, Any] = {
         "daemon.state_dir": str(workdir / "state"), "daemon.socket": str(workdir / "d.sock"),
         "search.parallel": slots, "execution.max_concurrent_nodes": slots,
-        "llm.prefetch": prefetch,
-        "llm.code": {"base_url": server.base_url, "model": "bench", "timeout_s": 120},
-    })
-    daemon = Daemon(config)
+        "llm.code": endpoint, "llm.feedback": endpoint, "search.num_drafts": drafts,
+    }
+    if prefetch is not None:
+        overrides["llm.prefetch"] = prefetch
+    daemon = Daemon(load_config(None, environ={}, overrides=overrides))
     await daemon.start()
+    timeline = Timeline()
+    daemon.bus.tap(lambda event: _record(timeline, event))
+    _watch_slots(daemon, timeline)
     try:
         async with Client(daemon.socket_path) as client:
+            timeline.begin = time.monotonic()
             task = await client.submit({"task_dir": str(workdir / "competition"),
                                         "steps": nodes})
             while (await client.task(task["id"]))["state"] not in ("finished", "failed"):  # noqa: ASYNC110
-                await asyncio.sleep(0.2)
-        assert daemon.store is not None
-        rows = await daemon.store.list_nodes(task["id"])
+                await asyncio.sleep(0.05)
+            timeline.end = time.monotonic()
     finally:
         await daemon.stop()
-    intervals = [(n.started_at, n.finished_at) for n in rows
-                 if n.started_at is not None and n.finished_at is not None]
-    return occupancy(intervals, slots)
+    for way in timeline.nodes.values():
+        if "running" in way and "evaluating" in way:
+            timeline.runs.append((way["running"], way["evaluating"]))
+    return timeline
 
 
-async def run_serial(server: FakeOpenAI, slots: int, nodes: int, job_s: float) -> float:
-    """ML-Master's worker: each of K threads calls the model, then runs, then calls again."""
+async def run_serial(server: FakeOpenAI, slots: int, nodes: int, job_s: float) -> Timeline:
+    """ML-Master's worker: each of K workers calls the model, runs the script, calls the
+    judge, and only then calls the model again."""
     import openai
 
     client = openai.AsyncOpenAI(api_key="unused", base_url=server.base_url, max_retries=0)
-    intervals: list[tuple[float, float]] = []
+    timeline = Timeline(begin=time.monotonic())
     remaining = [nodes]
+    judge_tool = {"type": "function", "function": {"name": "submit_review", "parameters": {}}}
 
     async def worker() -> None:
         while remaining[0] > 0:
@@ -85,38 +185,89 @@ async def run_serial(server: FakeOpenAI, slots: int, nodes: int, job_s: float) -
             await client.chat.completions.create(
                 model="bench", messages=[{"role": "user", "content": "code please"}])
             started = time.monotonic()
-            await asyncio.sleep(job_s)
-            intervals.append((started, time.monotonic()))
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", f"import time; time.sleep({job_s})")
+            await process.wait()
+            timeline.runs.append((started, time.monotonic()))
+            await client.chat.completions.create(
+                model="bench", messages=[{"role": "user", "content": "judge please"}],
+                tools=[judge_tool])  # type: ignore[list-item]
 
     await asyncio.gather(*(worker() for _ in range(slots)))
+    timeline.end = time.monotonic()
     await client.close()
-    return occupancy(intervals, slots)
+    return timeline
 
 
-async def main(latency: float, job: float, slots: int, nodes: int, prefetch: int) -> None:
+def print_timeline(name: str, timeline: Timeline) -> None:
+    print(f"  {name}: node  generating  ready  running  evaluating  done   (s from submit)")
+    for node_id, way in sorted(timeline.nodes.items()):
+        cells = [way.get(s) for s in ("generating", "ready", "running", "evaluating")]
+        end = way.get("done", way.get("buggy", way.get("failed")))
+        row = "".join(f"{(c - timeline.begin):9.2f}" if c else "        -"
+                      for c in [*cells, end])
+        print(f"    {node_id:4d}{row}")
+
+
+def report(latency: float, job: float, slots: int, nodes: int, daemon: Timeline,
+           serial: Timeline) -> float | None:
+    full = occupancy_once_full(daemon.leases, slots)
+    ideal = nodes * job / slots
+    wall = daemon.end - daemon.begin
+    serial_wall = serial.end - serial.begin
+    print(f"L = {latency:g} s, E = {job:g} s (L/E = {latency / job:g}), K = {slots}, "
+          f"N = {nodes}")
+    print(f"  daemon  occupancy once full {full if full is None else round(full, 3)}, "
+          f"overall {occupancy(daemon.runs, slots):.3f}; wall {wall:.1f} s = "
+          f"{wall / ideal:.2f} x N*E/K ({ideal:.1f} s)")
+    print(f"  serial  occupancy {occupancy(serial.runs, slots):.3f}; wall {serial_wall:.1f} s"
+          f" = {serial_wall / ideal:.2f} x N*E/K")
+    print(f"  throughput daemon / serial worker: {serial_wall / wall:.2f}")
+    return full
+
+
+async def main(job: float, slots: int, nodes: int, ratios: list[float],
+               prefetch: int | None, drafts: int | None, timeline: bool) -> None:
     configure_logging("warning")
-    server = await FakeOpenAI(code=JOB.format(seconds=job), latency_s=latency).start()
-    try:
-        with tempfile.TemporaryDirectory(prefix="mlm-bench-") as tmp:
-            workdir = Path(tmp)
-            build_example("breast_cancer", workdir / "competition")
-            daemon = await run_daemon(server, workdir, slots, nodes, prefetch)
-        serial = await run_serial(server, slots, nodes, job)
-    finally:
-        await server.stop()
-    print(f"L = {latency} s, E = {job} s, K = {slots} slots, {nodes} nodes, prefetch {prefetch}")
-    print(f"slot occupancy  daemon (pipelined): {daemon:.3f}")
-    print(f"slot occupancy  serial worker:      {serial:.3f}")
-    print(f"ratio daemon / serial: {daemon / serial:.2f}")
+    worst: float | None = 1.0
+    for ratio in ratios:
+        latency = ratio * job
+        server = await JudgingServer(code=JOB.format(seconds=job), latency_s=latency).start()
+        try:
+            with tempfile.TemporaryDirectory(prefix="mlm-bench-") as tmp:
+                workdir = Path(tmp)
+                build_example("breast_cancer", workdir / "competition")
+                daemon = await run_daemon(server, workdir, slots, nodes, prefetch,
+                                          drafts or nodes)
+            serial = await run_serial(server, slots, nodes, job)
+        finally:
+            await server.stop()
+        full = report(latency, job, slots, nodes, daemon, serial)
+        if timeline:
+            print_timeline("daemon", daemon)
+        worst = None if full is None or worst is None else min(worst, full)
+    verdict = "reached" if worst is not None and worst >= 0.95 else "NOT reached"
+    print(f"target occupancy once full >= 0.95: {verdict} (worst {worst})")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--latency", type=float, default=1.5)
-    parser.add_argument("--job", type=float, default=1.5)
-    parser.add_argument("--slots", type=int, default=4)
-    parser.add_argument("--nodes", type=int, default=48)
-    parser.add_argument("--prefetch", type=int, default=6)
+    parser.add_argument("--job", type=float, default=1.5, help="E: seconds a script runs")
+    parser.add_argument("--slots", type=int, default=4, help="K: run slots")
+    parser.add_argument("--nodes", type=int, default=16, help="N: nodes per run")
+    parser.add_argument("--ratios", default="0.5,1,2", help="L/E ratios, comma-separated")
+    parser.add_argument("--prefetch", type=int, default=None,
+                        help="llm.prefetch (default: the config's)")
+    parser.add_argument("--drafts", type=int, default=None,
+                        help="search.num_drafts (default N: the tree always has a node to "
+                        "expand, so what is measured is the pipeline; 5 is the default tree)")
+    parser.add_argument("--quick", action="store_true",
+                        help="E = 0.5 s, K = 2, N = 6: a smoke run, not a measurement")
+    parser.add_argument("--timeline", action="store_true", help="print each node's way")
     args = parser.parse_args()
-    asyncio.run(main(args.latency, args.job, args.slots, args.nodes, args.prefetch))
+    if args.quick:
+        args.job, args.slots, args.nodes = 0.5, 2, 6
+    asyncio.run(main(args.job, args.slots, args.nodes,
+                     [float(r) for r in args.ratios.split(",")], args.prefetch, args.drafts,
+                     args.timeline))

@@ -217,8 +217,10 @@ class LlmConfig(_Section):
     feedback: EndpointConfig | None = None
     # Responses without a code block are retried with a corrective message this many times.
     no_code_retries: int = Field(default=2, ge=0)
-    # Generations kept ready ahead of the task's running nodes (pipelining).
-    prefetch: int = Field(default=1, ge=0)
+    # Most generations kept ahead of a task's running nodes (pipelining); the depth adapts to
+    # ceil(K x L / E) + 1 from the task's recent generations (L) and runs (E), up to this.
+    # 0: no pipelining (each pick waits for the outcomes before it).
+    prefetch: int = Field(default=16, ge=0)
     # Per-task caps (0: none); a submit may set its own.
     max_task_tokens: int = Field(default=0, ge=0)
     max_task_cost: float = Field(default=0, ge=0)

@@ -19,6 +19,7 @@ from mlmaster_daemon.faults import is_storage_fault
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import NodeState, TaskState
 from mlmaster_daemon.scheduler.holdout_stage import score_node
+from mlmaster_daemon.scheduler.pipeline import Pipeline
 from mlmaster_daemon.scheduler.prompt_inputs import code_request
 from mlmaster_daemon.scheduler.search_state import SearchState
 from mlmaster_daemon.search.policy import Pick
@@ -40,14 +41,25 @@ class TimeRanOut(Exception):
 
 
 async def expand(state: SearchState, node_id: int, pick: Pick,
-                 existing: NodeRecord | None = None) -> None:
-    """Take one node (new, or `existing` with code from before a restart) to its outcome.
+                 existing: NodeRecord | None = None, pipeline: Pipeline | None = None) -> None:
+    """Take one node (new, or `existing` with code from before a restart) to its outcome,
+    telling `pipeline` how long its generation took and when its run slot is free again.
     A storage fault propagates (the task pauses); any other error fails only this node."""
+    pipeline = pipeline or Pipeline()
+    try:
+        await _expand(state, node_id, pick, existing, pipeline)
+    finally:
+        pipeline.ran(node_id)
+
+
+async def _expand(state: SearchState, node_id: int, pick: Pick, existing: NodeRecord | None,
+                  pipeline: Pipeline) -> None:
     store, task = state.parts.store, state.task
     with structlog.contextvars.bound_contextvars(task_id=task.id, node_id=node_id):
         has_code = existing is not None
         try:
             if existing is None:
+                began = state.now()
                 parent_id = pick.parent_ids[0] if pick.parent_ids else None
                 await store.insert_node(NodeRecord(
                     task_id=task.id, id=node_id, parent_id=parent_id,
@@ -57,13 +69,14 @@ async def expand(state: SearchState, node_id: int, pick: Pick,
                 ))
                 await state.publish.node_changed(node_id, pick, NodeState.PENDING)
                 response = await _generate_code(state, node_id, pick)
+                pipeline.generated(state.now() - began)
                 has_code = True
             else:
                 assert existing.code is not None
                 response = CodeResponse(existing.plan or "", existing.code,
                                         existing.summary or "")
                 log.info("running code generated before the restart")
-            await _run_and_evaluate(state, node_id, pick, response)
+            await _run_and_evaluate(state, node_id, pick, response, pipeline)
         except KeptForRestart:
             log.info("node kept ready for the restart")
         except TimeRanOut:
@@ -165,7 +178,7 @@ async def _unpause(state: SearchState) -> None:
 
 
 async def _run_and_evaluate(state: SearchState, node_id: int, pick: Pick,
-                            response: CodeResponse) -> None:
+                            response: CodeResponse, pipeline: Pipeline) -> None:
     task, parts = state.task, state.parts
     state.memory.attempted(node_id, pick.operator, response.summary)
     if await parts.executor.attachable(task.id, node_id):
@@ -194,6 +207,9 @@ async def _run_and_evaluate(state: SearchState, node_id: int, pick: Pick,
             # Asked once a slot is granted too: a stop keeps the node for the restart, and a
             # task whose time ran out while it waited does not start it.
             lambda: not state.draining and state.node_fits())
+    # The slot is free and the outputs are on disk: scoring and judging happen outside it,
+    # and the next generation need not wait for them.
+    pipeline.ran(node_id)
     if run is None:
         if state.draining:
             raise KeptForRestart

@@ -18,6 +18,7 @@ from mlmaster_daemon.scheduler.expansion import expand
 from mlmaster_daemon.scheduler.final_selection import choose_final
 from mlmaster_daemon.scheduler.holdout_stage import prepare
 from mlmaster_daemon.scheduler.parts import SearchParts
+from mlmaster_daemon.scheduler.pipeline import Pipeline
 from mlmaster_daemon.scheduler.resume import ranked, repair_best, restore
 from mlmaster_daemon.scheduler.search_state import MAX_FAILED_IN_A_ROW, SearchState
 from mlmaster_daemon.search.policy import Pick
@@ -40,6 +41,7 @@ class TaskSearch:
     def __init__(self, task: TaskRecord, parts: SearchParts) -> None:
         self.parts = parts
         self.state = SearchState(task, parts)
+        self.pipeline = Pipeline()
 
     def cancel(self) -> None:
         """Mark the search cancelled; the caller then cancels its asyncio task."""
@@ -157,15 +159,17 @@ class TaskSearch:
         next_id = max((n.id for n in nodes), default=0) + 1
         # Nodes a daemon stop interrupted before they had code are not steps.
         created = sum(1 for n in nodes if not n.interrupted)
+        pipeline = self.pipeline
         # Nodes whose code was paid for before a restart run now, without asking again.
-        expansions = {asyncio.create_task(expand(state, node.id, pick, existing=node))
-                      for node, pick in resume}
+        expansions: set[asyncio.Task[None]] = set()
+        for node, resumed in resume:
+            pipeline.started(node.id)
+            expansions.add(asyncio.create_task(expand(state, node.id, resumed, existing=node,
+                                                      pipeline=pipeline)))
         try:
             while True:
-                # Pipelining: up to `prefetch` expansions beyond the running ones generate
-                # code ahead, so it is ready when a run slot frees up.
-                limit = settings.config.search.parallel + settings.config.llm.prefetch
-                while (not state.draining and len(expansions) < limit
+                while (not state.draining
+                       and pipeline.room(settings.config, len(expansions), state.run_seconds)
                        and created < state.task.steps and state.node_fits()
                        and not await self._over_budget()):
                     pick = state.policy.select()
@@ -174,13 +178,15 @@ class TaskSearch:
                     # Reserve the child now, so the next select() sees the slot as taken.
                     state.policy.add(next_id, pick)
                     state.open_picks[next_id] = pick
-                    expansions.add(asyncio.create_task(expand(state, next_id, pick)))
+                    pipeline.started(next_id)
+                    expansions.add(asyncio.create_task(expand(state, next_id, pick,
+                                                              pipeline=pipeline)))
                     next_id += 1
                     created += 1
                 if not expansions:
                     return
-                done, expansions = await asyncio.wait(expansions,
-                                                      return_when=asyncio.FIRST_COMPLETED)
+                done = await pipeline.wait(expansions)
+                expansions -= done
                 # Every one is read (a full disk fails several at once); the first is raised.
                 errors = [e for f in done if not f.cancelled()
                           if (e := f.exception()) is not None]
