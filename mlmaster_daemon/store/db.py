@@ -479,6 +479,13 @@ class Store:
                  "visits": r[7], "value": r[8], "uct": r[9], "picked_by": r[10],
                  "summary": r[11], "error": r[12]} for r in rows]
 
+    async def data_version(self) -> int:
+        """A number that changes whenever a commit changed the database since the last call
+        (SQLite's `data_version` on the reader, which the writer's commits move): what a
+        cache of reads keys on."""
+        row = await self._fetch_one("PRAGMA data_version")
+        return int(row[0])
+
     async def _update(
         self, table: str, allowed: frozenset[str], where: str, key: tuple[Any, ...],
         fields: Mapping[str, Any],
