@@ -13,15 +13,18 @@ three ratios (L = E/2, L = E, L = 2E) it runs N nodes twice against the same ser
 
 It prints, per ratio:
 - occupancy once full: leased slot-seconds / (K x window), the window running from when all K
-  slots were first busy at once (the ramp-up left out) to when the last run was handed its slot
-  (after that no work is left to fill a slot: the ramp-down is left out too);
+  slots were first busy at once after the pipeline adapted (its depth needs a run's length, and
+  the generations it then starts take L to arrive: the ramp-up is left out) to when the last run
+  was handed its slot (after that no work is left to fill a slot: the ramp-down is left out);
+  in brackets the same from when all K slots were first busy at all;
 - overall occupancy: busy run-seconds / (K x first run's start to the last run's end);
-- the wall time for N nodes (submit to the task's end) against N*E/K;
+- the wall time for N nodes (submit to the task's end) against N*E/K, and against
+  L + N*E/K + L (the first generation and the last verdict cannot overlap any run);
 - the daemon's throughput over the serial worker's (the serial wall time over the daemon's).
 Target: occupancy once full >= 0.95 at every ratio. `--timeline` also prints each node's way
 (generation, slot, run, judge) in seconds from the submit, to see where a slot sat idle.
 
-Usage: .venv/bin/python benchmarks/bench_pipeline.py [--job 1.5] [--slots 4] [--nodes 16]
+Usage: .venv/bin/python benchmarks/bench_pipeline.py [--job 1.5] [--slots 4] [--nodes 32]
        [--ratios 0.5,1,2] [--prefetch N] [--drafts D] [--quick] [--timeline]
 """
 
@@ -88,26 +91,35 @@ def occupancy(intervals: list[Interval], slots: int) -> float:
     return sum(e - s for s, e in intervals) / (slots * (end - start))
 
 
-def full_window(intervals: list[Interval], slots: int) -> Interval | None:
-    """From when all `slots` were first busy at once to the last interval's start."""
-    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals],
-                   key=lambda p: (p[0], p[1]))
+def full_window(intervals: list[Interval], slots: int, after: float) -> Interval | None:
+    """From when all `slots` were first busy at once at or after `after` to the last
+    interval's start."""
+    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
     busy = 0
+    last_start = max(s for s, _ in intervals)
     for at, step in edges:
         busy += step
-        if busy >= slots:
-            last_start = max(s for s, _ in intervals)
+        if busy >= slots and at >= after:
             return (at, last_start) if last_start > at else None
     return None
 
 
-def occupancy_once_full(intervals: list[Interval], slots: int) -> float | None:
-    window = full_window(intervals, slots)
+def occupancy_in(intervals: list[Interval], slots: int, window: Interval | None) -> float | None:
     if window is None:
         return None
     lo, hi = window
     busy = sum(max(0.0, min(e, hi) - max(s, lo)) for s, e in intervals)
     return busy / (slots * (hi - lo))
+
+
+def adapted_at(timeline: Timeline) -> float:
+    """When the first node generated with the adapted depth ran: the depth needs a run's
+    length, and the generations it starts take L more to arrive."""
+    first_end = min(way["evaluating"] for way in timeline.nodes.values()
+                    if "evaluating" in way)
+    later = [way["running"] for way in timeline.nodes.values()
+             if way.get("generating", 0.0) >= first_end and "running" in way]
+    return min(later, default=timeline.end)
 
 
 def _record(timeline: Timeline, event: Event) -> None:
@@ -211,15 +223,22 @@ def print_timeline(name: str, timeline: Timeline) -> None:
 
 def report(latency: float, job: float, slots: int, nodes: int, daemon: Timeline,
            serial: Timeline) -> float | None:
-    full = occupancy_once_full(daemon.leases, slots)
+    full = occupancy_in(daemon.leases, slots,
+                        full_window(daemon.leases, slots, adapted_at(daemon)))
+    from_busy = occupancy_in(daemon.leases, slots, full_window(daemon.leases, slots, 0.0))
     ideal = nodes * job / slots
     wall = daemon.end - daemon.begin
     serial_wall = serial.end - serial.begin
+
+    def show(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
     print(f"L = {latency:g} s, E = {job:g} s (L/E = {latency / job:g}), K = {slots}, "
           f"N = {nodes}")
-    print(f"  daemon  occupancy once full {full if full is None else round(full, 3)}, "
-          f"overall {occupancy(daemon.runs, slots):.3f}; wall {wall:.1f} s = "
-          f"{wall / ideal:.2f} x N*E/K ({ideal:.1f} s)")
+    print(f"  daemon  occupancy once full {show(full)} (from the first K busy "
+          f"{show(from_busy)}), overall {occupancy(daemon.runs, slots):.3f}")
+    print(f"          wall {wall:.1f} s = {wall / ideal:.2f} x N*E/K ({ideal:.1f} s), "
+          f"{wall / (ideal + 2 * latency):.2f} x (L + N*E/K + L)")
     print(f"  serial  occupancy {occupancy(serial.runs, slots):.3f}; wall {serial_wall:.1f} s"
           f" = {serial_wall / ideal:.2f} x N*E/K")
     print(f"  throughput daemon / serial worker: {serial_wall / wall:.2f}")
@@ -255,7 +274,7 @@ if __name__ == "__main__":
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job", type=float, default=1.5, help="E: seconds a script runs")
     parser.add_argument("--slots", type=int, default=4, help="K: run slots")
-    parser.add_argument("--nodes", type=int, default=16, help="N: nodes per run")
+    parser.add_argument("--nodes", type=int, default=32, help="N: nodes per run")
     parser.add_argument("--ratios", default="0.5,1,2", help="L/E ratios, comma-separated")
     parser.add_argument("--prefetch", type=int, default=None,
                         help="llm.prefetch (default: the config's)")
@@ -263,11 +282,11 @@ if __name__ == "__main__":
                         help="search.num_drafts (default N: the tree always has a node to "
                         "expand, so what is measured is the pipeline; 5 is the default tree)")
     parser.add_argument("--quick", action="store_true",
-                        help="E = 0.5 s, K = 2, N = 6: a smoke run, not a measurement")
+                        help="E = 0.5 s, K = 2, N = 8: a smoke run, not a measurement")
     parser.add_argument("--timeline", action="store_true", help="print each node's way")
     args = parser.parse_args()
     if args.quick:
-        args.job, args.slots, args.nodes = 0.5, 2, 6
+        args.job, args.slots, args.nodes = 0.5, 2, 8
     asyncio.run(main(args.job, args.slots, args.nodes,
                      [float(r) for r in args.ratios.split(",")], args.prefetch, args.drafts,
                      args.timeline))

@@ -16,6 +16,7 @@ from openai_server import FakeOpenAI
 
 from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.bus import Event, NodeStateChanged
+from mlmaster_daemon.config import Config, load_config
 from mlmaster_daemon.daemon import Daemon
 from mlmaster_daemon.scheduler.pipeline import SPARE, Pipeline, prefetch_depth
 
@@ -73,6 +74,47 @@ def test_a_run_that_ends_wakes_the_dispatcher_once() -> None:
     pipeline.changed.clear()
     pipeline.ran(1)  # its expansion ending later changes nothing
     assert not pipeline.changed.is_set()
+
+
+def _config(parallel: int, prefetch: int, max_concurrency: int | None = None) -> Config:
+    overrides: dict[str, object] = {"search.parallel": parallel, "llm.prefetch": prefetch}
+    if max_concurrency is not None:
+        overrides["llm.code"] = {"base_url": "http://127.0.0.1:9/v1", "model": "m",
+                                 "max_concurrency": max_concurrency}
+    return load_config(None, environ={}, overrides=overrides)
+
+
+def _ahead(count: int, generation_s: float = 3.0) -> Pipeline:
+    pipeline = Pipeline()
+    pipeline.generated(generation_s)
+    for node_id in range(count):
+        pipeline.started(node_id)
+    return pipeline
+
+
+def test_room_ahead_of_the_slots_follows_the_depth() -> None:
+    config = _config(parallel=4, prefetch=16)  # L = 2E: 9 beyond the 4 slots
+    assert _ahead(12).room(config, 12, [1.5], left_s=600)
+    assert not _ahead(13).room(config, 13, [1.5], left_s=600)
+
+
+def test_room_is_bounded_by_what_the_code_model_serves_at_once() -> None:
+    config = _config(parallel=4, prefetch=16, max_concurrency=4)
+    assert _ahead(7).room(config, 7, [1.5], left_s=600)
+    assert not _ahead(8).room(config, 8, [1.5], left_s=600)
+
+
+def test_no_generation_ahead_when_it_would_arrive_too_late_to_run() -> None:
+    config = _config(parallel=4, prefetch=16)
+    assert not _ahead(4).room(config, 4, [1.5], left_s=4.0)  # L + E = 4.5 s
+    assert _ahead(3).room(config, 3, [1.5], left_s=4.0)  # the slots' own: the task decides
+
+
+def test_prefetch_zero_counts_every_expansion_until_its_outcome() -> None:
+    config = _config(parallel=2, prefetch=0)
+    pipeline = _ahead(0)  # both runs ended, both still being judged
+    assert not pipeline.room(config, 2, [1.5], left_s=600)
+    assert pipeline.room(config, 1, [1.5], left_s=600)
 
 
 async def test_runs_go_on_while_the_judge_of_an_earlier_node_is_outstanding(

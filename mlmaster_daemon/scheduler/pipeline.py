@@ -71,23 +71,32 @@ class Pipeline:
         done.discard(waker)
         return done  # type: ignore[return-value]
 
+    def medians(self, run_seconds: Iterable[float]) -> tuple[float | None, float | None]:
+        """(L, E): the medians of the task's recent generations and runs (None: none yet)."""
+        runs = list(run_seconds)
+        return (statistics.median(self.generation_seconds) if self.generation_seconds else None,
+                statistics.median(runs) if runs else None)
+
     def depth(self, slots: int, run_seconds: Iterable[float], maximum: int) -> int:
         """`prefetch_depth` from the task's recent generations and runs."""
-        runs = list(run_seconds)
-        generation = (statistics.median(self.generation_seconds)
-                      if self.generation_seconds else None)
-        return prefetch_depth(slots, generation, statistics.median(runs) if runs else None,
-                              maximum)
+        return prefetch_depth(slots, *self.medians(run_seconds), maximum)
 
-    def room(self, config: Config, expansions: int, run_seconds: Iterable[float]) -> bool:
+    def room(self, config: Config, expansions: int, run_seconds: Iterable[float],
+             left_s: float) -> bool:
         """Whether another of the task's `expansions` may start: fewer are ahead than its run
         slots plus the depth, which is at most `llm.prefetch` and at most what the code model
-        serves at once (more would only queue there). With `llm.prefetch` = 0 there is no
-        pipelining at all: an expansion counts until its outcome is in, so with one slot each
-        pick sees every outcome before it."""
+        serves at once (more would only queue there). One beyond the slots starts only while
+        the task has L + E left: later it would be paid for and never run. With
+        `llm.prefetch` = 0 there is no pipelining at all: an expansion counts until its
+        outcome is in, so with one slot each pick sees every outcome before it."""
         slots, maximum = config.search.parallel, config.llm.prefetch
         if maximum == 0:
             return expansions < slots
+        if len(self.ahead) < slots:
+            return True
         if config.llm.code is not None:
             maximum = min(maximum, config.llm.code.max_concurrency)
-        return len(self.ahead) < slots + self.depth(slots, run_seconds, maximum)
+        generation, run = self.medians(run_seconds)
+        if generation is not None and run is not None and left_s < generation + run:
+            return False
+        return len(self.ahead) < slots + prefetch_depth(slots, generation, run, maximum)

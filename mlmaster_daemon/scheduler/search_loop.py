@@ -169,7 +169,8 @@ class TaskSearch:
         try:
             while True:
                 while (not state.draining
-                       and pipeline.room(settings.config, len(expansions), state.run_seconds)
+                       and pipeline.room(settings.config, len(expansions), state.run_seconds,
+                                         state.budget.left_s(state.now()))
                        and created < state.task.steps and state.node_fits()
                        and not await self._over_budget()):
                     pick = state.policy.select()
