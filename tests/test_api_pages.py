@@ -4,6 +4,7 @@ SQLite store."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from aiohttp import web
 from mlmaster_daemon.api.app import ApiParts, build_app
 from mlmaster_daemon.api.client import ApiError, Client
 from mlmaster_daemon.api.node_pages import DEFAULT_PAGE, MAX_PAGE, NODE_FIELDS
+from mlmaster_daemon.api.read_cache import ReadCache
 from mlmaster_daemon.bus import EventBus
 from mlmaster_daemon.coders.offline.coder import OfflineCoder
 from mlmaster_daemon.config import Settings, load_config
@@ -207,6 +209,68 @@ async def test_the_listing_shows_each_tasks_own_counts_and_usage(api: Api) -> No
         assert await api.client.task(task_id) == view
 
 
+async def test_a_listing_shows_a_commit_at_once_whatever_it_answered_before(api: Api) -> None:
+    await api.add_task(TREE, 2)
+    assert [len(await api.client.tasks()), len(await api.client.nodes(TREE))] == [1, 2]
+    await api.add_task("t00000000004", 0)
+    await api.store.insert_node(NodeRecord(task_id=TREE, id=3, parent_id=1, state=NodeState.DONE,
+                                           operator=Operator.IMPROVE, created_at=1.0))
+    await api.store.update_task(TREE, state=TaskState.CANCELLED)
+    tasks = {t["id"]: t for t in await api.client.tasks()}
+    assert set(tasks) == {TREE, "t00000000004"}
+    assert (tasks[TREE]["state"], tasks[TREE]["nodes_total"]) == ("cancelled", 3)
+    assert [n["id"] for n in await api.client.nodes(TREE)] == [1, 2, 3]
+
+
+async def test_a_kept_answer_is_reused_until_it_is_too_old() -> None:
+    cache, built = ReadCache(max_age_s=1.0), []
+
+    async def build() -> bytes:
+        built.append(1)
+        return f"answer {len(built)}".encode()
+
+    assert await cache.body("k", 10.0, build) == b"answer 1"
+    assert await cache.body("k", 11.0, build) == b"answer 1"
+    assert await cache.body("other", 11.0, build) == b"answer 2"
+    assert await cache.body("k", 11.5, build) == b"answer 3"
+
+
+async def test_requests_that_miss_together_share_one_build_and_a_failed_one_is_not_kept(
+) -> None:
+    cache, built = ReadCache(), []
+
+    async def build() -> bytes:
+        built.append(1)
+        await asyncio.sleep(0.01)
+        return b"answer"
+
+    answers = await asyncio.gather(*(cache.body("k", 0.0, build) for _ in range(5)))
+    assert answers == [b"answer"] * 5 and len(built) == 1
+
+    async def fail() -> bytes:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        await cache.body("bad", 0.0, fail)
+    assert await cache.body("bad", 0.0, build) == b"answer"
+
+
+async def test_the_cache_keeps_only_its_most_recently_used_answers() -> None:
+    cache = ReadCache(entries=2)
+
+    def answer(text: str) -> Any:
+        async def build() -> bytes:
+            return text.encode()
+        return build
+
+    await cache.body("a", 0.0, answer("a1"))
+    await cache.body("b", 0.0, answer("b1"))
+    await cache.body("a", 0.0, answer("a2"))
+    await cache.body("c", 0.0, answer("c1"))
+    assert await cache.body("a", 0.0, answer("a3")) == b"a1"
+    assert await cache.body("b", 0.0, answer("b2")) == b"b2"
+
+
 async def test_the_document_describes_the_page_parameters_and_next_after(api: Api) -> None:
     spec = await api.client.request("GET", "/v1/openapi.json")
     listing = spec["paths"]["/v1/tasks/{task_id}/nodes"]["get"]
@@ -225,8 +289,9 @@ def test_a_quick_bench_run_prints_every_endpoint_at_every_level(tmp_path: Path) 
                           check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(out.read_text())
-    assert set(figures) == {"1", "10", "50"}
-    for row in figures.values():
+    assert set(figures) == {"idle", "busy"}
+    assert set(figures["idle"]) == set(figures["busy"]) == {"1", "10", "50"}
+    for row in [*figures["idle"].values(), *figures["busy"].values()]:
         assert set(row) == {"tasks", "nodes", "nodes_fields", "health", "bare"}
         for got in row.values():
             assert got["requests"] > 0 and got["errors"] == 0

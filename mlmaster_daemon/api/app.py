@@ -12,10 +12,7 @@ import json
 import os
 import socket
 import time
-import weakref
-from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +33,15 @@ from mlmaster_daemon.api.access import (
 from mlmaster_daemon.api.folders import Placement, check_task_folder, check_task_spec
 from mlmaster_daemon.api.job_peers import job_refusal, peer_job_reason
 from mlmaster_daemon.api.node_logs import node_log
-from mlmaster_daemon.api.node_pages import node_page, page_request
+from mlmaster_daemon.api.node_pages import node_page_body, page_request
 from mlmaster_daemon.api.openapi import openapi_json
+from mlmaster_daemon.api.parts import API_PARTS, ApiParts
 from mlmaster_daemon.api.schemas import SubmitRequest, is_node_id, is_task_id
-from mlmaster_daemon.api.task_views import task_views
+from mlmaster_daemon.api.task_views import listing_body, task_views
 from mlmaster_daemon.artefacts import node_dir
 from mlmaster_daemon.bus import Event, EventBus
 from mlmaster_daemon.coders.offline.coder import offline_refusal
-from mlmaster_daemon.config import Config, DaemonConfig, Settings
+from mlmaster_daemon.config import DaemonConfig
 from mlmaster_daemon.errors import Forbidden, InvalidRequest, InvalidTaskDir, MlmasterError
 from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.faults import describe, is_storage_fault
@@ -51,8 +49,7 @@ from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import TaskState, new_task_id
 from mlmaster_daemon.policy_config import check_policy
 from mlmaster_daemon.report_html import report_page
-from mlmaster_daemon.scheduler import TaskQueue
-from mlmaster_daemon.store import Store, TaskRecord
+from mlmaster_daemon.store import TaskRecord
 from mlmaster_daemon.tasks.competition import load_task
 from mlmaster_daemon.tasks.spec import Metric, TaskOverrides
 
@@ -61,33 +58,6 @@ HEARTBEAT_S = 15.0
 STREAM_POLL_S = 1.0
 
 
-async def no_slots() -> dict[str, Any]:
-    return {}
-
-
-@dataclass
-class ApiParts:
-    """What the API's handlers reach: the store, the bus, the task queue and the live config."""
-
-    store: Store
-    bus: EventBus
-    queue: TaskQueue
-    settings: Settings
-    state_dir: Path
-    started_at: float
-    llm_status: Callable[[], list[dict[str, Any]]] = lambda: []
-    slots_status: Callable[[], Awaitable[dict[str, Any]]] = no_slots
-    # Connections whose peer `admit_peer` admitted, with the [daemon] it was admitted under.
-    admitted: weakref.WeakKeyDictionary[asyncio.BaseTransport, tuple[DaemonConfig, Peer]] = (
-        field(default_factory=weakref.WeakKeyDictionary, repr=False))
-
-    @property
-    def config(self) -> Config:
-        """The daemon's live config (a reload swaps it in `settings`)."""
-        return self.settings.config
-
-
-API_PARTS = web.AppKey("parts", ApiParts)
 # The admitted peer of the request being handled. A context variable rather than request
 # storage, whose typed keys need aiohttp 3.14: the handler runs in the middleware's context.
 _PEER: ContextVar[Peer] = ContextVar("mlmaster_peer")
@@ -280,9 +250,8 @@ async def list_tasks(request: web.Request) -> web.Response:
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LISTED:
         raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LISTED}, got "
                              f"{raw[:40]!r}")
-    tasks, total = await parts.store.list_recent_tasks(int(raw))
-    views = await task_views(parts.store, parts.state_dir, parts.queue.backing_off, tasks)
-    return web.json_response({"tasks": views, "total": total})
+    body = await listing_body(parts, int(raw), time.monotonic())
+    return web.Response(body=body, content_type="application/json")
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -306,11 +275,9 @@ async def cancel_task(request: web.Request) -> web.Response:
 
 async def list_nodes(request: web.Request) -> web.Response:
     """A page of the task's nodes (see node_pages.py)."""
-    parts = request.app[API_PARTS]
-    task_id = _task_id(request)
-    page = page_request(request.query)
-    task = await parts.store.get_task(task_id)
-    return web.json_response(await node_page(parts.store, task.id, page))
+    body = await node_page_body(request.app[API_PARTS], _task_id(request),
+                                page_request(request.query), time.monotonic())
+    return web.Response(body=body, content_type="application/json")
 
 
 async def get_node(request: web.Request) -> web.Response:

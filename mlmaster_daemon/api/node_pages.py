@@ -8,10 +8,12 @@ and nodes added while a client pages through (always with higher ids) come in la
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mlmaster_daemon.api.parts import ApiParts
 from mlmaster_daemon.errors import InvalidRequest
 from mlmaster_daemon.store import Store
 
@@ -70,6 +72,18 @@ def page_request(query: Mapping[str, str]) -> PageRequest:
                                  f"{', '.join(NODE_FIELDS)}")
         fields = tuple(dict.fromkeys(names))
     return PageRequest(after, limit, fields)
+
+
+async def node_page_body(parts: ApiParts, task_id: str, page: PageRequest, now: float,
+                         ) -> bytes:
+    """The JSON body of `node_page`, kept while no commit changed the database (see
+    read_cache.py); TaskNotFound (404) for a task that is not there."""
+    async def build() -> bytes:
+        task = await parts.store.get_task(task_id)
+        return json.dumps(await node_page(parts.store, task.id, page)).encode()
+
+    key = ("nodes", await parts.store.data_version(), task_id, page)
+    return await parts.reads.body(key, now, build)
 
 
 async def node_page(store: Store, task_id: str, page: PageRequest) -> dict[str, Any]:

@@ -1,17 +1,34 @@
 """What the API shows of a task: its row, node counts, model usage and kept submissions, read
 for a whole listing at once (one query per kind and one thread hop for the files, however
-many tasks), not task by task."""
+many tasks), not task by task; and the listing's answer, kept while it stays true (see
+read_cache.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mlmaster_daemon.api.parts import ApiParts
 from mlmaster_daemon.artefacts import best_submission, task_root, top_submissions
 from mlmaster_daemon.models import TaskState
 from mlmaster_daemon.store import Store, TaskRecord
+
+
+async def listing_body(parts: ApiParts, limit: int, now: float) -> bytes:
+    """GET /v1/tasks's JSON body: the newest `limit` tasks, oldest first, and how many there
+    are; built again once a commit changed the database or a task paused or resumed on a
+    fault, else at most `read_cache.MAX_AGE_S` old."""
+    async def build() -> bytes:
+        tasks, total = await parts.store.list_recent_tasks(limit)
+        views = await task_views(parts.store, parts.state_dir, parts.queue.backing_off, tasks)
+        return json.dumps({"tasks": views, "total": total}).encode()
+
+    faults = tuple(sorted(parts.queue.backing_off.items()))
+    key = ("tasks", await parts.store.data_version(), limit, faults)
+    return await parts.reads.body(key, now, build)
 
 
 async def task_views(store: Store, state_dir: Path, backing_off: Mapping[str, tuple[int, str]],
