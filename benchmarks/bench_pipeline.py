@@ -219,6 +219,7 @@ def print_timeline(name: str, timeline: Timeline) -> None:
         row = "".join(f"{(c - timeline.begin):9.2f}" if c else "        -"
                       for c in [*cells, end])
         print(f"    {node_id:4d}{row}")
+    print(f"  task ended at {timeline.end - timeline.begin:.2f}")
 
 
 def report(latency: float, job: float, slots: int, nodes: int, daemon: Timeline,

@@ -116,7 +116,9 @@ class TaskSearch:
         lessons."""
         state = self.state
         await self._prepare_holdout()
-        nodes = await self.parts.store.list_nodes(state.task.id)
+        # Without their code (most of a big tree's bytes): restore and repair_best read the
+        # few nodes whose code they need.
+        nodes = await self.parts.store.list_nodes(state.task.id, code=False)
         resume = await restore(state, nodes)
         await repair_best(state, nodes)
         state.preview = await asyncio.to_thread(data_preview, state.task.spec)
@@ -168,6 +170,8 @@ class TaskSearch:
                                                       pipeline=pipeline)))
         try:
             while True:
+                # Pipelining (pipeline.py): generation runs ahead of the running nodes by a
+                # depth adapted to the task's L / E; a node being judged no longer counts.
                 while (not state.draining
                        and pipeline.room(settings.config, len(expansions), state.run_seconds,
                                          state.budget.left_s(state.now()))
