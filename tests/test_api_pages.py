@@ -165,6 +165,14 @@ async def test_bad_page_parameters_are_a_400_saying_what_is_allowed(
         assert ", ".join(NODE_FIELDS) in err.value.message
 
 
+@pytest.mark.parametrize("limit", ["0", "501", "9" * 5000, "%D9%A1"])
+async def test_a_bad_task_listing_limit_is_a_400(api: Api, limit: str) -> None:
+    with pytest.raises(ApiError) as err:
+        await api.client.request("GET", f"/v1/tasks?limit={limit}")
+    assert (err.value.status, err.value.code) == (400, "invalid_request")
+    assert "from 1 to 500" in err.value.message
+
+
 async def test_paging_an_unknown_task_is_a_404(api: Api) -> None:
     with pytest.raises(ApiError) as err:
         await api.client.nodes_page("t00000000000", after=3, limit=2)

@@ -247,7 +247,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     """The newest `limit` tasks (default and most: MAX_LISTED), oldest first."""
     parts = request.app[API_PARTS]
     raw = request.query.get("limit", str(MAX_LISTED))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LISTED:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= MAX_LISTED):
         raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LISTED}, got "
                              f"{raw[:40]!r}")
     body = await listing_body(parts, int(raw), time.monotonic())
