@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from aiohttp import web
 
 from mlmaster_daemon import __version__
@@ -203,6 +204,9 @@ class Daemon:
             await asyncio.to_thread(counter.load)
         else:
             self.bus.tap(lambda _event: self._load_tokenizer_soon(counter))
+        # anyio loads its asyncio backend at the first limiter a task makes (about 70 ms of
+        # imports): here, before the API listens, not on the loop while it serves.
+        anyio.CapacityLimiter(1)
         execution = self.config.execution
         on_cluster = execution.backend == "ray" and bool(execution.ray_address)
         killed = await reconcile_processes(self.store, on_cluster)

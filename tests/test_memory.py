@@ -12,6 +12,7 @@ from mlmaster_daemon.search.memory import (
     ELLIPSIS,
     MIN_FRAGMENT_TOKENS,
     MemoryEntry,
+    _render_exact,
     format_entry,
     normalise,
     render_sections,
@@ -141,3 +142,45 @@ entries_strategy = st.lists(
 @given(entries_strategy, st.integers(0, 500))
 def test_render_never_exceeds_the_budget(entries: list[MemoryEntry], budget: int) -> None:
     assert COUNTER.count(render(entries, budget, COUNTER)) <= budget
+
+
+class _Metered:
+    """The real tokenizer, counting how many characters it was asked to encode."""
+
+    def __init__(self) -> None:
+        self.inner = TiktokenCounter()
+        self.chars = 0
+
+    def count(self, text: str) -> int:
+        self.chars += len(text)
+        return self.inner.count(text)
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        self.chars += len(text)
+        return self.inner.truncate(text, max_tokens)
+
+
+_WORDS = st.text(alphabet=st.sampled_from("ab c\n.-_0123456789é"), min_size=1, max_size=80)
+
+
+@given(sections=st.lists(st.lists(_WORDS, max_size=12), min_size=1, max_size=3),
+       budget=st.integers(0, 300))
+@settings(max_examples=150, deadline=None)
+def test_rendering_counts_each_item_once_and_decides_as_counting_the_whole_text(
+        sections: list[list[str]], budget: int) -> None:
+    headed = [(f"## Part {i}", items) for i, items in enumerate(sections)]
+    text = render_sections(headed, budget, COUNTER)
+    assert COUNTER.count(text) <= budget
+    assert text == _render_exact(headed, budget, COUNTER)
+
+
+def test_a_long_memory_renders_in_linear_time() -> None:
+    items = [f"- Node {i} (improve): metric 0.{i:04d}. lightgbm, {i} leaves, lr 0.05, "
+             "target encoding of the categoricals, 5-fold CV" for i in range(400)]
+    metered = _Metered()
+    text = render_sections([("## Recent attempts", items)], 6000, metered)
+    assert 0 < COUNTER.count(text) <= 6000
+    # Each item is encoded about once (plus the final check), not once per item after it:
+    # counting the whole text at each item encoded about 200 times the text.
+    assert metered.chars < 4 * sum(len(i) for i in items)
+    assert text == _render_exact([("## Recent attempts", items)], 6000, COUNTER)

@@ -46,7 +46,7 @@ async def restore(state: SearchState, nodes: list[NodeRecord]) -> list[tuple[Nod
                 resume.append((node, pick))
             else:
                 state.policy.abort(int(key), pick)
-    state.memory.restore(saved["memory"] if saved is not None else None, nodes)
+    await state.memory.restore(saved["memory"] if saved is not None else None, nodes)
     known = {node.id for node, _pick in resume}
     for node in nodes:
         if node.state is NodeState.READY and node.id not in known:

@@ -4,6 +4,7 @@ L3 lessons from earlier tasks)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,8 @@ from mlmaster_daemon.store.records import NodeRecord
 from mlmaster_daemon.tasks.spec import TaskSpec
 
 log = get_logger("mlmaster.scheduler")
+# Nodes a restore goes through between two turns of the event loop.
+RESTORE_SLICE = 1000
 
 
 class TaskMemory:
@@ -46,14 +49,20 @@ class TaskMemory:
         # Every attempt with code, finished or not: siblings generated later see it.
         self.attempts: dict[int, MemoryItem] = {}
 
-    def restore(self, saved: Mapping[str, Any] | None, nodes: Sequence[NodeRecord]) -> None:
-        """The cache as it was saved with the last outcome, and the finished attempts."""
+    async def restore(self, saved: Mapping[str, Any] | None,
+                      nodes: Sequence[NodeRecord]) -> None:
+        """The cache as it was saved with the last outcome, and the finished attempts (in
+        slices, letting the event loop serve between them: a big tree has many)."""
         if saved is not None:
             self.cache = HierarchicalCache.from_state(saved)
-        for node in nodes:
-            if node.state in (NodeState.DONE, NodeState.BUGGY):
-                self.attempts[node.id] = MemoryItem(node.id, node.operator, node.summary or "",
-                                                    node.metric, node.state is NodeState.BUGGY)
+        finished = (NodeState.DONE, NodeState.BUGGY)
+        for start in range(0, len(nodes), RESTORE_SLICE):
+            for node in nodes[start:start + RESTORE_SLICE]:
+                if node.state in finished:
+                    self.attempts[node.id] = MemoryItem(
+                        node.id, node.operator, node.summary or "", node.metric,
+                        node.state is NodeState.BUGGY)
+            await asyncio.sleep(0)
 
     def to_state(self) -> dict[str, Any]:
         return self.cache.to_state()

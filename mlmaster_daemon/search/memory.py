@@ -154,6 +154,11 @@ def format_entry(entry: MemoryEntry) -> str:
     return f"{head}: {outcome}." + (f" {summary}" if summary else "")
 
 
+# Tokens the sum of a text's parts' counts may be off from the whole's count (merges across a
+# seam), within which `render_sections` counts the whole text.
+SEAM_SLACK = 8
+
+
 def _join(blocks: Sequence[tuple[str, Sequence[str]]]) -> str:
     return "\n\n".join(header + "\n\n" + "\n".join(items) for header, items in blocks)
 
@@ -174,7 +179,48 @@ def render_sections(sections: Sequence[tuple[str, Sequence[str]]], budget_tokens
     whole is skipped and later ones are still tried, unless at least MIN_FRAGMENT_TOKENS of it
     fit: then it is cut, marked with an ellipsis, and rendering stops there. A header appears
     only with at least one of its items. Returns "" when nothing fits.
+
+    Each item is counted once: the text's count is kept as the sum of its parts' counts,
+    which a tokenizer's merges across a seam can only make larger than the whole's by a
+    little, so only an item within `SEAM_SLACK` tokens of the budget is decided by counting
+    the whole text. (Counting the whole text for every item made a prompt's memory section
+    cost quadratic time: 0.1 s of the event loop per prompt on a long task.) Should the
+    sum ever undercount the final text, the exact way decides instead.
     """
+    blocks: list[tuple[str, list[str]]] = []
+    used = 0
+    for header, items in sections:
+        opened = False
+        # Once a section has too little room left for a fragment it never has again: the
+        # text only grows.
+        fragments = True
+        for item in (i for i in items if i.strip()):
+            cost = counter.count(item) + 1 + (0 if opened else counter.count(header) + 2)
+            trial = _with(blocks, header, opened, item)
+            if used + cost <= budget_tokens - SEAM_SLACK:
+                blocks, opened, used = trial, True, used + cost
+                continue
+            if used + cost <= budget_tokens + SEAM_SLACK:
+                exact = counter.count(_join(trial))
+                if exact <= budget_tokens:
+                    blocks, opened, used = trial, True, exact
+                    continue
+            if not fragments or budget_tokens - used < MIN_FRAGMENT_TOKENS - SEAM_SLACK:
+                continue  # no fragment fits: later, smaller items still may
+            cut = _cut_to_fit(blocks, header, opened, item, budget_tokens, counter)
+            if cut is not None:
+                return cut if counter.count(cut) <= budget_tokens else _render_exact(
+                    sections, budget_tokens, counter)
+            fragments = False
+    text = _join(blocks)
+    if counter.count(text) > budget_tokens:
+        return _render_exact(sections, budget_tokens, counter)
+    return text
+
+
+def _render_exact(sections: Sequence[tuple[str, Sequence[str]]], budget_tokens: int,
+                  counter: TokenCounter) -> str:
+    """`render_sections`, counting the whole text at each item."""
     blocks: list[tuple[str, list[str]]] = []
     for header, items in sections:
         opened = False

@@ -247,10 +247,11 @@ class Store:
     async def search_rows(self, task_id: str, after: int, limit: int) -> list[tuple[int, str]]:
         """Up to `limit` saved tree rows (id, JSON) of the task with ids above `after`, by id:
         a restore reads a big tree in slices."""
-        rows = await self._fetch(
+        # SQLite hands back (int, str) tuples as they are: no copy on the event loop.
+        rows: list[tuple[int, str]] = await self._fetch(
             "SELECT id, row FROM search_nodes WHERE task_id = ? AND id > ? ORDER BY id LIMIT ?",
             (task_id, after, limit))
-        return [(int(r[0]), str(r[1])) for r in rows]
+        return rows
 
     async def search_state(self, task_id: str) -> dict[str, Any] | None:
         """The whole search state saved with the task's last commit (its tree's nodes read
