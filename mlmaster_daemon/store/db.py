@@ -484,8 +484,9 @@ class Store:
         """A number that changes whenever a commit changed the database since the last call
         (SQLite's `data_version` on the reader, which the writer's commits move): what a
         cache of reads keys on."""
-        row = await self._fetch_one("PRAGMA data_version")
-        return int(row[0])
+        # One thread hop, not `_fetch_one`'s three: every listing request asks.
+        rows = await asyncio.shield(self._reader.execute_fetchall("PRAGMA data_version"))
+        return int(next(iter(rows))[0])
 
     async def _update(
         self, table: str, allowed: frozenset[str], where: str, key: tuple[Any, ...],
