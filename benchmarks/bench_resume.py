@@ -66,9 +66,9 @@ from mlmaster_daemon.clock import SystemClock
 from mlmaster_daemon.coders.offline.coder import OfflineCoder
 from mlmaster_daemon.coders.protocol import CodeRequest
 from mlmaster_daemon.config import Config, Settings, load_config
-from mlmaster_daemon.daemon import reconcile_processes
 from mlmaster_daemon.execution.executor import LocalExecutor
 from mlmaster_daemon.execution.gpu import read_boot_id
+from mlmaster_daemon.execution.leftovers import reconcile_processes
 from mlmaster_daemon.execution.slots import SlotPool
 from mlmaster_daemon.execution.workspace import Workspace
 from mlmaster_daemon.models import CallRecord, NodeState, Operator, TaskState

@@ -23,11 +23,9 @@ from mlmaster_daemon.clock import Clock, SystemClock
 from mlmaster_daemon.coders.choice import Coders, make_coders
 from mlmaster_daemon.config import Config, Settings, reload_config
 from mlmaster_daemon.errors import ConfigError
-from mlmaster_daemon.execution.cgroups import kill_job_cgroups
 from mlmaster_daemon.execution.executor import Executor, LocalExecutor
 from mlmaster_daemon.execution.gpu import GpuProbe, open_probe
-from mlmaster_daemon.execution.lease import ProcessIdentity
-from mlmaster_daemon.execution.processes import kill_identity
+from mlmaster_daemon.execution.leftovers import reconcile_processes
 from mlmaster_daemon.execution.sandbox import resolve_sandbox
 from mlmaster_daemon.execution.slots import GpuSampler, SlotPool
 from mlmaster_daemon.logs import get_logger, set_log_level
@@ -52,29 +50,6 @@ log = get_logger("mlmaster.daemon")
 MAX_SOCKET_PATH = 107
 SHUTDOWN_GRACE_S = 5.0
 Sleep = Callable[[float], Awaitable[None]]
-
-
-async def reconcile_processes(store: Store, on_cluster: bool = False) -> int:
-    """Kill node processes that outlived a daemon crash, but only those provably ours (same
-    pid, start time and boot): PID reuse can never make this kill a stranger. Their nodes are
-    then re-queued by `interrupt_unfinished`. `on_cluster`: nodes run on a Ray cluster that
-    outlives the daemon are left running, to be re-attached (`RayExecutor.adopt`)."""
-    killed = 0
-    for node in await store.running_processes():
-        if node.pid is None or node.pid_start_time is None or node.boot_id is None:
-            continue
-        if on_cluster and (node.slot or "").startswith("ray:"):
-            continue
-        identity = ProcessIdentity(node.pid, node.pid_start_time, node.boot_id)
-        if await asyncio.to_thread(kill_identity, identity):
-            killed += 1
-            log.warning("killed a node process left from before the restart",
-                        task_id=node.task_id, node_id=node.id, pid=node.pid)
-    # Whatever escaped the process group (setsid) is still in the job's cgroup, and so is a
-    # job started just before the crash, before its pid reached the journal.
-    for task_id, node_id in [] if on_cluster else await store.unfinished_with_code():
-        await asyncio.to_thread(kill_job_cgroups, f"{task_id}-{node_id}")
-    return killed
 
 
 def describe_slot(slot: dict[str, Any]) -> str:

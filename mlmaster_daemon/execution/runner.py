@@ -353,10 +353,12 @@ async def run_script(
             ensure_input_link(ws.root, public_dir)
         if sandboxed:
             gpu = lease is not None and lease.gpu_uuid is not None
-            wrapper = bwrap_argv(ws.root, public_dir=public_dir, gpu=gpu, hidden=hidden_paths,
-                                 bwrap=shutil.which("bwrap") or "bwrap",
-                                 keep=interpreter_paths(python or sys.executable),
-                                 readable=readable_paths)
+            # Off the event loop: it walks /etc and resolves many paths (0.1 s under load).
+            wrapper = await asyncio.to_thread(
+                lambda: bwrap_argv(ws.root, public_dir=public_dir, gpu=gpu, hidden=hidden_paths,
+                                   bwrap=shutil.which("bwrap") or "bwrap",
+                                   keep=interpreter_paths(python or sys.executable),
+                                   readable=readable_paths))
         argv = [*options.argv(sys.executable), *wrapper, python or sys.executable,
                 ws.script.name]
         started = clock()

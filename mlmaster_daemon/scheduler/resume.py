@@ -96,7 +96,8 @@ async def repair_best(state: SearchState, nodes: list[NodeRecord]) -> None:
     """best/ is derived from the finished nodes: each start makes it hold the best node whose
     submission is still there."""
     task = state.task
-    done = ranked(state, nodes)
+    # Off the event loop: a big tree has thousands of working nodes to sort.
+    done = await asyncio.to_thread(ranked, state, nodes)
     if not done:
         return
     # A workspace removed by hand cannot be used: the best node whose submission is there.

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from mlmaster_daemon.errors import NodeNotFound, TaskNotFound
 from mlmaster_daemon.logs import get_logger
 from mlmaster_daemon.models import CallRecord, NodeState, TaskState
 from mlmaster_daemon.redact import redact
+from mlmaster_daemon.store.listings import ListingReads
 from mlmaster_daemon.store.migrations import migrate
 from mlmaster_daemon.store.records import NodeRecord, PromptedCall, SavedSearch, TaskRecord
 from mlmaster_daemon.store.rows import (
@@ -35,6 +35,7 @@ from mlmaster_daemon.store.rows import (
     task_of,
     update_row,
 )
+from mlmaster_daemon.store.search_saves import SearchSaves, save_search
 
 log = get_logger("mlmaster.store")
 MAX_CRASHES = 2
@@ -60,14 +61,8 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     return conn
 
 
-class Store:
+class Store(SearchSaves, ListingReads):
     """The daemon's only door to SQLite."""
-
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
-        self.path = path
-        self._writer = writer
-        self._reader = reader
-        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -89,34 +84,6 @@ class Store:
             with contextlib.suppress(aiosqlite.Error):
                 await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await self._writer.close()
-
-    async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
-        """Every row of a read. Shielded: a caller cancelled mid-read must not leave the
-        statement open, which would hold the reader on its old snapshot (later reads would not
-        see later commits)."""
-        return await asyncio.shield(self._read(query, params, one=False))
-
-    async def _fetch_one(self, query: str, params: Sequence[Any] = ()) -> Any:
-        """The first row of a read (None when there is none); shielded as `_fetch`."""
-        return await asyncio.shield(self._read(query, params, one=True))
-
-    async def _read(self, query: str, params: Sequence[Any], one: bool) -> Any:
-        async with self._reader.execute(query, params) as cur:
-            return await cur.fetchone() if one else list(await cur.fetchall())
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            try:
-                await self._writer.execute("BEGIN IMMEDIATE")
-                yield self._writer
-            except BaseException:
-                # Also when cancelled while waiting for BEGIN, which then still runs on the
-                # connection's thread: the rollback queues behind it, so the connection is
-                # never left inside a transaction. Shielded: a second cancel cannot skip it.
-                await asyncio.shield(self._writer.rollback())
-                raise
-            await asyncio.shield(self._writer.commit())
 
     async def insert_task(self, task: TaskRecord) -> None:
         """Store a new task; its description goes apart from the row (see `get_task`)."""
@@ -219,52 +186,7 @@ class Store:
                 "UPDATE nodes SET visits = ?, value = ?, uct = ? WHERE task_id = ? AND id = ?",
                 [(visits, value, uct, task_id, nid) for nid, visits, value, uct in stats],
             )
-            await _save_search(db, task_id, search_state)
-
-    @asynccontextmanager
-    async def _search_transaction(
-            self, saved: SavedSearch | None) -> AsyncIterator[aiosqlite.Connection]:
-        """A transaction that tells `saved` when it did not commit (its rows stay unsaved)."""
-        try:
-            async with self._transaction() as db:
-                yield db
-        except BaseException:
-            if saved is not None:
-                saved.unsaved()
-            raise
-
-    async def search_head(self, task_id: str) -> dict[str, Any] | None:
-        """The search state saved with the task's last commit, without its tree's nodes when
-        they are saved as rows (`search_rows` reads them); None before the first."""
-        row = await self._fetch_one("SELECT search_state FROM tasks WHERE id = ?", (task_id,))
-        if row is None:
-            raise TaskNotFound(f"no task with id {task_id!r}; `mlmaster ls` lists the tasks")
-        if row[0] is None:
-            return None
-        state: dict[str, Any] = json.loads(row[0])
-        return state
-
-    async def search_rows(self, task_id: str, after: int, limit: int) -> list[tuple[int, str]]:
-        """Up to `limit` saved tree rows (id, JSON) of the task with ids above `after`, by id:
-        a restore reads a big tree in slices."""
-        # SQLite hands back (int, str) tuples as they are: no copy on the event loop.
-        rows: list[tuple[int, str]] = await self._fetch(
-            "SELECT id, row FROM search_nodes WHERE task_id = ? AND id > ? ORDER BY id LIMIT ?",
-            (task_id, after, limit))
-        return rows
-
-    async def search_state(self, task_id: str) -> dict[str, Any] | None:
-        """The whole search state saved with the task's last commit (its tree's nodes read
-        back into it), if any."""
-        state = await self.search_head(task_id)
-        if state is None:
-            return None
-        tree = state["policy"]["tree"]
-        if "nodes" not in tree:
-            rows = await self._fetch(
-                "SELECT row FROM search_nodes WHERE task_id = ? ORDER BY id", (task_id,))
-            tree["nodes"] = [json.loads(r[0]) for r in rows]
-        return state
+            await save_search(db, task_id, search_state)
 
     async def mark_ready(self, task_id: str, node_id: int, fields: Mapping[str, Any],
                          calls: Iterable[CallRecord], now: float,
@@ -275,7 +197,7 @@ class Store:
             await update_row(db, "nodes", NODE_UPDATABLE, "task_id = ? AND id = ?",
                               (task_id, node_id), fields)
             await insert_calls(db, task_id, node_id, calls, now)
-            await _save_search(db, task_id, search_state)
+            await save_search(db, task_id, search_state)
 
     async def record_calls(self, task_id: str, node_id: int | None,
                            calls: Iterable[CallRecord], now: float) -> None:
@@ -323,16 +245,6 @@ class Store:
             return [node_of(r) for r in rows]
         # Off the event loop: building ten thousand records would stall the API meanwhile.
         return await asyncio.to_thread(lambda: [node_of(r) for r in rows])
-
-    async def list_nodes_page(self, task_id: str, after: int | None,
-                              limit: int) -> list[NodeRecord]:
-        """At most `limit` of the task's nodes whose id is above `after`, by id: a page of a
-        tree too large to send or hold whole (the primary key orders it, so a page costs the
-        same wherever it starts)."""
-        rows = await self._fetch(
-            f"SELECT {NODE_COLUMNS} FROM nodes WHERE task_id = ? AND id > ? ORDER BY id LIMIT ?",
-            (task_id, -1 if after is None else after, limit))
-        return [node_of(r) for r in rows]
 
     async def steps_used(self, task_id: str) -> int:
         """Nodes that count against the task's step budget: all but those a daemon stop
@@ -428,86 +340,3 @@ class Store:
                 (NodeState.FAILED.value, reason, now, *before_code, *with_code, *key),
             )
             return requeued.rowcount, failed.rowcount + crashed_out
-
-    async def node_counts_of(self, task_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """`node_counts` of several tasks in one read (a listing's): task id -> (nodes in the
-        tree, nodes finished), (0, 0) for a task without nodes."""
-        if not task_ids:
-            return {}
-        terminal = tuple(s.value for s in NodeState if s.terminal)
-        rows = await self._fetch(
-            "SELECT task_id, COUNT(*), COALESCE(SUM(state IN (?, ?, ?)), 0) FROM nodes"
-            f" WHERE task_id IN ({', '.join('?' * len(task_ids))}) GROUP BY task_id",
-            (*terminal, *task_ids))
-        counts = {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
-        return {task_id: counts.get(task_id, (0, 0)) for task_id in task_ids}
-
-    async def usage_of(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """`usage` of several tasks in one read (a listing's): task id -> the totals `usage`
-        gives, all 0 for a task without model calls."""
-        if not task_ids:
-            return {}
-        rows = await self._fetch(
-            "SELECT task_id, COUNT(*), COALESCE(SUM(prompt_tokens), 0),"
-            " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(reasoning_tokens), 0),"
-            " COALESCE(SUM(cost), 0), COALESCE(SUM(latency_s), 0) FROM llm_calls"
-            f" WHERE task_id IN ({', '.join('?' * len(task_ids))}) GROUP BY task_id",
-            tuple(task_ids))
-        found = {str(r[0]): r[1:] for r in rows}
-        usage = {}
-        for task_id in task_ids:
-            calls, prompt, completion, reasoning, cost, latency = found.get(
-                task_id, (0, 0, 0, 0, 0, 0))
-            usage[task_id] = {
-                "calls": calls, "prompt_tokens": prompt, "completion_tokens": completion,
-                "reasoning_tokens": reasoning, "total_tokens": prompt + completion,
-                "cost": round(float(cost), 6), "latency_s": round(float(latency), 3)}
-        return usage
-
-    async def node_summaries_page(self, task_id: str, after: int | None,
-                                  limit: int) -> list[dict[str, Any]]:
-        """`list_nodes_page` as `NodeRecord.public()` dicts, read without the nodes' code,
-        plans and analyses, which a listing leaves out (a third of the time on a tree of
-        2 KB scripts)."""
-        rows = await self._fetch(
-            "SELECT id, parent_id, parent_ids, operator, state, metric, holdout_metric, visits,"
-            " value, uct, pick_reason, summary, error FROM nodes"
-            " WHERE task_id = ? AND id > ? ORDER BY id LIMIT ?",
-            (task_id, -1 if after is None else after, limit))
-        return [{"id": r[0], "parent_id": r[1],
-                 "parent_ids": json.loads(r[2]) if r[2] else [] if r[1] is None else [r[1]],
-                 "operator": r[3], "status": r[4], "metric": r[5], "holdout_metric": r[6],
-                 "visits": r[7], "value": r[8], "uct": r[9], "picked_by": r[10],
-                 "summary": r[11], "error": r[12]} for r in rows]
-
-    async def data_version(self) -> int:
-        """A number that changes whenever a commit changed the database since the last call
-        (SQLite's `data_version` on the reader, which the writer's commits move): what a
-        cache of reads keys on."""
-        # One thread hop, not `_fetch_one`'s three: every listing request asks.
-        rows = await asyncio.shield(self._reader.execute_fetchall("PRAGMA data_version"))
-        return int(next(iter(rows))[0])
-
-    async def _update(
-        self, table: str, allowed: frozenset[str], where: str, key: tuple[Any, ...],
-        fields: Mapping[str, Any],
-    ) -> None:
-        async with self._transaction() as db:
-            await update_row(db, table, allowed, where, key, fields)
-
-
-async def _save_search(db: aiosqlite.Connection, task_id: str,
-                       saved: SavedSearch | None) -> None:
-    """Write a commit's search state: the head whole, the changed tree rows, the rows of
-    nodes that left removed."""
-    if saved is None:
-        return
-    await db.execute("UPDATE tasks SET search_state = ? WHERE id = ?",
-                     (json.dumps(saved.head), task_id))
-    await db.executemany(
-        "INSERT INTO search_nodes (task_id, id, row) VALUES (?, ?, ?) "
-        "ON CONFLICT (task_id, id) DO UPDATE SET row = excluded.row",
-        [(task_id, node_id, json.dumps(row)) for node_id, row in saved.rows.items()])
-    await db.executemany("DELETE FROM search_nodes WHERE task_id = ? AND id = ?",
-                         [(task_id, node_id) for node_id in saved.dropped])
-
