@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -182,6 +183,9 @@ class Daemon:
         # anyio loads its asyncio backend at the first limiter a task makes (about 70 ms of
         # imports): here, before the API listens, not on the loop while it serves.
         anyio.CapacityLimiter(1)
+        # What the start loaded (modules, config) lives as long as the daemon: left out of
+        # the collector's full passes, which would otherwise walk it every time.
+        gc.freeze()
         execution = self.config.execution
         on_cluster = execution.backend == "ray" and bool(execution.ray_address)
         killed = await reconcile_processes(self.store, on_cluster)

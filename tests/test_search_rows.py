@@ -4,6 +4,7 @@ grow with the tree; what the rows add up to is always the whole tree."""
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import sqlite3
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from mlmaster_daemon.config import load_config
 from mlmaster_daemon.models import NodeState, Operator, TaskState
 from mlmaster_daemon.policy_config import make_policy, restore_policy
+from mlmaster_daemon.scheduler.resume import collector_paused
 from mlmaster_daemon.search.hcc import HierarchicalCache, L2Summary, StagnationDetector
 from mlmaster_daemon.search.memory import MemoryEntry
 from mlmaster_daemon.search.policy import Pick, Policy
@@ -273,3 +275,24 @@ def test_a_tree_saved_whole_counts_all_its_nodes_unsaved() -> None:
     restored = restore_policy("greedy", SEARCH, json.loads(json.dumps(policy.to_state())))
     rows, dropped = restored.tree.take_unsaved()
     assert sorted(rows) == sorted(policy.tree.nodes) and dropped == []
+
+
+def test_a_restore_pauses_the_collector_and_then_freezes_what_it_built() -> None:
+    assert gc.isenabled()
+    gc.unfreeze()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+            # Two tasks restoring at once: the first to end leaves it off for the other.
+            with collector_paused():
+                assert not gc.isenabled()
+            assert not gc.isenabled()
+            built = [[i] for i in range(5000)]
+        assert gc.isenabled() and gc.get_freeze_count() >= len(built)
+        gc.unfreeze()
+        with pytest.raises(RuntimeError), collector_paused():
+            raise RuntimeError("a restore that fails")
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.enable()

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from mlmaster_daemon.artefacts import best_dir, best_node_id, has_submission
@@ -21,6 +24,33 @@ from mlmaster_daemon.store.records import NodeRecord
 log = get_logger("mlmaster.scheduler")
 # Saved tree rows a restore reads and parses at a time.
 ROWS_PER_SLICE = 2000
+
+
+class _Pauses:
+    """How many restores have the collector paused now."""
+
+    count = 0
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a task's saved tree is read back, then what was
+    built frozen (`gc.freeze`: left out of later collections).
+
+    Reading a 10k-node tree makes hundreds of thousands of objects; each full collection they
+    trigger walks every object the daemon holds, 50-90 ms with the event loop stopped (the
+    API's worst round trip during a restore). Frozen, the long-lived tree is not walked again
+    by each later full collection. Restores of several tasks may overlap: the collector comes
+    back when the last ends."""
+    _Pauses.count += 1
+    gc.disable()
+    try:
+        yield
+    finally:
+        _Pauses.count -= 1
+        if _Pauses.count == 0:
+            gc.freeze()
+            gc.enable()
 
 
 async def restore(state: SearchState, nodes: list[NodeRecord]) -> list[tuple[NodeRecord, Pick]]:

@@ -19,7 +19,7 @@ from mlmaster_daemon.scheduler.final_selection import choose_final
 from mlmaster_daemon.scheduler.holdout_stage import prepare
 from mlmaster_daemon.scheduler.parts import SearchParts
 from mlmaster_daemon.scheduler.pipeline import Pipeline
-from mlmaster_daemon.scheduler.resume import ranked, repair_best, restore
+from mlmaster_daemon.scheduler.resume import collector_paused, ranked, repair_best, restore
 from mlmaster_daemon.scheduler.search_state import MAX_FAILED_IN_A_ROW, SearchState
 from mlmaster_daemon.search.policy import Pick
 from mlmaster_daemon.store.records import NodeRecord, TaskRecord
@@ -118,9 +118,10 @@ class TaskSearch:
         await self._prepare_holdout()
         # Without their code (most of a big tree's bytes): restore and repair_best read the
         # few nodes whose code they need.
-        nodes = await self.parts.store.list_nodes(state.task.id, code=False)
-        resume = await restore(state, nodes)
-        await repair_best(state, nodes)
+        with collector_paused():
+            nodes = await self.parts.store.list_nodes(state.task.id, code=False)
+            resume = await restore(state, nodes)
+            await repair_best(state, nodes)
         state.preview = await asyncio.to_thread(data_preview, state.task.spec)
         state.profile = await asyncio.to_thread(task_profile, state.task.spec)
         if not nodes:
