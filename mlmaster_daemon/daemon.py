@@ -176,8 +176,9 @@ class Daemon:
         await asyncio.to_thread(counter.check)
         self.store = await Store.open(db)
         if await self.store.list_tasks([TaskState.RUNNING, TaskState.PAUSED, TaskState.QUEUED]):
-            # Searches resume at once and count tokens as they restore.
-            await asyncio.to_thread(counter.load)
+            # Searches resume at once: loaded meanwhile, off the loop, before their first
+            # prompt is counted (a restore comes first).
+            self._load_tokenizer_soon(counter)
         else:
             self.bus.tap(lambda _event: self._load_tokenizer_soon(counter))
         # anyio loads its asyncio backend at the first limiter a task makes (about 70 ms of
