@@ -252,8 +252,10 @@ async def test_a_database_from_before_moves_its_tree_into_rows(tmp_path: Path) -
     # The database as the version before this one left it: the whole state in one blob.
     with sqlite3.connect(db) as conn:
         conn.execute("DROP TABLE search_nodes")
+        conn.execute("DROP INDEX nodes_by_state")
         conn.execute("UPDATE tasks SET search_state = ?", (json.dumps(old),))
-        conn.execute(f"PRAGMA user_version = {len(available()) - 1}")
+        rows = next(m.version for m in available() if m.name == "0012_search_rows.sql")
+        conn.execute(f"PRAGMA user_version = {rows - 1}")
     conn.close()
     store = await Store.open(db)
     try:
@@ -296,3 +298,16 @@ def test_a_restore_pauses_the_collector_and_then_freezes_what_it_built() -> None
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+async def test_the_start_finds_nodes_by_state_without_reading_every_node(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "m.db")
+    await store.close()
+    with sqlite3.connect(tmp_path / "m.db") as conn:
+        for query in ("SELECT task_id, id FROM nodes WHERE state IN ('running', 'evaluating')"
+                      " AND pid IS NOT NULL",
+                      "UPDATE nodes SET state = 'ready' WHERE state IN ('ready', 'running',"
+                      " 'evaluating') AND code IS NOT NULL"):
+            plan = " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
+            assert "USING INDEX nodes_by_state" in plan, plan
+    conn.close()
