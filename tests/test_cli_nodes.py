@@ -48,7 +48,8 @@ def daemon_socket() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def finished_task(daemon_socket: Path, breast_cancer: Path) -> dict[str, Any]:
-    out = _cli("submit", str(breast_cancer), "--steps", "4", "--wait", "--json",
+    # Enough steps that some node improves on another (the first ones are all drafts).
+    out = _cli("submit", str(breast_cancer), "--steps", "8", "--wait", "--json",
                socket=daemon_socket)
     task: dict[str, Any] = json.loads(out.stdout)
     assert task["state"] == "finished"
