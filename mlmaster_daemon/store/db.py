@@ -29,11 +29,13 @@ from mlmaster_daemon.store.rows import (
     NODE_UPDATABLE,
     TASK_COLUMNS,
     TASK_UPDATABLE,
+    USAGE_SUMS,
     call_of,
     insert_calls,
     node_of,
     task_of,
     update_row,
+    usage_totals,
 )
 from mlmaster_daemon.store.search_saves import SearchSaves, save_search
 
@@ -206,19 +208,14 @@ class Store(SearchSaves, ListingReads):
 
     async def usage(self, task_id: str, node_id: int | None = None) -> dict[str, Any]:
         """Token, cost and latency totals of a task's (or one node's) model calls."""
-        query = ("SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0),"
-                 " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(reasoning_tokens), 0),"
-                 " COALESCE(SUM(cost), 0), COALESCE(SUM(latency_s), 0)"
-                 " FROM llm_calls WHERE task_id = ?")
+        query = f"SELECT {USAGE_SUMS} FROM llm_calls WHERE task_id = ?"
         params: tuple[Any, ...] = (task_id,)
         if node_id is not None:
             query += " AND node_id = ?"
             params += (node_id,)
         row = await self._fetch_one(query, params)
         assert row is not None
-        return {"calls": row[0], "prompt_tokens": row[1], "completion_tokens": row[2],
-                "reasoning_tokens": row[3], "total_tokens": row[1] + row[2],
-                "cost": round(float(row[4]), 6), "latency_s": round(float(row[5]), 3)}
+        return usage_totals(row)
 
     async def node_calls(self, task_id: str, node_id: int) -> list[PromptedCall]:
         """The model calls recorded for one node, oldest first, with their prompts."""
@@ -257,12 +254,7 @@ class Store(SearchSaves, ListingReads):
 
     async def node_counts(self, task_id: str) -> tuple[int, int]:
         """(nodes in the tree, nodes finished) for one task."""
-        terminal = tuple(s.value for s in NodeState if s.terminal)
-        row = await self._fetch_one(
-            "SELECT COUNT(*), COALESCE(SUM(state IN (?, ?, ?)), 0) FROM nodes WHERE task_id = ?",
-            (*terminal, task_id))
-        assert row is not None
-        return int(row[0]), int(row[1])
+        return (await self.node_counts_of([task_id]))[task_id]
 
     async def add_lessons(self, task_id: str, lessons: Iterable[tuple[str, str, float]],
                           now: float) -> None:

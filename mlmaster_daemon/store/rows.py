@@ -4,7 +4,7 @@ Every value written goes through `redact`: no key the daemon holds reaches the d
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import aiosqlite
@@ -108,6 +108,20 @@ def node_of(row: Any) -> NodeRecord:
         gpu_peak_mb=row[22], gpu_seconds=row[23], interrupted=bool(row[24]), uct=row[25],
         pick_reason=row[26], holdout_metric=row[27],
     )
+
+
+# The sums `usage_totals` reads, in its order, over a selection of llm_calls.
+USAGE_SUMS = ("COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
+              " COALESCE(SUM(reasoning_tokens), 0), COALESCE(SUM(cost), 0),"
+              " COALESCE(SUM(latency_s), 0)")
+
+
+def usage_totals(sums: Sequence[Any]) -> dict[str, Any]:
+    """Model usage as the API shows it, from a row of `USAGE_SUMS`."""
+    calls, prompt, completion, reasoning, cost, latency = sums
+    return {"calls": calls, "prompt_tokens": prompt, "completion_tokens": completion,
+            "reasoning_tokens": reasoning, "total_tokens": prompt + completion,
+            "cost": round(float(cost), 6), "latency_s": round(float(latency), 3)}
 
 
 def call_of(row: Any) -> PromptedCall:
