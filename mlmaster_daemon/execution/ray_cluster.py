@@ -145,7 +145,12 @@ def _cluster_nodes() -> list[dict[str, Any]]:
     def own(resources: dict[str, float]) -> dict[str, float]:
         return {k: v for k, v in resources.items() if not k.startswith("node:")}
 
-    return [{"node_id": node["NodeID"], "ip": node["NodeManagerAddress"],
-             "alive": node["Alive"], "total": own(node["Resources"]),
-             "free": own(free.get(node["NodeID"], {}))}
-            for node in ray.nodes()]  # type: ignore[no-untyped-call]
+    def machine(node: dict[str, Any]) -> dict[str, Any]:
+        total = own(node["Resources"])
+        # Ray leaves a resource out of the free figures while all of it is taken: it is 0 free.
+        left = free.get(node["NodeID"], {})
+        return {"node_id": node["NodeID"], "ip": node["NodeManagerAddress"],
+                "alive": node["Alive"], "total": total,
+                "free": {k: float(left.get(k, 0.0)) for k in total}}
+
+    return [machine(node) for node in ray.nodes()]  # type: ignore[no-untyped-call]
