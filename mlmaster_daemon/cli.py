@@ -61,18 +61,22 @@ def _print_result(task: dict[str, Any]) -> None:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from mlmaster_daemon.daemon import Daemon
-    from mlmaster_daemon.logs import configure_logging
+    from mlmaster_daemon.store.backup import IntegrityCheck, database_file
 
     overrides = {"daemon.socket": args.socket, "daemon.state_dir": args.state_dir,
                  "daemon.log_level": args.log_level,
                  "validation_server.port": args.validate_port,
                  "metrics.port": args.metrics_port}
     config = load_config(args.config, overrides=overrides)
+    # Reads the database on a thread of its own while the daemon's modules load.
+    integrity = IntegrityCheck(database_file(config.state_dir()))
+    from mlmaster_daemon.daemon import Daemon
+    from mlmaster_daemon.logs import configure_logging
+
     configure_logging(config.daemon.log_level)
     # SIGHUP reads the same file, environment and flags again.
     daemon = Daemon(config, reread=lambda: load_config(args.config, overrides=overrides),
-                    accept_lost_work=args.accept_lost_work)
+                    accept_lost_work=args.accept_lost_work, integrity=integrity)
     try:
         asyncio.run(daemon.serve())
     except sqlite3.Error as exc:

@@ -35,7 +35,7 @@ from mlmaster_daemon.metrics import address as metrics_address
 from mlmaster_daemon.models import TaskState
 from mlmaster_daemon.scheduler import SearchParts, TaskQueue
 from mlmaster_daemon.store import Store
-from mlmaster_daemon.store.backup import check_integrity, make_backup
+from mlmaster_daemon.store.backup import IntegrityCheck, database_file, make_backup
 from mlmaster_daemon.store.lock import StateDirLock
 from mlmaster_daemon.store.lost import guard_committed_work
 from mlmaster_daemon.store.writable import check_writable
@@ -90,7 +90,10 @@ class Daemon:
 
     def __init__(self, config: Config, coders: Coders | None = None,
                  reread: Callable[[], Config] | None = None, accept_lost_work: bool = False,
-                 sleep: Sleep = asyncio.sleep, clock: Clock | None = None):
+                 sleep: Sleep = asyncio.sleep, clock: Clock | None = None,
+                 integrity: IntegrityCheck | None = None):
+        # The database's integrity check, when the command started it early (see IntegrityCheck).
+        self._integrity = integrity
         # The one live config every part reads; a reload swaps it here.
         self.settings = Settings(config)
         self.accept_lost_work = accept_lost_work
@@ -142,7 +145,7 @@ class Daemon:
 
     @property
     def db(self) -> Path:
-        return self.state_dir / "mlmaster.db"
+        return database_file(self.state_dir)
 
     async def start(self) -> None:
         """Open and migrate the store, recover from the last run, and listen. On return the
@@ -155,7 +158,8 @@ class Daemon:
         db = self.db
         await asyncio.to_thread(check_writable, self.state_dir, db)
         # Read-only checks: a refused database is left as it was found.
-        await asyncio.to_thread(check_integrity, db)
+        early = self._integrity
+        await (early if early and early.db == db else IntegrityCheck(db)).passed()
         aside = await asyncio.to_thread(guard_committed_work, self.state_dir, db,
                                         self.accept_lost_work, self.clock.time())
         if aside is not None:

@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,13 @@ from mlmaster_daemon.errors import StoreError
 from mlmaster_daemon.logs import configure_logging
 from mlmaster_daemon.models import NodeState, Operator, TaskState, new_task_id
 from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
-from mlmaster_daemon.store.backup import backup_weight, latest_backup, list_backups, make_backup
+from mlmaster_daemon.store.backup import (
+    IntegrityCheck,
+    backup_weight,
+    latest_backup,
+    list_backups,
+    make_backup,
+)
 from mlmaster_daemon.store.lost import LostWork
 from mlmaster_daemon.tasks.competition import load_task
 
@@ -54,6 +62,73 @@ async def test_a_corrupt_database_is_refused_naming_the_last_good_backup(
     assert "is corrupt" in message
     assert str(latest_backup(db)) in message
     assert not config.socket_path().exists(), "a refused start does not listen"
+
+
+async def _corrupted(config: Config) -> tuple[Path, bytes, bytes]:
+    """A database with one start's backup, then scribbled over: (path, good, corrupt bytes)."""
+    daemon = Daemon(config)
+    await daemon.start()
+    await daemon.stop()
+    db = config.state_dir() / "mlmaster.db"
+    good = db.read_bytes()
+    data = bytearray(good)
+    data[100:4000] = b"\xff" * 3900
+    db.write_bytes(bytes(data))
+    return db, good, bytes(data)
+
+
+async def test_a_start_takes_the_verdict_of_the_check_the_command_began_early(
+    config: Config,
+) -> None:
+    db, good, _corrupt = await _corrupted(config)
+    # The command starts the check before it imports the daemon: its verdict is the one the
+    # start goes by (here the file is mended after the check read it, so only that verdict
+    # can refuse).
+    early = IntegrityCheck(db)
+    with pytest.raises(StoreError):
+        await early.passed()
+    db.write_bytes(good)
+    with pytest.raises(StoreError, match="is corrupt"):
+        await Daemon(config, integrity=early).start()
+    assert db.read_bytes() == good, "a refused start leaves the database as it was found"
+
+
+async def test_an_early_check_of_another_file_does_not_vouch_for_the_database(
+    config: Config, short_dir: Path,
+) -> None:
+    db, _good, corrupt = await _corrupted(config)
+    other = short_dir / "other.db"
+    sqlite3.connect(other).close()
+    elsewhere = IntegrityCheck(other)
+    await elsewhere.passed()
+    with pytest.raises(StoreError, match="is corrupt"):
+        await Daemon(config, integrity=elsewhere).start()
+    assert db.read_bytes() == corrupt
+
+
+async def test_mlmaster_daemon_on_a_corrupt_database_exits_with_one_line_and_touches_nothing(
+    config: Config, short_dir: Path,
+) -> None:
+    db, _good, corrupt = await _corrupted(config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLMASTER_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mlmaster_daemon", "daemon", "--state-dir",
+        str(config.state_dir()), "--socket", str(short_dir / "cli.sock"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    try:
+        async with asyncio.timeout(120):
+            _out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    lines = err.decode().splitlines()
+    assert proc.returncode == 1
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"mlmaster: error: database {db} is corrupt")
+    assert str(latest_backup(db)) in lines[0]
+    assert db.read_bytes() == corrupt
+    assert not (short_dir / "cli.sock").exists()
 
 
 class ManualSleep:
