@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -135,3 +136,21 @@ async def start_refused(config: Config, error: type[Refusal]) -> Refusal:
     finally:
         await daemon.stop()
     return refused.value
+
+
+async def daemon_command_refused(state_dir: Path, socket: Path) -> tuple[int | None, list[str]]:
+    """Run `mlmaster daemon` on `state_dir` as a user would, with no MLMASTER_* from this
+    environment, where it must refuse to start: its exit status and its stderr's lines."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLMASTER_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mlmaster_daemon", "daemon", "--state-dir", str(state_dir),
+        "--socket", str(socket),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    try:
+        async with asyncio.timeout(120):
+            _out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode, err.decode().splitlines()

@@ -7,14 +7,12 @@ import asyncio
 import contextlib
 import io
 import json
-import os
 import sqlite3
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import daemon_config, start_refused
+from conftest import daemon_command_refused, daemon_config, start_refused
 
 from mlmaster_daemon.api.client import Client
 from mlmaster_daemon.config import Config
@@ -110,20 +108,8 @@ async def test_mlmaster_daemon_on_a_corrupt_database_exits_with_one_line_and_tou
     config: Config, short_dir: Path,
 ) -> None:
     db, _good, corrupt = await _corrupted(config)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLMASTER_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mlmaster_daemon", "daemon", "--state-dir",
-        str(config.state_dir()), "--socket", str(short_dir / "cli.sock"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
-    try:
-        async with asyncio.timeout(120):
-            _out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    lines = err.decode().splitlines()
-    assert proc.returncode == 1
+    status, lines = await daemon_command_refused(config.state_dir(), short_dir / "cli.sock")
+    assert status == 1
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"mlmaster: error: database {db} is corrupt")
     assert str(latest_backup(db)) in lines[0]

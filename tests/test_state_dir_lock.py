@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from conftest import daemon_config
+from conftest import daemon_command_refused, daemon_config
 from openai_server import FakeOpenAI
 
 from mlmaster_daemon.api.client import Client
@@ -102,20 +101,8 @@ async def test_the_lock_file_names_the_holder_while_it_runs_and_is_free_after_st
 async def test_mlmaster_daemon_on_a_state_dir_in_use_exits_with_one_line_naming_the_holder(
     daemon: Daemon, short_dir: Path,
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLMASTER_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mlmaster_daemon", "daemon", "--state-dir",
-        str(daemon.state_dir), "--socket", str(short_dir / "other.sock"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
-    try:
-        async with asyncio.timeout(120):
-            _out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    lines = err.decode().splitlines()
-    assert proc.returncode == 1
+    status, lines = await daemon_command_refused(daemon.state_dir, short_dir / "other.sock")
+    assert status == 1
     assert len(lines) == 1, lines
     assert lines[0].startswith(
         f"mlmaster: error: state dir {daemon.state_dir} is in use by pid {os.getpid()}: ")
