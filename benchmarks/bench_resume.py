@@ -554,8 +554,9 @@ async def recovery_pieces(run_dir: Path, template: Path, config: Config, collect
         took[name] = now - clock
         clock = now
 
+    # The daemon command runs this on a thread of its own while it imports the daemon.
     await asyncio.to_thread(check_integrity, db)
-    lap("integrity check (PRAGMA quick_check)")
+    lap("integrity check (overlaps the imports)")
     store = await Store.open(db)
     lap("Store.open + migrate")
     await reconcile_processes(store)
