@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,8 @@ from mlmaster_daemon.execution.ray_executor import (  # noqa: E402
     RayExecutor,
     namespace_for,
 )
-from mlmaster_daemon.execution.ray_worker import worker_root  # noqa: E402
+from mlmaster_daemon.execution.ray_worker import Started as WorkerStarted  # noqa: E402
+from mlmaster_daemon.execution.ray_worker import WorkerJob, run_node, worker_root  # noqa: E402
 from mlmaster_daemon.execution.workspace import Workspace, remove_tree  # noqa: E402
 from mlmaster_daemon.tasks.competition import load_task  # noqa: E402
 from mlmaster_daemon.tasks.spec import TaskSpec  # noqa: E402
@@ -215,22 +217,26 @@ async def test_cancel_stops_a_running_node(workers: Workers, short_dir: Path,
     assert _gone(journal.identities[0])
 
 
+# Writes working/ready once it handles SIGTERM, and the signal's name to working/stopped.
+SIGNAL_PROOF = """
+    import signal, sys
+    def stop(signum, frame):
+        open("working/stopped", "w").write(signal.Signals(signum).name)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, stop)
+    open("working/ready", "w").close()
+    while True:
+        signal.pause()
+    """
+
+
 @pytest.mark.slow
 async def test_cancel_gives_the_script_its_sigterm_and_grace_as_a_local_run_does(
         workers: Workers, short_dir: Path, spec: TaskSpec) -> None:
     config = _config(short_dir, kill_grace_s=30)
     executor = RayExecutor(Settings(config), config.state_dir())
     journal = _journal()
-    ws = _workspace(short_dir, spec, """
-        import signal, sys
-        def stop(signum, frame):
-            open("working/stopped", "w").write(signal.Signals(signum).name)
-            sys.exit(0)
-        signal.signal(signal.SIGTERM, stop)
-        open("working/ready", "w").close()
-        while True:
-            signal.pause()
-        """)
+    ws = _workspace(short_dir, spec, SIGNAL_PROOF)
     running = asyncio.create_task(_run(executor, spec, ws, journal))
     async with asyncio.timeout(WAIT_S):
         await journal.started.wait()
@@ -246,6 +252,29 @@ async def test_cancel_gives_the_script_its_sigterm_and_grace_as_a_local_run_does
         while not stopped.exists() or not _gone(journal.identities[0]):
             await asyncio.sleep(0.05)
     assert stopped.read_text() == "SIGTERM"
+
+
+@pytest.mark.slow
+def test_a_run_ray_drops_at_its_yield_still_stops_its_script(
+        workers: Workers, short_dir: Path, spec: TaskSpec) -> None:
+    """Ray's cancel can land while Ray reports the Started item, outside the task's frame:
+    Ray then drops the generator, which closes at its yield. The script gets its SIGTERM and
+    grace all the same, and is gone once the generator has closed."""
+    config = _config(short_dir, kill_grace_s=30)
+    ws = _workspace(short_dir, spec, SIGNAL_PROOF)
+    job = WorkerJob(task_id="t1", node_id=1, execution=config.execution, timeout_s=120,
+                    gpu=False, public_dir=str(spec.public_dir), workspace=str(ws.root))
+    run = run_node(job, [])
+    started = next(run)
+    assert isinstance(started, WorkerStarted)
+    ready = ws.root / "working" / "ready"
+    deadline = time.monotonic() + WAIT_S
+    while not ready.exists():
+        assert time.monotonic() < deadline, "the script never got ready"
+        time.sleep(0.05)
+    run.close()
+    assert (ws.root / "working" / "stopped").read_text() == "SIGTERM"
+    assert _gone(started.identity)
 
 
 @pytest.mark.slow

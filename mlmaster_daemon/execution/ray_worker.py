@@ -147,7 +147,9 @@ def run_node(job: WorkerJob, archive: list[Any]) -> Iterator[Started | Finished]
     `archive` holds the input tar's ObjectRef, inside a list so Ray passes the ref itself and
     the worker fetches it only when its machine has not unpacked it yet. Ray's cancel (not
     forced) arrives as KeyboardInterrupt: the script is then stopped as a cancelled local run
-    is (SIGTERM, the kill grace, then SIGKILL of its whole tree), and nothing more comes."""
+    is (SIGTERM, the kill grace, then SIGKILL of its whole tree), and nothing more comes. The
+    interrupt can also come while Ray reports an item, outside this frame: Ray then drops the
+    generator, which closes at its `yield`, and the script is stopped the same way."""
     import ray
 
     ray_node_id = ray.get_runtime_context().get_node_id()
@@ -172,10 +174,11 @@ def run_node(job: WorkerJob, archive: list[Any]) -> Iterator[Started | Finished]
         outputs = {} if shared else collect_outputs(ws)
         yield dataclasses.replace(finished, outputs=outputs)
     except KeyboardInterrupt:
+        pass  # Cancelled: nothing more is reported; the script stops below.
+    finally:
         if running is not None and not running.done():
             running.cancel()
             loop.run_until_complete(asyncio.gather(running, return_exceptions=True))
-    finally:
         loop.close()
         if not shared:
             remove_tree(ws.root)
