@@ -3,6 +3,7 @@ workers of one CPU each, one of them advertising `accel` (standing in for a GPU)
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import importlib.util
@@ -10,6 +11,7 @@ import os
 import signal
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -268,14 +270,45 @@ def test_a_run_ray_drops_at_its_yield_still_stops_its_script(
     run = run_node(job, [])
     started = next(run)
     assert isinstance(started, WorkerStarted)
-    ready = ws.root / "working" / "ready"
-    deadline = time.monotonic() + WAIT_S
-    while not ready.exists():
-        assert time.monotonic() < deadline, "the script never got ready"
-        time.sleep(0.05)
+    _wait_for(ws.root / "working" / "ready")
     run.close()
     assert (ws.root / "working" / "stopped").read_text() == "SIGTERM"
     assert _gone(started.identity)
+
+
+@pytest.mark.slow
+def test_a_worker_started_with_sigint_ignored_still_hears_a_cancel(
+        workers: Workers, short_dir: Path, spec: TaskSpec) -> None:
+    """Ray's cancel comes through Python's SIGINT handling. A raylet started as a background
+    job of a script (`ray start ... &`) has SIGINT ignored, and so have its workers: the run
+    must still hear the cancel and stop its script with SIGTERM and the grace, not run on
+    until its time limit (30 s here)."""
+    config = _config(short_dir, kill_grace_s=30)
+    ws = _workspace(short_dir, spec, SIGNAL_PROOF)
+    job = WorkerJob(task_id="t1", node_id=1, execution=config.execution, timeout_s=30,
+                    gpu=False, public_dir=str(spec.public_dir), workspace=str(ws.root))
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run = run_node(job, [])
+        started = next(run)
+        assert isinstance(started, WorkerStarted)
+        _wait_for(ws.root / "working" / "ready")
+        # As Ray's cancel does, from another thread, while the run waits on its script.
+        threading.Timer(0.5, _thread.interrupt_main).start()
+        with pytest.raises(StopIteration):
+            next(run)  # Cancelled: nothing more comes (a time limit would yield Finished).
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert (ws.root / "working" / "stopped").read_text() == "SIGTERM"
+    assert _gone(started.identity)
+
+
+def _wait_for(path: Path) -> None:
+    """Until the script has written `path` (bounded)."""
+    deadline = time.monotonic() + WAIT_S
+    while not path.exists():
+        assert time.monotonic() < deadline, f"the script never wrote {path.name}"
+        time.sleep(0.05)
 
 
 @pytest.mark.slow

@@ -14,8 +14,10 @@ import asyncio
 import dataclasses
 import io
 import os
+import signal
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +154,7 @@ def run_node(job: WorkerJob, archive: list[Any]) -> Iterator[Started | Finished]
     generator, which closes at its `yield`, and the script is stopped the same way."""
     import ray
 
+    _hear_cancels()
     ray_node_id = ray.get_runtime_context().get_node_id()
     node_ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
     shared = bool(job.workspace)
@@ -182,6 +185,16 @@ def run_node(job: WorkerJob, archive: list[Any]) -> Iterator[Started | Finished]
         loop.close()
         if not shared:
             remove_tree(ws.root)
+
+
+def _hear_cancels() -> None:
+    """Ray's cancel comes through Python's SIGINT handling: a worker whose raylet was started
+    with SIGINT ignored (a background job of a non-interactive shell, as `ray start ... &` in
+    a script) would never hear it, and its script would run on until the forced cancel
+    killed it without a grace. SIGINT raises KeyboardInterrupt again, as in a normal worker."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 async def _metered(job: WorkerJob, ws: Workspace, public: Path, ray_node_id: str,
