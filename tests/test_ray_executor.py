@@ -263,10 +263,7 @@ def test_a_run_ray_drops_at_its_yield_still_stops_its_script(
     """Ray's cancel can land while Ray reports the Started item, outside the task's frame:
     Ray then drops the generator, which closes at its yield. The script gets its SIGTERM and
     grace all the same, and is gone once the generator has closed."""
-    config = _config(short_dir, kill_grace_s=30)
-    ws = _workspace(short_dir, spec, SIGNAL_PROOF)
-    job = WorkerJob(task_id="t1", node_id=1, execution=config.execution, timeout_s=120,
-                    gpu=False, public_dir=str(spec.public_dir), workspace=str(ws.root))
+    ws, job = _signal_proof_job(short_dir, spec, timeout_s=120)
     run = run_node(job, [])
     started = next(run)
     assert isinstance(started, WorkerStarted)
@@ -283,10 +280,7 @@ def test_a_worker_started_with_sigint_ignored_still_hears_a_cancel(
     job of a script (`ray start ... &`) has SIGINT ignored, and so have its workers: the run
     must still hear the cancel and stop its script with SIGTERM and the grace, not run on
     until its time limit (30 s here)."""
-    config = _config(short_dir, kill_grace_s=30)
-    ws = _workspace(short_dir, spec, SIGNAL_PROOF)
-    job = WorkerJob(task_id="t1", node_id=1, execution=config.execution, timeout_s=30,
-                    gpu=False, public_dir=str(spec.public_dir), workspace=str(ws.root))
+    ws, job = _signal_proof_job(short_dir, spec, timeout_s=30)
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         run = run_node(job, [])
@@ -301,6 +295,16 @@ def test_a_worker_started_with_sigint_ignored_still_hears_a_cancel(
         signal.signal(signal.SIGINT, before)
     assert (ws.root / "working" / "stopped").read_text() == "SIGTERM"
     assert _gone(started.identity)
+
+
+def _signal_proof_job(short_dir: Path, spec: TaskSpec,
+                      timeout_s: float) -> tuple[Workspace, WorkerJob]:
+    """SIGNAL_PROOF's workspace, and its job as a worker gets it (a 30 s kill grace)."""
+    config = _config(short_dir, kill_grace_s=30)
+    ws = _workspace(short_dir, spec, SIGNAL_PROOF)
+    return ws, WorkerJob(task_id="t1", node_id=1, execution=config.execution,
+                         timeout_s=timeout_s, gpu=False, public_dir=str(spec.public_dir),
+                         workspace=str(ws.root))
 
 
 def _wait_for(path: Path) -> None:
