@@ -278,8 +278,12 @@ async def test_trajectories_of_a_model_written_search(
                                                           INVALID_SUBMISSION_PENALTY)
     valid = [r for r in records if r["kind"] == "valid"]
     assert [r["node_id"] for r in valid] == [1, 5, 6]
-    # Drafts start with an empty memory; later nodes see what earlier ones tried.
-    assert any("metric" in r["state"]["memory"] for r in records)
+    # A node made from a parent sees what that parent tried (drafts made before any node
+    # finished see nothing, so only children are certain to remember something).
+    children = [r for r in records if r["parent_id"] is not None]
+    assert children, "improve and debug steps have parents"
+    for child in children:
+        assert f"- Node {child['parent_id']} (" in child["state"]["memory"], child
     assert all(0.0 <= r["reward"] <= 1.0 and r["outcome"]["valid_submission"] for r in valid)
     # The best node (the highest metric) tops the task's scale and beat what it was measured
     # against; the worst valid one sits at the bottom.
