@@ -24,6 +24,7 @@ from mlmaster_daemon.store import NodeRecord, Store, TaskRecord
 from mlmaster_daemon.store.backup import (
     IntegrityCheck,
     backup_weight,
+    database_file,
     latest_backup,
     list_backups,
     make_backup,
@@ -67,7 +68,7 @@ async def _corrupted(config: Config) -> tuple[Path, bytes, bytes]:
     daemon = Daemon(config)
     await daemon.start()
     await daemon.stop()
-    db = config.state_dir() / "mlmaster.db"
+    db = database_file(config.state_dir())
     good = db.read_bytes()
     data = bytearray(good)
     data[100:4000] = b"\xff" * 3900
